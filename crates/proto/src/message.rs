@@ -1,0 +1,125 @@
+//! The messages. Field order is part of the wire format (postcard is not self-describing):
+//! append fields only with a [`crate::VERSION`] bump.
+
+use serde::{Deserialize, Serialize};
+
+/// Which runtime interface runs the handler inside the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Runtime {
+    /// Ignition's Python bootstrap imports `FILE.FUNC` and calls `handler(event, context)`.
+    Python3,
+    /// The bundle's own `bootstrap` executable speaks the Lambda Runtime API.
+    Provided,
+}
+
+impl Runtime {
+    /// The name users write (`python3`, `provided`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Python3 => "python3",
+            Self::Provided => "provided",
+        }
+    }
+}
+
+/// A function as the guest needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSpec {
+    /// The function's name (for `AWS_LAMBDA_FUNCTION_NAME`).
+    pub name: String,
+    /// The runtime interface.
+    pub runtime: Runtime,
+    /// `FILE.FUNC` for Python; passed as `_HANDLER` to a `provided` bootstrap.
+    pub handler: String,
+    /// Memory of the VM in MiB (for `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
+    pub memory_mib: u32,
+    /// User environment variables.
+    pub env: Vec<(String, String)>,
+    /// The code: an uncompressed tar of regular files and directories, validated by the host.
+    #[serde(with = "serde_bytes")]
+    pub code_tar: Vec<u8>,
+}
+
+/// One invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokeRequest {
+    /// The request id (`Lambda-Runtime-Aws-Request-Id`).
+    pub request_id: String,
+    /// The event, as JSON bytes.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// Milliseconds the handler has; the guest derives `Lambda-Runtime-Deadline-Ms` from its clock.
+    pub timeout_ms: u64,
+    /// The host's wall clock, so the guest can correct its own (a restored VM's clock is stale).
+    pub host_time_unix_ms: u64,
+}
+
+/// Messages from the host to the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostMessage {
+    /// Install the function's code and start its runtime.
+    LoadFunction(FunctionSpec),
+    /// Run one invocation.
+    Invoke(InvokeRequest),
+    /// Power off.
+    Shutdown,
+}
+
+/// A function error as the Lambda Runtime API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// `errorType`, e.g. `ZeroDivisionError`.
+    pub error_type: String,
+    /// `errorMessage`.
+    pub error_message: String,
+    /// `stackTrace` lines.
+    pub stack_trace: Vec<String>,
+}
+
+/// How an invocation ended inside the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The handler returned; the body is its JSON result.
+    Success(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The handler raised (or the runtime reported an invocation error).
+    FunctionError(ErrorBody),
+    /// The runtime failed to initialize (`/init/error`, or it exited before asking for work).
+    InitError(ErrorBody),
+}
+
+/// The result of one invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokeResult {
+    /// Echoes [`InvokeRequest::request_id`].
+    pub request_id: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The runtime's stdout and stderr during this invocation (at most [`crate::MAX_LOG_BYTES`]).
+    #[serde(with = "serde_bytes")]
+    pub logs: Vec<u8>,
+    /// Whether `logs` was cut.
+    pub logs_truncated: bool,
+    /// Milliseconds from handing the event to the runtime to its answer, by the guest's clock.
+    pub duration_ms: u64,
+}
+
+/// Messages from the guest to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestMessage {
+    /// The agent is up and the channel works.
+    Ready {
+        /// The agent's version.
+        agent_version: String,
+        /// `uname -r` of the guest kernel.
+        kernel_release: String,
+    },
+    /// The function's code is installed and its runtime started.
+    Loaded,
+    /// An invocation finished.
+    Result(InvokeResult),
+    /// The agent hit an error it cannot recover from; the host should destroy the VM.
+    Fatal {
+        /// What went wrong.
+        message: String,
+    },
+}
