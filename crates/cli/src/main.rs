@@ -1,1 +1,73 @@
-fn main() {}
+//! `ignition`: the one binary. Server, client and image builder.
+
+mod client;
+mod cmd_fn;
+mod cmd_image;
+mod cmd_server;
+mod locate;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Ignition: serverless functions in microVMs.
+#[derive(Debug, Parser)]
+#[command(name = "ignition", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node: the HTTP API, the store and the microVM workers.
+    Server(cmd_server::ServerArgs),
+    /// Manage and invoke functions on a server.
+    #[command(name = "fn", subcommand)]
+    Function(cmd_fn::FnCommand),
+    /// Build or inspect the guest image.
+    #[command(subcommand)]
+    Image(cmd_image::ImageCommand),
+}
+
+/// Options shared by commands that use the image cache.
+#[derive(Debug, Clone, clap::Args)]
+struct CacheArgs {
+    /// Directory for the guest image, shared by every server on the host.
+    #[arg(long, env = "IGNITION_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// The statically linked guest agent (default: found next to this binary).
+    #[arg(long, env = "IGNITION_AGENT")]
+    agent: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(ignition_image::default_cache_dir)
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IGNITION_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(args) => cmd_server::run(args),
+        Command::Function(cmd) => cmd_fn::run(cmd),
+        Command::Image(cmd) => cmd_image::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

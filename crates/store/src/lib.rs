@@ -1,1 +1,12 @@
-//! placeholder
+//! The embedded store: function definitions and code bundles, in SQLite in the node's data
+//! directory.
+//!
+//! Bundles are stored once per content hash (SHA-256 of the canonical tar), so redeploying the
+//! same code costs nothing and a function's record names exactly the code it runs. A bundle no
+//! function refers to any more is removed in the same transaction that dropped the last reference.
+
+mod model;
+mod sqlite;
+
+pub use model::{validate_name, FunctionConfig, FunctionRecord, ModelError, Runtime, MEMORY_MIB, TIMEOUT_S};
+pub use sqlite::{sha256_hex, Store, StoreError};

@@ -1,1 +1,123 @@
-//! placeholder
+//! MicroVM drivers.
+//!
+//! One trait, [`VmmDriver`], starts a microVM from a [`VmSpec`] and hands back a [`MicroVm`]: the
+//! host end of the agent channel, plus control (pause, resume, teardown). Callers never see which
+//! hypervisor runs underneath, so snapshot restore and a Firecracker driver slot in as new
+//! [`VmSource`] variants and a new driver module without changing them.
+//!
+//! The QEMU `microvm` driver ([`qemu::QemuDriver`]) runs everywhere, under KVM where the host has
+//! hardware virtualization and under TCG (software emulation) elsewhere.
+
+pub mod accel;
+mod console;
+pub mod qemu;
+mod rundir;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::net::UnixStream;
+
+pub use accel::Accel;
+
+/// Why a VM could not be started or controlled.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The VMM binary could not be started.
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        /// The binary.
+        binary: String,
+        /// The error from exec.
+        source: std::io::Error,
+    },
+    /// The VMM process exited before the guest connected.
+    #[error("the VMM exited during start-up ({status}): {stderr}")]
+    EarlyExit {
+        /// Its exit status.
+        status: String,
+        /// The end of its error output.
+        stderr: String,
+    },
+    /// The guest did not open its channel in time.
+    #[error("the guest did not connect its agent channel within {0:?}")]
+    ChannelTimeout(Duration),
+    /// A control command failed.
+    #[error("VMM control: {0}")]
+    Control(String),
+    /// Host-side file or socket operations failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl VmmError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+}
+
+/// Where a VM's initial state comes from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum VmSource {
+    /// A fresh boot of a kernel with an initramfs and a read-only root disk.
+    Boot {
+        /// The kernel image.
+        kernel: PathBuf,
+        /// The initramfs (the agent is its `/init`).
+        initramfs: PathBuf,
+        /// The root filesystem, attached read-only.
+        rootfs: PathBuf,
+        /// Extra kernel command-line words (`ignition.*` options for the agent).
+        extra_cmdline: Vec<String>,
+    },
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// A unique id (names the run directory and appears in logs).
+    pub id: String,
+    /// Where the guest comes from.
+    pub source: VmSource,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub vcpus: u8,
+    /// How long the guest may take to open its channel.
+    pub connect_timeout: Duration,
+}
+
+/// A running microVM.
+#[async_trait]
+pub trait MicroVm: Send + std::fmt::Debug {
+    /// The VM's id.
+    fn id(&self) -> &str;
+    /// Takes the host end of the agent channel (once).
+    fn take_channel(&mut self) -> Option<UnixStream>;
+    /// The last bytes the guest wrote to its console (bounded).
+    fn console_tail(&self) -> String;
+    /// Pauses the vCPUs.
+    async fn pause(&mut self) -> Result<(), VmmError>;
+    /// Resumes the vCPUs.
+    async fn resume(&mut self) -> Result<(), VmmError>;
+    /// Stops the VM and removes everything it left on the host: process, sockets, files.
+    /// Idempotent; also done, without waiting, when the VM is dropped.
+    async fn destroy(&mut self);
+}
+
+/// A hypervisor backend.
+#[async_trait]
+pub trait VmmDriver: Send + Sync + std::fmt::Debug {
+    /// The backend's name (`qemu`, `firecracker`).
+    fn name(&self) -> &'static str;
+    /// Starts a VM and waits until its guest has connected the agent channel.
+    async fn start(&self, spec: &VmSpec) -> Result<Box<dyn MicroVm>, VmmError>;
+}

@@ -1,0 +1,257 @@
+//! The AWS Lambda Runtime API (`/2018-06-01/runtime/...`) served inside the guest, and the broker
+//! that hands one invocation at a time between the session and the runtime.
+//!
+//! The runtime is the function's own code and is not trusted: request bodies are size-limited,
+//! answers for a request id that is not in flight are refused, and nothing the runtime does can
+//! block the session except by not answering, which the host's deadline ends.
+
+use std::io::Read;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use ignition_proto::{ErrorBody, MAX_RESULT_BYTES};
+use tiny_http::{Header, Method, Request, Response, Server};
+
+/// Address the Runtime API listens on (`AWS_LAMBDA_RUNTIME_API`).
+pub(crate) const RUNTIME_API_ADDR: &str = "127.0.0.1:9001";
+const PREFIX: &str = "/2018-06-01/runtime";
+/// Error bodies are small JSON documents; more than this is refused.
+const MAX_ERROR_BODY: usize = 256 * 1024;
+
+/// One invocation waiting for, or handed to, the runtime.
+#[derive(Debug, Clone)]
+pub(crate) struct Invocation {
+    pub(crate) request_id: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) deadline_unix_ms: u64,
+    pub(crate) function_arn: String,
+}
+
+/// How the runtime answered.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Response(Vec<u8>),
+    Error(ErrorBody),
+    InitError(ErrorBody),
+    RuntimeExited(String),
+}
+
+#[derive(Default)]
+struct State {
+    next: Option<Invocation>,
+    in_flight: Option<String>,
+    answer: Option<Answer>,
+    /// Set once the runtime reported an init error or exited; later invocations fail at once.
+    dead: Option<String>,
+}
+
+/// Hands invocations to the runtime and answers back to the session.
+#[derive(Default)]
+pub(crate) struct Broker {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Broker {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock means a handler thread panicked mid-update; the state is still a set
+        // of plain options, so carrying on is sound.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Offers `inv` to the runtime and waits for its answer.
+    pub(crate) fn invoke(&self, inv: Invocation) -> Answer {
+        let mut st = self.lock();
+        if let Some(why) = &st.dead {
+            return Answer::RuntimeExited(why.clone());
+        }
+        st.answer = None;
+        st.next = Some(inv);
+        self.changed.notify_all();
+        loop {
+            if let Some(answer) = st.answer.take() {
+                st.next = None;
+                st.in_flight = None;
+                return answer;
+            }
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn next(&self) -> Invocation {
+        let mut st = self.lock();
+        loop {
+            if let Some(inv) = st.next.take() {
+                st.in_flight = Some(inv.request_id.clone());
+                return inv;
+            }
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn answer(&self, request_id: &str, answer: Answer) -> bool {
+        let mut st = self.lock();
+        if st.in_flight.as_deref() != Some(request_id) || st.answer.is_some() {
+            return false;
+        }
+        st.answer = Some(answer);
+        self.changed.notify_all();
+        true
+    }
+
+    fn init_error(&self, body: ErrorBody) {
+        let mut st = self.lock();
+        st.dead = Some(format!("{}: {}", body.error_type, body.error_message));
+        if st.answer.is_none() {
+            st.answer = Some(Answer::InitError(body));
+        }
+        self.changed.notify_all();
+    }
+
+    /// Called by the reaper when the runtime process ends.
+    pub(crate) fn runtime_exited(&self, why: String) {
+        let mut st = self.lock();
+        if st.dead.is_none() {
+            st.dead = Some(why.clone());
+        }
+        if st.answer.is_none() && (st.next.is_some() || st.in_flight.is_some()) {
+            st.answer = Some(Answer::RuntimeExited(why));
+        }
+        self.changed.notify_all();
+    }
+}
+
+/// Starts the Runtime API server on its own threads.
+pub(crate) fn serve(broker: Arc<Broker>) -> Result<(), String> {
+    let server = Server::http(RUNTIME_API_ADDR).map_err(|e| format!("runtime API: {e}"))?;
+    std::thread::spawn(move || {
+        for req in server.incoming_requests() {
+            let broker = Arc::clone(&broker);
+            // /next blocks until there is work; every request gets its own thread so that a
+            // runtime polling /next never stalls its own /response.
+            std::thread::spawn(move || handle(&broker, req));
+        }
+    });
+    Ok(())
+}
+
+fn header(name: &str, value: &str) -> Option<Header> {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+}
+
+fn json_response(status: u16, body: String) -> Response<std::io::Cursor<Vec<u8>>> {
+    let mut resp = Response::from_data(body.into_bytes()).with_status_code(status);
+    if let Some(h) = header("Content-Type", "application/json") {
+        resp.add_header(h);
+    }
+    resp
+}
+
+fn error_response(status: u16, error_type: &str, message: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+    let body = serde_json::json!({ "errorType": error_type, "errorMessage": message });
+    json_response(status, body.to_string())
+}
+
+/// Reads at most `max` bytes of body; `None` if the runtime sent more.
+fn read_body(req: &mut Request, max: usize) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    req.as_reader().take(limit).read_to_end(&mut body).ok()?;
+    (body.len() <= max).then_some(body)
+}
+
+/// Parses a runtime's error document leniently: runtimes differ in what they fill in.
+fn parse_error(body: &[u8], header_type: Option<String>) -> ErrorBody {
+    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let text = |k: &str| doc.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let stack_trace = match doc.get("stackTrace") {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect(),
+        Some(serde_json::Value::String(s)) => s.lines().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    };
+    ErrorBody {
+        error_type: text("errorType")
+            .or(header_type)
+            .unwrap_or_else(|| "Unhandled".to_owned()),
+        error_message: text("errorMessage").unwrap_or_default(),
+        stack_trace,
+    }
+}
+
+fn handle(broker: &Broker, mut req: Request) {
+    let url = req.url().to_owned();
+    let path = url.split('?').next().unwrap_or_default();
+    let rest = path.strip_prefix(PREFIX).unwrap_or("");
+    let method = req.method().clone();
+    let error_type_header = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Lambda-Runtime-Function-Error-Type"))
+        .map(|h| h.value.as_str().to_owned());
+
+    let resp = match (method, rest) {
+        (Method::Get, "/invocation/next") => {
+            let inv = broker.next();
+            let mut resp = Response::from_data(inv.payload).with_status_code(200);
+            for (k, v) in [
+                ("Lambda-Runtime-Aws-Request-Id", inv.request_id.clone()),
+                ("Lambda-Runtime-Deadline-Ms", inv.deadline_unix_ms.to_string()),
+                ("Lambda-Runtime-Invoked-Function-Arn", inv.function_arn),
+                ("Lambda-Runtime-Trace-Id", format!("Root=1-{}", inv.request_id)),
+                ("Content-Type", "application/json".to_owned()),
+            ] {
+                if let Some(h) = header(k, &v) {
+                    resp.add_header(h);
+                }
+            }
+            let _ = req.respond(resp);
+            return;
+        }
+        (Method::Post, "/init/error") => {
+            let body = read_body(&mut req, MAX_ERROR_BODY).unwrap_or_default();
+            broker.init_error(parse_error(&body, error_type_header));
+            json_response(202, r#"{"status":"OK"}"#.to_owned())
+        }
+        (Method::Post, rest) => {
+            let Some(tail) = rest.strip_prefix("/invocation/") else {
+                let _ = req.respond(error_response(404, "NotFound", "unknown path"));
+                return;
+            };
+            let (id, kind) = tail.rsplit_once('/').unwrap_or((tail, ""));
+            let answer = match kind {
+                "response" => match read_body(&mut req, MAX_RESULT_BYTES) {
+                    Some(body) => Answer::Response(body),
+                    None => {
+                        let err = ErrorBody {
+                            error_type: "Function.ResponseSizeTooLarge".to_owned(),
+                            error_message: format!(
+                                "Response payload size exceeded maximum allowed payload size ({MAX_RESULT_BYTES} bytes)."
+                            ),
+                            stack_trace: Vec::new(),
+                        };
+                        broker.answer(id, Answer::Error(err));
+                        let _ = req.respond(error_response(413, "RequestEntityTooLarge", "response too large"));
+                        return;
+                    }
+                },
+                "error" => {
+                    let body = read_body(&mut req, MAX_ERROR_BODY).unwrap_or_default();
+                    Answer::Error(parse_error(&body, error_type_header))
+                }
+                _ => {
+                    let _ = req.respond(error_response(404, "NotFound", "unknown path"));
+                    return;
+                }
+            };
+            if broker.answer(id, answer) {
+                json_response(202, r#"{"status":"OK"}"#.to_owned())
+            } else {
+                error_response(400, "InvalidRequestID", "no invocation with this id is in flight")
+            }
+        }
+        _ => error_response(404, "NotFound", "unknown path"),
+    };
+    let _ = req.respond(resp);
+}

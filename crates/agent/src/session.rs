@@ -1,0 +1,150 @@
+//! The session with the host: the loop that answers each [`HostMessage`].
+
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use ignition_proto::{
+    ErrorBody, FunctionSpec, GuestMessage, HostMessage, InvokeRequest, InvokeResult, Outcome,
+};
+
+use crate::init::{console, power_off, Guest};
+use crate::runtime_api::{self, Answer, Broker, Invocation};
+use crate::supervisor::{self, Launch, LogBuffer, TASK_ROOT};
+
+struct Loaded {
+    function_arn: String,
+}
+
+/// Serves the host until it asks for a shutdown; returns only on a fatal error.
+pub(crate) fn serve(guest: Guest) -> String {
+    let Guest {
+        mut channel,
+        kernel_release,
+    } = guest;
+    let broker = Arc::new(Broker::default());
+    let logs = Arc::new(LogBuffer::default());
+    let runtime_pid = Arc::new(Mutex::new(None));
+    supervisor::spawn_reaper(Arc::clone(&runtime_pid), Arc::clone(&broker));
+    if let Err(e) = runtime_api::serve(Arc::clone(&broker)) {
+        return e;
+    }
+    let ready = GuestMessage::Ready {
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel_release,
+    };
+    if let Err(e) = channel.send(&ready) {
+        return e;
+    }
+    console("ready");
+    let mut loaded: Option<Loaded> = None;
+    loop {
+        let msg = match channel.recv() {
+            Ok(Some(m)) => m,
+            Ok(None) => power_off(),
+            Err(e) => return format!("host channel: {e}"),
+        };
+        let reply = match msg {
+            HostMessage::Shutdown => power_off(),
+            HostMessage::LoadFunction(spec) if loaded.is_none() => {
+                match load(&spec, &logs, &runtime_pid) {
+                    Ok(l) => {
+                        loaded = Some(l);
+                        GuestMessage::Loaded
+                    }
+                    Err(message) => GuestMessage::Fatal { message },
+                }
+            }
+            HostMessage::LoadFunction(_) => GuestMessage::Fatal {
+                message: "a function is already loaded in this VM".to_owned(),
+            },
+            HostMessage::Invoke(req) => match &loaded {
+                Some(l) => GuestMessage::Result(invoke(req, l, &broker, &logs)),
+                None => GuestMessage::Fatal {
+                    message: "invoke before any function was loaded".to_owned(),
+                },
+            },
+        };
+        if let Err(e) = channel.send(&reply) {
+            return e;
+        }
+    }
+}
+
+fn load(
+    spec: &FunctionSpec,
+    logs: &Arc<LogBuffer>,
+    runtime_pid: &Arc<Mutex<Option<nix::unistd::Pid>>>,
+) -> Result<Loaded, String> {
+    std::fs::create_dir_all(TASK_ROOT).map_err(|e| format!("mkdir {TASK_ROOT}: {e}"))?;
+    let mut archive = tar::Archive::new(&spec.code_tar[..]);
+    archive.set_preserve_permissions(true);
+    archive
+        .unpack(TASK_ROOT)
+        .map_err(|e| format!("unpack function code: {e}"))?;
+    // Hold the pid lock across the spawn so the reaper cannot see the runtime's exit before it
+    // knows the runtime's pid.
+    let mut slot = runtime_pid.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = supervisor::start(
+        &Launch {
+            runtime: spec.runtime,
+            handler: &spec.handler,
+            function_name: &spec.name,
+            memory_mib: spec.memory_mib,
+            env: &spec.env,
+        },
+        logs,
+    )?;
+    *slot = Some(pid);
+    Ok(Loaded {
+        function_arn: format!("arn:aws:lambda:local:000000000000:function:{}", spec.name),
+    })
+}
+
+fn set_clock(host_time_unix_ms: u64) {
+    let ts = nix::sys::time::TimeSpec::new(
+        i64::try_from(host_time_unix_ms / 1000).unwrap_or(i64::MAX),
+        i64::try_from((host_time_unix_ms % 1000) * 1_000_000).unwrap_or(0),
+    );
+    if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts) {
+        console(&format!("cannot set the clock: {e}"));
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn invoke(req: InvokeRequest, loaded: &Loaded, broker: &Broker, logs: &LogBuffer) -> InvokeResult {
+    set_clock(req.host_time_unix_ms);
+    let started = Instant::now();
+    let answer = broker.invoke(Invocation {
+        request_id: req.request_id.clone(),
+        payload: req.payload,
+        deadline_unix_ms: now_unix_ms().saturating_add(req.timeout_ms),
+        function_arn: loaded.function_arn.clone(),
+    });
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    // Give the drain threads a moment to move output the runtime wrote just before answering.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let outcome = match answer {
+        Answer::Response(body) => Outcome::Success(body),
+        Answer::Error(e) => Outcome::FunctionError(e),
+        Answer::InitError(e) => Outcome::InitError(e),
+        Answer::RuntimeExited(why) => Outcome::FunctionError(ErrorBody {
+            error_type: "Runtime.ExitError".to_owned(),
+            error_message: why,
+            stack_trace: Vec::new(),
+        }),
+    };
+    let (logs, logs_truncated) = logs.take();
+    InvokeResult {
+        request_id: req.request_id,
+        outcome,
+        logs,
+        logs_truncated,
+        duration_ms,
+    }
+}

@@ -1,0 +1,129 @@
+//! The runtime process: how it is started, where its output goes, and how its end is noticed.
+//!
+//! As PID 1 the agent inherits every orphan in the guest, so one reaper thread collects them all
+//! with `waitpid(-1)`; when the reaped pid is the runtime's it tells the broker, which fails the
+//! invocation in flight instead of waiting forever.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use ignition_proto::{Runtime, MAX_LOG_BYTES};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::runtime_api::{Broker, RUNTIME_API_ADDR};
+
+/// Where the function's code is unpacked (`LAMBDA_TASK_ROOT`).
+pub(crate) const TASK_ROOT: &str = "/var/task";
+
+/// The runtime's combined stdout and stderr since it was last taken, bounded.
+#[derive(Default)]
+pub(crate) struct LogBuffer {
+    inner: Mutex<(Vec<u8>, bool)>,
+}
+
+impl LogBuffer {
+    fn append(&self, bytes: &[u8]) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let room = MAX_LOG_BYTES.saturating_sub(g.0.len());
+        if bytes.len() > room {
+            g.1 = true;
+        }
+        let n = bytes.len().min(room);
+        g.0.extend_from_slice(&bytes[..n]);
+    }
+
+    /// Takes what was logged so far and whether some of it was cut.
+    pub(crate) fn take(&self) -> (Vec<u8>, bool) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *g)
+    }
+}
+
+/// What the runtime needs to start.
+pub(crate) struct Launch<'a> {
+    pub(crate) runtime: Runtime,
+    pub(crate) handler: &'a str,
+    pub(crate) function_name: &'a str,
+    pub(crate) memory_mib: u32,
+    pub(crate) env: &'a [(String, String)],
+}
+
+/// Starts the runtime and the threads that drain its output.
+pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, String> {
+    let mut cmd = match launch.runtime {
+        Runtime::Python3 => {
+            let mut c = Command::new("/usr/bin/python3");
+            c.arg("-u").arg("/opt/ignition/bootstrap.py");
+            c
+        }
+        Runtime::Provided => Command::new(format!("{TASK_ROOT}/bootstrap")),
+    };
+    cmd.env_clear()
+        .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LANG", "C.UTF-8")
+        .env("TZ", ":UTC")
+        .env("HOME", "/tmp")
+        .env("AWS_LAMBDA_RUNTIME_API", RUNTIME_API_ADDR)
+        .env("_HANDLER", launch.handler)
+        .env("LAMBDA_TASK_ROOT", TASK_ROOT)
+        .env("LAMBDA_RUNTIME_DIR", "/opt/ignition")
+        .env("AWS_LAMBDA_FUNCTION_NAME", launch.function_name)
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env(
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            launch.memory_mib.to_string(),
+        )
+        .current_dir(TASK_ROOT)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("start {} runtime: {e}", launch.runtime.as_str()))?;
+    let pid = Pid::from_raw(i32::try_from(child.id()).map_err(|_| "pid out of range".to_owned())?);
+    if let Some(out) = child.stdout.take() {
+        drain(out, Arc::clone(logs));
+    }
+    if let Some(err) = child.stderr.take() {
+        drain(err, Arc::clone(logs));
+    }
+    // The child handle is dropped without waiting: the reaper owns every exit status.
+    drop(child);
+    Ok(pid)
+}
+
+fn drain(mut from: impl Read + Send + 'static, logs: Arc<LogBuffer>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => logs.append(&buf[..n]),
+            }
+        }
+    });
+}
+
+/// Reaps every child of PID 1; reports the runtime's end to the broker.
+pub(crate) fn spawn_reaper(runtime: Arc<Mutex<Option<Pid>>>, broker: Arc<Broker>) {
+    std::thread::spawn(move || loop {
+        match waitpid(None::<Pid>, None) {
+            Ok(status) => {
+                let (pid, why) = match status {
+                    WaitStatus::Exited(pid, code) => (pid, format!("runtime exited with status {code}")),
+                    WaitStatus::Signaled(pid, sig, _) => (pid, format!("runtime killed by signal {sig}")),
+                    _ => continue,
+                };
+                let is_runtime = *runtime.lock().unwrap_or_else(|p| p.into_inner()) == Some(pid);
+                if is_runtime {
+                    broker.runtime_exited(why);
+                }
+            }
+            // No children right now: wait a little instead of spinning.
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    });
+}

@@ -1,0 +1,220 @@
+//! What a function is, and what makes one valid.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The runtimes Ignition runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Python 3 with `handler(event, context)`.
+    Python3,
+    /// The bundle's own `bootstrap` speaking the Lambda Runtime API.
+    Provided,
+}
+
+impl Runtime {
+    /// Parses a user-facing runtime name; Lambda's `python3.x` and `provided.al2*` are accepted.
+    pub fn parse(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "python3" => Ok(Self::Python3),
+            s if s.starts_with("python3.") => Ok(Self::Python3),
+            "provided" => Ok(Self::Provided),
+            s if s.starts_with("provided.") => Ok(Self::Provided),
+            other => Err(ModelError::Invalid {
+                field: "runtime",
+                why: format!("{other:?} is not supported (use python3 or provided)"),
+            }),
+        }
+    }
+
+    /// The canonical name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Python3 => "python3",
+            Self::Provided => "provided",
+        }
+    }
+}
+
+/// A field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// The value is not acceptable.
+    #[error("invalid {field}: {why}")]
+    Invalid {
+        /// The field's name as the API spells it.
+        field: &'static str,
+        /// Why.
+        why: String,
+    },
+}
+
+fn invalid(field: &'static str, why: impl Into<String>) -> ModelError {
+    ModelError::Invalid {
+        field,
+        why: why.into(),
+    }
+}
+
+/// Lambda's bounds.
+pub const MEMORY_MIB: std::ops::RangeInclusive<u32> = 128..=10240;
+/// Seconds.
+pub const TIMEOUT_S: std::ops::RangeInclusive<u32> = 1..=900;
+const MAX_ENV_BYTES: usize = 4096;
+const RESERVED_ENV: &[&str] = &["_HANDLER", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR", "PATH"];
+
+/// Checks a function name: `[A-Za-z0-9_-]{1,64}`.
+pub fn validate_name(name: &str) -> Result<(), ModelError> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(invalid("name", format!("{name:?} must be 1 to 64 characters")));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+        return Err(invalid(
+            "name",
+            format!("{name:?} contains {c:?}; only letters, digits, '-' and '_' are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// A function's configuration as deployed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionConfig {
+    /// Unique name.
+    pub name: String,
+    /// Runtime.
+    pub runtime: Runtime,
+    /// `FILE.FUNC` (Python) or a value passed to the bootstrap as `_HANDLER`.
+    pub handler: String,
+    /// VM memory.
+    pub memory_mib: u32,
+    /// Seconds before the VM is killed.
+    pub timeout_s: u32,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+}
+
+impl FunctionConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        validate_name(&self.name)?;
+        if self.handler.is_empty() || self.handler.len() > 128 {
+            return Err(invalid("handler", "must be 1 to 128 characters"));
+        }
+        if self.runtime == Runtime::Python3 {
+            let (file, func) = self
+                .handler
+                .rsplit_once('.')
+                .ok_or_else(|| invalid("handler", format!("{:?} is not FILE.FUNCTION", self.handler)))?;
+            if file.is_empty() || func.is_empty() || file.starts_with('/') || file.contains("..") {
+                return Err(invalid("handler", format!("{:?} is not FILE.FUNCTION", self.handler)));
+            }
+        }
+        if !MEMORY_MIB.contains(&self.memory_mib) {
+            return Err(invalid(
+                "memory",
+                format!("{} MiB is outside {}..={}", self.memory_mib, MEMORY_MIB.start(), MEMORY_MIB.end()),
+            ));
+        }
+        if !TIMEOUT_S.contains(&self.timeout_s) {
+            return Err(invalid(
+                "timeout",
+                format!("{} s is outside {}..={}", self.timeout_s, TIMEOUT_S.start(), TIMEOUT_S.end()),
+            ));
+        }
+        let mut total = 0;
+        for (k, v) in &self.env {
+            let ok = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(invalid("environment", format!("{k:?} is not a valid variable name")));
+            }
+            if RESERVED_ENV.contains(&k.as_str()) || k.starts_with("AWS_LAMBDA_") {
+                return Err(invalid("environment", format!("{k} is reserved")));
+            }
+            if v.contains('\0') {
+                return Err(invalid("environment", format!("the value of {k} contains a NUL byte")));
+            }
+            total += k.len() + v.len();
+        }
+        if total > MAX_ENV_BYTES {
+            return Err(invalid("environment", format!("{total} bytes exceed {MAX_ENV_BYTES}")));
+        }
+        Ok(())
+    }
+
+    /// The file a Python handler lives in (`app.handler` -> `app.py`).
+    pub fn python_module_file(&self) -> Option<String> {
+        let (module, _) = self.handler.rsplit_once('.')?;
+        Some(format!("{}.py", module.replace('.', "/")))
+    }
+}
+
+/// A stored function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    /// Its configuration.
+    #[serde(flatten)]
+    pub config: FunctionConfig,
+    /// SHA-256 of the canonical code tar, hex.
+    pub code_sha256: String,
+    /// Size of the code tar in bytes.
+    pub code_size: u64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> FunctionConfig {
+        FunctionConfig {
+            name: "hello".into(),
+            runtime: Runtime::Python3,
+            handler: "app.handler".into(),
+            memory_mib: 128,
+            timeout_s: 3,
+            env: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn names_follow_the_documented_alphabet() {
+        assert!(validate_name("hello-World_1").is_ok());
+        assert!(validate_name(&"a".repeat(64)).is_ok());
+        for bad in ["", "a b", "../x", "é", &"a".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let field = |c: FunctionConfig| match c.validate() {
+            Err(ModelError::Invalid { field, .. }) => field,
+            Ok(()) => "ok",
+        };
+        assert_eq!(field(config()), "ok");
+        assert_eq!(field(FunctionConfig { memory_mib: 64, ..config() }), "memory");
+        assert_eq!(field(FunctionConfig { timeout_s: 0, ..config() }), "timeout");
+        assert_eq!(field(FunctionConfig { handler: "nodot".into(), ..config() }), "handler");
+        let mut env = BTreeMap::new();
+        env.insert("AWS_LAMBDA_X".into(), "1".into());
+        assert_eq!(field(FunctionConfig { env, ..config() }), "environment");
+        let mut env = BTreeMap::new();
+        env.insert("1BAD".into(), "1".into());
+        assert_eq!(field(FunctionConfig { env, ..config() }), "environment");
+    }
+
+    #[test]
+    fn runtimes_accept_lambda_names() {
+        assert_eq!(Runtime::parse("python3.12"), Ok(Runtime::Python3));
+        assert_eq!(Runtime::parse("provided.al2023"), Ok(Runtime::Provided));
+        assert!(Runtime::parse("nodejs20.x").is_err());
+        assert_eq!(config().python_module_file().as_deref(), Some("app.py"));
+    }
+}

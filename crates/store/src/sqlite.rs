@@ -1,0 +1,289 @@
+//! The SQLite implementation.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use crate::model::{FunctionConfig, FunctionRecord, Runtime};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A stored row does not decode (the database was changed by something else).
+    #[error("corrupt row for {0}")]
+    Corrupt(String),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS bundles (
+    sha256      TEXT PRIMARY KEY,
+    size        INTEGER NOT NULL,
+    data        BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS functions (
+    name        TEXT PRIMARY KEY,
+    runtime     TEXT NOT NULL,
+    handler     TEXT NOT NULL,
+    memory_mib  INTEGER NOT NULL,
+    timeout_s   INTEGER NOT NULL,
+    env         TEXT NOT NULL,
+    code_sha256 TEXT NOT NULL REFERENCES bundles(sha256),
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+";
+
+/// The store. One connection behind a mutex: SQLite serializes writers anyway, and every
+/// operation here is short.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Store {
+    /// Opens (creating if needed) `DATA_DIR/ignition.db`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let conn = Connection::open(data_dir.join("ignition.db"))?;
+        Self::init(conn)
+    }
+
+    /// An in-memory store, for tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back), so the connection is still good.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates or replaces a function with its code, atomically.
+    pub fn put_function(&self, config: &FunctionConfig, code_tar: &[u8]) -> Result<FunctionRecord, StoreError> {
+        let hash = sha256_hex(code_tar);
+        let env = serde_json::to_string(&config.env).map_err(|_| StoreError::Corrupt(config.name.clone()))?;
+        let t = now();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let previous: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT code_sha256, created_at FROM functions WHERE name = ?1",
+                params![config.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO bundles (sha256, size, data, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, code_tar.len() as i64, code_tar, t],
+        )?;
+        let created_at = previous.as_ref().map_or(t, |(_, c)| *c);
+        tx.execute(
+            "INSERT OR REPLACE INTO functions
+             (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                config.name,
+                config.runtime.as_str(),
+                config.handler,
+                config.memory_mib,
+                config.timeout_s,
+                env,
+                hash,
+                created_at,
+                t
+            ],
+        )?;
+        if let Some((old, _)) = previous {
+            gc_bundle(&tx, &old)?;
+        }
+        tx.commit()?;
+        Ok(FunctionRecord {
+            config: config.clone(),
+            code_sha256: hash,
+            code_size: code_tar.len() as u64,
+            created_at,
+            updated_at: t,
+        })
+    }
+
+    /// One function.
+    pub fn get_function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("{SELECT} WHERE f.name = ?1"))?;
+        let row = stmt.query_row(params![name], row_to_record).optional()?;
+        row.transpose()
+    }
+
+    /// All functions, by name.
+    pub fn list_functions(&self) -> Result<Vec<FunctionRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY f.name"))?;
+        let rows = stmt.query_map([], row_to_record)?;
+        rows.map(|r| r.map_err(StoreError::from).and_then(|x| x)).collect()
+    }
+
+    /// Deletes a function; `false` if there was none.
+    pub fn delete_function(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let hash: Option<String> = tx
+            .query_row("SELECT code_sha256 FROM functions WHERE name = ?1", params![name], |r| r.get(0))
+            .optional()?;
+        let Some(hash) = hash else { return Ok(false) };
+        tx.execute("DELETE FROM functions WHERE name = ?1", params![name])?;
+        gc_bundle(&tx, &hash)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// A bundle's canonical tar by hash.
+    pub fn get_bundle(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row("SELECT data FROM bundles WHERE sha256 = ?1", params![sha256], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Number of stored bundles.
+    pub fn bundle_count(&self) -> Result<u64, StoreError> {
+        let conn = self.conn();
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM bundles", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+const SELECT: &str = "SELECT f.name, f.runtime, f.handler, f.memory_mib, f.timeout_s, f.env,
+    f.code_sha256, b.size, f.created_at, f.updated_at
+    FROM functions f JOIN bundles b ON b.sha256 = f.code_sha256";
+
+fn gc_bundle(tx: &rusqlite::Transaction<'_>, hash: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM bundles WHERE sha256 = ?1
+         AND NOT EXISTS (SELECT 1 FROM functions WHERE code_sha256 = ?1)",
+        params![hash],
+    )?;
+    Ok(())
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecord, StoreError>> {
+    let name: String = r.get(0)?;
+    let runtime: String = r.get(1)?;
+    let env: String = r.get(5)?;
+    let size: i64 = r.get(7)?;
+    let (Ok(runtime), Ok(env)) = (Runtime::parse(&runtime), serde_json::from_str(&env)) else {
+        return Ok(Err(StoreError::Corrupt(name)));
+    };
+    Ok(Ok(FunctionRecord {
+        config: FunctionConfig {
+            name,
+            runtime,
+            handler: r.get(2)?,
+            memory_mib: r.get(3)?,
+            timeout_s: r.get(4)?,
+            env,
+        },
+        code_sha256: r.get(6)?,
+        code_size: u64::try_from(size).unwrap_or(0),
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn config(name: &str) -> FunctionConfig {
+        FunctionConfig {
+            name: name.into(),
+            runtime: Runtime::Python3,
+            handler: "app.handler".into(),
+            memory_mib: 128,
+            timeout_s: 3,
+            env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+        }
+    }
+
+    #[test]
+    fn put_get_list_delete() {
+        let s = Store::in_memory().unwrap();
+        let rec = s.put_function(&config("b"), b"code-b").unwrap();
+        s.put_function(&config("a"), b"code-a").unwrap();
+        assert_eq!(rec.code_sha256, sha256_hex(b"code-b"));
+        let got = s.get_function("b").unwrap().unwrap();
+        assert_eq!(got.config, config("b"));
+        assert_eq!(got.code_size, 6);
+        assert_eq!(s.get_bundle(&got.code_sha256).unwrap().unwrap(), b"code-b");
+        let names: Vec<_> = s.list_functions().unwrap().into_iter().map(|r| r.config.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(s.delete_function("b").unwrap());
+        assert!(!s.delete_function("b").unwrap());
+        assert!(s.get_function("b").unwrap().is_none());
+        assert!(s.get_bundle(&rec.code_sha256).unwrap().is_none(), "unreferenced bundle removed");
+    }
+
+    #[test]
+    fn bundles_are_shared_by_hash_and_collected_on_update() {
+        let s = Store::in_memory().unwrap();
+        s.put_function(&config("a"), b"same").unwrap();
+        s.put_function(&config("b"), b"same").unwrap();
+        assert_eq!(s.bundle_count().unwrap(), 1);
+        let first = s.get_function("a").unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        s.put_function(&config("a"), b"new code").unwrap();
+        assert_eq!(s.bundle_count().unwrap(), 2, "old bundle still used by b");
+        let updated = s.get_function("a").unwrap().unwrap();
+        assert_eq!(updated.created_at, first.created_at, "update keeps creation time");
+        s.put_function(&config("b"), b"new code").unwrap();
+        assert_eq!(s.bundle_count().unwrap(), 1, "old bundle collected");
+    }
+
+    #[test]
+    fn data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path()).unwrap().put_function(&config("a"), b"x").unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.get_function("a").unwrap().unwrap().config, config("a"));
+    }
+}

@@ -1,0 +1,231 @@
+//! The QEMU `microvm` driver.
+//!
+//! The host listens on the agent and console sockets before QEMU starts; QEMU connects to both
+//! as a client at start-up, so a VMM that fails to start is seen as an early exit with its error
+//! output, never as a hang. QMP is served by QEMU and used for control.
+
+mod args;
+mod qmp;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::AsyncReadExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::process::{Child, Command};
+
+use crate::console::ConsoleRing;
+use crate::rundir::RunDir;
+use crate::{Accel, MicroVm, VmSpec, VmmDriver, VmmError};
+use qmp::Qmp;
+
+const STDERR_KEEP: u64 = 16 * 1024;
+
+/// Configuration of the QEMU driver.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// The `qemu-system-x86_64` binary.
+    pub binary: PathBuf,
+    /// The accelerator (already resolved: `Tcg` or `Kvm`).
+    pub accel: Accel,
+    /// Where per-VM run directories are made. Unix socket paths are limited to 107 bytes, so
+    /// keep this short.
+    pub run_dir: PathBuf,
+}
+
+/// Starts microVMs with QEMU.
+#[derive(Debug)]
+pub struct QemuDriver {
+    config: QemuConfig,
+}
+
+impl QemuDriver {
+    /// A driver with `config`; `Auto` is resolved against this host.
+    pub fn new(mut config: QemuConfig) -> Self {
+        config.accel = config.accel.resolve(crate::accel::HostVirt::probe());
+        Self { config }
+    }
+
+    /// The accelerator VMs will run with.
+    pub fn accel(&self) -> Accel {
+        self.config.accel
+    }
+}
+
+/// A QEMU microVM.
+#[derive(Debug)]
+pub struct QemuVm {
+    id: String,
+    child: Child,
+    qmp: Option<Qmp>,
+    channel: Option<UnixStream>,
+    console: ConsoleRing,
+    console_task: tokio::task::JoinHandle<()>,
+    run_dir: RunDir,
+    destroyed: bool,
+}
+
+async fn accept_or_exit(
+    listener: &UnixListener,
+    child: &mut Child,
+    stderr: &mut Option<tokio::task::JoinHandle<String>>,
+    limit: Duration,
+) -> Result<UnixStream, VmmError> {
+    tokio::select! {
+        r = tokio::time::timeout(limit, listener.accept()) => match r {
+            Ok(Ok((s, _))) => Ok(s),
+            Ok(Err(e)) => Err(VmmError::Io { what: "accept VM socket".into(), source: e }),
+            Err(_) => Err(VmmError::ChannelTimeout(limit)),
+        },
+        status = child.wait() => {
+            let stderr = match stderr.take() {
+                Some(t) => t.await.unwrap_or_default(),
+                None => String::new(),
+            };
+            Err(VmmError::EarlyExit {
+                status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                stderr: stderr.trim().to_owned(),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl VmmDriver for QemuDriver {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn start(&self, spec: &VmSpec) -> Result<Box<dyn MicroVm>, VmmError> {
+        let run_dir = RunDir::create(&self.config.run_dir, &spec.id)?;
+        let (agent_path, console_path, qmp_path) =
+            (run_dir.join("agent.sock"), run_dir.join("console.sock"), run_dir.join("qmp.sock"));
+        let agent_listener =
+            UnixListener::bind(&agent_path).map_err(VmmError::io(format!("bind {}", agent_path.display())))?;
+        let console_listener = UnixListener::bind(&console_path)
+            .map_err(VmmError::io(format!("bind {}", console_path.display())))?;
+        let sockets = args::Sockets {
+            agent: &agent_path,
+            console: &console_path,
+            qmp: &qmp_path,
+        };
+        let mut cmd = Command::new(&self.config.binary);
+        cmd.args(args::build(spec, self.config.accel, &sockets))
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: the closure runs in the child between fork and exec and calls only prctl(2),
+        // which is async-signal-safe; it touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The VMM dies with the server, so a crashed server leaves no VM behind.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+            binary: self.config.binary.display().to_string(),
+            source,
+        })?;
+        let mut stderr_task = child.stderr.take().map(|err| {
+            tokio::spawn(async move {
+                let mut s = String::new();
+                let _ = err.take(STDERR_KEEP).read_to_string(&mut s).await;
+                s
+            })
+        });
+        let limit = spec.connect_timeout;
+        let console_stream = accept_or_exit(&console_listener, &mut child, &mut stderr_task, limit).await?;
+        let console = ConsoleRing::default();
+        let console_task = console.capture(console_stream);
+        let channel = accept_or_exit(&agent_listener, &mut child, &mut stderr_task, limit).await;
+        let channel = match channel {
+            Ok(c) => c,
+            Err(e) => {
+                console_task.abort();
+                return Err(e);
+            }
+        };
+        // The listeners are no longer needed; their socket files go with the run directory.
+        drop((agent_listener, console_listener));
+        let qmp = match Qmp::connect(&qmp_path, Duration::from_secs(5)).await {
+            Ok(q) => Some(q),
+            Err(e) => {
+                tracing::warn!(vm = %spec.id, error = %e, "QMP unavailable; control falls back to signals");
+                None
+            }
+        };
+        Ok(Box::new(QemuVm {
+            id: spec.id.clone(),
+            child,
+            qmp,
+            channel: Some(channel),
+            console,
+            console_task,
+            run_dir,
+            destroyed: false,
+        }))
+    }
+}
+
+impl QemuVm {
+    async fn qmp(&mut self, command: &str) -> Result<(), VmmError> {
+        let qmp = self
+            .qmp
+            .as_mut()
+            .ok_or_else(|| VmmError::Control("no QMP connection".into()))?;
+        qmp.execute(command, None).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl MicroVm for QemuVm {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn take_channel(&mut self) -> Option<UnixStream> {
+        self.channel.take()
+    }
+
+    fn console_tail(&self) -> String {
+        self.console.tail()
+    }
+
+    async fn pause(&mut self) -> Result<(), VmmError> {
+        self.qmp("stop").await
+    }
+
+    async fn resume(&mut self) -> Result<(), VmmError> {
+        self.qmp("cont").await
+    }
+
+    async fn destroy(&mut self) {
+        if self.destroyed {
+            return;
+        }
+        self.destroyed = true;
+        self.channel = None;
+        // SIGKILL at once: the guest is disposable and nothing in it needs a clean shutdown.
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        self.qmp = None;
+        // Give the console reader a moment to take the last bytes, then stop it.
+        let _ = tokio::time::timeout(Duration::from_millis(50), &mut self.console_task).await;
+        self.console_task.abort();
+        self.run_dir.remove();
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        // kill_on_drop kills the process (tokio reaps it); the run directory removes itself.
+        self.console_task.abort();
+    }
+}

@@ -1,0 +1,93 @@
+//! A minimal QMP (QEMU Machine Protocol) client: greeting, capabilities negotiation, commands.
+//!
+//! QEMU runs guest-facing device emulation, so its replies are bounded like guest input: a line
+//! longer than [`MAX_LINE`] ends the session.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::VmmError;
+
+const MAX_LINE: usize = 1024 * 1024;
+
+/// A negotiated QMP session.
+#[derive(Debug)]
+pub(crate) struct Qmp {
+    stream: BufReader<UnixStream>,
+    timeout: Duration,
+}
+
+impl Qmp {
+    /// Connects and negotiates capabilities.
+    pub(crate) async fn connect(path: &Path, timeout: Duration) -> Result<Self, VmmError> {
+        let stream = tokio::time::timeout(timeout, UnixStream::connect(path))
+            .await
+            .map_err(|_| VmmError::Control("QMP connect timed out".into()))?
+            .map_err(VmmError::io(format!("connect QMP {}", path.display())))?;
+        let mut qmp = Self {
+            stream: BufReader::new(stream),
+            timeout,
+        };
+        let greeting = qmp.read_value().await?;
+        if greeting.get("QMP").is_none() {
+            return Err(VmmError::Control(format!("unexpected QMP greeting: {greeting}")));
+        }
+        qmp.execute("qmp_capabilities", None).await?;
+        Ok(qmp)
+    }
+
+    async fn read_value(&mut self) -> Result<Value, VmmError> {
+        let mut line = Vec::new();
+        let read = async {
+            loop {
+                let buf = self.stream.fill_buf().await.map_err(VmmError::io("read QMP"))?;
+                if buf.is_empty() {
+                    return Err(VmmError::Control("QMP connection closed".into()));
+                }
+                if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                    line.extend_from_slice(&buf[..nl]);
+                    self.stream.consume(nl + 1);
+                    return Ok(());
+                }
+                let n = buf.len();
+                line.extend_from_slice(buf);
+                self.stream.consume(n);
+                if line.len() > MAX_LINE {
+                    return Err(VmmError::Control("QMP reply too long".into()));
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, read)
+            .await
+            .map_err(|_| VmmError::Control("QMP reply timed out".into()))??;
+        serde_json::from_slice(&line).map_err(|e| VmmError::Control(format!("bad QMP reply: {e}")))
+    }
+
+    /// Runs a command and returns its `return` value; events that arrive meanwhile are skipped.
+    pub(crate) async fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, VmmError> {
+        let mut msg = json!({ "execute": command });
+        if let Some(a) = args {
+            msg["arguments"] = a;
+        }
+        let mut bytes = msg.to_string().into_bytes();
+        bytes.push(b'\n');
+        self.stream
+            .get_mut()
+            .write_all(&bytes)
+            .await
+            .map_err(VmmError::io(format!("send QMP {command}")))?;
+        loop {
+            let v = self.read_value().await?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(VmmError::Control(format!("QMP {command}: {e}")));
+            }
+        }
+    }
+}
