@@ -1,1 +1,80 @@
-//! placeholder
+//! The HTTP API of a node: function management and invocation.
+//!
+//! Paths:
+//! - `GET /`: readiness (answers once the node can run VMs).
+//! - `GET /v1/functions`, `GET|PUT|DELETE /v1/functions/{name}`: manage functions.
+//! - `POST /v1/functions/{name}/invoke` and Lambda's `POST /2015-03-31/functions/{name}/invocations`:
+//!   invoke synchronously; the body is the event, the response body the function's result.
+//!
+//! Errors are JSON `{"errorType": ..., "errorMessage": ...}` with Lambda's error type names, also
+//! in the `x-amzn-ErrorType` header, so Lambda clients recognize them.
+
+mod error;
+mod functions;
+mod invoke;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ignition_store::Store;
+use ignition_worker::Worker;
+use serde_json::json;
+
+pub use error::ApiError;
+
+/// Largest deploy request: a base64-encoded archive of up to 64 MiB plus the JSON around it.
+const MAX_DEPLOY_BODY: usize = 96 * 1024 * 1024;
+/// Largest synchronous invocation payload (Lambda's limit).
+pub const MAX_INVOKE_PAYLOAD: usize = 6 * 1024 * 1024;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Functions and bundles.
+    pub store: Arc<Store>,
+    /// Runs invocations.
+    pub worker: Arc<Worker>,
+    /// This node's id (reported in `x-ignition-node`).
+    pub node_id: String,
+}
+
+/// The router with every route.
+pub fn router(state: AppState) -> Router {
+    let invoke = post(invoke::invoke).layer(DefaultBodyLimit::max(MAX_INVOKE_PAYLOAD + 1));
+    Router::new()
+        .route("/", get(health))
+        .route("/v1/functions", get(functions::list))
+        .route(
+            "/v1/functions/{name}",
+            get(functions::get)
+                .put(functions::put)
+                .delete(functions::delete)
+                .layer(DefaultBodyLimit::max(MAX_DEPLOY_BODY)),
+        )
+        .route("/v1/functions/{name}/invoke", invoke.clone())
+        .route("/2015-03-31/functions/{name}/invocations", invoke)
+        .with_state(state)
+}
+
+async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "node": state.node_id,
+        "image": state.worker.image().id,
+    }))
+}
+
+/// Runs a store operation off the async threads.
+pub(crate) async fn blocking<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Store) -> Result<T, ignition_store::StoreError> + Send + 'static,
+{
+    let store = Arc::clone(&state.store);
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+        .map_err(|e| ApiError::internal(e.to_string()))
+}

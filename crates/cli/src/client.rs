@@ -1,0 +1,49 @@
+//! The HTTP client the `fn` commands use.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// Where a server listens by default, and where the CLI looks for one.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+/// A server's API.
+#[derive(Debug)]
+pub(crate) struct Client {
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    pub(crate) fn new(url: Option<&str>) -> Result<Self> {
+        let base = url
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"));
+        let http = reqwest::blocking::Client::builder()
+            // Invocations boot a VM and may run for the function's whole timeout (up to 900 s).
+            .timeout(Duration::from_secs(960))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::blocking::Client {
+        &self.http
+    }
+}
+
+/// Turns an API error response into a one-line message.
+pub(crate) fn api_error(status: reqwest::StatusCode, body: &[u8]) -> String {
+    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    match (doc.get("errorType").and_then(|v| v.as_str()), doc.get("errorMessage").and_then(|v| v.as_str())) {
+        (Some(t), Some(m)) => format!("{t}: {m} (HTTP {status})"),
+        _ => format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim()),
+    }
+}

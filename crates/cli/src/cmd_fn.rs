@@ -1,5 +1,266 @@
-//! `ignition fn ...`
+//! `ignition fn ...`: deploy, invoke, list and remove functions on a server.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-#[derive(Debug, clap::Subcommand)]
-pub(crate) enum FnCommand { Ls }
-pub(crate) fn run(_c: FnCommand) -> anyhow::Result<ExitCode> { anyhow::bail!("todo") }
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::client::{api_error, Client};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FnCommand {
+    /// Create or update a function.
+    Deploy {
+        #[command(flatten)]
+        server: ServerUrl,
+        /// The function's name: [A-Za-z0-9_-]{1,64}.
+        name: String,
+        /// python3 or provided.
+        #[arg(long)]
+        runtime: String,
+        /// FILE.FUNC for python3 (e.g. app.handler); passed as _HANDLER to a provided bootstrap.
+        #[arg(long)]
+        handler: String,
+        /// A directory, or a .zip / .tar.gz archive.
+        #[arg(long)]
+        code: PathBuf,
+        /// Memory of the function's microVM, MiB.
+        #[arg(long, default_value_t = 128)]
+        memory: u32,
+        /// Seconds before the invocation is killed.
+        #[arg(long, default_value_t = 3)]
+        timeout: u32,
+        /// Environment variable K=V (repeatable).
+        #[arg(long = "env", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+    },
+    /// Invoke a function and print its result.
+    Invoke {
+        #[command(flatten)]
+        server: ServerUrl,
+        /// The function.
+        name: String,
+        /// The event: JSON text, or @FILE to read it from a file (@- for stdin).
+        #[arg(long)]
+        data: Option<String>,
+        /// Print the invocation's log tail on stderr.
+        #[arg(long)]
+        logs: bool,
+    },
+    /// List functions.
+    Ls {
+        #[command(flatten)]
+        server: ServerUrl,
+    },
+    /// Delete a function.
+    Rm {
+        #[command(flatten)]
+        server: ServerUrl,
+        /// The function.
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServerUrl {
+    /// The server's URL (default: the local server).
+    #[arg(long, env = "IGNITION_URL")]
+    url: Option<String>,
+}
+
+/// Parses `K=V`.
+pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not K=V"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty name"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// Reads `--data`: inline JSON, `@FILE`, or `@-`.
+pub(crate) fn read_data(data: Option<&str>) -> Result<Vec<u8>> {
+    let bytes = match data {
+        None => return Ok(b"{}".to_vec()),
+        Some("@-") => {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+            v
+        }
+        Some(s) if s.starts_with('@') => {
+            std::fs::read(&s[1..]).with_context(|| format!("reading {}", &s[1..]))?
+        }
+        Some(s) => s.as_bytes().to_vec(),
+    };
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).context("--data is not valid JSON")?;
+    Ok(bytes)
+}
+
+/// The archive to upload: a directory is packed (checked like any bundle) as tar.gz.
+fn code_archive(path: &Path) -> Result<Vec<u8>> {
+    if path.is_dir() {
+        let bundle = ignition_bundle::from_dir(path, ignition_bundle::Limits::default())
+            .with_context(|| format!("packing {}", path.display()))?;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(bundle.tar())?;
+        return Ok(gz.finish()?);
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
+    match cmd {
+        FnCommand::Deploy { server, name, runtime, handler, code, memory, timeout, env } => {
+            let client = Client::new(server.url.as_deref())?;
+            let archive = code_archive(&code)?;
+            let env: serde_json::Map<String, serde_json::Value> =
+                env.into_iter().map(|(k, v)| (k, v.into())).collect();
+            let body = json!({
+                "runtime": runtime,
+                "handler": handler,
+                "memory_mib": memory,
+                "timeout_s": timeout,
+                "env": env,
+                "code": base64::engine::general_purpose::STANDARD.encode(archive),
+            });
+            let resp = client
+                .http()
+                .put(client.url(&format!("/v1/functions/{name}")))
+                .json(&body)
+                .send()
+                .context("contacting the server")?;
+            let status = resp.status();
+            let bytes = resp.bytes()?;
+            if !status.is_success() {
+                bail!("deploy failed: {}", api_error(status, &bytes));
+            }
+            println!("{}", String::from_utf8_lossy(&bytes));
+            Ok(ExitCode::SUCCESS)
+        }
+        FnCommand::Invoke { server, name, data, logs } => {
+            let client = Client::new(server.url.as_deref())?;
+            let payload = read_data(data.as_deref())?;
+            let mut req = client
+                .http()
+                .post(client.url(&format!("/2015-03-31/functions/{name}/invocations")))
+                .header("content-type", "application/json")
+                .body(payload);
+            if logs {
+                req = req.header("X-Amz-Log-Type", "Tail");
+            }
+            let resp = req.send().context("contacting the server")?;
+            let status = resp.status();
+            let function_error = resp.headers().get("X-Amz-Function-Error").is_some();
+            let log_tail = resp
+                .headers()
+                .get("X-Amz-Log-Result")
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).ok());
+            let bytes = resp.bytes()?;
+            if let Some(tail) = log_tail {
+                eprint!("{}", String::from_utf8_lossy(&tail));
+            }
+            if !status.is_success() {
+                bail!("invoke failed: {}", api_error(status, &bytes));
+            }
+            if function_error {
+                let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                let t = doc.get("errorType").and_then(|v| v.as_str()).unwrap_or("Unhandled");
+                let m = doc.get("errorMessage").and_then(|v| v.as_str()).unwrap_or_default();
+                eprintln!("function error: {t}: {m}");
+                return Ok(ExitCode::from(1));
+            }
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)?;
+            out.write_all(b"\n")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        FnCommand::Ls { server } => {
+            let client = Client::new(server.url.as_deref())?;
+            let resp = client.http().get(client.url("/v1/functions")).send().context("contacting the server")?;
+            let status = resp.status();
+            let bytes = resp.bytes()?;
+            if !status.is_success() {
+                bail!("list failed: {}", api_error(status, &bytes));
+            }
+            let doc: serde_json::Value = serde_json::from_slice(&bytes)?;
+            println!("{:<32} {:<9} {:<24} {:>6} {:>7}", "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT");
+            for f in doc["functions"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<32} {:<9} {:<24} {:>6} {:>7}",
+                    f["name"].as_str().unwrap_or_default(),
+                    f["runtime"].as_str().unwrap_or_default(),
+                    f["handler"].as_str().unwrap_or_default(),
+                    f["memory_mib"],
+                    f["timeout_s"],
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FnCommand::Rm { server, name } => {
+            let client = Client::new(server.url.as_deref())?;
+            let resp = client
+                .http()
+                .delete(client.url(&format!("/v1/functions/{name}")))
+                .send()
+                .context("contacting the server")?;
+            let status = resp.status();
+            if !status.is_success() {
+                let bytes = resp.bytes()?;
+                bail!("rm failed: {}", api_error(status, &bytes));
+            }
+            println!("deleted {name}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_pairs_parse() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert_eq!(parse_env("A=").unwrap(), ("A".into(), String::new()));
+        assert!(parse_env("A").is_err());
+        assert!(parse_env("=x").is_err());
+    }
+
+    #[test]
+    fn data_must_be_json() {
+        assert_eq!(read_data(None).unwrap(), b"{}");
+        assert_eq!(read_data(Some(r#"{"a":1}"#)).unwrap(), br#"{"a":1}"#);
+        assert!(read_data(Some("{nope")).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("e.json");
+        std::fs::write(&f, "[1,2]").unwrap();
+        assert_eq!(read_data(Some(&format!("@{}", f.display()))).unwrap(), b"[1,2]");
+        assert!(read_data(Some("@/nonexistent/file")).is_err());
+    }
+
+    #[test]
+    fn cli_parses_the_documented_commands() {
+        use clap::Parser;
+        let cli = crate::Cli::try_parse_from([
+            "ignition", "fn", "deploy", "hello", "--runtime", "python3", "--handler", "app.handler",
+            "--code", "examples/hello-python", "--memory", "256", "--timeout", "5", "--env", "A=1", "--env", "B=2",
+        ])
+        .unwrap();
+        match cli.command {
+            crate::Command::Function(FnCommand::Deploy { name, memory, timeout, env, .. }) => {
+                assert_eq!(name, "hello");
+                assert_eq!((memory, timeout), (256, 5));
+                assert_eq!(env.len(), 2);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(crate::Cli::try_parse_from(["ignition", "fn", "deploy", "x"]).is_err());
+        assert!(crate::Cli::try_parse_from(["ignition", "server", "--accel", "xen"]).is_err());
+        assert!(crate::Cli::try_parse_from(["ignition", "fn", "invoke", "x", "--data", "{}"]).is_ok());
+    }
+}

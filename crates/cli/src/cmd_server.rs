@@ -1,5 +1,142 @@
-//! `ignition server`
+//! `ignition server`: one node with its embedded store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ignition_vmm::qemu::{QemuConfig, QemuDriver};
+use ignition_vmm::Accel;
+use ignition_worker::{Worker, WorkerConfig};
+
+use crate::{locate, CacheArgs};
+
 #[derive(Debug, clap::Args)]
-pub(crate) struct ServerArgs {}
-pub(crate) fn run(_a: ServerArgs) -> anyhow::Result<ExitCode> { anyhow::bail!("todo") }
+pub(crate) struct ServerArgs {
+    /// Where the store lives.
+    #[arg(long, env = "IGNITION_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = crate::client::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// Accelerator: kvm, tcg, or auto (KVM only where the CPU virtualizes in hardware).
+    #[arg(long, default_value = "auto")]
+    accel: Accel,
+    /// The QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// MicroVMs that may run at once; further invocations wait.
+    #[arg(long, default_value_t = 4)]
+    max_vms: usize,
+    /// Seconds a guest may take to boot.
+    #[arg(long, default_value_t = 60)]
+    boot_timeout: u64,
+    /// This node's id.
+    #[arg(long)]
+    node_id: Option<String>,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Path::new(&d).join("ignition");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".local/share/ignition")
+}
+
+/// A short, per-data-dir run directory: socket paths must stay under 108 bytes.
+fn run_dir(data_dir: &Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut h);
+    std::env::temp_dir().join(format!("ignition-{:08x}", h.finish() as u32))
+}
+
+pub(crate) fn run(args: ServerArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: ServerArgs) -> Result<ExitCode> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize()?;
+    let store = ignition_store::Store::open(&data_dir).context("opening the store")?;
+
+    let cache_dir = args.cache.cache_dir();
+    let image = match ignition_image::load_current(&cache_dir) {
+        Ok(image) if args.cache.agent.is_none() => image,
+        _ => {
+            tracing::info!(cache = %cache_dir.display(), "building the guest image (first use)");
+            let agent = locate::agent(args.cache.agent.as_deref())?;
+            let opts = ignition_image::BuildOptions { cache_dir, agent };
+            tokio::task::spawn_blocking(move || ignition_image::build(&opts))
+                .await?
+                .context("building the guest image")?
+        }
+    };
+
+    let run_dir = run_dir(&data_dir);
+    // VMs of an earlier server on this data dir died with it (PDEATHSIG); their sockets did not.
+    let _ = std::fs::remove_dir_all(&run_dir);
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let driver = QemuDriver::new(QemuConfig {
+        binary: args.qemu.clone(),
+        accel: args.accel,
+        run_dir: run_dir.clone(),
+    });
+    tracing::info!(accel = driver.accel().qemu_name(), image = %image.id, "microVM driver ready");
+    let worker = Worker::new(
+        Arc::new(driver),
+        image,
+        WorkerConfig {
+            max_vms: args.max_vms,
+            boot_timeout: Duration::from_secs(args.boot_timeout),
+            load_timeout: Duration::from_secs(30),
+        },
+    );
+    let node_id = args.node_id.clone().unwrap_or_else(|| {
+        nix_hostname().unwrap_or_else(|| "node-1".to_owned())
+    });
+    let state = ignition_api::AppState {
+        store: Arc::new(store),
+        worker: Arc::new(worker),
+        node_id,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "ignition server ready");
+    axum::serve(listener, ignition_api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    let _ = std::fs::remove_dir_all(&run_dir);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn nix_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,64 @@
+//! API errors and their HTTP form.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// An error answered to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// Lambda's error type name.
+    pub error_type: &'static str,
+    /// A sentence for people.
+    pub message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            error_type,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn not_found(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            format!("Function not found: {name}"),
+        )
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidParameterValueException", message)
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "ServiceException", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error_type, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(error_type = self.error_type, message = %self.message, "request failed");
+        }
+        let body = json!({ "errorType": self.error_type, "errorMessage": self.message });
+        let mut resp = (self.status, Json(body)).into_response();
+        resp.headers_mut()
+            .insert("x-amzn-ErrorType", HeaderValue::from_static(self.error_type));
+        resp
+    }
+}

@@ -1,0 +1,127 @@
+//! Function management: create or update, get, list, delete.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use base64::Engine;
+use ignition_bundle::{Bundle, Limits};
+use ignition_store::{validate_name, FunctionConfig, FunctionRecord, Runtime};
+use serde::Deserialize;
+
+use crate::{blocking, ApiError, AppState};
+
+/// The body of `PUT /v1/functions/{name}`. Unknown fields are ignored.
+#[derive(Debug, Deserialize)]
+pub(crate) struct DeployRequest {
+    runtime: String,
+    handler: String,
+    #[serde(default = "default_memory")]
+    memory_mib: u32,
+    #[serde(default = "default_timeout")]
+    timeout_s: u32,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// The code: a zip or tar.gz archive, base64-encoded.
+    code: String,
+}
+
+fn default_memory() -> u32 {
+    128
+}
+
+fn default_timeout() -> u32 {
+    3
+}
+
+/// Checks that the handler the configuration names is in the bundle.
+pub(crate) fn check_handler(config: &FunctionConfig, bundle: &Bundle) -> Result<(), ApiError> {
+    match config.runtime {
+        Runtime::Python3 => {
+            let file = config.python_module_file().unwrap_or_default();
+            if !bundle.contains(&file) {
+                return Err(ApiError::invalid(format!(
+                    "handler {:?} needs {file} in the code bundle, which does not have it",
+                    config.handler
+                )));
+            }
+        }
+        Runtime::Provided => {
+            if !bundle.contains("bootstrap") {
+                return Err(ApiError::invalid(
+                    "runtime provided needs an executable named bootstrap at the top of the code bundle",
+                ));
+            }
+            if !bundle.is_executable("bootstrap") {
+                return Err(ApiError::invalid("bootstrap in the code bundle is not executable"));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn put(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let Json(req) = body.map_err(|e| ApiError::invalid(format!("bad deploy request: {}", e.body_text())))?;
+    let runtime = Runtime::parse(&req.runtime).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let config = FunctionConfig {
+        name,
+        runtime,
+        handler: req.handler,
+        memory_mib: req.memory_mib,
+        timeout_s: req.timeout_s,
+        env: req.env,
+    };
+    config.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+    let archive = base64::engine::general_purpose::STANDARD
+        .decode(req.code.as_bytes())
+        .map_err(|e| ApiError::invalid(format!("invalid code: not base64 ({e})")))?;
+    let bundle = tokio::task::spawn_blocking(move || ignition_bundle::from_archive(&archive, Limits::default()))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::invalid(format!("invalid code: {e}")))?;
+    check_handler(&config, &bundle)?;
+    let existed = {
+        let name = config.name.clone();
+        blocking(&state, move |s| s.get_function(&name)).await?.is_some()
+    };
+    let record = blocking(&state, move |s| s.put_function(&config, bundle.tar())).await?;
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(record)))
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionRecord>, ApiError> {
+    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let n = name.clone();
+    blocking(&state, move |s| s.get_function(&n))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(&name))
+}
+
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let functions = blocking(&state, |s| s.list_functions()).await?;
+    Ok(Json(serde_json::json!({ "functions": functions })))
+}
+
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let n = name.clone();
+    if blocking(&state, move |s| s.delete_function(&n)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(&name))
+    }
+}

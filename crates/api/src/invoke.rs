@@ -1,0 +1,182 @@
+//! Synchronous invocation, at Ignition's path and at Lambda's.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use ignition_proto::{ErrorBody, FunctionSpec, Outcome};
+use ignition_store::{validate_name, Runtime};
+use ignition_worker::{ExecError, Execution, Job};
+use serde_json::json;
+
+use crate::{blocking, ApiError, AppState, MAX_INVOKE_PAYLOAD};
+
+/// Bytes of log returned by `X-Amz-Log-Type: Tail` (Lambda's 4 KB).
+const LOG_TAIL: usize = 4096;
+
+fn proto_runtime(r: Runtime) -> ignition_proto::Runtime {
+    match r {
+        Runtime::Python3 => ignition_proto::Runtime::Python3,
+        Runtime::Provided => ignition_proto::Runtime::Provided,
+    }
+}
+
+pub(crate) async fn invoke(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let payload = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeException",
+                format!("Request must be smaller than {MAX_INVOKE_PAYLOAD} bytes for the InvokeFunction operation"),
+            )
+        } else {
+            ApiError::invalid(e.body_text())
+        }
+    })?;
+    if payload.len() > MAX_INVOKE_PAYLOAD {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLargeException",
+            format!("Request must be smaller than {MAX_INVOKE_PAYLOAD} bytes for the InvokeFunction operation"),
+        ));
+    }
+    if !payload.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            "Could not parse request body into json: the payload must be a JSON document",
+        ));
+    }
+    let n = name.clone();
+    let record = blocking(&state, move |s| s.get_function(&n))
+        .await?
+        .ok_or_else(|| ApiError::not_found(&name))?;
+    let hash = record.code_sha256.clone();
+    let code_tar = blocking(&state, move |s| s.get_bundle(&hash))
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("code bundle {} of {name} is missing", record.code_sha256)))?;
+    let config = record.config;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let timeout = Duration::from_secs(u64::from(config.timeout_s));
+    let job = Job {
+        function: FunctionSpec {
+            name: config.name.clone(),
+            runtime: proto_runtime(config.runtime),
+            handler: config.handler.clone(),
+            memory_mib: config.memory_mib,
+            env: config.env.into_iter().collect(),
+            code_tar,
+        },
+        request_id: request_id.clone(),
+        payload: if payload.is_empty() { b"{}".to_vec() } else { payload.to_vec() },
+        timeout,
+    };
+    let want_tail = headers
+        .get("X-Amz-Log-Type")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Tail"));
+    let started = std::time::Instant::now();
+    let outcome = state.worker.run(job).await;
+    let elapsed = started.elapsed();
+    tracing::info!(function = %config.name, %request_id, ms = elapsed.as_millis(), ok = outcome.is_ok(), "invoked");
+    let mut response = match outcome {
+        Ok(exec) => success_response(&exec, &request_id, want_tail),
+        Err(ExecError::Timeout(after)) => {
+            let body = json!({
+                "errorType": "Sandbox.Timedout",
+                "errorMessage": format!("RequestId: {request_id} Error: Task timed out after {:.2} seconds", after.as_secs_f64()),
+            });
+            let mut r = (StatusCode::OK, axum::Json(body)).into_response();
+            r.headers_mut().insert("X-Amz-Function-Error", HeaderValue::from_static("Unhandled"));
+            r
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "ServiceException",
+                format!("the microVM for {} failed: {e}", config.name),
+            ))
+        }
+    };
+    let h = response.headers_mut();
+    for (k, v) in [
+        ("x-amzn-RequestId", request_id.as_str()),
+        ("X-Amz-Executed-Version", "$LATEST"),
+        ("x-ignition-node", state.node_id.as_str()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    }
+    Ok(response)
+}
+
+fn error_json(e: &ErrorBody) -> serde_json::Value {
+    json!({
+        "errorMessage": e.error_message,
+        "errorType": e.error_type,
+        "stackTrace": e.stack_trace,
+    })
+}
+
+fn log_text(exec: &Execution, request_id: &str) -> Vec<u8> {
+    let r = &exec.result;
+    let mut text = format!("START RequestId: {request_id} Version: $LATEST\n").into_bytes();
+    text.extend_from_slice(&r.logs);
+    if r.logs_truncated {
+        text.extend_from_slice(b"\n[ignition: log truncated]\n");
+    }
+    text.extend_from_slice(
+        format!(
+            "END RequestId: {request_id}\nREPORT RequestId: {request_id}\tDuration: {} ms\tInit: {} ms\n",
+            r.duration_ms,
+            exec.timings.vm_start_ms + exec.timings.guest_ready_ms + exec.timings.load_ms
+        )
+        .as_bytes(),
+    );
+    text
+}
+
+fn success_response(exec: &Execution, request_id: &str, want_tail: bool) -> Response {
+    let (body, function_error) = match &exec.result.outcome {
+        Outcome::Success(body) => (body.clone(), None),
+        Outcome::FunctionError(e) | Outcome::InitError(e) => {
+            (error_json(e).to_string().into_bytes(), Some("Unhandled"))
+        }
+    };
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    if let Some(kind) = function_error {
+        h.insert("X-Amz-Function-Error", HeaderValue::from_static(kind));
+    }
+    let t = exec.timings;
+    let timing = format!(
+        "queued;dur={}, vm_start;dur={}, guest_ready;dur={}, load;dur={}, invoke;dur={}, total;dur={}",
+        t.queued_ms, t.vm_start_ms, t.guest_ready_ms, t.load_ms, t.invoke_ms, t.total_ms
+    );
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        h.insert("Server-Timing", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&exec.kernel_release) {
+        h.insert("x-ignition-guest-kernel", v);
+    }
+    let logs = log_text(exec, request_id);
+    tracing::debug!(%request_id, logs = %String::from_utf8_lossy(&logs), "function logs");
+    if want_tail {
+        let start = logs.len().saturating_sub(LOG_TAIL);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&logs[start..]);
+        if let Ok(v) = HeaderValue::from_str(&b64) {
+            h.insert("X-Amz-Log-Result", v);
+        }
+    }
+    resp
+}
