@@ -42,6 +42,8 @@ struct State {
     answer: Option<Answer>,
     /// Set once the runtime reported an init error or exited; later invocations fail at once.
     dead: Option<String>,
+    /// The runtime has asked for work at least once: its initialization is over.
+    initialized: bool,
 }
 
 /// Hands invocations to the runtime and answers back to the session.
@@ -77,8 +79,20 @@ impl Broker {
         }
     }
 
+    /// Waits until the runtime finished initializing (asked for its first event) or failed.
+    pub(crate) fn wait_initialized(&self) {
+        let mut st = self.lock();
+        while !st.initialized && st.dead.is_none() {
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     fn next(&self) -> Invocation {
         let mut st = self.lock();
+        if !st.initialized {
+            st.initialized = true;
+            self.changed.notify_all();
+        }
         loop {
             if let Some(inv) = st.next.take() {
                 st.in_flight = Some(inv.request_id.clone());

@@ -48,6 +48,10 @@ pub(crate) fn serve(guest: Guest) -> String {
             HostMessage::LoadFunction(spec) if loaded.is_none() => {
                 match load(&spec, &logs, &runtime_pid) {
                     Ok(l) => {
+                        // Initialization (imports, init code) is paid before `Loaded`, so the
+                        // function's timeout covers only its handler, as in Lambda. An init
+                        // failure surfaces as the first invocation's result.
+                        broker.wait_initialized();
                         loaded = Some(l);
                         GuestMessage::Loaded
                     }

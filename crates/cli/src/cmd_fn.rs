@@ -163,6 +163,7 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
             let bytes = resp.bytes()?;
             if let Some(tail) = log_tail {
                 eprint!("{}", String::from_utf8_lossy(&tail));
+                let _ = std::io::stderr().flush();
             }
             if !status.is_success() {
                 bail!("invoke failed: {}", api_error(status, &bytes));

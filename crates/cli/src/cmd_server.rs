@@ -35,6 +35,12 @@ pub(crate) struct ServerArgs {
     /// Seconds a guest may take to boot.
     #[arg(long, default_value_t = 60)]
     boot_timeout: u64,
+    /// Seconds a function's initialization (code install, runtime start, imports) may take.
+    #[arg(long, default_value_t = 30)]
+    init_timeout: u64,
+    /// Directory for the VMs' sockets (default: a short per-data-dir path under the temp dir).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
     /// This node's id.
     #[arg(long)]
     node_id: Option<String>,
@@ -83,7 +89,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         }
     };
 
-    let run_dir = run_dir(&data_dir);
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| run_dir(&data_dir));
     // VMs of an earlier server on this data dir died with it (PDEATHSIG); their sockets did not.
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
@@ -99,7 +105,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         WorkerConfig {
             max_vms: args.max_vms,
             boot_timeout: Duration::from_secs(args.boot_timeout),
-            load_timeout: Duration::from_secs(30),
+            load_timeout: Duration::from_secs(args.init_timeout),
         },
     );
     let node_id = args.node_id.clone().unwrap_or_else(|| {

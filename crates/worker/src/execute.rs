@@ -24,7 +24,7 @@ pub struct WorkerConfig {
     pub max_vms: usize,
     /// How long a guest may take from VMM start to `Ready`.
     pub boot_timeout: Duration,
-    /// How long installing a function's code may take.
+    /// How long installing a function's code and initializing its runtime may take.
     pub load_timeout: Duration,
 }
 
@@ -86,6 +86,9 @@ pub enum ExecError {
     /// The function ran past its timeout and its VM was killed.
     #[error("Task timed out after {:.2} seconds", .0.as_secs_f64())]
     Timeout(Duration),
+    /// Installing the code and initializing the runtime took longer than allowed.
+    #[error("function initialization did not finish within {:.0} seconds", .0.as_secs_f64())]
+    InitTimeout(Duration),
     /// The guest broke the protocol (garbage, wrong request id, oversized data, early close).
     #[error("the guest broke the protocol: {0}")]
     Protocol(String),
@@ -219,6 +222,7 @@ impl Worker {
             Ok(GuestMessage::Loaded) => {}
             Ok(GuestMessage::Fatal { message }) => return Err(ExecError::Guest(message)),
             Ok(other) => return Err(ExecError::Protocol(format!("expected Loaded, got {}", kind(&other)))),
+            Err(ChannelError::Deadline) => return Err(ExecError::InitTimeout(self.config.load_timeout)),
             Err(e) => return Err(ExecError::Protocol(format!("loading the function: {e}"))),
         }
         timings.load_ms = ms(t.elapsed());
