@@ -1,0 +1,186 @@
+//! A real `ignition server` for end-to-end tests: its own data and run directories and port,
+//! real microVMs from the shared image cache, and a check on stop that it left nothing behind.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ignition");
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+pub struct TestServer {
+    pub url: String,
+    pub run_dir: PathBuf,
+    pub data_dir: tempfile::TempDir,
+    child: Option<Child>,
+    http: reqwest::blocking::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// PIDs of processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+impl TestServer {
+    pub fn start(extra: &[&str]) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let run_dir = std::env::temp_dir().join(format!("ign-test-{port}"));
+        let url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::File::create(data_dir.path().join("server.log")).unwrap();
+        let child = Command::new(BIN)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .unwrap();
+        let mut server = Self { url, run_dir, data_dir, child: Some(child), http };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        // The first server on a machine may build the guest image (a few minutes).
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.http.get(format!("{}/", self.url)).send() {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("server exited with {status}: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("server not ready: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn http(&self) -> &reqwest::blocking::Client {
+        &self.http
+    }
+
+    /// Runs the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("IGNITION_URL", &self.url)
+            .output()
+            .unwrap()
+    }
+
+    /// Deploys a function from a directory through the CLI; panics with the CLI's stderr.
+    pub fn deploy(&self, name: &str, runtime: &str, handler: &str, code: &Path, extra: &[&str]) {
+        let code = code.to_str().unwrap();
+        let mut args = vec!["fn", "deploy", name, "--runtime", runtime, "--handler", handler, "--code", code];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "deploy {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Invokes over HTTP at the Lambda path.
+    pub fn invoke(&self, name: &str, payload: &str) -> reqwest::blocking::Response {
+        self.http
+            .post(format!("{}/2015-03-31/functions/{name}/invocations", self.url))
+            .body(payload.to_owned())
+            .send()
+            .unwrap()
+    }
+
+    /// VMM processes of this server that are alive now: their sockets are inside the run
+    /// directory (the server's own command line names only the directory).
+    pub fn vmm_processes(&self) -> Vec<u32> {
+        processes_mentioning(&format!("{}/", self.run_dir.display()))
+    }
+
+    /// Stops the server and asserts it left no VMM process and no run directory behind.
+    pub fn stop_and_check_clean(mut self) {
+        let mut child = self.child.take().unwrap();
+        // SIGTERM: a graceful shutdown.
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "server did not stop: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.vmm_processes().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(self.vmm_processes().is_empty(), "VMM processes left: {:?}", self.vmm_processes());
+        assert!(!self.run_dir.exists(), "run directory left: {}", self.run_dir.display());
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = std::fs::remove_dir_all(&self.run_dir);
+        }
+    }
+}
+
+/// Writes `files` into a new temporary directory (a function's code).
+pub fn code_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+    }
+    dir
+}
+
+pub fn json(resp: reqwest::blocking::Response) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().unwrap();
+    let value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+    (status, headers, value)
+}
+
+pub fn host_kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned()
+}
