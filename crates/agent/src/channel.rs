@@ -5,7 +5,9 @@ use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use ignition_proto::{encode, read_frame, FrameError, GuestMessage, HostMessage, AGENT_PORT_NAME, MAX_HOST_FRAME};
+use ignition_proto::{
+    encode, read_frame, FrameError, GuestMessage, HostMessage, AGENT_PORT_NAME, MAX_HOST_FRAME,
+};
 
 /// A byte stream to the host.
 pub(crate) trait HostLink: Read + Write + Send {}
@@ -56,7 +58,8 @@ impl Channel {
 }
 
 fn find_port() -> Result<String, String> {
-    let entries = fs::read_dir("/sys/class/virtio-ports").map_err(|e| format!("virtio-ports: {e}"))?;
+    let entries =
+        fs::read_dir("/sys/class/virtio-ports").map_err(|e| format!("virtio-ports: {e}"))?;
     for entry in entries.flatten() {
         let name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
         if name.trim() == AGENT_PORT_NAME {

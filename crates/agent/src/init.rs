@@ -40,7 +40,13 @@ pub(crate) fn power_off() -> ! {
     }
 }
 
-fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+fn mount_fs(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
     fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
     mount(Some(src), target, Some(fstype), flags, data)
         .map_err(|e| format!("mount {fstype} on {target}: {e}"))
@@ -48,7 +54,8 @@ fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<
 
 fn load_modules() -> Result<(), String> {
     // The image builder writes the modules in dependency order, one file name a line.
-    let order = fs::read_to_string("/lib/modules/order").map_err(|e| format!("module list: {e}"))?;
+    let order =
+        fs::read_to_string("/lib/modules/order").map_err(|e| format!("module list: {e}"))?;
     for name in order.lines().filter(|l| !l.trim().is_empty()) {
         let path = format!("/lib/modules/{name}");
         let file = fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
@@ -132,8 +139,20 @@ fn bring_up_loopback() -> Result<(), String> {
 /// Everything between the kernel starting us and the first frame to the host.
 pub(crate) fn prepare_guest() -> Result<Guest, String> {
     mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
-    mount_fs("proc", "/proc", "proc", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None)?;
-    mount_fs("sysfs", "/sys", "sysfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None)?;
+    mount_fs(
+        "proc",
+        "/proc",
+        "proc",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )?;
+    mount_fs(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )?;
     load_modules()?;
     let scratch_mib = cmdline_option("scratch_mib")
         .and_then(|v| v.parse().ok())
@@ -143,8 +162,20 @@ pub(crate) fn prepare_guest() -> Result<Guest, String> {
     let channel = Channel::open(Duration::from_secs(10))?;
     switch_root(scratch_mib)?;
     mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
-    mount_fs("proc", "/proc", "proc", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None)?;
-    mount_fs("sysfs", "/sys", "sysfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None)?;
+    mount_fs(
+        "proc",
+        "/proc",
+        "proc",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )?;
+    mount_fs(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )?;
     bring_up_loopback()?;
     let kernel_release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())

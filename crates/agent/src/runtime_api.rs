@@ -160,7 +160,11 @@ fn json_response(status: u16, body: String) -> Response<std::io::Cursor<Vec<u8>>
     resp
 }
 
-fn error_response(status: u16, error_type: &str, message: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+fn error_response(
+    status: u16,
+    error_type: &str,
+    message: &str,
+) -> Response<std::io::Cursor<Vec<u8>>> {
     let body = serde_json::json!({ "errorType": error_type, "errorMessage": message });
     json_response(status, body.to_string())
 }
@@ -211,9 +215,15 @@ fn handle(broker: &Broker, mut req: Request) {
             let mut resp = Response::from_data(inv.payload).with_status_code(200);
             for (k, v) in [
                 ("Lambda-Runtime-Aws-Request-Id", inv.request_id.clone()),
-                ("Lambda-Runtime-Deadline-Ms", inv.deadline_unix_ms.to_string()),
+                (
+                    "Lambda-Runtime-Deadline-Ms",
+                    inv.deadline_unix_ms.to_string(),
+                ),
                 ("Lambda-Runtime-Invoked-Function-Arn", inv.function_arn),
-                ("Lambda-Runtime-Trace-Id", format!("Root=1-{}", inv.request_id)),
+                (
+                    "Lambda-Runtime-Trace-Id",
+                    format!("Root=1-{}", inv.request_id),
+                ),
                 ("Content-Type", "application/json".to_owned()),
             ] {
                 if let Some(h) = header(k, &v) {
@@ -246,7 +256,11 @@ fn handle(broker: &Broker, mut req: Request) {
                             stack_trace: Vec::new(),
                         };
                         broker.answer(id, Answer::Error(err));
-                        let _ = req.respond(error_response(413, "RequestEntityTooLarge", "response too large"));
+                        let _ = req.respond(error_response(
+                            413,
+                            "RequestEntityTooLarge",
+                            "response too large",
+                        ));
                         return;
                     }
                 },
@@ -262,7 +276,11 @@ fn handle(broker: &Broker, mut req: Request) {
             if broker.answer(id, answer) {
                 json_response(202, r#"{"status":"OK"}"#.to_owned())
             } else {
-                error_response(400, "InvalidRequestID", "no invocation with this id is in flight")
+                error_response(
+                    400,
+                    "InvalidRequestID",
+                    "no invocation with this id is in flight",
+                )
             }
         }
         _ => error_response(404, "NotFound", "unknown path"),

@@ -113,8 +113,12 @@ pub(crate) fn spawn_reaper(runtime: Arc<Mutex<Option<Pid>>>, broker: Arc<Broker>
         match waitpid(None::<Pid>, None) {
             Ok(status) => {
                 let (pid, why) = match status {
-                    WaitStatus::Exited(pid, code) => (pid, format!("runtime exited with status {code}")),
-                    WaitStatus::Signaled(pid, sig, _) => (pid, format!("runtime killed by signal {sig}")),
+                    WaitStatus::Exited(pid, code) => {
+                        (pid, format!("runtime exited with status {code}"))
+                    }
+                    WaitStatus::Signaled(pid, sig, _) => {
+                        (pid, format!("runtime killed by signal {sig}"))
+                    }
                     _ => continue,
                 };
                 let is_runtime = *runtime.lock().unwrap_or_else(|p| p.into_inner()) == Some(pid);

@@ -17,7 +17,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        error_type: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             error_type,
@@ -34,11 +38,19 @@ impl ApiError {
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "InvalidParameterValueException", message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterValueException",
+            message,
+        )
     }
 
     pub(crate) fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "ServiceException", message)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ServiceException",
+            message,
+        )
     }
 }
 
@@ -57,8 +69,10 @@ impl IntoResponse for ApiError {
         }
         let body = json!({ "errorType": self.error_type, "errorMessage": self.message });
         let mut resp = (self.status, Json(body)).into_response();
-        resp.headers_mut()
-            .insert("x-amzn-ErrorType", HeaderValue::from_static(self.error_type));
+        resp.headers_mut().insert(
+            "x-amzn-ErrorType",
+            HeaderValue::from_static(self.error_type),
+        );
         resp
     }
 }

@@ -55,7 +55,9 @@ pub(crate) fn check_handler(config: &FunctionConfig, bundle: &Bundle) -> Result<
                 ));
             }
             if !bundle.is_executable("bootstrap") {
-                return Err(ApiError::invalid("bootstrap in the code bundle is not executable"));
+                return Err(ApiError::invalid(
+                    "bootstrap in the code bundle is not executable",
+                ));
             }
         }
     }
@@ -68,7 +70,8 @@ pub(crate) async fn put(
     body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let Json(req) = body.map_err(|e| ApiError::invalid(format!("bad deploy request: {}", e.body_text())))?;
+    let Json(req) =
+        body.map_err(|e| ApiError::invalid(format!("bad deploy request: {}", e.body_text())))?;
     let runtime = Runtime::parse(&req.runtime).map_err(|e| ApiError::invalid(e.to_string()))?;
     let config = FunctionConfig {
         name,
@@ -78,21 +81,31 @@ pub(crate) async fn put(
         timeout_s: req.timeout_s,
         env: req.env,
     };
-    config.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+    config
+        .validate()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let archive = base64::engine::general_purpose::STANDARD
         .decode(req.code.as_bytes())
         .map_err(|e| ApiError::invalid(format!("invalid code: not base64 ({e})")))?;
-    let bundle = tokio::task::spawn_blocking(move || ignition_bundle::from_archive(&archive, Limits::default()))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::invalid(format!("invalid code: {e}")))?;
+    let bundle = tokio::task::spawn_blocking(move || {
+        ignition_bundle::from_archive(&archive, Limits::default())
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::invalid(format!("invalid code: {e}")))?;
     check_handler(&config, &bundle)?;
     let existed = {
         let name = config.name.clone();
-        blocking(&state, move |s| s.get_function(&name)).await?.is_some()
+        blocking(&state, move |s| s.get_function(&name))
+            .await?
+            .is_some()
     };
     let record = blocking(&state, move |s| s.put_function(&config, bundle.tar())).await?;
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(record)))
 }
 
@@ -108,7 +121,9 @@ pub(crate) async fn get(
         .ok_or_else(|| ApiError::not_found(&name))
 }
 
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let functions = blocking(&state, |s| s.list_functions()).await?;
     Ok(Json(serde_json::json!({ "functions": functions })))
 }

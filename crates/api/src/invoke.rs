@@ -63,7 +63,12 @@ pub(crate) async fn invoke(
     let hash = record.code_sha256.clone();
     let code_tar = blocking(&state, move |s| s.get_bundle(&hash))
         .await?
-        .ok_or_else(|| ApiError::internal(format!("code bundle {} of {name} is missing", record.code_sha256)))?;
+        .ok_or_else(|| {
+            ApiError::internal(format!(
+                "code bundle {} of {name} is missing",
+                record.code_sha256
+            ))
+        })?;
     let config = record.config;
     let request_id = uuid::Uuid::new_v4().to_string();
     let timeout = Duration::from_secs(u64::from(config.timeout_s));
@@ -77,7 +82,11 @@ pub(crate) async fn invoke(
             code_tar,
         },
         request_id: request_id.clone(),
-        payload: if payload.is_empty() { b"{}".to_vec() } else { payload.to_vec() },
+        payload: if payload.is_empty() {
+            b"{}".to_vec()
+        } else {
+            payload.to_vec()
+        },
         timeout,
     };
     let want_tail = headers
@@ -95,7 +104,10 @@ pub(crate) async fn invoke(
                 "errorMessage": format!("RequestId: {request_id} Error: Task timed out after {:.2} seconds", after.as_secs_f64()),
             });
             let mut r = (StatusCode::OK, axum::Json(body)).into_response();
-            r.headers_mut().insert("X-Amz-Function-Error", HeaderValue::from_static("Unhandled"));
+            r.headers_mut().insert(
+                "X-Amz-Function-Error",
+                HeaderValue::from_static("Unhandled"),
+            );
             r
         }
         Err(e) => {

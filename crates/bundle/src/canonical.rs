@@ -99,7 +99,12 @@ impl Builder {
         self.limits
     }
 
-    pub(crate) fn add(&mut self, path: String, executable: bool, data: Vec<u8>) -> Result<(), BundleError> {
+    pub(crate) fn add(
+        &mut self,
+        path: String,
+        executable: bool,
+        data: Vec<u8>,
+    ) -> Result<(), BundleError> {
         self.total += data.len() as u64;
         if self.total > self.limits.max_expanded {
             return Err(BundleError::TooLarge(format!(
@@ -113,7 +118,11 @@ impl Builder {
                 self.limits.max_files
             )));
         }
-        if self.files.insert(path.clone(), (executable, data)).is_some() {
+        if self
+            .files
+            .insert(path.clone(), (executable, data))
+            .is_some()
+        {
             return Err(BundleError::UnsafeEntry {
                 entry: path,
                 why: "duplicate entry",

@@ -7,7 +7,12 @@ use crate::canonical::{clean_path, Builder};
 use crate::{Bundle, BundleError, Limits};
 
 /// Reads at most `room` bytes; more means the limit is passed.
-fn read_bounded(mut r: impl Read, room: u64, name: &str, limits: Limits) -> Result<Vec<u8>, BundleError> {
+fn read_bounded(
+    mut r: impl Read,
+    room: u64,
+    name: &str,
+    limits: Limits,
+) -> Result<Vec<u8>, BundleError> {
     let mut data = Vec::new();
     r.by_ref()
         .take(room.saturating_add(1))
@@ -34,15 +39,21 @@ pub fn from_archive(bytes: &[u8], limits: Limits) -> Result<Bundle, BundleError>
 }
 
 fn from_zip(bytes: &[u8], limits: Limits) -> Result<Bundle, BundleError> {
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| BundleError::Corrupt(e.to_string()))?;
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| BundleError::Corrupt(e.to_string()))?;
     if zip.len() > limits.max_files.saturating_mul(2) {
         return Err(BundleError::TooLarge(format!("{} entries", zip.len())));
     }
     let mut b = Builder::new(limits);
     for i in 0..zip.len() {
-        let entry = zip.by_index(i).map_err(|e| BundleError::Corrupt(e.to_string()))?;
+        let entry = zip
+            .by_index(i)
+            .map_err(|e| BundleError::Corrupt(e.to_string()))?;
         let name = entry.name().to_owned();
-        let unsafe_entry = |why| BundleError::UnsafeEntry { entry: name.clone(), why };
+        let unsafe_entry = |why| BundleError::UnsafeEntry {
+            entry: name.clone(),
+            why,
+        };
         let mode = entry.unix_mode().unwrap_or(0o644);
         match mode & 0o170_000 {
             0o120_000 => return Err(unsafe_entry("symbolic link")),
@@ -51,7 +62,9 @@ fn from_zip(bytes: &[u8], limits: Limits) -> Result<Bundle, BundleError> {
             0o140_000 => return Err(unsafe_entry("socket")),
             _ => {}
         }
-        let Some(path) = clean_path(&name)? else { continue };
+        let Some(path) = clean_path(&name)? else {
+            continue;
+        };
         if entry.is_dir() {
             continue;
         }
@@ -67,7 +80,9 @@ fn from_zip(bytes: &[u8], limits: Limits) -> Result<Bundle, BundleError> {
         let room = b.room();
         let data = read_bounded(entry, room, &name, b.limits())?;
         if data.len() as u64 / compressed > limits.max_ratio {
-            return Err(BundleError::TooLarge(format!("entry {name:?}: refused as an archive bomb")));
+            return Err(BundleError::TooLarge(format!(
+                "entry {name:?}: refused as an archive bomb"
+            )));
         }
         b.add(path, mode & 0o111 != 0, data)?;
     }
@@ -77,14 +92,24 @@ fn from_zip(bytes: &[u8], limits: Limits) -> Result<Bundle, BundleError> {
 fn from_tar_gz(bytes: &[u8], limits: Limits) -> Result<Bundle, BundleError> {
     let gz = flate2::read::GzDecoder::new(bytes);
     // The whole decompressed stream is bounded too: tar headers and padding count against it.
-    let bounded = gz.take(limits.max_expanded.saturating_mul(2).saturating_add(1024 * 1024));
+    let bounded = gz.take(
+        limits
+            .max_expanded
+            .saturating_mul(2)
+            .saturating_add(1024 * 1024),
+    );
     let mut archive = tar::Archive::new(bounded);
     let mut b = Builder::new(limits);
-    let entries = archive.entries().map_err(|e| BundleError::Corrupt(e.to_string()))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| BundleError::Corrupt(e.to_string()))?;
     for entry in entries {
         let entry = entry.map_err(|e| BundleError::Corrupt(e.to_string()))?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let unsafe_entry = |why| BundleError::UnsafeEntry { entry: name.clone(), why };
+        let unsafe_entry = |why| BundleError::UnsafeEntry {
+            entry: name.clone(),
+            why,
+        };
         let kind = entry.header().entry_type();
         let path = clean_path(&name)?;
         match kind {
@@ -92,7 +117,9 @@ fn from_tar_gz(bytes: &[u8], limits: Limits) -> Result<Bundle, BundleError> {
             tar::EntryType::Directory => continue,
             tar::EntryType::Symlink => return Err(unsafe_entry("symbolic link")),
             tar::EntryType::Link => return Err(unsafe_entry("hard link")),
-            tar::EntryType::Char | tar::EntryType::Block => return Err(unsafe_entry("device file")),
+            tar::EntryType::Char | tar::EntryType::Block => {
+                return Err(unsafe_entry("device file"))
+            }
             tar::EntryType::Fifo => return Err(unsafe_entry("FIFO")),
             // pax and GNU long-name headers are consumed by the tar reader itself.
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
@@ -123,19 +150,27 @@ pub fn from_dir(root: &Path, limits: Limits) -> Result<Bundle, BundleError> {
             let meta = entry.path().symlink_metadata().map_err(io(&path))?;
             let rel = path
                 .strip_prefix(root)
-                .map_err(|_| BundleError::Corrupt(format!("{} is outside the bundle", path.display())))?
+                .map_err(|_| {
+                    BundleError::Corrupt(format!("{} is outside the bundle", path.display()))
+                })?
                 .to_string_lossy()
                 .into_owned();
             let ft = meta.file_type();
             if ft.is_dir() {
                 stack.push(path);
             } else if ft.is_file() {
-                let Some(clean) = clean_path(&rel)? else { continue };
+                let Some(clean) = clean_path(&rel)? else {
+                    continue;
+                };
                 let file = std::fs::File::open(&path).map_err(io(&path))?;
                 let data = read_bounded(file, b.room(), &rel, b.limits())?;
                 b.add(clean, meta.permissions().mode() & 0o111 != 0, data)?;
             } else {
-                let why = if ft.is_symlink() { "symbolic link" } else { "special file" };
+                let why = if ft.is_symlink() {
+                    "symbolic link"
+                } else {
+                    "special file"
+                };
                 return Err(BundleError::UnsafeEntry { entry: rel, why });
             }
         }

@@ -42,7 +42,10 @@ impl Client {
 /// Turns an API error response into a one-line message.
 pub(crate) fn api_error(status: reqwest::StatusCode, body: &[u8]) -> String {
     let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    match (doc.get("errorType").and_then(|v| v.as_str()), doc.get("errorMessage").and_then(|v| v.as_str())) {
+    match (
+        doc.get("errorType").and_then(|v| v.as_str()),
+        doc.get("errorMessage").and_then(|v| v.as_str()),
+    ) {
         (Some(t), Some(m)) => format!("{t}: {m} (HTTP {status})"),
         _ => format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim()),
     }

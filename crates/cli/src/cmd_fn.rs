@@ -115,7 +115,16 @@ fn code_archive(path: &Path) -> Result<Vec<u8>> {
 
 pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
     match cmd {
-        FnCommand::Deploy { server, name, runtime, handler, code, memory, timeout, env } => {
+        FnCommand::Deploy {
+            server,
+            name,
+            runtime,
+            handler,
+            code,
+            memory,
+            timeout,
+            env,
+        } => {
             let client = Client::new(server.url.as_deref())?;
             let archive = code_archive(&code)?;
             let env: serde_json::Map<String, serde_json::Value> =
@@ -142,7 +151,12 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
             println!("{}", String::from_utf8_lossy(&bytes));
             Ok(ExitCode::SUCCESS)
         }
-        FnCommand::Invoke { server, name, data, logs } => {
+        FnCommand::Invoke {
+            server,
+            name,
+            data,
+            logs,
+        } => {
             let client = Client::new(server.url.as_deref())?;
             let payload = read_data(data.as_deref())?;
             let mut req = client
@@ -156,10 +170,11 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
             let resp = req.send().context("contacting the server")?;
             let status = resp.status();
             let function_error = resp.headers().get("X-Amz-Function-Error").is_some();
-            let log_tail = resp
-                .headers()
-                .get("X-Amz-Log-Result")
-                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).ok());
+            let log_tail = resp.headers().get("X-Amz-Log-Result").and_then(|v| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(v.as_bytes())
+                    .ok()
+            });
             let bytes = resp.bytes()?;
             if let Some(tail) = log_tail {
                 eprint!("{}", String::from_utf8_lossy(&tail));
@@ -170,8 +185,14 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
             }
             if function_error {
                 let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                let t = doc.get("errorType").and_then(|v| v.as_str()).unwrap_or("Unhandled");
-                let m = doc.get("errorMessage").and_then(|v| v.as_str()).unwrap_or_default();
+                let t = doc
+                    .get("errorType")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("Unhandled");
+                let m = doc
+                    .get("errorMessage")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default();
                 eprintln!("function error: {t}: {m}");
                 return Ok(ExitCode::from(1));
             }
@@ -182,14 +203,21 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
         }
         FnCommand::Ls { server } => {
             let client = Client::new(server.url.as_deref())?;
-            let resp = client.http().get(client.url("/v1/functions")).send().context("contacting the server")?;
+            let resp = client
+                .http()
+                .get(client.url("/v1/functions"))
+                .send()
+                .context("contacting the server")?;
             let status = resp.status();
             let bytes = resp.bytes()?;
             if !status.is_success() {
                 bail!("list failed: {}", api_error(status, &bytes));
             }
             let doc: serde_json::Value = serde_json::from_slice(&bytes)?;
-            println!("{:<32} {:<9} {:<24} {:>6} {:>7}", "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT");
+            println!(
+                "{:<32} {:<9} {:<24} {:>6} {:>7}",
+                "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT"
+            );
             for f in doc["functions"].as_array().into_iter().flatten() {
                 println!(
                     "{:<32} {:<9} {:<24} {:>6} {:>7}",
@@ -240,7 +268,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("e.json");
         std::fs::write(&f, "[1,2]").unwrap();
-        assert_eq!(read_data(Some(&format!("@{}", f.display()))).unwrap(), b"[1,2]");
+        assert_eq!(
+            read_data(Some(&format!("@{}", f.display()))).unwrap(),
+            b"[1,2]"
+        );
         assert!(read_data(Some("@/nonexistent/file")).is_err());
     }
 
@@ -248,12 +279,34 @@ mod tests {
     fn cli_parses_the_documented_commands() {
         use clap::Parser;
         let cli = crate::Cli::try_parse_from([
-            "ignition", "fn", "deploy", "hello", "--runtime", "python3", "--handler", "app.handler",
-            "--code", "examples/hello-python", "--memory", "256", "--timeout", "5", "--env", "A=1", "--env", "B=2",
+            "ignition",
+            "fn",
+            "deploy",
+            "hello",
+            "--runtime",
+            "python3",
+            "--handler",
+            "app.handler",
+            "--code",
+            "examples/hello-python",
+            "--memory",
+            "256",
+            "--timeout",
+            "5",
+            "--env",
+            "A=1",
+            "--env",
+            "B=2",
         ])
         .unwrap();
         match cli.command {
-            crate::Command::Function(FnCommand::Deploy { name, memory, timeout, env, .. }) => {
+            crate::Command::Function(FnCommand::Deploy {
+                name,
+                memory,
+                timeout,
+                env,
+                ..
+            }) => {
                 assert_eq!(name, "hello");
                 assert_eq!((memory, timeout), (256, 5));
                 assert_eq!(env.len(), 2);
@@ -262,6 +315,8 @@ mod tests {
         }
         assert!(crate::Cli::try_parse_from(["ignition", "fn", "deploy", "x"]).is_err());
         assert!(crate::Cli::try_parse_from(["ignition", "server", "--accel", "xen"]).is_err());
-        assert!(crate::Cli::try_parse_from(["ignition", "fn", "invoke", "x", "--data", "{}"]).is_ok());
+        assert!(
+            crate::Cli::try_parse_from(["ignition", "fn", "invoke", "x", "--data", "{}"]).is_ok()
+        );
     }
 }

@@ -72,7 +72,8 @@ pub(crate) fn run(args: ServerArgs) -> Result<ExitCode> {
 
 async fn serve(args: ServerArgs) -> Result<ExitCode> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
     let store = ignition_store::Store::open(&data_dir).context("opening the store")?;
 
@@ -108,9 +109,10 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
             load_timeout: Duration::from_secs(args.init_timeout),
         },
     );
-    let node_id = args.node_id.clone().unwrap_or_else(|| {
-        nix_hostname().unwrap_or_else(|| "node-1".to_owned())
-    });
+    let node_id = args
+        .node_id
+        .clone()
+        .unwrap_or_else(|| nix_hostname().unwrap_or_else(|| "node-1".to_owned()));
     let state = ignition_api::AppState {
         store: Arc::new(store),
         worker: Arc::new(worker),

@@ -19,7 +19,10 @@ pub(crate) fn agent(explicit: Option<&Path>) -> Result<PathBuf> {
     };
     let mut candidates = Vec::new();
     // target/{debug,release}/ignition or target/{debug,release}/deps/test-binary.
-    for up in [dir.parent(), dir.parent().and_then(Path::parent)].into_iter().flatten() {
+    for up in [dir.parent(), dir.parent().and_then(Path::parent)]
+        .into_iter()
+        .flatten()
+    {
         for profile in ["release", "debug"] {
             candidates.push(up.join(STATIC_TARGET).join(profile).join(AGENT));
         }

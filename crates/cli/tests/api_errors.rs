@@ -22,14 +22,18 @@ fn deploy_body(runtime: &str, handler: &str, archive: &[u8]) -> serde_json::Valu
 fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for (name, data) in entries {
-        w.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
         w.write_all(data).unwrap();
     }
     w.finish().unwrap().into_inner()
 }
 
 fn tar_gz_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
     for (name, data) in entries {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
@@ -56,10 +60,29 @@ fn bad_requests_get_clear_errors() {
     let ok_zip = zip_of(&[("app.py", b"def handler(e, c):\n    return 1\n")]);
 
     // Deploys: zip and tar.gz are both accepted; a redeploy answers 200.
-    assert_eq!(put(&server, "z", &deploy_body("python3", "app.handler", &ok_zip)).0, 201);
-    assert_eq!(put(&server, "z", &deploy_body("python3", "app.handler", &ok_zip)).0, 200);
+    assert_eq!(
+        put(
+            &server,
+            "z",
+            &deploy_body("python3", "app.handler", &ok_zip)
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        put(
+            &server,
+            "z",
+            &deploy_body("python3", "app.handler", &ok_zip)
+        )
+        .0,
+        200
+    );
     let tgz = tar_gz_of(&[("pkg/mod.py", b"def h(e, c):\n    return 1\n")]);
-    assert_eq!(put(&server, "t", &deploy_body("python3.12", "pkg.mod.h", &tgz)).0, 201);
+    assert_eq!(
+        put(&server, "t", &deploy_body("python3.12", "pkg.mod.h", &tgz)).0,
+        201
+    );
 
     // Unknown function.
     let (s, h, b) = json(server.invoke("nope", "{}"));
@@ -71,7 +94,11 @@ fn bad_requests_get_clear_errors() {
     let (s, _, b) = json(server.invoke("bad.name", "{}"));
     assert_eq!(s, 400, "{b}");
     assert!(b["errorMessage"].as_str().unwrap().contains("bad.name"));
-    let (s, _) = put(&server, &"x".repeat(65), &deploy_body("python3", "app.handler", &ok_zip));
+    let (s, _) = put(
+        &server,
+        &"x".repeat(65),
+        &deploy_body("python3", "app.handler", &ok_zip),
+    );
     assert_eq!(s, 400);
 
     // Payload over 6 MiB.
@@ -88,46 +115,101 @@ fn bad_requests_get_clear_errors() {
     // Corrupt archive.
     let mut corrupt = ok_zip.clone();
     corrupt.truncate(corrupt.len() / 2);
-    let (s, b) = put(&server, "c", &deploy_body("python3", "app.handler", &corrupt));
+    let (s, b) = put(
+        &server,
+        "c",
+        &deploy_body("python3", "app.handler", &corrupt),
+    );
     assert_eq!(s, 400);
-    assert!(b["errorMessage"].as_str().unwrap().contains("corrupt"), "{b}");
-    let (s, b) = put(&server, "c", &deploy_body("python3", "app.handler", b"plain text"));
+    assert!(
+        b["errorMessage"].as_str().unwrap().contains("corrupt"),
+        "{b}"
+    );
+    let (s, b) = put(
+        &server,
+        "c",
+        &deploy_body("python3", "app.handler", b"plain text"),
+    );
     assert_eq!(s, 400);
-    assert!(b["errorMessage"].as_str().unwrap().contains("not a zip or tar.gz"), "{b}");
+    assert!(
+        b["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("not a zip or tar.gz"),
+        "{b}"
+    );
 
     // The handler's file is missing from the bundle.
-    let (s, b) = put(&server, "m", &deploy_body("python3", "main.handler", &ok_zip));
+    let (s, b) = put(
+        &server,
+        "m",
+        &deploy_body("python3", "main.handler", &ok_zip),
+    );
     assert_eq!(s, 400);
-    assert!(b["errorMessage"].as_str().unwrap().contains("main.py"), "{b}");
+    assert!(
+        b["errorMessage"].as_str().unwrap().contains("main.py"),
+        "{b}"
+    );
     let (s, b) = put(&server, "p", &deploy_body("provided", "x", &ok_zip));
     assert_eq!(s, 400);
-    assert!(b["errorMessage"].as_str().unwrap().contains("bootstrap"), "{b}");
+    assert!(
+        b["errorMessage"].as_str().unwrap().contains("bootstrap"),
+        "{b}"
+    );
 
     // Path traversal in the archive is refused, naming the entry.
     let evil = zip_of(&[("app.py", b"x"), ("../../etc/evil", b"x")]);
     let (s, b) = put(&server, "e", &deploy_body("python3", "app.handler", &evil));
     assert_eq!(s, 400);
-    assert!(b["errorMessage"].as_str().unwrap().contains("../../etc/evil"), "{b}");
+    assert!(
+        b["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("../../etc/evil"),
+        "{b}"
+    );
 
     // Out-of-range configuration names the field.
     let mut body = deploy_body("python3", "app.handler", &ok_zip);
     body["memory_mib"] = j!(1);
     let (s, b) = put(&server, "mem", &body);
     assert_eq!(s, 400);
-    assert!(b["errorMessage"].as_str().unwrap().contains("memory"), "{b}");
+    assert!(
+        b["errorMessage"].as_str().unwrap().contains("memory"),
+        "{b}"
+    );
     let (s, b) = put(&server, "rt", &deploy_body("cobol", "app.handler", &ok_zip));
     assert_eq!(s, 400);
-    assert!(b["errorMessage"].as_str().unwrap().contains("runtime"), "{b}");
+    assert!(
+        b["errorMessage"].as_str().unwrap().contains("runtime"),
+        "{b}"
+    );
     let (s, b) = put(&server, "junk", &j!({"runtime": "python3"}));
     assert_eq!(s, 400);
-    assert!(b["errorMessage"].as_str().unwrap().contains("handler"), "{b}");
+    assert!(
+        b["errorMessage"].as_str().unwrap().contains("handler"),
+        "{b}"
+    );
 
     // Nothing failed was stored.
-    let resp = server.http().get(format!("{}/v1/functions", server.url)).send().unwrap();
+    let resp = server
+        .http()
+        .get(format!("{}/v1/functions", server.url))
+        .send()
+        .unwrap();
     let (_, _, list) = json(resp);
-    let names: Vec<_> = list["functions"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<_> = list["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["t", "z"]);
-    let resp = server.http().delete(format!("{}/v1/functions/none", server.url)).send().unwrap();
+    let resp = server
+        .http()
+        .delete(format!("{}/v1/functions/none", server.url))
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), 404);
     server.stop_and_check_clean();
 }

@@ -19,20 +19,37 @@ fn python_function_runs_under_the_guest_kernel() {
     server.deploy("hello", "python3", "app.handler", &code, &[]);
 
     let out = server.cli(&["fn", "invoke", "hello", "--data", r#"{"name":"Ada"}"#]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["message"], "Hello, Ada!");
     let guest_kernel = result["kernel"].as_str().unwrap().to_owned();
-    assert_ne!(guest_kernel, host_kernel_release(), "the function must not run on the host kernel");
-    assert!(guest_kernel.ends_with("-cloud-amd64"), "Debian cloud kernel expected, got {guest_kernel}");
+    assert_ne!(
+        guest_kernel,
+        host_kernel_release(),
+        "the function must not run on the host kernel"
+    );
+    assert!(
+        guest_kernel.ends_with("-cloud-amd64"),
+        "Debian cloud kernel expected, got {guest_kernel}"
+    );
 
     // The agent's view of the kernel (from uname in PID 1) agrees with the function's.
     let (status, headers, body) = json(server.invoke("hello", "{}"));
     assert_eq!(status, 200);
     assert_eq!(body["message"], "Hello, world!");
-    assert_eq!(headers["x-ignition-guest-kernel"].to_str().unwrap(), guest_kernel);
+    assert_eq!(
+        headers["x-ignition-guest-kernel"].to_str().unwrap(),
+        guest_kernel
+    );
     assert!(headers.contains_key("x-amzn-requestid"));
-    assert_eq!(body["request_id"].as_str().unwrap(), headers["x-amzn-requestid"].to_str().unwrap());
+    assert_eq!(
+        body["request_id"].as_str().unwrap(),
+        headers["x-amzn-requestid"].to_str().unwrap()
+    );
 
     let ls = server.cli(&["fn", "ls"]);
     assert!(String::from_utf8_lossy(&ls.stdout).contains("hello"));
@@ -68,7 +85,10 @@ fn raising_handler_reports_a_function_error_with_its_traceback() {
     server.deploy("fail", "python3", "fail.handler", code.path(), &[]);
     let resp = server
         .http()
-        .post(format!("{}/2015-03-31/functions/fail/invocations", server.url))
+        .post(format!(
+            "{}/2015-03-31/functions/fail/invocations",
+            server.url
+        ))
         .header("X-Amz-Log-Type", "Tail")
         .body("{}")
         .send()
@@ -79,7 +99,10 @@ fn raising_handler_reports_a_function_error_with_its_traceback() {
     assert_eq!(body["errorType"], "ValueError");
     assert_eq!(body["errorMessage"], "bad input 42");
     let trace = body["stackTrace"].to_string();
-    assert!(trace.contains("inner"), "stack trace names the frames: {trace}");
+    assert!(
+        trace.contains("inner"),
+        "stack trace names the frames: {trace}"
+    );
     use base64::Engine;
     let logs = base64::engine::general_purpose::STANDARD
         .decode(headers["x-amz-log-result"].as_bytes())
@@ -102,15 +125,31 @@ fn timeout_kills_the_vm_at_the_deadline() {
         "slow.py",
         "import time\n\ndef handler(event, context):\n    time.sleep(120)\n    return 'never'\n",
     )]);
-    server.deploy("slow", "python3", "slow.handler", code.path(), &["--timeout", "1"]);
+    server.deploy(
+        "slow",
+        "python3",
+        "slow.handler",
+        code.path(),
+        &["--timeout", "1"],
+    );
     let t = Instant::now();
     let (status, headers, body) = json(server.invoke("slow", "{}"));
-    assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(status, 200);
     assert_eq!(headers["x-amz-function-error"], "Unhandled");
     assert_eq!(body["errorType"], "Sandbox.Timedout");
-    assert!(body["errorMessage"].as_str().unwrap().contains("Task timed out after 1.00 seconds"));
-    assert!(server.vmm_processes().is_empty(), "the VM is gone when the caller hears of the timeout");
+    assert!(body["errorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("Task timed out after 1.00 seconds"));
+    assert!(
+        server.vmm_processes().is_empty(),
+        "the VM is gone when the caller hears of the timeout"
+    );
 
     let out = server.cli(&["fn", "invoke", "slow"]);
     assert!(!out.status.success());
@@ -125,7 +164,13 @@ fn four_invocations_at_once_each_get_a_sterile_vm() {
         "echo.py",
         "import os\n\nMARK = '/tmp/ignition-test-mark'\n\ndef handler(event, context):\n    seen = os.path.exists(MARK)\n    open(MARK, 'w').write('x')\n    return {'n': event['n'], 'seen_mark': seen, 'token': os.urandom(8).hex()}\n",
     )]);
-    server.deploy("echo", "python3", "echo.handler", code.path(), &["--timeout", "30"]);
+    server.deploy(
+        "echo",
+        "python3",
+        "echo.handler",
+        code.path(),
+        &["--timeout", "30"],
+    );
     let results: Vec<serde_json::Value> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|n| {
@@ -141,9 +186,13 @@ fn four_invocations_at_once_each_get_a_sterile_vm() {
     });
     for (n, r) in results.iter().enumerate() {
         assert_eq!(r["n"], n, "{r}");
-        assert_eq!(r["seen_mark"], false, "a write from another invocation leaked: {r}");
+        assert_eq!(
+            r["seen_mark"], false,
+            "a write from another invocation leaked: {r}"
+        );
     }
-    let tokens: std::collections::HashSet<_> = results.iter().map(|r| r["token"].to_string()).collect();
+    let tokens: std::collections::HashSet<_> =
+        results.iter().map(|r| r["token"].to_string()).collect();
     assert_eq!(tokens.len(), 4);
     // Sequentially too: the second invocation does not see the first one's file.
     let (_, _, again) = json(server.invoke("echo", r#"{"n":9}"#));
@@ -158,11 +207,20 @@ fn crashing_guest_fails_cleanly_and_the_server_carries_on() {
         "crash.py",
         "def handler(event, context):\n    if event.get('crash'):\n        open('/proc/sysrq-trigger', 'w').write('c')\n    return 'alive'\n",
     )]);
-    server.deploy("crash", "python3", "crash.handler", code.path(), &["--timeout", "30"]);
+    server.deploy(
+        "crash",
+        "python3",
+        "crash.handler",
+        code.path(),
+        &["--timeout", "30"],
+    );
     let (status, headers, body) = json(server.invoke("crash", r#"{"crash":true}"#));
     assert_eq!(status, 502, "{body}");
     assert_eq!(headers["x-amzn-errortype"], "ServiceException");
-    assert!(body["errorMessage"].as_str().unwrap().contains("closed"), "{body}");
+    assert!(
+        body["errorMessage"].as_str().unwrap().contains("closed"),
+        "{body}"
+    );
     assert!(server.vmm_processes().is_empty());
     let (status, _, body) = json(server.invoke("crash", "{}"));
     assert_eq!((status, body), (200, serde_json::json!("alive")));

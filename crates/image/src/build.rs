@@ -46,7 +46,8 @@ fn check_static(agent: &[u8], path: &Path) -> Result<(), ImageError> {
     let u16_at = |o: usize| u16::from_le_bytes([agent[o], agent[o + 1]]) as usize;
     let mut off_bytes = [0u8; 8];
     off_bytes.copy_from_slice(&agent[0x20..0x28]);
-    let phoff = usize::try_from(u64::from_le_bytes(off_bytes)).map_err(|_| bad("bad ELF header"))?;
+    let phoff =
+        usize::try_from(u64::from_le_bytes(off_bytes)).map_err(|_| bad("bad ELF header"))?;
     let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
     for i in 0..phnum {
         let at = phoff + i * phentsize;
@@ -80,7 +81,16 @@ fn initramfs(cache: &Path, agent: &[u8], kernel: &kernel::Kernel) -> Result<Path
     }
     fs::create_dir_all(&dir).map_err(ImageError::io(format!("mkdir {}", dir.display())))?;
     let mut w = CpioWriter::default();
-    for d in ["dev", "proc", "sys", "lower", "upper", "newroot", "lib", "lib/modules"] {
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        "lower",
+        "upper",
+        "newroot",
+        "lib",
+        "lib/modules",
+    ] {
         w.dir(d);
     }
     w.char_device("dev/console", 0o600, 5, 1);
@@ -92,7 +102,8 @@ fn initramfs(cache: &Path, agent: &[u8], kernel: &kernel::Kernel) -> Result<Path
     }
     let tmp = dir.join(format!(".{key}.{}", std::process::id()));
     let mut f = fs::File::create(&tmp).map_err(ImageError::io("create initramfs"))?;
-    w.finish(&mut f).map_err(ImageError::io("write initramfs"))?;
+    w.finish(&mut f)
+        .map_err(ImageError::io("write initramfs"))?;
     f.flush().map_err(ImageError::io("write initramfs"))?;
     fs::rename(&tmp, &path).map_err(ImageError::io("install initramfs"))?;
     Ok(path)

@@ -50,7 +50,8 @@ fn resolve() -> Option<(String, String)> {
 
 fn load(dir: &Path, key: &str) -> Result<Kernel, ImageError> {
     let boot = dir.join("root/boot");
-    let entries = fs::read_dir(&boot).map_err(ImageError::io(format!("read {}", boot.display())))?;
+    let entries =
+        fs::read_dir(&boot).map_err(ImageError::io(format!("read {}", boot.display())))?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(release) = name.strip_prefix("vmlinuz-") {
@@ -106,14 +107,23 @@ pub(crate) fn ensure(cache: &Path) -> Result<Kernel, ImageError> {
     let tmp = root.join(format!(".tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(ImageError::io(format!("mkdir {}", tmp.display())))?;
-    run_tool(Command::new("apt-get").args(["download", "-q", &package]).current_dir(&tmp))?;
+    run_tool(
+        Command::new("apt-get")
+            .args(["download", "-q", &package])
+            .current_dir(&tmp),
+    )?;
     let deb = fs::read_dir(&tmp)
         .map_err(ImageError::io("list downloaded kernel"))?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .ok_or_else(|| ImageError::Missing(format!("apt-get download {package} left no .deb")))?;
-    run_tool(Command::new("dpkg").arg("-x").arg(&deb).arg(tmp.join("root")))?;
+    run_tool(
+        Command::new("dpkg")
+            .arg("-x")
+            .arg(&deb)
+            .arg(tmp.join("root")),
+    )?;
     fs::remove_file(&deb).map_err(ImageError::io("remove kernel .deb"))?;
     fs::write(tmp.join("ready"), &key).map_err(ImageError::io("mark kernel ready"))?;
     let _ = fs::remove_dir_all(&dir);

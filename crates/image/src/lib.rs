@@ -88,7 +88,9 @@ pub fn default_cache_dir() -> PathBuf {
     Path::new(&home).join(".cache").join("ignition")
 }
 
-pub(crate) fn run_tool(cmd: &mut std::process::Command) -> Result<std::process::Output, ImageError> {
+pub(crate) fn run_tool(
+    cmd: &mut std::process::Command,
+) -> Result<std::process::Output, ImageError> {
     let command = format!("{cmd:?}");
     let out = cmd.output().map_err(|e| ImageError::Tool {
         command: command.clone(),
@@ -96,7 +98,15 @@ pub(crate) fn run_tool(cmd: &mut std::process::Command) -> Result<std::process::
     })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: String = stderr.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = stderr
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         return Err(ImageError::Tool {
             command,
             detail: format!("{}: {tail}", out.status),

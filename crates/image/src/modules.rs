@@ -23,7 +23,8 @@ fn index(tree: &Path) -> Result<HashMap<String, PathBuf>, ImageError> {
     let mut found = HashMap::new();
     let mut stack = vec![tree.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let entries = fs::read_dir(&dir).map_err(ImageError::io(format!("read {}", dir.display())))?;
+        let entries =
+            fs::read_dir(&dir).map_err(ImageError::io(format!("read {}", dir.display())))?;
         for e in entries.flatten() {
             let path = e.path();
             if path.is_dir() {
@@ -74,9 +75,11 @@ fn visit(
     if order.iter().any(|(n, _)| *n == file) || visiting.iter().any(|v| v == name) {
         return Ok(());
     }
-    let path = idx
-        .get(name)
-        .ok_or_else(|| ImageError::Missing(format!("kernel module {name} not found in the kernel package")))?;
+    let path = idx.get(name).ok_or_else(|| {
+        ImageError::Missing(format!(
+            "kernel module {name} not found in the kernel package"
+        ))
+    })?;
     let bytes = fs::read(path).map_err(ImageError::io(format!("read {}", path.display())))?;
     visiting.push(name.to_owned());
     for dep in depends(&bytes) {

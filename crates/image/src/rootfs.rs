@@ -40,9 +40,13 @@ fn dir_size(path: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
-            let Ok(meta) = e.path().symlink_metadata() else { continue };
+            let Ok(meta) = e.path().symlink_metadata() else {
+                continue;
+            };
             if meta.is_dir() {
                 stack.push(e.path());
             }
@@ -54,7 +58,12 @@ fn dir_size(path: &Path) -> u64 {
 
 /// The cache key of the root filesystem recipe.
 pub(crate) fn key() -> String {
-    sha256_hex(&[SUITE.as_bytes(), PACKAGES.as_bytes(), RECIPE_VERSION.as_bytes()])[..16].to_owned()
+    sha256_hex(&[
+        SUITE.as_bytes(),
+        PACKAGES.as_bytes(),
+        RECIPE_VERSION.as_bytes(),
+    ])[..16]
+        .to_owned()
 }
 
 /// Makes sure the root filesystem image exists; returns its path.
@@ -86,7 +95,8 @@ pub(crate) fn ensure(cache: &Path) -> Result<PathBuf, ImageError> {
     let size = dir_size(&tree) * 5 / 4 + 64 * 1024 * 1024;
     let tmp_image = dir.join(format!(".rootfs-{}.ext4", std::process::id()));
     let file = fs::File::create(&tmp_image).map_err(ImageError::io("create rootfs image"))?;
-    file.set_len(size).map_err(ImageError::io("size rootfs image"))?;
+    file.set_len(size)
+        .map_err(ImageError::io("size rootfs image"))?;
     drop(file);
     run_tool(
         Command::new("mkfs.ext4")

@@ -101,8 +101,7 @@ fn decode_exact<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 /// Encodes `msg` as one frame (header and body).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let header = vec![MAGIC[0], MAGIC[1], VERSION, 0, 0, 0, 0, 0];
-    let mut out =
-        postcard::to_extend(msg, header).map_err(|e| FrameError::Body(e.to_string()))?;
+    let mut out = postcard::to_extend(msg, header).map_err(|e| FrameError::Body(e.to_string()))?;
     let body_len = out.len() - HEADER_LEN;
     let len = u32::try_from(body_len).map_err(|_| FrameError::Encode(body_len))?;
     out[4..8].copy_from_slice(&len.to_be_bytes());

@@ -33,7 +33,10 @@ fn truncated_header_and_body_are_errors() {
     for cut in [3, HEADER_LEN, HEADER_LEN + 10, frame.len() - 1] {
         let mut reader = &frame[..cut];
         let err = read_frame::<GuestMessage>(&mut reader, MAX_GUEST_FRAME).unwrap_err();
-        assert!(matches!(err, FrameError::Truncated { .. }), "cut {cut}: {err}");
+        assert!(
+            matches!(err, FrameError::Truncated { .. }),
+            "cut {cut}: {err}"
+        );
     }
 }
 
@@ -102,14 +105,17 @@ fn decoder_reports_a_partial_frame_at_end_of_stream() {
 fn host_message() -> impl Strategy<Value = HostMessage> {
     prop_oneof![
         Just(HostMessage::Shutdown),
-        (any::<String>(), proptest::collection::vec(any::<u8>(), 0..512), any::<u64>()).prop_map(
-            |(id, payload, t)| HostMessage::Invoke(InvokeRequest {
+        (
+            any::<String>(),
+            proptest::collection::vec(any::<u8>(), 0..512),
+            any::<u64>()
+        )
+            .prop_map(|(id, payload, t)| HostMessage::Invoke(InvokeRequest {
                 request_id: id,
                 payload,
                 timeout_ms: t,
                 host_time_unix_ms: t / 2,
-            })
-        ),
+            })),
     ]
 }
 
@@ -121,19 +127,23 @@ fn guest_message() -> impl Strategy<Value = GuestMessage> {
             kernel_release: k
         }),
         proptest::collection::vec(any::<u8>(), 0..512).prop_map(result_msg),
-        (any::<String>(), proptest::collection::vec(any::<String>(), 0..4)).prop_map(|(m, st)| {
-            GuestMessage::Result(InvokeResult {
-                request_id: "r".into(),
-                outcome: Outcome::FunctionError(ErrorBody {
-                    error_type: "E".into(),
-                    error_message: m,
-                    stack_trace: st,
-                }),
-                logs: vec![],
-                logs_truncated: true,
-                duration_ms: 0,
-            })
-        }),
+        (
+            any::<String>(),
+            proptest::collection::vec(any::<String>(), 0..4)
+        )
+            .prop_map(|(m, st)| {
+                GuestMessage::Result(InvokeResult {
+                    request_id: "r".into(),
+                    outcome: Outcome::FunctionError(ErrorBody {
+                        error_type: "E".into(),
+                        error_message: m,
+                        stack_trace: st,
+                    }),
+                    logs: vec![],
+                    logs_truncated: true,
+                    duration_ms: 0,
+                })
+            }),
     ]
 }
 
@@ -169,12 +179,7 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let mut dec = FrameDecoder::new(256);
         dec.feed(&bytes);
-        loop {
-            match dec.next_message::<GuestMessage>() {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => break,
-            }
-        }
+        while let Ok(Some(_)) = dec.next_message::<GuestMessage>() {}
         let _ = read_frame::<GuestMessage>(&mut &bytes[..], 256);
     }
 }

@@ -8,5 +8,7 @@
 mod model;
 mod sqlite;
 
-pub use model::{validate_name, FunctionConfig, FunctionRecord, ModelError, Runtime, MEMORY_MIB, TIMEOUT_S};
+pub use model::{
+    validate_name, FunctionConfig, FunctionRecord, ModelError, Runtime, MEMORY_MIB, TIMEOUT_S,
+};
 pub use sqlite::{sha256_hex, Store, StoreError};

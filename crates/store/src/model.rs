@@ -68,9 +68,15 @@ const RESERVED_ENV: &[&str] = &["_HANDLER", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_
 /// Checks a function name: `[A-Za-z0-9_-]{1,64}`.
 pub fn validate_name(name: &str) -> Result<(), ModelError> {
     if name.is_empty() || name.len() > 64 {
-        return Err(invalid("name", format!("{name:?} must be 1 to 64 characters")));
+        return Err(invalid(
+            "name",
+            format!("{name:?} must be 1 to 64 characters"),
+        ));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
         return Err(invalid(
             "name",
             format!("{name:?} contains {c:?}; only letters, digits, '-' and '_' are allowed"),
@@ -104,24 +110,39 @@ impl FunctionConfig {
             return Err(invalid("handler", "must be 1 to 128 characters"));
         }
         if self.runtime == Runtime::Python3 {
-            let (file, func) = self
-                .handler
-                .rsplit_once('.')
-                .ok_or_else(|| invalid("handler", format!("{:?} is not FILE.FUNCTION", self.handler)))?;
+            let (file, func) = self.handler.rsplit_once('.').ok_or_else(|| {
+                invalid(
+                    "handler",
+                    format!("{:?} is not FILE.FUNCTION", self.handler),
+                )
+            })?;
             if file.is_empty() || func.is_empty() || file.starts_with('/') || file.contains("..") {
-                return Err(invalid("handler", format!("{:?} is not FILE.FUNCTION", self.handler)));
+                return Err(invalid(
+                    "handler",
+                    format!("{:?} is not FILE.FUNCTION", self.handler),
+                ));
             }
         }
         if !MEMORY_MIB.contains(&self.memory_mib) {
             return Err(invalid(
                 "memory",
-                format!("{} MiB is outside {}..={}", self.memory_mib, MEMORY_MIB.start(), MEMORY_MIB.end()),
+                format!(
+                    "{} MiB is outside {}..={}",
+                    self.memory_mib,
+                    MEMORY_MIB.start(),
+                    MEMORY_MIB.end()
+                ),
             ));
         }
         if !TIMEOUT_S.contains(&self.timeout_s) {
             return Err(invalid(
                 "timeout",
-                format!("{} s is outside {}..={}", self.timeout_s, TIMEOUT_S.start(), TIMEOUT_S.end()),
+                format!(
+                    "{} s is outside {}..={}",
+                    self.timeout_s,
+                    TIMEOUT_S.start(),
+                    TIMEOUT_S.end()
+                ),
             ));
         }
         let mut total = 0;
@@ -129,18 +150,27 @@ impl FunctionConfig {
             let ok = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
                 && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok {
-                return Err(invalid("environment", format!("{k:?} is not a valid variable name")));
+                return Err(invalid(
+                    "environment",
+                    format!("{k:?} is not a valid variable name"),
+                ));
             }
             if RESERVED_ENV.contains(&k.as_str()) || k.starts_with("AWS_LAMBDA_") {
                 return Err(invalid("environment", format!("{k} is reserved")));
             }
             if v.contains('\0') {
-                return Err(invalid("environment", format!("the value of {k} contains a NUL byte")));
+                return Err(invalid(
+                    "environment",
+                    format!("the value of {k} contains a NUL byte"),
+                ));
             }
             total += k.len() + v.len();
         }
         if total > MAX_ENV_BYTES {
-            return Err(invalid("environment", format!("{total} bytes exceed {MAX_ENV_BYTES}")));
+            return Err(invalid(
+                "environment",
+                format!("{total} bytes exceed {MAX_ENV_BYTES}"),
+            ));
         }
         Ok(())
     }
@@ -199,9 +229,27 @@ mod tests {
             Ok(()) => "ok",
         };
         assert_eq!(field(config()), "ok");
-        assert_eq!(field(FunctionConfig { memory_mib: 64, ..config() }), "memory");
-        assert_eq!(field(FunctionConfig { timeout_s: 0, ..config() }), "timeout");
-        assert_eq!(field(FunctionConfig { handler: "nodot".into(), ..config() }), "handler");
+        assert_eq!(
+            field(FunctionConfig {
+                memory_mib: 64,
+                ..config()
+            }),
+            "memory"
+        );
+        assert_eq!(
+            field(FunctionConfig {
+                timeout_s: 0,
+                ..config()
+            }),
+            "timeout"
+        );
+        assert_eq!(
+            field(FunctionConfig {
+                handler: "nodot".into(),
+                ..config()
+            }),
+            "handler"
+        );
         let mut env = BTreeMap::new();
         env.insert("AWS_LAMBDA_X".into(), "1".into());
         assert_eq!(field(FunctionConfig { env, ..config() }), "environment");

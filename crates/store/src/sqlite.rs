@@ -98,9 +98,14 @@ impl Store {
     }
 
     /// Creates or replaces a function with its code, atomically.
-    pub fn put_function(&self, config: &FunctionConfig, code_tar: &[u8]) -> Result<FunctionRecord, StoreError> {
+    pub fn put_function(
+        &self,
+        config: &FunctionConfig,
+        code_tar: &[u8],
+    ) -> Result<FunctionRecord, StoreError> {
         let hash = sha256_hex(code_tar);
-        let env = serde_json::to_string(&config.env).map_err(|_| StoreError::Corrupt(config.name.clone()))?;
+        let env = serde_json::to_string(&config.env)
+            .map_err(|_| StoreError::Corrupt(config.name.clone()))?;
         let t = now();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -158,7 +163,8 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY f.name"))?;
         let rows = stmt.query_map([], row_to_record)?;
-        rows.map(|r| r.map_err(StoreError::from).and_then(|x| x)).collect()
+        rows.map(|r| r.map_err(StoreError::from).and_then(|x| x))
+            .collect()
     }
 
     /// Deletes a function; `false` if there was none.
@@ -166,7 +172,11 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let hash: Option<String> = tx
-            .query_row("SELECT code_sha256 FROM functions WHERE name = ?1", params![name], |r| r.get(0))
+            .query_row(
+                "SELECT code_sha256 FROM functions WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
             .optional()?;
         let Some(hash) = hash else { return Ok(false) };
         tx.execute("DELETE FROM functions WHERE name = ?1", params![name])?;
@@ -179,7 +189,11 @@ impl Store {
     pub fn get_bundle(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let conn = self.conn();
         Ok(conn
-            .query_row("SELECT data FROM bundles WHERE sha256 = ?1", params![sha256], |r| r.get(0))
+            .query_row(
+                "SELECT data FROM bundles WHERE sha256 = ?1",
+                params![sha256],
+                |r| r.get(0),
+            )
             .optional()?)
     }
 
@@ -255,12 +269,20 @@ mod tests {
         assert_eq!(got.config, config("b"));
         assert_eq!(got.code_size, 6);
         assert_eq!(s.get_bundle(&got.code_sha256).unwrap().unwrap(), b"code-b");
-        let names: Vec<_> = s.list_functions().unwrap().into_iter().map(|r| r.config.name).collect();
+        let names: Vec<_> = s
+            .list_functions()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.config.name)
+            .collect();
         assert_eq!(names, ["a", "b"]);
         assert!(s.delete_function("b").unwrap());
         assert!(!s.delete_function("b").unwrap());
         assert!(s.get_function("b").unwrap().is_none());
-        assert!(s.get_bundle(&rec.code_sha256).unwrap().is_none(), "unreferenced bundle removed");
+        assert!(
+            s.get_bundle(&rec.code_sha256).unwrap().is_none(),
+            "unreferenced bundle removed"
+        );
     }
 
     #[test]
@@ -274,7 +296,10 @@ mod tests {
         s.put_function(&config("a"), b"new code").unwrap();
         assert_eq!(s.bundle_count().unwrap(), 2, "old bundle still used by b");
         let updated = s.get_function("a").unwrap().unwrap();
-        assert_eq!(updated.created_at, first.created_at, "update keeps creation time");
+        assert_eq!(
+            updated.created_at, first.created_at,
+            "update keeps creation time"
+        );
         s.put_function(&config("b"), b"new code").unwrap();
         assert_eq!(s.bundle_count().unwrap(), 1, "old bundle collected");
     }
@@ -282,7 +307,10 @@ mod tests {
     #[test]
     fn data_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        Store::open(dir.path()).unwrap().put_function(&config("a"), b"x").unwrap();
+        Store::open(dir.path())
+            .unwrap()
+            .put_function(&config("a"), b"x")
+            .unwrap();
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.get_function("a").unwrap().unwrap().config, config("a"));
     }

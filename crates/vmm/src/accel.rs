@@ -26,7 +26,9 @@ impl FromStr for Accel {
             "tcg" => Ok(Self::Tcg),
             "kvm" => Ok(Self::Kvm),
             "auto" => Ok(Self::Auto),
-            other => Err(format!("unknown accelerator {other:?} (expected tcg, kvm or auto)")),
+            other => Err(format!(
+                "unknown accelerator {other:?} (expected tcg, kvm or auto)"
+            )),
         }
     }
 }
@@ -92,13 +94,29 @@ mod tests {
 
     #[test]
     fn auto_picks_kvm_only_on_hardware_virtualization() {
-        let real = HostVirt { kvm_device: true, hardware_flags: true, nested_emulated: false };
-        let nested = HostVirt { kvm_device: true, hardware_flags: false, nested_emulated: true };
-        let none = HostVirt { kvm_device: false, hardware_flags: true, nested_emulated: false };
+        let real = HostVirt {
+            kvm_device: true,
+            hardware_flags: true,
+            nested_emulated: false,
+        };
+        let nested = HostVirt {
+            kvm_device: true,
+            hardware_flags: false,
+            nested_emulated: true,
+        };
+        let none = HostVirt {
+            kvm_device: false,
+            hardware_flags: true,
+            nested_emulated: false,
+        };
         assert_eq!(Accel::Auto.resolve(real), Accel::Kvm);
         assert_eq!(Accel::Auto.resolve(nested), Accel::Tcg);
         assert_eq!(Accel::Auto.resolve(none), Accel::Tcg);
-        assert_eq!(Accel::Kvm.resolve(nested), Accel::Kvm, "an explicit choice is kept");
+        assert_eq!(
+            Accel::Kvm.resolve(nested),
+            Accel::Kvm,
+            "an explicit choice is kept"
+        );
         assert_eq!("tcg".parse::<Accel>(), Ok(Accel::Tcg));
         assert!("xen".parse::<Accel>().is_err());
     }
@@ -106,7 +124,9 @@ mod tests {
     #[test]
     fn virt_flag_is_read_from_the_flags_line_only() {
         assert!(cpuinfo_has_virt_flag("flags\t\t: fpu vme vmx sse\n"));
-        assert!(!cpuinfo_has_virt_flag("flags\t\t: fpu vme sse\nmodel name: vmx\n"));
+        assert!(!cpuinfo_has_virt_flag(
+            "flags\t\t: fpu vme sse\nmodel name: vmx\n"
+        ));
     }
 
     /// On this project's machines (nested kvm_pvm), `auto` must not pick KVM.

@@ -12,11 +12,16 @@ pub(crate) struct RunDir {
 
 impl RunDir {
     pub(crate) fn create(base: &Path, id: &str) -> Result<Self, VmmError> {
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(VmmError::Control(format!("invalid VM id {id:?}")));
         }
         let path = base.join(id);
-        std::fs::create_dir_all(&path).map_err(VmmError::io(format!("mkdir {}", path.display())))?;
+        std::fs::create_dir_all(&path)
+            .map_err(VmmError::io(format!("mkdir {}", path.display())))?;
         Ok(Self { path })
     }
 

@@ -1,6 +1,8 @@
 //! The host end of the agent channel: framed, bounded, and under a deadline.
 
-use ignition_proto::{encode, FrameError, GuestMessage, Header, HostMessage, HEADER_LEN, MAX_GUEST_FRAME};
+use ignition_proto::{
+    encode, FrameError, GuestMessage, Header, HostMessage, HEADER_LEN, MAX_GUEST_FRAME,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::time::Instant;
@@ -33,7 +35,11 @@ impl AgentChannel {
         Self { stream }
     }
 
-    pub(crate) async fn send(&mut self, msg: &HostMessage, deadline: Instant) -> Result<(), ChannelError> {
+    pub(crate) async fn send(
+        &mut self,
+        msg: &HostMessage,
+        deadline: Instant,
+    ) -> Result<(), ChannelError> {
         let frame = encode(msg)?;
         tokio::time::timeout_at(deadline, self.stream.write_all(&frame))
             .await

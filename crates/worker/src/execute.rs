@@ -104,12 +104,14 @@ fn ms(d: Duration) -> u64 {
 fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| ms(d))
+        .map_or(0, ms)
 }
 
 fn tail(s: &str, n: usize) -> String {
     let start = s.len().saturating_sub(n);
-    let start = (start..=s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
+    let start = (start..=s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(s.len());
     s[start..].trim().to_owned()
 }
 
@@ -199,10 +201,17 @@ impl Worker {
                     console: tail(&vm.console_tail(), CONSOLE_QUOTE),
                 })
             }
-            Ok(other) => return Err(ExecError::Protocol(format!("expected Ready, got {}", kind(&other)))),
+            Ok(other) => {
+                return Err(ExecError::Protocol(format!(
+                    "expected Ready, got {}",
+                    kind(&other)
+                )))
+            }
             Err(e) => {
                 let reason = match e {
-                    ChannelError::Deadline => format!("no Ready within {:?}", self.config.boot_timeout),
+                    ChannelError::Deadline => {
+                        format!("no Ready within {:?}", self.config.boot_timeout)
+                    }
                     other => other.to_string(),
                 };
                 return Err(ExecError::NotReady {
@@ -221,8 +230,15 @@ impl Worker {
         match chan.recv(deadline).await {
             Ok(GuestMessage::Loaded) => {}
             Ok(GuestMessage::Fatal { message }) => return Err(ExecError::Guest(message)),
-            Ok(other) => return Err(ExecError::Protocol(format!("expected Loaded, got {}", kind(&other)))),
-            Err(ChannelError::Deadline) => return Err(ExecError::InitTimeout(self.config.load_timeout)),
+            Ok(other) => {
+                return Err(ExecError::Protocol(format!(
+                    "expected Loaded, got {}",
+                    kind(&other)
+                )))
+            }
+            Err(ChannelError::Deadline) => {
+                return Err(ExecError::InitTimeout(self.config.load_timeout))
+            }
             Err(e) => return Err(ExecError::Protocol(format!("loading the function: {e}"))),
         }
         timings.load_ms = ms(t.elapsed());
@@ -245,7 +261,12 @@ impl Worker {
         let result = match chan.recv(deadline).await {
             Ok(GuestMessage::Result(r)) => r,
             Ok(GuestMessage::Fatal { message }) => return Err(ExecError::Guest(message)),
-            Ok(other) => return Err(ExecError::Protocol(format!("expected Result, got {}", kind(&other)))),
+            Ok(other) => {
+                return Err(ExecError::Protocol(format!(
+                    "expected Result, got {}",
+                    kind(&other)
+                )))
+            }
             Err(ChannelError::Deadline) => return Err(ExecError::Timeout(job.timeout)),
             Err(e) => return Err(ExecError::Protocol(e.to_string())),
         };
@@ -273,11 +294,17 @@ fn validate(result: &InvokeResult, request_id: &str) -> Result<(), ExecError> {
         )));
     }
     if result.logs.len() > MAX_LOG_BYTES {
-        return Err(ExecError::Protocol(format!("{} bytes of logs exceed the limit", result.logs.len())));
+        return Err(ExecError::Protocol(format!(
+            "{} bytes of logs exceed the limit",
+            result.logs.len()
+        )));
     }
     if let Outcome::Success(body) = &result.outcome {
         if body.len() > MAX_RESULT_BYTES {
-            return Err(ExecError::Protocol(format!("{} byte result exceeds the limit", body.len())));
+            return Err(ExecError::Protocol(format!(
+                "{} byte result exceeds the limit",
+                body.len()
+            )));
         }
     }
     Ok(())

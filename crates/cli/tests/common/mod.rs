@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_ignition");
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 pub struct TestServer {
@@ -22,15 +25,23 @@ pub struct TestServer {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// PIDs of processes whose command line mentions `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         if String::from_utf8_lossy(&cmdline).contains(needle) {
             found.push(pid);
         }
@@ -62,7 +73,13 @@ impl TestServer {
             .timeout(Duration::from_secs(300))
             .build()
             .unwrap();
-        let mut server = Self { url, run_dir, data_dir, child: Some(child), http };
+        let mut server = Self {
+            url,
+            run_dir,
+            data_dir,
+            child: Some(child),
+            http,
+        };
         server.wait_ready();
         server
     }
@@ -104,7 +121,17 @@ impl TestServer {
     /// Deploys a function from a directory through the CLI; panics with the CLI's stderr.
     pub fn deploy(&self, name: &str, runtime: &str, handler: &str, code: &Path, extra: &[&str]) {
         let code = code.to_str().unwrap();
-        let mut args = vec!["fn", "deploy", name, "--runtime", runtime, "--handler", handler, "--code", code];
+        let mut args = vec![
+            "fn",
+            "deploy",
+            name,
+            "--runtime",
+            runtime,
+            "--handler",
+            handler,
+            "--code",
+            code,
+        ];
         args.extend_from_slice(extra);
         let out = self.cli(&args);
         assert!(
@@ -117,7 +144,10 @@ impl TestServer {
     /// Invokes over HTTP at the Lambda path.
     pub fn invoke(&self, name: &str, payload: &str) -> reqwest::blocking::Response {
         self.http
-            .post(format!("{}/2015-03-31/functions/{name}/invocations", self.url))
+            .post(format!(
+                "{}/2015-03-31/functions/{name}/invocations",
+                self.url
+            ))
             .body(payload.to_owned())
             .send()
             .unwrap()
@@ -133,21 +163,36 @@ impl TestServer {
     pub fn stop_and_check_clean(mut self) {
         let mut child = self.child.take().unwrap();
         // SIGTERM: a graceful shutdown.
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if child.try_wait().unwrap().is_some() {
                 break;
             }
-            assert!(Instant::now() < deadline, "server did not stop: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while !self.vmm_processes().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(self.vmm_processes().is_empty(), "VMM processes left: {:?}", self.vmm_processes());
-        assert!(!self.run_dir.exists(), "run directory left: {}", self.run_dir.display());
+        assert!(
+            self.vmm_processes().is_empty(),
+            "VMM processes left: {:?}",
+            self.vmm_processes()
+        );
+        assert!(
+            !self.run_dir.exists(),
+            "run directory left: {}",
+            self.run_dir.display()
+        );
     }
 }
 
@@ -172,7 +217,9 @@ pub fn code_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
-pub fn json(resp: reqwest::blocking::Response) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+pub fn json(
+    resp: reqwest::blocking::Response,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.bytes().unwrap();
@@ -182,5 +229,8 @@ pub fn json(resp: reqwest::blocking::Response) -> (u16, reqwest::header::HeaderM
 }
 
 pub fn host_kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_owned()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_owned()
 }

@@ -35,7 +35,11 @@ fn path_opt(prefix: &str, path: &Path, suffix: &str) -> OsString {
 /// Builds the argument list (without the binary).
 pub(crate) fn build(spec: &VmSpec, accel: Accel, sockets: &Sockets<'_>) -> Vec<OsString> {
     let mut a = Vec::new();
-    let cpu = if accel == Accel::Kvm { "host" } else { "qemu64" };
+    let cpu = if accel == Accel::Kvm {
+        "host"
+    } else {
+        "qemu64"
+    };
     push(
         &mut a,
         &[

@@ -100,10 +100,13 @@ impl VmmDriver for QemuDriver {
 
     async fn start(&self, spec: &VmSpec) -> Result<Box<dyn MicroVm>, VmmError> {
         let run_dir = RunDir::create(&self.config.run_dir, &spec.id)?;
-        let (agent_path, console_path, qmp_path) =
-            (run_dir.join("agent.sock"), run_dir.join("console.sock"), run_dir.join("qmp.sock"));
-        let agent_listener =
-            UnixListener::bind(&agent_path).map_err(VmmError::io(format!("bind {}", agent_path.display())))?;
+        let (agent_path, console_path, qmp_path) = (
+            run_dir.join("agent.sock"),
+            run_dir.join("console.sock"),
+            run_dir.join("qmp.sock"),
+        );
+        let agent_listener = UnixListener::bind(&agent_path)
+            .map_err(VmmError::io(format!("bind {}", agent_path.display())))?;
         let console_listener = UnixListener::bind(&console_path)
             .map_err(VmmError::io(format!("bind {}", console_path.display())))?;
         let sockets = args::Sockets {
@@ -141,7 +144,8 @@ impl VmmDriver for QemuDriver {
             })
         });
         let limit = spec.connect_timeout;
-        let console_stream = accept_or_exit(&console_listener, &mut child, &mut stderr_task, limit).await?;
+        let console_stream =
+            accept_or_exit(&console_listener, &mut child, &mut stderr_task, limit).await?;
         let console = ConsoleRing::default();
         let console_task = console.capture(console_stream);
         let channel = accept_or_exit(&agent_listener, &mut child, &mut stderr_task, limit).await;

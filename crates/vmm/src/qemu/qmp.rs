@@ -34,7 +34,9 @@ impl Qmp {
         };
         let greeting = qmp.read_value().await?;
         if greeting.get("QMP").is_none() {
-            return Err(VmmError::Control(format!("unexpected QMP greeting: {greeting}")));
+            return Err(VmmError::Control(format!(
+                "unexpected QMP greeting: {greeting}"
+            )));
         }
         qmp.execute("qmp_capabilities", None).await?;
         Ok(qmp)
@@ -44,7 +46,11 @@ impl Qmp {
         let mut line = Vec::new();
         let read = async {
             loop {
-                let buf = self.stream.fill_buf().await.map_err(VmmError::io("read QMP"))?;
+                let buf = self
+                    .stream
+                    .fill_buf()
+                    .await
+                    .map_err(VmmError::io("read QMP"))?;
                 if buf.is_empty() {
                     return Err(VmmError::Control("QMP connection closed".into()));
                 }
@@ -68,7 +74,11 @@ impl Qmp {
     }
 
     /// Runs a command and returns its `return` value; events that arrive meanwhile are skipped.
-    pub(crate) async fn execute(&mut self, command: &str, args: Option<Value>) -> Result<Value, VmmError> {
+    pub(crate) async fn execute(
+        &mut self,
+        command: &str,
+        args: Option<Value>,
+    ) -> Result<Value, VmmError> {
         let mut msg = json!({ "execute": command });
         if let Some(a) = args {
             msg["arguments"] = a;
