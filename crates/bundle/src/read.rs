@@ -55,6 +55,9 @@ fn from_zip(bytes: &[u8], limits: Limits) -> Result<Bundle, BundleError> {
             why,
         };
         let mode = entry.unix_mode().unwrap_or(0o644);
+        if entry.is_symlink() {
+            return Err(unsafe_entry("symbolic link"));
+        }
         match mode & 0o170_000 {
             0o120_000 => return Err(unsafe_entry("symbolic link")),
             0o020_000 | 0o060_000 => return Err(unsafe_entry("device file")),

@@ -78,16 +78,21 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
     let store = ignition_store::Store::open(&data_dir).context("opening the store")?;
 
     let cache_dir = args.cache.cache_dir();
-    let image = match ignition_image::load_current(&cache_dir) {
-        Ok(image) if args.cache.agent.is_none() => image,
-        _ => {
-            tracing::info!(cache = %cache_dir.display(), "building the guest image (first use)");
-            let agent = locate::agent(args.cache.agent.as_deref())?;
-            let opts = ignition_image::BuildOptions { cache_dir, agent };
+    // With an agent at hand, build (idempotent and cheap when nothing changed) so a rebuilt
+    // agent or a new kernel is picked up; without one, use whatever image the cache holds.
+    let image = match locate::agent(args.cache.agent.as_deref()) {
+        Ok(agent) => {
+            let opts = ignition_image::BuildOptions {
+                cache_dir: cache_dir.clone(),
+                agent,
+            };
             tokio::task::spawn_blocking(move || ignition_image::build(&opts))
                 .await?
                 .context("building the guest image")?
         }
+        Err(no_agent) => ignition_image::load_current(&cache_dir).with_context(|| {
+            format!("no guest image in {} and no agent to build one: {no_agent:#}", cache_dir.display())
+        })?,
     };
 
     let run_dir = args.run_dir.clone().unwrap_or_else(|| run_dir(&data_dir));

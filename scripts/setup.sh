@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Prepares a Debian 12 machine: system packages, the Rust build, and the guest image.
+# Idempotent; every step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg_cmd in qemu-system-x86:qemu-system-x86_64 debootstrap:debootstrap e2fsprogs:mkfs.ext4; do
+  command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need_apt+=("${pkg_cmd%%:*}")
+done
+if [ ${#need_apt[@]} -gt 0 ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+  echo "==> installing ${need_apt[*]:-package lists}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  if [ ${#need_apt[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+  fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust (rustup) first" >&2
+  exit 1
+fi
+
+echo "==> building the guest agent (static) and ignition"
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release --locked -p ignition-agent --target x86_64-unknown-linux-gnu
+cargo build --release --locked -p ignition
+
+echo "==> building the guest image (cached in ${IGNITION_CACHE_DIR:-~/.cache/ignition})"
+./target/release/ignition image build >/dev/null
+echo "==> ready"
