@@ -26,7 +26,13 @@ fn tar_gz_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
-fn raw_tar_entry(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>) {
+fn raw_tar_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    kind: tar::EntryType,
+    data: &[u8],
+    link: Option<&str>,
+) {
     let mut h = tar::Header::new_gnu();
     // set_path refuses `..`; write the raw name as a hostile archive would.
     let bytes = name.as_bytes();
@@ -50,10 +56,25 @@ fn refused_entry(err: BundleError) -> String {
 
 #[test]
 fn canonical_bundle_is_deterministic_and_keeps_exec_bits() {
-    let a = zip_with(&[("b.py", 0o644, b"b"), ("bootstrap", 0o755, b"#!/bin/sh"), ("d/a.py", 0o600, b"a")]);
-    let b = zip_with(&[("d/a.py", 0o644, b"a"), ("bootstrap", 0o755, b"#!/bin/sh"), ("./b.py", 0o644, b"b")]);
-    let (ba, bb) = (from_archive(&a, Limits::default()).unwrap(), from_archive(&b, Limits::default()).unwrap());
-    assert_eq!(ba.tar(), bb.tar(), "same files, same bytes, whatever the order");
+    let a = zip_with(&[
+        ("b.py", 0o644, b"b"),
+        ("bootstrap", 0o755, b"#!/bin/sh"),
+        ("d/a.py", 0o600, b"a"),
+    ]);
+    let b = zip_with(&[
+        ("d/a.py", 0o644, b"a"),
+        ("bootstrap", 0o755, b"#!/bin/sh"),
+        ("./b.py", 0o644, b"b"),
+    ]);
+    let (ba, bb) = (
+        from_archive(&a, Limits::default()).unwrap(),
+        from_archive(&b, Limits::default()).unwrap(),
+    );
+    assert_eq!(
+        ba.tar(),
+        bb.tar(),
+        "same files, same bytes, whatever the order"
+    );
     assert!(ba.is_executable("bootstrap"));
     assert!(!ba.is_executable("b.py"));
     assert!(ba.contains("d/a.py"));
@@ -72,9 +93,17 @@ fn zip_traversal_and_absolute_paths_are_refused_by_name() {
 #[test]
 fn zip_symlinks_are_refused() {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    w.add_symlink("link", "/etc/passwd", zip::write::SimpleFileOptions::default()).unwrap();
+    w.add_symlink(
+        "link",
+        "/etc/passwd",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .unwrap();
     let z = w.finish().unwrap().into_inner();
-    assert_eq!(refused_entry(from_archive(&z, Limits::default()).unwrap_err()), "link");
+    assert_eq!(
+        refused_entry(from_archive(&z, Limits::default()).unwrap_err()),
+        "link"
+    );
 }
 
 #[test]
@@ -99,26 +128,56 @@ fn tar_links_devices_and_traversal_are_refused() {
 fn zip_bomb_is_stopped_by_ratio_before_expansion() {
     let zeros = vec![0u8; 8 * 1024 * 1024];
     let z = zip_with(&[("bomb.bin", 0o644, &zeros)]);
-    assert!(z.len() < 64 * 1024, "the archive itself is small: {}", z.len());
+    assert!(
+        z.len() < 64 * 1024,
+        "the archive itself is small: {}",
+        z.len()
+    );
     let err = from_archive(&z, Limits::default()).unwrap_err();
-    assert!(matches!(err, BundleError::TooLarge(ref m) if m.contains("bomb")), "{err}");
+    assert!(
+        matches!(err, BundleError::TooLarge(ref m) if m.contains("bomb")),
+        "{err}"
+    );
 }
 
 #[test]
 fn expanded_size_and_file_count_are_bounded() {
-    let limits = Limits { max_expanded: 1000, max_files: 3, max_ratio: 1_000_000 };
+    let limits = Limits {
+        max_expanded: 1000,
+        max_files: 3,
+        max_ratio: 1_000_000,
+    };
     let big = zip_with(&[("a", 0o644, &[7u8; 600]), ("b", 0o644, &[7u8; 600])]);
-    assert!(matches!(from_archive(&big, limits), Err(BundleError::TooLarge(_))));
-    let many = zip_with(&[("a", 0o644, b"1"), ("b", 0o644, b"1"), ("c", 0o644, b"1"), ("d", 0o644, b"1")]);
-    assert!(matches!(from_archive(&many, limits), Err(BundleError::TooLarge(_))));
+    assert!(matches!(
+        from_archive(&big, limits),
+        Err(BundleError::TooLarge(_))
+    ));
+    let many = zip_with(&[
+        ("a", 0o644, b"1"),
+        ("b", 0o644, b"1"),
+        ("c", 0o644, b"1"),
+        ("d", 0o644, b"1"),
+    ]);
+    assert!(matches!(
+        from_archive(&many, limits),
+        Err(BundleError::TooLarge(_))
+    ));
     // A gzip bomb in a tar: stopped at the limit while streaming.
     let tgz = tar_gz_with(|b| {
         let mut h = tar::Header::new_gnu();
         h.set_size(10 * 1024 * 1024);
         h.set_mode(0o644);
-        b.append_data(&mut h, "zeros", std::io::repeat(0).take_bytes(10 * 1024 * 1024)).unwrap();
+        b.append_data(
+            &mut h,
+            "zeros",
+            std::io::repeat(0).take_bytes(10 * 1024 * 1024),
+        )
+        .unwrap();
     });
-    assert!(matches!(from_archive(&tgz, limits), Err(BundleError::TooLarge(_))));
+    assert!(matches!(
+        from_archive(&tgz, limits),
+        Err(BundleError::TooLarge(_))
+    ));
 }
 
 trait TakeBytes {
@@ -132,13 +191,25 @@ impl TakeBytes for std::io::Repeat {
 
 #[test]
 fn corrupt_and_unknown_input_is_refused() {
-    assert!(matches!(from_archive(b"hello", Limits::default()), Err(BundleError::UnknownFormat)));
+    assert!(matches!(
+        from_archive(b"hello", Limits::default()),
+        Err(BundleError::UnknownFormat)
+    ));
     let mut z = zip_with(&[("a.py", 0o644, b"print(1)")]);
     z.truncate(z.len() - 10);
-    assert!(matches!(from_archive(&z, Limits::default()), Err(BundleError::Corrupt(_))));
-    assert!(matches!(from_archive(&[0x1f, 0x8b, 0, 1, 2], Limits::default()), Err(BundleError::Corrupt(_))));
+    assert!(matches!(
+        from_archive(&z, Limits::default()),
+        Err(BundleError::Corrupt(_))
+    ));
+    assert!(matches!(
+        from_archive(&[0x1f, 0x8b, 0, 1, 2], Limits::default()),
+        Err(BundleError::Corrupt(_))
+    ));
     let empty = zip_with(&[]);
-    assert!(matches!(from_archive(&empty, Limits::default()), Err(BundleError::Empty)));
+    assert!(matches!(
+        from_archive(&empty, Limits::default()),
+        Err(BundleError::Empty)
+    ));
 }
 
 #[test]
@@ -148,7 +219,10 @@ fn directories_with_symlinks_are_refused() {
     let ok = from_dir(dir.path(), Limits::default()).unwrap();
     assert!(ok.contains("app.py"));
     std::os::unix::fs::symlink("/etc/passwd", dir.path().join("leak")).unwrap();
-    assert_eq!(refused_entry(from_dir(dir.path(), Limits::default()).unwrap_err()), "leak");
+    assert_eq!(
+        refused_entry(from_dir(dir.path(), Limits::default()).unwrap_err()),
+        "leak"
+    );
 }
 
 proptest! {

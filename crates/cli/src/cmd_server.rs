@@ -91,7 +91,10 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
                 .context("building the guest image")?
         }
         Err(no_agent) => ignition_image::load_current(&cache_dir).with_context(|| {
-            format!("no guest image in {} and no agent to build one: {no_agent:#}", cache_dir.display())
+            format!(
+                "no guest image in {} and no agent to build one: {no_agent:#}",
+                cache_dir.display()
+            )
         })?,
     };
 
