@@ -1,5 +1,7 @@
 //! Archives that try to escape, smuggle special files, or expand without bound.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 
 use ignition_bundle::{from_archive, from_dir, BundleError, Limits};
