@@ -24,6 +24,9 @@ pub(crate) struct Invocation {
     pub(crate) payload: Vec<u8>,
     pub(crate) deadline_unix_ms: u64,
     pub(crate) function_arn: String,
+    pub(crate) vm_id: String,
+    /// A warm-up: the runtime should answer without calling the handler.
+    pub(crate) warmup: bool,
 }
 
 /// How the runtime answered.
@@ -42,6 +45,8 @@ struct State {
     answer: Option<Answer>,
     /// Set once the runtime reported an init error or exited; later invocations fail at once.
     dead: Option<String>,
+    /// The runtime's own report of its failed initialization, if it made one.
+    init_failure: Option<ErrorBody>,
     /// The runtime has asked for work at least once: its initialization is over.
     initialized: bool,
 }
@@ -63,6 +68,9 @@ impl Broker {
     /// Offers `inv` to the runtime and waits for its answer.
     pub(crate) fn invoke(&self, inv: Invocation) -> Answer {
         let mut st = self.lock();
+        if let Some(body) = &st.init_failure {
+            return Answer::InitError(body.clone());
+        }
         if let Some(why) = &st.dead {
             return Answer::RuntimeExited(why.clone());
         }
@@ -115,6 +123,7 @@ impl Broker {
     fn init_error(&self, body: ErrorBody) {
         let mut st = self.lock();
         st.dead = Some(format!("{}: {}", body.error_type, body.error_message));
+        st.init_failure = Some(body.clone());
         if st.answer.is_none() {
             st.answer = Some(Answer::InitError(body));
         }
@@ -212,7 +221,13 @@ fn handle(broker: &Broker, mut req: Request) {
     let resp = match (method, rest) {
         (Method::Get, "/invocation/next") => {
             let inv = broker.next();
+            let warmup = inv.warmup;
             let mut resp = Response::from_data(inv.payload).with_status_code(200);
+            if warmup {
+                if let Some(h) = header("Ignition-Warmup", "1") {
+                    resp.add_header(h);
+                }
+            }
             for (k, v) in [
                 ("Lambda-Runtime-Aws-Request-Id", inv.request_id.clone()),
                 (
@@ -225,6 +240,7 @@ fn handle(broker: &Broker, mut req: Request) {
                     format!("Root=1-{}", inv.request_id),
                 ),
                 ("Content-Type", "application/json".to_owned()),
+                ("Ignition-Vm-Id", inv.vm_id),
             ] {
                 if let Some(h) = header(k, &v) {
                     resp.add_header(h);

@@ -13,6 +13,7 @@ use crate::supervisor::{self, Launch, LogBuffer, TASK_ROOT};
 
 struct Loaded {
     function_arn: String,
+    runtime: ignition_proto::Runtime,
 }
 
 /// Serves the host until it asks for a shutdown; returns only on a fatal error.
@@ -61,6 +62,15 @@ pub(crate) fn serve(guest: Guest) -> String {
             HostMessage::LoadFunction(_) => GuestMessage::Fatal {
                 message: "a function is already loaded in this VM".to_owned(),
             },
+            HostMessage::Warmup => match &loaded {
+                Some(l) => {
+                    warm_up(l, &broker, &logs);
+                    GuestMessage::Warmed
+                }
+                None => GuestMessage::Fatal {
+                    message: "warm-up before any function was loaded".to_owned(),
+                },
+            },
             HostMessage::Invoke(req) => match &loaded {
                 Some(l) => GuestMessage::Result(invoke(req, l, &broker, &logs)),
                 None => GuestMessage::Fatal {
@@ -101,6 +111,7 @@ fn load(
     *slot = Some(pid);
     Ok(Loaded {
         function_arn: format!("arn:aws:lambda:local:000000000000:function:{}", spec.name),
+        runtime: spec.runtime,
     })
 }
 
@@ -121,18 +132,45 @@ fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs a synthetic invocation marked as a warm-up through the Runtime API. Only Ignition's own
+/// Python bootstrap knows the mark (it answers without calling the handler); a `provided`
+/// bootstrap is the user's code, so for it nothing is run.
+fn warm_up(loaded: &Loaded, broker: &Broker, logs: &LogBuffer) {
+    // The guest-side steps of a real invocation, with nothing secret or credited: the clock as
+    // it is, and the pool mixed with bytes that carry no claimed entropy.
+    set_clock(now_unix_ms());
+    let _ = crate::entropy::reseed(&now_unix_ms().to_le_bytes(), false);
+    if loaded.runtime != ignition_proto::Runtime::Python3 {
+        return;
+    }
+    let _ = broker.invoke(Invocation {
+        request_id: format!("warmup-{}", now_unix_ms()),
+        payload: b"{}".to_vec(),
+        deadline_unix_ms: now_unix_ms().saturating_add(10_000),
+        function_arn: loaded.function_arn.clone(),
+        vm_id: String::new(),
+        warmup: true,
+    });
+    logs.settle();
+    let _ = logs.take();
+}
+
 fn invoke(req: InvokeRequest, loaded: &Loaded, broker: &Broker, logs: &LogBuffer) -> InvokeResult {
     set_clock(req.host_time_unix_ms);
+    if let Err(e) = crate::entropy::reseed(&req.entropy, true) {
+        console(&format!("cannot reseed the RNG: {e}"));
+    }
     let started = Instant::now();
     let answer = broker.invoke(Invocation {
         request_id: req.request_id.clone(),
         payload: req.payload,
         deadline_unix_ms: now_unix_ms().saturating_add(req.timeout_ms),
         function_arn: loaded.function_arn.clone(),
+        vm_id: req.vm_id,
+        warmup: false,
     });
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    // Give the drain threads a moment to move output the runtime wrote just before answering.
-    std::thread::sleep(std::time::Duration::from_millis(5));
+    logs.settle();
     let outcome = match answer {
         Answer::Response(body) => Outcome::Success(body),
         Answer::Error(e) => Outcome::FunctionError(e),

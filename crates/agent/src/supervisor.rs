@@ -5,7 +5,9 @@
 //! invocation in flight instead of waiting forever.
 
 use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ignition_proto::{Runtime, MAX_LOG_BYTES};
@@ -21,6 +23,10 @@ pub(crate) const TASK_ROOT: &str = "/var/task";
 #[derive(Default)]
 pub(crate) struct LogBuffer {
     inner: Mutex<(Vec<u8>, bool)>,
+    /// Read ends of the runtime's pipes, to tell when everything written has been drained.
+    pipes: Mutex<Vec<RawFd>>,
+    /// Bytes read from a pipe and not yet appended.
+    in_hand: AtomicUsize,
 }
 
 impl LogBuffer {
@@ -32,6 +38,25 @@ impl LogBuffer {
         }
         let n = bytes.len().min(room);
         g.0.extend_from_slice(&bytes[..n]);
+    }
+
+    /// Waits (briefly) until what the runtime wrote before answering has been drained: both pipes
+    /// empty and nothing in the drain threads' hands.
+    pub(crate) fn settle(&self) {
+        for _ in 0..40 {
+            let pipes = self.pipes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let pending = pipes.iter().any(|&fd| {
+                let mut n: libc::c_int = 0;
+                // SAFETY: FIONREAD writes one int to `n`; `fd` stays open while the drain
+                // thread lives, and a closed fd only makes the call fail.
+                let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+                rc == 0 && n > 0
+            });
+            if !pending && self.in_hand.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(250));
+        }
     }
 
     /// Takes what was logged so far and whether some of it was cut.
@@ -85,9 +110,17 @@ pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, S
         .map_err(|e| format!("start {} runtime: {e}", launch.runtime.as_str()))?;
     let pid = Pid::from_raw(i32::try_from(child.id()).map_err(|_| "pid out of range".to_owned())?);
     if let Some(out) = child.stdout.take() {
+        logs.pipes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(out.as_raw_fd());
         drain(out, Arc::clone(logs));
     }
     if let Some(err) = child.stderr.take() {
+        logs.pipes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(err.as_raw_fd());
         drain(err, Arc::clone(logs));
     }
     // The child handle is dropped without waiting: the reaper owns every exit status.
@@ -101,7 +134,14 @@ fn drain(mut from: impl Read + Send + 'static, logs: Arc<LogBuffer>) {
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => logs.append(&buf[..n]),
+                Ok(n) => {
+                    // Between the read returning and this increment `settle` could see an
+                    // empty pipe and nothing in hand; the window is a few instructions wide,
+                    // against its polling interval of 250 µs.
+                    logs.in_hand.fetch_add(1, Ordering::AcqRel);
+                    logs.append(&buf[..n]);
+                    logs.in_hand.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         }
     });

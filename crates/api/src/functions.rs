@@ -24,6 +24,8 @@ pub(crate) struct DeployRequest {
     timeout_s: u32,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    reuse: bool,
     /// The code: a zip or tar.gz archive, base64-encoded.
     code: String,
 }
@@ -80,6 +82,7 @@ pub(crate) async fn put(
         memory_mib: req.memory_mib,
         timeout_s: req.timeout_s,
         env: req.env,
+        reuse: req.reuse,
     };
     config
         .validate()
@@ -100,7 +103,10 @@ pub(crate) async fn put(
             .await?
             .is_some()
     };
+    let name = config.name.clone();
     let record = blocking(&state, move |s| s.put_function(&config, bundle.tar())).await?;
+    // Snapshots, warm slots and reused VMs hold the old code.
+    state.worker.invalidate(&name).await;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -135,6 +141,7 @@ pub(crate) async fn delete(
     validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
     let n = name.clone();
     if blocking(&state, move |s| s.delete_function(&n)).await? {
+        state.worker.invalidate(&name).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(&name))

@@ -1,5 +1,6 @@
 //! Synchronous invocation, at Ignition's path and at Lambda's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -9,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use ignition_proto::{ErrorBody, FunctionSpec, Outcome};
 use ignition_store::{validate_name, Runtime};
-use ignition_worker::{ExecError, Execution, Job};
+use ignition_worker::{ExecError, Execution, Job, StartMode};
 use serde_json::json;
 
 use crate::{blocking, ApiError, AppState, MAX_INVOKE_PAYLOAD};
@@ -56,46 +57,26 @@ pub(crate) async fn invoke(
             "Could not parse request body into json: the payload must be a JSON document",
         ));
     }
-    let n = name.clone();
-    let record = blocking(&state, move |s| s.get_function(&n))
-        .await?
-        .ok_or_else(|| ApiError::not_found(&name))?;
-    let hash = record.code_sha256.clone();
-    let code_tar = blocking(&state, move |s| s.get_bundle(&hash))
-        .await?
-        .ok_or_else(|| {
-            ApiError::internal(format!(
-                "code bundle {} of {name} is missing",
-                record.code_sha256
-            ))
-        })?;
-    let config = record.config;
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let timeout = Duration::from_secs(u64::from(config.timeout_s));
-    let job = Job {
-        function: FunctionSpec {
-            name: config.name.clone(),
-            runtime: proto_runtime(config.runtime),
-            handler: config.handler.clone(),
-            memory_mib: config.memory_mib,
-            env: config.env.into_iter().collect(),
-            code_tar,
-        },
-        request_id: request_id.clone(),
-        payload: if payload.is_empty() {
-            b"{}".to_vec()
-        } else {
-            payload.to_vec()
-        },
-        timeout,
+    let mode = match headers.get("x-ignition-start") {
+        None => StartMode::Auto,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                ApiError::invalid("x-ignition-start must be auto, boot, restore or pool")
+            })?,
     };
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let job = load_job(&state, &name, request_id.clone(), payload.to_vec()).await?;
+    let function_name = job.function.name.clone();
     let want_tail = headers
         .get("X-Amz-Log-Type")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Tail"));
     let started = std::time::Instant::now();
-    let outcome = state.worker.run(job).await;
+    let outcome = state.worker.run(job, mode).await;
     let elapsed = started.elapsed();
-    tracing::info!(function = %config.name, %request_id, ms = elapsed.as_millis(), ok = outcome.is_ok(), "invoked");
+    tracing::info!(function = %function_name, %request_id, ms = elapsed.as_millis(), ok = outcome.is_ok(), "invoked");
     let mut response = match outcome {
         Ok(exec) => success_response(&exec, &request_id, want_tail),
         Err(ExecError::Timeout(after)) => {
@@ -114,7 +95,7 @@ pub(crate) async fn invoke(
             return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "ServiceException",
-                format!("the microVM for {} failed: {e}", config.name),
+                format!("the microVM for {function_name} failed: {e}"),
             ))
         }
     };
@@ -129,6 +110,48 @@ pub(crate) async fn invoke(
         }
     }
     Ok(response)
+}
+
+/// The job for invoking `name` now: its configuration and code from the store.
+pub(crate) async fn load_job(
+    state: &AppState,
+    name: &str,
+    request_id: String,
+    payload: Vec<u8>,
+) -> Result<Job, ApiError> {
+    let n = name.to_owned();
+    let record = blocking(state, move |s| s.get_function(&n))
+        .await?
+        .ok_or_else(|| ApiError::not_found(name))?;
+    let hash = record.code_sha256.clone();
+    let code_tar = blocking(state, move |s| s.get_bundle(&hash))
+        .await?
+        .ok_or_else(|| {
+            ApiError::internal(format!(
+                "code bundle {} of {name} is missing",
+                record.code_sha256
+            ))
+        })?;
+    let config = record.config;
+    Ok(Job {
+        function: Arc::new(FunctionSpec {
+            name: config.name.clone(),
+            runtime: proto_runtime(config.runtime),
+            handler: config.handler.clone(),
+            memory_mib: config.memory_mib,
+            env: config.env.into_iter().collect(),
+            code_tar,
+        }),
+        code_sha256: record.code_sha256,
+        reuse: config.reuse,
+        request_id,
+        payload: if payload.is_empty() {
+            b"{}".to_vec()
+        } else {
+            payload
+        },
+        timeout: Duration::from_secs(u64::from(config.timeout_s)),
+    })
 }
 
 fn error_json(e: &ErrorBody) -> serde_json::Value {
@@ -172,8 +195,12 @@ fn success_response(exec: &Execution, request_id: &str, want_tail: bool) -> Resp
     }
     let t = exec.timings;
     let timing = format!(
-        "queued;dur={}, vm_start;dur={}, guest_ready;dur={}, load;dur={}, invoke;dur={}, total;dur={}",
-        t.queued_ms, t.vm_start_ms, t.guest_ready_ms, t.load_ms, t.invoke_ms, t.total_ms
+        "queued;dur={}, snapshot;dur={}, vm_start;dur={}, guest_ready;dur={}, load;dur={}, invoke;dur={}, total;dur={}",
+        t.queued_ms, t.snapshot_ms, t.vm_start_ms, t.guest_ready_ms, t.load_ms, t.invoke_ms, t.total_ms
+    );
+    h.insert(
+        "x-ignition-start",
+        HeaderValue::from_static(exec.start.as_str()),
     );
     if let Ok(v) = HeaderValue::from_str(&timing) {
         h.insert("Server-Timing", v);

@@ -5,10 +5,13 @@
 //! - `GET /v1/functions`, `GET|PUT|DELETE /v1/functions/{name}`: manage functions.
 //! - `POST /v1/functions/{name}/invoke` and Lambda's `POST /2015-03-31/functions/{name}/invocations`:
 //!   invoke synchronously; the body is the event, the response body the function's result.
+//! - `GET|PUT /v1/functions/{name}/pool`: the function's warm pool, and its provisioned minimum.
+//! - `GET /v1/stats`: the worker's counters; `POST /v1/floor`: time one bare VMM start-up.
 //!
 //! Errors are JSON `{"errorType": ..., "errorMessage": ...}` with Lambda's error type names, also
 //! in the `x-amzn-ErrorType` header, so Lambda clients recognize them.
 
+mod admin;
 mod error;
 mod functions;
 mod invoke;
@@ -54,6 +57,12 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_DEPLOY_BODY)),
         )
         .route("/v1/functions/{name}/invoke", invoke.clone())
+        .route(
+            "/v1/functions/{name}/pool",
+            get(admin::pool_status).put(admin::set_pool),
+        )
+        .route("/v1/stats", get(admin::stats))
+        .route("/v1/floor", post(admin::floor))
         .route("/2015-03-31/functions/{name}/invocations", invoke)
         .with_state(state)
 }

@@ -37,6 +37,10 @@ pub(crate) enum FnCommand {
         /// Environment variable K=V (repeatable).
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
+        /// Keep a VM for later invocations of this function (never another's) instead of a
+        /// fresh VM each time.
+        #[arg(long)]
+        reuse: bool,
     },
     /// Invoke a function and print its result.
     Invoke {
@@ -124,6 +128,7 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
             memory,
             timeout,
             env,
+            reuse,
         } => {
             let client = Client::new(server.url.as_deref())?;
             let archive = code_archive(&code)?;
@@ -135,6 +140,7 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
                 "memory_mib": memory,
                 "timeout_s": timeout,
                 "env": env,
+                "reuse": reuse,
                 "code": base64::engine::general_purpose::STANDARD.encode(archive),
             });
             let resp = client

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use ignition_vmm::qemu::{QemuConfig, QemuDriver};
 use ignition_vmm::Accel;
-use ignition_worker::{Worker, WorkerConfig};
+use ignition_worker::{PoolConfig, Worker, WorkerConfig};
 
 use crate::{locate, CacheArgs};
 
@@ -38,6 +38,15 @@ pub(crate) struct ServerArgs {
     /// Seconds a function's initialization (code install, runtime start, imports) may take.
     #[arg(long, default_value_t = 30)]
     init_timeout: u64,
+    /// Memory budget of the warm pool, MiB of PSS (0 disables it).
+    #[arg(long, default_value_t = 1024)]
+    pool_memory_mib: u64,
+    /// Seconds a function's warm slots and reused VMs are kept after its last invocation.
+    #[arg(long, default_value_t = 60)]
+    keep_alive: u64,
+    /// Restores that may run at once to refill the pool (default: the number of CPUs).
+    #[arg(long)]
+    refill_parallelism: Option<usize>,
     /// Directory for the VMs' sockets (default: a short per-data-dir path under the temp dir).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -71,6 +80,7 @@ pub(crate) fn run(args: ServerArgs) -> Result<ExitCode> {
 }
 
 async fn serve(args: ServerArgs) -> Result<ExitCode> {
+    crate::cmd_bench::raise_fd_limit();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -115,6 +125,14 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
             max_vms: args.max_vms,
             boot_timeout: Duration::from_secs(args.boot_timeout),
             load_timeout: Duration::from_secs(args.init_timeout),
+            snapshot_dir: data_dir.join("snapshots"),
+            pool: PoolConfig {
+                memory_budget_mib: args.pool_memory_mib,
+                keep_alive: Duration::from_secs(args.keep_alive),
+                refill_parallelism: args
+                    .refill_parallelism
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            },
         },
     );
     let node_id = args
@@ -123,7 +141,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         .unwrap_or_else(|| nix_hostname().unwrap_or_else(|| "node-1".to_owned()));
     let state = ignition_api::AppState {
         store: Arc::new(store),
-        worker: Arc::new(worker),
+        worker: Arc::clone(&worker),
         node_id,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -134,6 +152,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;
+    worker.shutdown().await;
     let _ = std::fs::remove_dir_all(&run_dir);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,9 @@
 //! `ignition`: the one binary. Server, client and image builder.
 
+mod bench_plot;
+mod bench_stats;
 mod client;
+mod cmd_bench;
 mod cmd_fn;
 mod cmd_image;
 mod cmd_server;
@@ -25,6 +28,8 @@ enum Command {
     /// Manage and invoke functions on a server.
     #[command(name = "fn", subcommand)]
     Function(cmd_fn::FnCommand),
+    /// Measure cold starts through the API: VMM floor, boot, restore, warm pool; then under load.
+    Bench(cmd_bench::BenchArgs),
     /// Build or inspect the guest image.
     #[command(subcommand)]
     Image(cmd_image::ImageCommand),
@@ -62,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Server(args) => cmd_server::run(args),
         Command::Function(cmd) => cmd_fn::run(cmd),
         Command::Image(cmd) => cmd_image::run(cmd),
+        Command::Bench(args) => cmd_bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -119,8 +119,31 @@ fn raising_handler_reports_a_function_error_with_its_traceback() {
 }
 
 #[test]
-fn timeout_kills_the_vm_at_the_deadline() {
+fn a_function_that_fails_to_initialize_reports_its_error() {
     let server = TestServer::start(&[]);
+    let code = code_dir(&[(
+        "broken.py",
+        "import does_not_exist\n\ndef handler(e, c):\n    return 1\n",
+    )]);
+    server.deploy("broken", "python3", "broken.handler", code.path(), &[]);
+    let (status, headers, body) = json(server.invoke("broken", "{}"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-amz-function-error"], "Unhandled");
+    assert_eq!(body["errorType"], "ModuleNotFoundError", "{body}");
+    assert!(
+        body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("does_not_exist"),
+        "{body}"
+    );
+    server.stop_and_check_clean();
+}
+
+#[test]
+fn timeout_kills_the_vm_at_the_deadline() {
+    // No warm pool here: the only VM is the one that timed out.
+    let server = TestServer::start(&["--pool-memory-mib", "0"]);
     let code = code_dir(&[(
         "slow.py",
         "import time\n\ndef handler(event, context):\n    time.sleep(120)\n    return 'never'\n",
@@ -202,7 +225,7 @@ fn four_invocations_at_once_each_get_a_sterile_vm() {
 
 #[test]
 fn crashing_guest_fails_cleanly_and_the_server_carries_on() {
-    let server = TestServer::start(&[]);
+    let server = TestServer::start(&["--pool-memory-mib", "0"]);
     let code = code_dir(&[(
         "crash.py",
         "def handler(event, context):\n    if event.get('crash'):\n        open('/proc/sysrq-trigger', 'w').write('c')\n    return 'alive'\n",
@@ -230,7 +253,7 @@ fn crashing_guest_fails_cleanly_and_the_server_carries_on() {
 #[test]
 fn guest_that_is_not_ready_in_time_is_cleaned_up() {
     // One second is far less than a boot takes under emulation: the guest never says Ready.
-    let server = TestServer::start(&["--boot-timeout", "1"]);
+    let server = TestServer::start(&["--boot-timeout", "1", "--pool-memory-mib", "0"]);
     let code = repo_root().join("examples/hello-python");
     server.deploy("hello", "python3", "app.handler", &code, &[]);
     let (status, _, body) = json(server.invoke("hello", "{}"));

@@ -52,6 +52,12 @@ pub struct InvokeRequest {
     pub timeout_ms: u64,
     /// The host's wall clock, so the guest can correct its own (a restored VM's clock is stale).
     pub host_time_unix_ms: u64,
+    /// Fresh randomness from the host, mixed into the guest's RNG before the event is handed
+    /// over: VMs restored from one snapshot must not share random numbers.
+    #[serde(with = "serde_bytes")]
+    pub entropy: Vec<u8>,
+    /// The VM's identity; a runtime that sees it change knows it was restored and reseeds.
+    pub vm_id: String,
 }
 
 /// Messages from the host to the guest.
@@ -63,6 +69,10 @@ pub enum HostMessage {
     Invoke(InvokeRequest),
     /// Power off.
     Shutdown,
+    /// Exercise the invocation path without running the function: a warm pool slot does this
+    /// once after its restore, so that the caches (and a CPU emulator's translations) hold the
+    /// platform's code before a real event arrives. The function's handler is not called.
+    Warmup,
 }
 
 /// A function error as the Lambda Runtime API reports it.
@@ -117,6 +127,8 @@ pub enum GuestMessage {
     Loaded,
     /// An invocation finished.
     Result(InvokeResult),
+    /// A [`HostMessage::Warmup`] finished.
+    Warmed,
     /// The agent hit an error it cannot recover from; the host should destroy the VM.
     Fatal {
         /// What went wrong.

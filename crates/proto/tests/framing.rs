@@ -115,6 +115,8 @@ fn host_message() -> impl Strategy<Value = HostMessage> {
                 payload,
                 timeout_ms: t,
                 host_time_unix_ms: t / 2,
+                entropy: vec![1, 2, 3],
+                vm_id: "vm-1".into(),
             })),
     ]
 }

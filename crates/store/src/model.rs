@@ -100,6 +100,10 @@ pub struct FunctionConfig {
     pub timeout_s: u32,
     /// Environment variables.
     pub env: BTreeMap<String, String>,
+    /// Keep a VM for later invocations of this function (never of another) instead of a
+    /// fresh one each time.
+    #[serde(default)]
+    pub reuse: bool,
 }
 
 impl FunctionConfig {
@@ -210,6 +214,7 @@ mod tests {
             memory_mib: 128,
             timeout_s: 3,
             env: BTreeMap::new(),
+            reuse: false,
         }
     }
 

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS functions (
     memory_mib  INTEGER NOT NULL,
     timeout_s   INTEGER NOT NULL,
     env         TEXT NOT NULL,
+    reuse       INTEGER NOT NULL DEFAULT 0,
     code_sha256 TEXT NOT NULL REFERENCES bundles(sha256),
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
@@ -86,6 +87,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -123,8 +125,8 @@ impl Store {
         let created_at = previous.as_ref().map_or(t, |(_, c)| *c);
         tx.execute(
             "INSERT OR REPLACE INTO functions
-             (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at, reuse)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 config.name,
                 config.runtime.as_str(),
@@ -134,7 +136,8 @@ impl Store {
                 env,
                 hash,
                 created_at,
-                t
+                t,
+                config.reuse
             ],
         )?;
         if let Some((old, _)) = previous {
@@ -205,8 +208,26 @@ impl Store {
     }
 }
 
+/// Brings a database made by an earlier version up to [`SCHEMA`]; `user_version` counts the
+/// migrations applied.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 1 {
+        let has_reuse = conn
+            .prepare("SELECT 1 FROM pragma_table_info('functions') WHERE name = 'reuse'")?
+            .exists([])?;
+        if !has_reuse {
+            conn.execute_batch(
+                "ALTER TABLE functions ADD COLUMN reuse INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
+        conn.pragma_update(None, "user_version", 1)?;
+    }
+    Ok(())
+}
+
 const SELECT: &str = "SELECT f.name, f.runtime, f.handler, f.memory_mib, f.timeout_s, f.env,
-    f.code_sha256, b.size, f.created_at, f.updated_at
+    f.code_sha256, b.size, f.created_at, f.updated_at, f.reuse
     FROM functions f JOIN bundles b ON b.sha256 = f.code_sha256";
 
 fn gc_bundle(tx: &rusqlite::Transaction<'_>, hash: &str) -> Result<(), StoreError> {
@@ -234,6 +255,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecor
             memory_mib: r.get(3)?,
             timeout_s: r.get(4)?,
             env,
+            reuse: r.get(10)?,
         },
         code_sha256: r.get(6)?,
         code_size: u64::try_from(size).unwrap_or(0),
@@ -256,6 +278,7 @@ mod tests {
             memory_mib: 128,
             timeout_s: 3,
             env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+            reuse: name == "b",
         }
     }
 
@@ -302,6 +325,26 @@ mod tests {
         );
         s.put_function(&config("b"), b"new code").unwrap();
         assert_eq!(s.bundle_count().unwrap(), 1, "old bundle collected");
+    }
+
+    #[test]
+    fn a_database_from_before_reuse_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("ignition.db")).unwrap();
+        conn.execute_batch(&SCHEMA.replace("    reuse       INTEGER NOT NULL DEFAULT 0,\n", ""))
+            .unwrap();
+        conn.execute("INSERT INTO bundles VALUES ('h', 1, x'00', 0)", [])
+            .unwrap();
+        conn.execute(
+            "INSERT INTO functions (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at)
+             VALUES ('old', 'python3', 'a.b', 128, 3, '{}', 'h', 0, 0)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let s = Store::open(dir.path()).unwrap();
+        let old = s.get_function("old").unwrap().unwrap();
+        assert!(!old.config.reuse);
     }
 
     #[test]

@@ -63,20 +63,47 @@ impl VmmError {
     }
 }
 
+/// The guest image a VM boots, or was booted from before its snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootImage {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The initramfs (the agent is its `/init`).
+    pub initramfs: PathBuf,
+    /// The root filesystem, attached read-only.
+    pub rootfs: PathBuf,
+    /// Extra kernel command-line words (`ignition.*` options for the agent).
+    pub extra_cmdline: Vec<String>,
+}
+
+/// A snapshot on disk: guest memory and device state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFiles {
+    /// Guest memory. Restored VMs map it privately (copy-on-write), never shared.
+    pub memory: PathBuf,
+    /// The VMM's device and CPU state.
+    pub state: PathBuf,
+}
+
 /// Where a VM's initial state comes from.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum VmSource {
-    /// A fresh boot of a kernel with an initramfs and a read-only root disk.
+    /// A fresh boot.
     Boot {
-        /// The kernel image.
-        kernel: PathBuf,
-        /// The initramfs (the agent is its `/init`).
-        initramfs: PathBuf,
-        /// The root filesystem, attached read-only.
-        rootfs: PathBuf,
-        /// Extra kernel command-line words (`ignition.*` options for the agent).
-        extra_cmdline: Vec<String>,
+        /// What to boot.
+        image: BootImage,
+        /// Back guest memory with this file, shared, so that the VM can be snapshotted with
+        /// [`MicroVm::snapshot`] without copying memory. The file must not be used by any other VM
+        /// while this one runs.
+        snapshot_memory: Option<PathBuf>,
+    },
+    /// A restore from a snapshot. The VM comes up paused; [`MicroVm::resume`] runs it.
+    Restore {
+        /// The image the snapshotted VM was booted from (the device model must match).
+        image: BootImage,
+        /// The snapshot.
+        snapshot: SnapshotFiles,
     },
 }
 
@@ -108,6 +135,12 @@ pub trait MicroVm: Send + std::fmt::Debug {
     async fn pause(&mut self) -> Result<(), VmmError>;
     /// Resumes the vCPUs.
     async fn resume(&mut self) -> Result<(), VmmError>;
+    /// Pauses the VM and writes its device state to `state`; guest memory stays in the file the
+    /// VM was booted with ([`VmSource::Boot::snapshot_memory`]). The VM must be destroyed after:
+    /// running on would change the snapshot's memory.
+    async fn snapshot(&mut self, state: &std::path::Path) -> Result<SnapshotFiles, VmmError>;
+    /// The VMM process id, for accounting (memory, CPU).
+    fn pid(&self) -> Option<u32>;
     /// Stops the VM and removes everything it left on the host: process, sockets, files.
     /// Idempotent; also done, without waiting, when the VM is dropped.
     async fn destroy(&mut self);
@@ -118,6 +151,9 @@ pub trait MicroVm: Send + std::fmt::Debug {
 pub trait VmmDriver: Send + Sync + std::fmt::Debug {
     /// The backend's name (`qemu`, `firecracker`).
     fn name(&self) -> &'static str;
-    /// Starts a VM and waits until its guest has connected the agent channel.
+    /// Starts a VM and waits until its guest has connected the agent channel. A restored VM is
+    /// returned paused, with its snapshot loaded.
     async fn start(&self, spec: &VmSpec) -> Result<Box<dyn MicroVm>, VmmError>;
+    /// Measures the VMM's own start-up with no guest running: the floor of any cold start.
+    async fn probe_floor(&self) -> Result<Duration, VmmError>;
 }

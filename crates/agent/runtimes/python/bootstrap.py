@@ -5,27 +5,88 @@ LAMBDA_TASK_ROOT), then loops: fetch the next event, call handler(event, context
 result or the error. Output goes to stdout/stderr, which the agent keeps as the invocation's logs.
 """
 
-import http.client
 import importlib
 import json
 import os
+import socket
 import sys
 import time
 import traceback
 
-API = os.environ["AWS_LAMBDA_RUNTIME_API"]
 BASE = "/2018-06-01/runtime"
 
 
-def request(method, path, body=None, headers=None):
-    host, port = API.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=None)
-    conn.request(method, BASE + path, body=body, headers=headers or {})
-    resp = conn.getresponse()
-    data = resp.read()
-    result = (resp.status, dict(resp.getheaders()), data)
-    conn.close()
-    return result
+class Api:
+    """A minimal HTTP/1.1 client on one kept-alive connection.
+
+    http.client would do, but it parses headers with the email package: a lot of Python code to
+    run cold in a VM just restored from a snapshot, where every code path is new to the CPU
+    emulator or the caches. This is the part of HTTP the Runtime API needs and no more.
+    """
+
+    def __init__(self, address):
+        host, port = address.rsplit(":", 1)
+        self.address = (host, int(port))
+        self.sock = None
+        self.buf = b""
+
+    def _connect(self):
+        self.sock = socket.create_connection(self.address)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def _read_until(self, marker):
+        while marker not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("runtime API closed the connection")
+            self.buf += chunk
+        head, _, self.buf = self.buf.partition(marker)
+        return head
+
+    def _read_exact(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(max(65536, n - len(self.buf)))
+            if not chunk:
+                raise ConnectionError("runtime API closed the connection")
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def request(self, method, path, body=b"", headers=None):
+        for attempt in (0, 1):
+            try:
+                if self.sock is None:
+                    self._connect()
+                lines = ["%s %s%s HTTP/1.1" % (method, BASE, path), "Host: runtime",
+                         "Content-Length: %d" % len(body)]
+                for k, v in (headers or {}).items():
+                    lines.append("%s: %s" % (k, v))
+                self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+                head = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+                status = int(head[0].split(" ", 2)[1])
+                hdrs = {}
+                for line in head[1:]:
+                    k, _, v = line.partition(":")
+                    hdrs[k.strip().lower()] = v.strip()
+                data = self._read_exact(int(hdrs.get("content-length", "0")))
+                if hdrs.get("connection", "").lower() == "close":
+                    self.sock.close()
+                    self.sock = None
+                return status, hdrs, data
+            except (ConnectionError, OSError):
+                if self.sock is not None:
+                    self.sock.close()
+                self.sock = None
+                if attempt:
+                    raise
+
+
+API = Api(os.environ["AWS_LAMBDA_RUNTIME_API"])
+
+
+def request(method, path, body=b"", headers=None):
+    return API.request(method, path, body, headers)
 
 
 def error_doc(exc):
@@ -46,9 +107,9 @@ def post_error(path, exc):
 
 class Context:
     def __init__(self, headers):
-        self.aws_request_id = headers.get("Lambda-Runtime-Aws-Request-Id", "")
-        self.invoked_function_arn = headers.get("Lambda-Runtime-Invoked-Function-Arn", "")
-        self._deadline_ms = int(headers.get("Lambda-Runtime-Deadline-Ms", "0"))
+        self.aws_request_id = headers.get("lambda-runtime-aws-request-id", "")
+        self.invoked_function_arn = headers.get("lambda-runtime-invoked-function-arn", "")
+        self._deadline_ms = int(headers.get("lambda-runtime-deadline-ms", "0"))
         self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
         self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
@@ -72,7 +133,16 @@ def load_handler():
     return handler
 
 
+def reseed_after_restore(vm_id, last):
+    """A VM restored from a snapshot inherits the interpreter's state, including the `random`
+    module's generator: reseed it from the (already reseeded) kernel RNG when the VM changed."""
+    if vm_id != last and "random" in sys.modules:
+        sys.modules["random"].seed()
+    return vm_id
+
+
 def main():
+    vm_id = None
     try:
         handler = load_handler()
     except Exception as exc:  # noqa: BLE001 - every init failure is reported to the platform
@@ -81,7 +151,15 @@ def main():
         sys.exit(1)
     while True:
         status, headers, event = request("GET", "/invocation/next")
-        request_id = headers.get("Lambda-Runtime-Aws-Request-Id", "")
+        request_id = headers.get("lambda-runtime-aws-request-id", "")
+        if headers.get("ignition-warmup") == "1":
+            # The platform warming a fresh VM: run the loop's own path, never the handler.
+            json.dumps(json.loads(event) if event else None)
+            Context(headers).get_remaining_time_in_millis()
+            request("POST", "/invocation/%s/response" % request_id, b"null",
+                    {"Content-Type": "application/json"})
+            continue
+        vm_id = reseed_after_restore(headers.get("ignition-vm-id"), vm_id)
         try:
             result = handler(json.loads(event) if event else None, Context(headers))
             body = json.dumps(result).encode()

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ignition_proto::AGENT_PORT_NAME;
 
-use crate::{Accel, VmSource, VmSpec};
+use crate::{Accel, BootImage, VmSource, VmSpec};
 
 /// Host-side paths of one VM's sockets.
 #[derive(Debug, Clone)]
@@ -30,6 +30,58 @@ fn path_opt(prefix: &str, path: &Path, suffix: &str) -> OsString {
     s.push(path.as_os_str());
     s.push(suffix);
     s
+}
+
+fn escape_commas(path: &Path) -> OsString {
+    // QEMU splits option strings on commas; a comma in a value is doubled.
+    path.to_string_lossy().replace(',', ",,").into()
+}
+
+fn boot_args(a: &mut Vec<OsString>, image: &BootImage) {
+    push(a, &["-kernel"]);
+    a.push(image.kernel.clone().into());
+    push(a, &["-initrd"]);
+    a.push(image.initramfs.clone().into());
+    let mut cmdline = BASE_CMDLINE.to_owned();
+    for w in &image.extra_cmdline {
+        cmdline.push(' ');
+        cmdline.push_str(w);
+    }
+    push(a, &["-append", &cmdline, "-drive"]);
+    let mut drive = OsString::from("id=root,file=");
+    drive.push(escape_commas(&image.rootfs));
+    drive.push(",format=raw,if=none,readonly=on");
+    a.push(drive);
+    push(a, &["-device", "virtio-blk-device,drive=root"]);
+}
+
+/// Arguments for a VMM with no guest: paused before the first instruction, only QMP.
+pub(crate) fn floor(accel: Accel, memory_mib: u32, qmp: &Path) -> Vec<OsString> {
+    let mut a = Vec::new();
+    push(
+        &mut a,
+        &[
+            "-M",
+            "microvm",
+            "-accel",
+            accel.qemu_name(),
+            "-m",
+            &memory_mib.to_string(),
+        ],
+    );
+    push(
+        &mut a,
+        &[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-S",
+            "-qmp",
+        ],
+    );
+    a.push(path_opt("unix:", qmp, ",server=on,wait=off"));
+    a
 }
 
 /// Builds the argument list (without the binary).
@@ -78,29 +130,33 @@ pub(crate) fn build(spec: &VmSpec, accel: Accel, sockets: &Sockets<'_>) -> Vec<O
             "virtio-rng-device",
         ],
     );
-    match &spec.source {
+    let (image, memory) = match &spec.source {
         VmSource::Boot {
-            kernel,
-            initramfs,
-            rootfs,
-            extra_cmdline,
-        } => {
-            push(&mut a, &["-kernel"]);
-            a.push(kernel.into());
-            push(&mut a, &["-initrd"]);
-            a.push(initramfs.into());
-            let mut cmdline = BASE_CMDLINE.to_owned();
-            for w in extra_cmdline {
-                cmdline.push(' ');
-                cmdline.push_str(w);
-            }
-            push(&mut a, &["-append", &cmdline, "-drive"]);
-            // QEMU splits -drive options on commas; a comma in the path is doubled.
-            let escaped = rootfs.to_string_lossy().replace(',', ",,");
-            a.push(format!("id=root,file={escaped},format=raw,if=none,readonly=on").into());
-            push(&mut a, &["-device", "virtio-blk-device,drive=root"]);
+            image,
+            snapshot_memory,
+        } => (image, snapshot_memory.as_ref().map(|m| (m, true))),
+        VmSource::Restore { image, snapshot } => {
+            // Loaded over QMP (`migrate-incoming`) once QEMU is up; `-S` keeps it paused after.
+            push(&mut a, &["-incoming", "defer", "-S"]);
+            (image, Some((&snapshot.memory, false)))
         }
+    };
+    if let Some((path, shared)) = memory {
+        // share=on for the VM that will be snapshotted (its memory *is* the snapshot);
+        // share=off for restored VMs: a private, copy-on-write mapping of the same file, so VMs
+        // restored from one snapshot share every page none of them wrote.
+        push(&mut a, &["-object"]);
+        let mut obj = OsString::from(format!(
+            "memory-backend-file,id=mem,size={}M,share={},mem-path=",
+            spec.memory_mib,
+            if shared { "on" } else { "off" }
+        ));
+        obj.push(escape_commas(path));
+        a.push(obj);
+        let machine = a.iter().position(|x| x == "microvm").unwrap_or(1);
+        a[machine] = "microvm,memory-backend=mem".into();
     }
+    boot_args(&mut a, image);
     a
 }
 
@@ -110,15 +166,23 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::SnapshotFiles;
+
+    fn image() -> BootImage {
+        BootImage {
+            kernel: PathBuf::from("/k/vmlinuz"),
+            initramfs: PathBuf::from("/k/initrd"),
+            rootfs: PathBuf::from("/k/root,fs.ext4"),
+            extra_cmdline: vec!["ignition.scratch_mib=32".into()],
+        }
+    }
 
     fn spec() -> VmSpec {
         VmSpec {
             id: "vm1".into(),
             source: VmSource::Boot {
-                kernel: PathBuf::from("/k/vmlinuz"),
-                initramfs: PathBuf::from("/k/initrd"),
-                rootfs: PathBuf::from("/k/root,fs.ext4"),
-                extra_cmdline: vec!["ignition.scratch_mib=32".into()],
+                image: image(),
+                snapshot_memory: None,
             },
             memory_mib: 128,
             vcpus: 1,
@@ -144,7 +208,63 @@ mod tests {
         assert!(joined.contains("unix:/r/qmp.sock,server=on,wait=off"));
         assert!(joined.contains("ignition.scratch_mib=32"));
         assert!(joined.contains("-no-reboot"));
+        assert!(
+            !joined.contains("memory-backend"),
+            "plain boots use anonymous memory"
+        );
         let kvm = build(&spec(), Accel::Kvm, &s);
         assert!(kvm.iter().any(|a| a == "host"), "KVM runs with -cpu host");
+    }
+
+    fn joined(spec: &VmSpec) -> String {
+        let s = Sockets {
+            agent: Path::new("/r/agent.sock"),
+            console: Path::new("/r/console.sock"),
+            qmp: Path::new("/r/qmp.sock"),
+        };
+        build(spec, Accel::Tcg, &s)
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn snapshot_source_maps_memory_shared_and_restore_maps_it_private() {
+        let mut boot = spec();
+        boot.source = VmSource::Boot {
+            image: image(),
+            snapshot_memory: Some(PathBuf::from("/s/mem")),
+        };
+        let b = joined(&boot);
+        assert!(b.contains("-M microvm,memory-backend=mem"), "{b}");
+        assert!(
+            b.contains("memory-backend-file,id=mem,size=128M,share=on,mem-path=/s/mem"),
+            "{b}"
+        );
+        assert!(!b.contains("-incoming"));
+
+        let mut restore = spec();
+        restore.source = VmSource::Restore {
+            image: image(),
+            snapshot: SnapshotFiles {
+                memory: PathBuf::from("/s/mem"),
+                state: PathBuf::from("/s/state"),
+            },
+        };
+        let r = joined(&restore);
+        assert!(
+            r.contains("share=off,mem-path=/s/mem"),
+            "restores never map the snapshot shared: {r}"
+        );
+        assert!(r.contains("-incoming defer -S"), "{r}");
+        // The device model must be the one the snapshot was taken with.
+        let devices = |s: &str| {
+            s.split(" -device ")
+                .skip(1)
+                .map(|d| d.split(' ').next().unwrap_or("").to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(devices(&b), devices(&r));
     }
 }

@@ -18,10 +18,11 @@ use tokio::process::{Child, Command};
 
 use crate::console::ConsoleRing;
 use crate::rundir::RunDir;
-use crate::{Accel, MicroVm, VmSpec, VmmDriver, VmmError};
+use crate::{Accel, MicroVm, SnapshotFiles, VmSource, VmSpec, VmmDriver, VmmError};
 use qmp::Qmp;
 
 const STDERR_KEEP: u64 = 16 * 1024;
+static FLOOR_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Configuration of the QEMU driver.
 #[derive(Debug, Clone)]
@@ -65,6 +66,7 @@ pub struct QemuVm {
     console_task: tokio::task::JoinHandle<()>,
     run_dir: RunDir,
     destroyed: bool,
+    memory_file: Option<PathBuf>,
 }
 
 async fn accept_or_exit(
@@ -96,6 +98,50 @@ async fn accept_or_exit(
 impl VmmDriver for QemuDriver {
     fn name(&self) -> &'static str {
         "qemu"
+    }
+
+    async fn probe_floor(&self) -> Result<Duration, VmmError> {
+        let id = format!(
+            "floor-{}-{}",
+            std::process::id(),
+            FLOOR_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let run_dir = RunDir::create(&self.config.run_dir, &id)?;
+        let qmp_path = run_dir.join("qmp.sock");
+        let started = tokio::time::Instant::now();
+        let mut child = Command::new(&self.config.binary)
+            .args(args::floor(self.config.accel, 128, &qmp_path))
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| VmmError::Spawn {
+                binary: self.config.binary.display().to_string(),
+                source,
+            })?;
+        // QEMU creates the QMP socket during start-up; poll for it, then negotiate.
+        let deadline = started + Duration::from_secs(10);
+        let result = loop {
+            match Qmp::connect(&qmp_path, Duration::from_secs(5)).await {
+                Ok(_) => break Ok(started.elapsed()),
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        break Err(VmmError::EarlyExit {
+                            status: status.to_string(),
+                            stderr: String::new(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_micros(500)).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        drop(run_dir);
+        result
     }
 
     async fn start(&self, spec: &VmSpec) -> Result<Box<dyn MicroVm>, VmmError> {
@@ -158,13 +204,23 @@ impl VmmDriver for QemuDriver {
         };
         // The listeners are no longer needed; their socket files go with the run directory.
         drop((agent_listener, console_listener));
-        let qmp = match Qmp::connect(&qmp_path, Duration::from_secs(5)).await {
+        let mut qmp = match Qmp::connect(&qmp_path, Duration::from_secs(5)).await {
             Ok(q) => Some(q),
             Err(e) => {
                 tracing::warn!(vm = %spec.id, error = %e, "QMP unavailable; control falls back to signals");
                 None
             }
         };
+        if let VmSource::Restore { snapshot, .. } = &spec.source {
+            let Some(q) = qmp.as_mut() else {
+                console_task.abort();
+                return Err(VmmError::Control("a restore needs QMP".into()));
+            };
+            if let Err(e) = load_snapshot(q, &snapshot.state).await {
+                console_task.abort();
+                return Err(e);
+            }
+        }
         Ok(Box::new(QemuVm {
             id: spec.id.clone(),
             child,
@@ -174,8 +230,67 @@ impl VmmDriver for QemuDriver {
             console_task,
             run_dir,
             destroyed: false,
+            memory_file: match &spec.source {
+                VmSource::Boot {
+                    snapshot_memory, ..
+                } => snapshot_memory.clone(),
+                VmSource::Restore { .. } => None,
+            },
         }))
     }
+}
+
+/// `exec:` migration runs its argument through `/bin/sh -c`; the path is quoted, and a path that
+/// cannot be quoted safely is refused.
+fn shell_quote(path: &std::path::Path) -> Result<String, VmmError> {
+    let p = path
+        .to_str()
+        .ok_or_else(|| VmmError::Control("snapshot path is not UTF-8".into()))?;
+    if p.contains('\'') || p.contains('\n') {
+        return Err(VmmError::Control(format!(
+            "unsupported character in snapshot path {p:?}"
+        )));
+    }
+    Ok(format!("'{p}'"))
+}
+
+/// Waits for the current migration (either direction) to finish.
+async fn wait_migration(qmp: &mut Qmp, limit: Duration) -> Result<(), VmmError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let r = qmp.execute("query-migrate", None).await?;
+        match r.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                let why = r
+                    .get("error-desc")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("no detail");
+                return Err(VmmError::Control(format!("migration failed: {why}")));
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(VmmError::Control(format!(
+                "migration did not finish within {limit:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn ignore_shared() -> serde_json::Value {
+    // Guest memory lives in the memory file; only device state goes through the stream.
+    serde_json::json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })
+}
+
+async fn load_snapshot(qmp: &mut Qmp, state: &std::path::Path) -> Result<(), VmmError> {
+    qmp.execute("migrate-set-capabilities", Some(ignore_shared()))
+        .await?;
+    let uri = format!("exec:/bin/cat {}", shell_quote(state)?);
+    qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
+        .await?;
+    wait_migration(qmp, Duration::from_secs(30)).await
 }
 
 impl QemuVm {
@@ -208,6 +323,31 @@ impl MicroVm for QemuVm {
 
     async fn resume(&mut self) -> Result<(), VmmError> {
         self.qmp("cont").await
+    }
+
+    async fn snapshot(&mut self, state: &std::path::Path) -> Result<SnapshotFiles, VmmError> {
+        let qmp = self
+            .qmp
+            .as_mut()
+            .ok_or_else(|| VmmError::Control("a snapshot needs QMP".into()))?;
+        qmp.execute("migrate-set-capabilities", Some(ignore_shared()))
+            .await?;
+        qmp.execute("stop", None).await?;
+        let uri = format!("exec:/bin/cat > {}", shell_quote(state)?);
+        qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
+            .await?;
+        wait_migration(qmp, Duration::from_secs(60)).await?;
+        let memory = self.memory_file.clone().ok_or_else(|| {
+            VmmError::Control("VM was not booted with a snapshot memory file".into())
+        })?;
+        Ok(SnapshotFiles {
+            memory,
+            state: state.to_path_buf(),
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     async fn destroy(&mut self) {

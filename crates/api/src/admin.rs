@@ -1,0 +1,66 @@
+//! The pool, counters and the VMM floor: what operators and the benchmark look at.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use ignition_store::validate_name;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::invoke::load_job;
+use crate::{ApiError, AppState};
+
+/// Most slots one function may ask to keep (the memory budget bounds it further).
+const MAX_MIN_READY: usize = 1024;
+
+pub(crate) async fn pool_status(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let status = state.worker.pool_status(&name);
+    Ok(Json(json!({
+        "function": name,
+        "pool": status,
+        "charged_mib": state.worker.pool_charged_mib(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SetPool {
+    min_ready: usize,
+}
+
+pub(crate) async fn set_pool(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<SetPool>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let Json(req) =
+        body.map_err(|e| ApiError::invalid(format!("bad pool request: {}", e.body_text())))?;
+    if req.min_ready > MAX_MIN_READY {
+        return Err(ApiError::invalid(format!(
+            "min_ready must be at most {MAX_MIN_READY}"
+        )));
+    }
+    let job = load_job(&state, &name, String::new(), Vec::new()).await?;
+    state
+        .worker
+        .set_min_ready(Arc::clone(&job.function), job.code_sha256, req.min_ready);
+    pool_status(State(state), Path(name)).await
+}
+
+pub(crate) async fn stats(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "node": state.node_id, "worker": state.worker.stats() }))
+}
+
+pub(crate) async fn floor(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let d = state
+        .worker
+        .probe_floor()
+        .await
+        .map_err(|e| ApiError::internal(format!("VMM start-up probe failed: {e}")))?;
+    Ok(Json(json!({ "floor_ms": d.as_secs_f64() * 1000.0 })))
+}

@@ -1,0 +1,257 @@
+//! Snapshots, restores and the warm pool, with real microVMs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{code_dir, json, TestServer};
+use serde_json::Value;
+
+fn invoke_mode(server: &TestServer, name: &str, mode: &str, payload: &str) -> (Value, String) {
+    let resp = server
+        .http()
+        .post(format!(
+            "{}/2015-03-31/functions/{name}/invocations",
+            server.url
+        ))
+        .header("x-ignition-start", mode)
+        .body(payload.to_owned())
+        .send()
+        .unwrap();
+    let (status, headers, body) = json(resp);
+    assert_eq!(status, 200, "{body}");
+    assert!(headers.get("x-amz-function-error").is_none(), "{body}");
+    let started = headers["x-ignition-start"].to_str().unwrap().to_owned();
+    (body, started)
+}
+
+fn stats(server: &TestServer) -> Value {
+    let (_, _, v) = json(
+        server
+            .http()
+            .get(format!("{}/v1/stats", server.url))
+            .send()
+            .unwrap(),
+    );
+    v["worker"].clone()
+}
+
+fn pool(server: &TestServer, name: &str) -> Value {
+    let (_, _, v) = json(
+        server
+            .http()
+            .get(format!("{}/v1/functions/{name}/pool", server.url))
+            .send()
+            .unwrap(),
+    );
+    v["pool"].clone()
+}
+
+fn set_min_ready(server: &TestServer, name: &str, n: usize) {
+    let r = server
+        .http()
+        .put(format!("{}/v1/functions/{name}/pool", server.url))
+        .json(&serde_json::json!({ "min_ready": n }))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const RANDOM_FN: &str = concat!(
+    "import os, random, uuid\n",
+    "SEEDED_AT_INIT = random.random()\n",
+    "def handler(event, context):\n",
+    "    mark = '/tmp/mark'\n",
+    "    seen = os.path.exists(mark)\n",
+    "    open(mark, 'w').write('x')\n",
+    "    return {'urandom': os.urandom(16).hex(), 'random': random.random(),\n",
+    "            'uuid': str(uuid.uuid4()), 'init': SEEDED_AT_INIT, 'seen_mark': seen}\n",
+);
+
+#[test]
+fn vms_restored_from_one_snapshot_do_not_share_randomness_or_writes() {
+    let server = TestServer::start(&[]);
+    let code = code_dir(&[("rnd.py", RANDOM_FN)]);
+    server.deploy(
+        "rnd",
+        "python3",
+        "rnd.handler",
+        code.path(),
+        &["--timeout", "30"],
+    );
+    let (a, kind_a) = invoke_mode(&server, "rnd", "restore", "{}");
+    let (b, kind_b) = invoke_mode(&server, "rnd", "restore", "{}");
+    assert_eq!((kind_a.as_str(), kind_b.as_str()), ("restore", "restore"));
+    assert_eq!(
+        a["init"], b["init"],
+        "both come from one snapshot (init ran once)"
+    );
+    assert_ne!(
+        a["urandom"], b["urandom"],
+        "kernel RNG reseeded after restore"
+    );
+    assert_ne!(
+        a["random"], b["random"],
+        "Python's random reseeded after restore"
+    );
+    assert_ne!(a["uuid"], b["uuid"]);
+    assert_eq!(
+        (a["seen_mark"].as_bool(), b["seen_mark"].as_bool()),
+        (Some(false), Some(false))
+    );
+
+    // Warm slots are restored from the same snapshot and are just as sterile.
+    set_min_ready(&server, "rnd", 2);
+    wait_for("two warm slots", Duration::from_secs(120), || {
+        pool(&server, "rnd")["ready"] == 2
+    });
+    let (c, kind_c) = invoke_mode(&server, "rnd", "pool", "{}");
+    let (d, kind_d) = invoke_mode(&server, "rnd", "pool", "{}");
+    assert_eq!((kind_c.as_str(), kind_d.as_str()), ("pool", "pool"));
+    assert_ne!(c["urandom"], d["urandom"]);
+    assert_ne!(c["random"], d["random"]);
+    assert_eq!(
+        (c["seen_mark"].as_bool(), d["seen_mark"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert_eq!(stats(&server)["snapshots_built"], 1);
+    server.stop_and_check_clean();
+}
+
+#[test]
+fn pool_refills_to_its_minimum_and_shrinks_to_zero() {
+    let server = TestServer::start(&["--keep-alive", "2"]);
+    let code = common::repo_root().join("examples/echo-python");
+    server.deploy(
+        "echo",
+        "python3",
+        "echo.handler",
+        &code,
+        &["--timeout", "30"],
+    );
+    set_min_ready(&server, "echo", 2);
+    wait_for("two warm slots", Duration::from_secs(120), || {
+        pool(&server, "echo")["ready"] == 2
+    });
+    let p = pool(&server, "echo");
+    for pss in p["slot_pss_mib"].as_array().unwrap() {
+        let pss = pss.as_f64().unwrap();
+        assert!(
+            pss > 1.0 && pss < 512.0,
+            "a slot's measured PSS is plausible: {pss}"
+        );
+    }
+    let (body, kind) = invoke_mode(&server, "echo", "pool", r#"{"x":1}"#);
+    assert_eq!((body, kind.as_str()), (serde_json::json!({"x": 1}), "pool"));
+    // The slot taken is replaced.
+    wait_for("the pool to refill", Duration::from_secs(120), || {
+        pool(&server, "echo")["ready"] == 2
+    });
+    assert_eq!(server.vmm_processes().len(), 2, "exactly the two slots run");
+
+    set_min_ready(&server, "echo", 0);
+    wait_for(
+        "the pool to shrink to zero",
+        Duration::from_secs(60),
+        || pool(&server, "echo")["ready"] == 0 && server.vmm_processes().is_empty(),
+    );
+    server.stop_and_check_clean();
+}
+
+#[test]
+fn a_changed_function_gets_a_new_snapshot_and_a_corrupt_one_is_rebuilt() {
+    let server = TestServer::start(&[]);
+    let v1 = code_dir(&[("v.py", "def handler(e, c):\n    return 'v1'\n")]);
+    let v2 = code_dir(&[("v.py", "def handler(e, c):\n    return 'v2'\n")]);
+    server.deploy(
+        "ver",
+        "python3",
+        "v.handler",
+        v1.path(),
+        &["--timeout", "30"],
+    );
+    assert_eq!(invoke_mode(&server, "ver", "restore", "{}").0, "v1");
+    server.deploy(
+        "ver",
+        "python3",
+        "v.handler",
+        v2.path(),
+        &["--timeout", "30"],
+    );
+    assert_eq!(invoke_mode(&server, "ver", "restore", "{}").0, "v2");
+    assert_eq!(stats(&server)["snapshots_built"], 2);
+    let snaps = server.data_dir.path().join("snapshots");
+    let dirs: Vec<_> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "the old snapshot was removed: {dirs:?}");
+
+    // Corrupt the device state: the next restore must detect it and rebuild, not restore it.
+    std::fs::write(dirs[0].join("state"), b"garbage").unwrap();
+    assert_eq!(invoke_mode(&server, "ver", "restore", "{}").0, "v2");
+    let s = stats(&server);
+    assert_eq!(s["snapshots_invalid"], 1, "{s}");
+    assert_eq!(s["snapshots_built"], 3, "{s}");
+    assert_eq!(s["restore_fallbacks"], 0, "{s}");
+    server.stop_and_check_clean();
+}
+
+#[test]
+fn reuse_keeps_a_vm_for_the_same_function_only() {
+    let server = TestServer::start(&[]);
+    let counter = concat!(
+        "import os\n",
+        "def handler(event, context):\n",
+        "    n = int(open('/tmp/count').read()) + 1 if os.path.exists('/tmp/count') else 1\n",
+        "    open('/tmp/count', 'w').write(str(n))\n",
+        "    return n\n",
+    );
+    let code = code_dir(&[("count.py", counter)]);
+    server.deploy(
+        "count",
+        "python3",
+        "count.handler",
+        code.path(),
+        &["--timeout", "30", "--reuse"],
+    );
+    server.deploy(
+        "other",
+        "python3",
+        "count.handler",
+        code.path(),
+        &["--timeout", "30", "--reuse"],
+    );
+    let (first, k1) = invoke_mode(&server, "count", "auto", "{}");
+    let (second, k2) = invoke_mode(&server, "count", "auto", "{}");
+    assert_eq!(
+        (first, second),
+        (serde_json::json!(1), serde_json::json!(2)),
+        "kinds {k1} {k2}"
+    );
+    assert_eq!(k2, "warm");
+    let (other, _) = invoke_mode(&server, "other", "auto", "{}");
+    assert_eq!(other, 1, "another function never gets that VM");
+    // Without reuse every invocation is sterile.
+    server.deploy(
+        "count",
+        "python3",
+        "count.handler",
+        code.path(),
+        &["--timeout", "30"],
+    );
+    assert_eq!(invoke_mode(&server, "count", "auto", "{}").0, 1);
+    assert_eq!(invoke_mode(&server, "count", "auto", "{}").0, 1);
+    server.stop_and_check_clean();
+}

@@ -1,0 +1,250 @@
+//! A running guest and the host's half of the conversation with its agent.
+
+use std::time::Duration;
+
+use ignition_proto::{
+    FunctionSpec, GuestMessage, HostMessage, InvokeRequest, InvokeResult, Outcome, MAX_LOG_BYTES,
+    MAX_RESULT_BYTES,
+};
+use ignition_vmm::MicroVm;
+use tokio::time::Instant;
+
+use crate::channel::{AgentChannel, ChannelError};
+use crate::ExecError;
+
+/// Console bytes quoted in an error about a guest that failed to come up.
+const CONSOLE_QUOTE: usize = 2048;
+/// Fresh host randomness given to the guest with every invocation.
+const ENTROPY_BYTES: usize = 64;
+
+fn tail(s: &str, n: usize) -> String {
+    let start = s.len().saturating_sub(n);
+    let start = (start..=s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(s.len());
+    s[start..].trim().to_owned()
+}
+
+pub(crate) fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, ms)
+}
+
+fn host_entropy() -> Vec<u8> {
+    let mut buf = vec![0u8; ENTROPY_BYTES];
+    // uuid v4 draws from the OS RNG (getrandom); four of them fill the buffer.
+    for chunk in buf.chunks_mut(16) {
+        let id = uuid::Uuid::new_v4();
+        chunk.copy_from_slice(&id.as_bytes()[..chunk.len()]);
+    }
+    buf
+}
+
+fn kind(msg: &GuestMessage) -> &'static str {
+    match msg {
+        GuestMessage::Ready { .. } => "Ready",
+        GuestMessage::Loaded => "Loaded",
+        GuestMessage::Result(_) => "Result",
+        GuestMessage::Warmed => "Warmed",
+        GuestMessage::Fatal { .. } => "Fatal",
+    }
+}
+
+/// A VM with its agent channel.
+#[derive(Debug)]
+pub(crate) struct Guest {
+    pub(crate) vm: Box<dyn MicroVm>,
+    chan: AgentChannel,
+    paused: bool,
+    pub(crate) kernel_release: String,
+}
+
+impl Guest {
+    pub(crate) fn new(
+        mut vm: Box<dyn MicroVm>,
+        paused: bool,
+        kernel_release: String,
+    ) -> Result<Self, ExecError> {
+        let stream = vm
+            .take_channel()
+            .ok_or_else(|| ExecError::Protocol("VM has no agent channel".into()))?;
+        Ok(Self {
+            vm,
+            chan: AgentChannel::new(stream),
+            paused,
+            kernel_release,
+        })
+    }
+
+    fn console(&self) -> String {
+        tail(&self.vm.console_tail(), CONSOLE_QUOTE)
+    }
+
+    /// Waits for the agent's `Ready`; records the kernel it reports.
+    pub(crate) async fn await_ready(&mut self, limit: Duration) -> Result<(), ExecError> {
+        match self.chan.recv(Instant::now() + limit).await {
+            Ok(GuestMessage::Ready { kernel_release, .. }) => {
+                self.kernel_release = kernel_release;
+                Ok(())
+            }
+            Ok(GuestMessage::Fatal { message }) => Err(ExecError::NotReady {
+                reason: message,
+                console: self.console(),
+            }),
+            Ok(other) => Err(ExecError::Protocol(format!(
+                "expected Ready, got {}",
+                kind(&other)
+            ))),
+            Err(e) => Err(ExecError::NotReady {
+                reason: match e {
+                    ChannelError::Deadline => format!("no Ready within {limit:?}"),
+                    other => other.to_string(),
+                },
+                console: self.console(),
+            }),
+        }
+    }
+
+    /// Installs the function and waits until its runtime finished initializing.
+    pub(crate) async fn load(
+        &mut self,
+        function: FunctionSpec,
+        limit: Duration,
+    ) -> Result<(), ExecError> {
+        let deadline = Instant::now() + limit;
+        self.chan
+            .send(&HostMessage::LoadFunction(function), deadline)
+            .await
+            .map_err(|e| ExecError::Protocol(e.to_string()))?;
+        match self.chan.recv(deadline).await {
+            Ok(GuestMessage::Loaded) => Ok(()),
+            Ok(GuestMessage::Fatal { message }) => Err(ExecError::Guest(message)),
+            Ok(other) => Err(ExecError::Protocol(format!(
+                "expected Loaded, got {}",
+                kind(&other)
+            ))),
+            Err(ChannelError::Deadline) => Err(ExecError::InitTimeout(limit)),
+            Err(e) => Err(ExecError::Protocol(format!("loading the function: {e}"))),
+        }
+    }
+
+    /// Resumes the VM, runs the agent's warm-up (the invocation path without the handler), and
+    /// pauses it again.
+    pub(crate) async fn warm_up(&mut self, limit: Duration) -> Result<(), ExecError> {
+        if self.paused {
+            self.vm.resume().await?;
+            self.paused = false;
+        }
+        let deadline = Instant::now() + limit;
+        self.chan
+            .send(&HostMessage::Warmup, deadline)
+            .await
+            .map_err(|e| ExecError::Protocol(e.to_string()))?;
+        match self.chan.recv(deadline).await {
+            Ok(GuestMessage::Warmed) => {}
+            Ok(GuestMessage::Fatal { message }) => return Err(ExecError::Guest(message)),
+            Ok(other) => {
+                return Err(ExecError::Protocol(format!(
+                    "expected Warmed, got {}",
+                    kind(&other)
+                )))
+            }
+            Err(e) => return Err(ExecError::Protocol(format!("warm-up: {e}"))),
+        }
+        self.vm.pause().await?;
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Runs one invocation (resuming the VM first if it is paused).
+    pub(crate) async fn invoke(
+        &mut self,
+        request_id: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<InvokeResult, ExecError> {
+        if self.paused {
+            self.vm.resume().await?;
+            self.paused = false;
+        }
+        let deadline = Instant::now() + timeout;
+        let req = InvokeRequest {
+            request_id: request_id.to_owned(),
+            payload,
+            timeout_ms: ms(timeout),
+            host_time_unix_ms: now_unix_ms(),
+            entropy: host_entropy(),
+            vm_id: self.vm.id().to_owned(),
+        };
+        self.chan
+            .send(&HostMessage::Invoke(req), deadline)
+            .await
+            .map_err(|e| match e {
+                ChannelError::Deadline => ExecError::Timeout(timeout),
+                other => ExecError::Protocol(other.to_string()),
+            })?;
+        let result = match self.chan.recv(deadline).await {
+            Ok(GuestMessage::Result(r)) => r,
+            Ok(GuestMessage::Fatal { message }) => return Err(ExecError::Guest(message)),
+            Ok(other) => {
+                return Err(ExecError::Protocol(format!(
+                    "expected Result, got {}",
+                    kind(&other)
+                )))
+            }
+            Err(ChannelError::Deadline) => return Err(ExecError::Timeout(timeout)),
+            Err(e) => return Err(ExecError::Protocol(e.to_string())),
+        };
+        validate(&result, request_id)?;
+        Ok(result)
+    }
+
+    /// Proportional set size of the VMM process, MiB (what this VM costs the host).
+    pub(crate) fn pss_mib(&self) -> Option<f64> {
+        let pid = self.vm.pid()?;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+        let kb: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
+
+    pub(crate) async fn destroy(mut self) {
+        self.vm.destroy().await;
+    }
+}
+
+/// The frame limit bounds the total; these bound each part as the API promises them.
+fn validate(result: &InvokeResult, request_id: &str) -> Result<(), ExecError> {
+    if result.request_id != request_id {
+        return Err(ExecError::Protocol(format!(
+            "result for request {:?} while {request_id:?} was in flight",
+            result.request_id
+        )));
+    }
+    if result.logs.len() > MAX_LOG_BYTES {
+        return Err(ExecError::Protocol(format!(
+            "{} bytes of logs exceed the limit",
+            result.logs.len()
+        )));
+    }
+    if let Outcome::Success(body) = &result.outcome {
+        if body.len() > MAX_RESULT_BYTES {
+            return Err(ExecError::Protocol(format!(
+                "{} byte result exceeds the limit",
+                body.len()
+            )));
+        }
+    }
+    Ok(())
+}

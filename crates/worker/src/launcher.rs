@@ -1,0 +1,191 @@
+//! Getting a guest to the point where it takes an invocation: by booting, by building a
+//! snapshot, or by restoring one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ignition_image::GuestImage;
+use ignition_proto::FunctionSpec;
+use ignition_vmm::{BootImage, VmSource, VmSpec, VmmDriver};
+use tokio::time::Instant;
+
+use crate::guest::{ms, Guest};
+use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::{ExecError, WorkerConfig};
+
+/// What a function's snapshot is keyed on, besides the image.
+#[derive(Debug, Clone)]
+pub(crate) struct FunctionRef {
+    pub(crate) spec: Arc<FunctionSpec>,
+    /// SHA-256 of the code tar (computed once at deploy).
+    pub(crate) code_sha256: String,
+}
+
+impl FunctionRef {
+    pub(crate) fn snapshot_key(&self, image_id: &str) -> String {
+        let s = &self.spec;
+        let env: Vec<u8> = s
+            .env
+            .iter()
+            .flat_map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes(), b"\0"].concat())
+            .collect();
+        crate::snapshot::key(&[
+            image_id.as_bytes(),
+            s.name.as_bytes(),
+            s.runtime.as_str().as_bytes(),
+            s.handler.as_bytes(),
+            &s.memory_mib.to_le_bytes(),
+            &env,
+            self.code_sha256.as_bytes(),
+        ])
+    }
+}
+
+/// Counters of what the launcher did.
+#[derive(Debug, Default)]
+pub(crate) struct LaunchStats {
+    pub(crate) boots: AtomicU64,
+    pub(crate) restores: AtomicU64,
+    pub(crate) snapshots_built: AtomicU64,
+    pub(crate) snapshots_invalid: AtomicU64,
+    pub(crate) restore_fallbacks: AtomicU64,
+}
+
+/// Starts guests.
+#[derive(Debug)]
+pub(crate) struct Launcher {
+    pub(crate) driver: Arc<dyn VmmDriver>,
+    pub(crate) image: GuestImage,
+    pub(crate) config: WorkerConfig,
+    pub(crate) snapshots: SnapshotStore,
+    pub(crate) stats: LaunchStats,
+}
+
+fn new_vm_id() -> String {
+    format!("vm-{}", uuid::Uuid::new_v4().simple())
+}
+
+impl Launcher {
+    fn boot_image(&self, memory_mib: u32) -> BootImage {
+        BootImage {
+            kernel: self.image.kernel.clone(),
+            initramfs: self.image.initramfs.clone(),
+            rootfs: self.image.rootfs.clone(),
+            extra_cmdline: vec![format!("ignition.scratch_mib={}", (memory_mib / 2).max(16))],
+        }
+    }
+
+    fn spec(&self, source: VmSource, memory_mib: u32) -> VmSpec {
+        VmSpec {
+            id: new_vm_id(),
+            source,
+            memory_mib,
+            vcpus: 1,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Boots a fresh VM and loads the function into it. Returns the guest and the time it took
+    /// (VM start, guest ready, load), in milliseconds.
+    pub(crate) async fn boot(
+        &self,
+        function: &FunctionRef,
+        snapshot_memory: Option<std::path::PathBuf>,
+    ) -> Result<(Guest, [u64; 3]), ExecError> {
+        let memory_mib = function.spec.memory_mib;
+        let spec = self.spec(
+            VmSource::Boot {
+                image: self.boot_image(memory_mib),
+                snapshot_memory,
+            },
+            memory_mib,
+        );
+        let t = Instant::now();
+        let vm = self.driver.start(&spec).await?;
+        let vm_start = ms(t.elapsed());
+        let mut guest = Guest::new(vm, false, String::new())?;
+        let prepared = async {
+            let t = Instant::now();
+            guest.await_ready(self.config.boot_timeout).await?;
+            let ready = ms(t.elapsed());
+            let t = Instant::now();
+            guest
+                .load((*function.spec).clone(), self.config.load_timeout)
+                .await?;
+            Ok::<_, ExecError>((ready, ms(t.elapsed())))
+        }
+        .await;
+        match prepared {
+            Ok((ready, load)) => {
+                self.stats.boots.fetch_add(1, Ordering::Relaxed);
+                Ok((guest, [vm_start, ready, load]))
+            }
+            Err(e) => {
+                guest.destroy().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The function's snapshot, built now if there is none or the one there is invalid.
+    /// Concurrent callers for one function wait for a single build.
+    pub(crate) async fn snapshot(
+        &self,
+        function: &FunctionRef,
+    ) -> Result<(Snapshot, bool), ExecError> {
+        let key = function.snapshot_key(&self.image.id);
+        let name = &function.spec.name;
+        let lock = self.snapshots.build_lock(&key);
+        let _held = lock.lock().await;
+        match self.snapshots.load(name, &key) {
+            Ok(Some(s)) => return Ok((s, false)),
+            Ok(None) => {}
+            Err(e) => {
+                self.stats.snapshots_invalid.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(function = %name, error = %e, "rebuilding the snapshot");
+            }
+        }
+        let (staging, files) = self.snapshots.staging(name, &key)?;
+        let built = async {
+            let (mut guest, _) = self.boot(function, Some(files.memory.clone())).await?;
+            let saved = guest.vm.snapshot(&files.state).await;
+            let kernel = guest.kernel_release.clone();
+            // The snapshotted VM must never run again: its memory is the snapshot.
+            guest.destroy().await;
+            saved?;
+            Ok::<_, ExecError>(kernel)
+        }
+        .await;
+        let kernel = match built {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        let snap = self.snapshots.commit(name, &key, &staging, &kernel)?;
+        self.stats.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(function = %name, key = %key, "snapshot built");
+        Ok((snap, true))
+    }
+
+    /// A VM restored from `snapshot`, paused, with the function already initialized in it.
+    pub(crate) async fn restore(
+        &self,
+        function: &FunctionRef,
+        snapshot: &Snapshot,
+    ) -> Result<Guest, ExecError> {
+        let memory_mib = function.spec.memory_mib;
+        let spec = self.spec(
+            VmSource::Restore {
+                image: self.boot_image(memory_mib),
+                snapshot: snapshot.files.clone(),
+            },
+            memory_mib,
+        );
+        let vm = self.driver.start(&spec).await?;
+        self.stats.restores.fetch_add(1, Ordering::Relaxed);
+        Guest::new(vm, true, snapshot.kernel_release.clone())
+    }
+}

@@ -1,0 +1,320 @@
+//! Per-function snapshots: a VM booted once to "agent ready, code installed, runtime
+//! initialized", paused, its device state saved; guest memory is the file it ran on.
+//!
+//! A snapshot directory is named `<function>-<key>`, where the key hashes everything the
+//! snapshot depends on (guest image, protocol version, the function's code and configuration),
+//! so a changed function or image simply misses and builds a new one; the stale ones are removed
+//! when the new one is made or the function is deleted.
+//!
+//! A snapshot is never restored unverified: `meta.json` records the key, the format version and
+//! SHA-256 digests of both files. The state file is checked at every restore (it is small); the
+//! memory file fully once per process, then by size and modification time.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ignition_vmm::SnapshotFiles;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex as AsyncMutex;
+
+/// Bump when the snapshot layout or what it contains changes.
+const FORMAT: u32 = 1;
+const META: &str = "meta.json";
+const MEMORY: &str = "memory";
+const STATE: &str = "state";
+
+/// Why a snapshot could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// File operations failed.
+    #[error("snapshot {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The snapshot does not match its metadata.
+    #[error("snapshot {0} is corrupt or stale: {1}")]
+    Invalid(String, String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Meta {
+    format: u32,
+    key: String,
+    memory_len: u64,
+    memory_sha256: String,
+    state_sha256: String,
+    kernel_release: String,
+}
+
+fn sha256_file(path: &Path) -> Result<String, SnapshotError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io(path))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// A snapshot that passed verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) key: String,
+    pub(crate) files: SnapshotFiles,
+    /// The guest kernel the snapshotted VM booted.
+    pub(crate) kernel_release: String,
+}
+
+/// Where snapshots live, and which have been verified by this process.
+#[derive(Debug)]
+pub(crate) struct SnapshotStore {
+    root: PathBuf,
+    /// Memory files verified in full: path -> (len, mtime).
+    verified: Mutex<HashMap<PathBuf, (u64, std::time::SystemTime)>>,
+    /// One builder per key at a time.
+    building: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+}
+
+/// The key of a function's snapshot.
+pub(crate) fn key(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    h.update(FORMAT.to_le_bytes());
+    h.update([ignition_proto::VERSION]);
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())[..20].to_owned()
+}
+
+impl SnapshotStore {
+    pub(crate) fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            verified: Mutex::new(HashMap::new()),
+            building: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn dir(&self, function: &str, key: &str) -> PathBuf {
+        self.root.join(format!("{function}-{key}"))
+    }
+
+    /// A lock held while the snapshot for `key` is looked up or built.
+    pub(crate) fn build_lock(&self, key: &str) -> Arc<AsyncMutex<()>> {
+        let mut b = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(b.entry(key.to_owned()).or_default())
+    }
+
+    /// Paths for building a new snapshot: a fresh temporary directory.
+    pub(crate) fn staging(
+        &self,
+        function: &str,
+        key: &str,
+    ) -> Result<(PathBuf, SnapshotFiles), SnapshotError> {
+        let dir = self
+            .root
+            .join(format!(".staging-{function}-{key}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let files = SnapshotFiles {
+            memory: dir.join(MEMORY),
+            state: dir.join(STATE),
+        };
+        Ok((dir, files))
+    }
+
+    /// Seals a staged snapshot: records its digests and moves it into place. Older snapshots of
+    /// the same function are removed.
+    pub(crate) fn commit(
+        &self,
+        function: &str,
+        key: &str,
+        staging: &Path,
+        kernel_release: &str,
+    ) -> Result<Snapshot, SnapshotError> {
+        let memory = staging.join(MEMORY);
+        let state = staging.join(STATE);
+        let memory_len = std::fs::metadata(&memory).map_err(io(&memory))?.len();
+        let meta = Meta {
+            format: FORMAT,
+            key: key.to_owned(),
+            memory_len,
+            memory_sha256: sha256_file(&memory)?,
+            state_sha256: sha256_file(&state)?,
+            kernel_release: kernel_release.to_owned(),
+        };
+        let meta_path = staging.join(META);
+        let text = serde_json::to_vec_pretty(&meta)
+            .map_err(|e| SnapshotError::Invalid(key.into(), e.to_string()))?;
+        std::fs::write(&meta_path, text).map_err(io(&meta_path))?;
+        self.remove_function(function);
+        let dir = self.dir(function, key);
+        std::fs::rename(staging, &dir).map_err(io(&dir))?;
+        self.mark_verified(&dir.join(MEMORY));
+        Ok(Snapshot {
+            key: key.to_owned(),
+            files: SnapshotFiles {
+                memory: dir.join(MEMORY),
+                state: dir.join(STATE),
+            },
+            kernel_release: kernel_release.to_owned(),
+        })
+    }
+
+    fn mark_verified(&self, memory: &Path) {
+        if let Ok(m) = std::fs::metadata(memory) {
+            if let Ok(t) = m.modified() {
+                let mut v = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+                v.insert(memory.to_path_buf(), (m.len(), t));
+            }
+        }
+    }
+
+    /// The snapshot for `key` if one exists and verifies; `Ok(None)` if there is none. A snapshot
+    /// that fails verification is removed and reported as an error, so the caller rebuilds it.
+    pub(crate) fn load(
+        &self,
+        function: &str,
+        key: &str,
+    ) -> Result<Option<Snapshot>, SnapshotError> {
+        let dir = self.dir(function, key);
+        if !dir.exists() {
+            return Ok(None);
+        }
+        match self.verify(&dir, key) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                tracing::warn!(snapshot = %dir.display(), error = %e, "removing an invalid snapshot");
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn verify(&self, dir: &Path, key: &str) -> Result<Snapshot, SnapshotError> {
+        let bad = |why: String| SnapshotError::Invalid(dir.display().to_string(), why);
+        let meta_path = dir.join(META);
+        let text = std::fs::read(&meta_path).map_err(io(&meta_path))?;
+        let meta: Meta =
+            serde_json::from_slice(&text).map_err(|e| bad(format!("metadata: {e}")))?;
+        if meta.format != FORMAT || meta.key != key {
+            return Err(bad(format!(
+                "format {} key {} (want {FORMAT} {key})",
+                meta.format, meta.key
+            )));
+        }
+        let state = dir.join(STATE);
+        if sha256_file(&state)? != meta.state_sha256 {
+            return Err(bad("device state checksum mismatch".into()));
+        }
+        let memory = dir.join(MEMORY);
+        let m = std::fs::metadata(&memory).map_err(io(&memory))?;
+        if m.len() != meta.memory_len {
+            return Err(bad(format!(
+                "memory is {} bytes, expected {}",
+                m.len(),
+                meta.memory_len
+            )));
+        }
+        let mtime = m.modified().map_err(io(&memory))?;
+        let known = {
+            let v = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            v.get(&memory) == Some(&(m.len(), mtime))
+        };
+        if !known {
+            if sha256_file(&memory)? != meta.memory_sha256 {
+                return Err(bad("guest memory checksum mismatch".into()));
+            }
+            self.mark_verified(&memory);
+        }
+        Ok(Snapshot {
+            key: key.to_owned(),
+            files: SnapshotFiles { memory, state },
+            kernel_release: meta.kernel_release,
+        })
+    }
+
+    /// Removes every snapshot of `function`.
+    pub(crate) fn remove_function(&self, function: &str) {
+        let prefix = format!("{function}-");
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // Names are `<function>-<20 hex>`; function names may contain '-', so match exactly.
+            if let Some(rest) = name.strip_prefix(&prefix) {
+                if rest.len() == 20 && rest.chars().all(|c| c.is_ascii_hexdigit()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(store: &SnapshotStore, f: &str, key: &str, mem: &[u8]) -> Snapshot {
+        let (dir, files) = store.staging(f, key).unwrap();
+        std::fs::write(&files.memory, mem).unwrap();
+        std::fs::write(&files.state, b"device state").unwrap();
+        store.commit(f, key, &dir, "6.1-test").unwrap()
+    }
+
+    #[test]
+    fn committed_snapshot_loads_and_replaces_older_ones() {
+        let root = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(root.path().to_path_buf());
+        let k1 = key(&[b"v1"]);
+        let k2 = key(&[b"v2"]);
+        let s1 = stage(&store, "fn-a", &k1, b"memory one");
+        assert_eq!(store.load("fn-a", &k1).unwrap(), Some(s1));
+        stage(&store, "fn-a", &k2, b"memory two");
+        assert_eq!(
+            store.load("fn-a", &k1).unwrap(),
+            None,
+            "the old snapshot is gone"
+        );
+        assert!(store.load("fn-a", &k2).unwrap().is_some());
+        // Another function whose name extends this one is untouched.
+        stage(&store, "fn-a-b", &k1, b"x");
+        store.remove_function("fn-a");
+        assert!(store.load("fn-a-b", &k1).unwrap().is_some());
+        assert!(store.load("fn-a", &k2).unwrap().is_none());
+    }
+
+    #[test]
+    fn corrupt_state_or_memory_is_detected_and_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(root.path().to_path_buf());
+        let k = key(&[b"v"]);
+        let s = stage(&store, "f", &k, b"memory");
+        std::fs::write(&s.files.state, b"tampered").unwrap();
+        assert!(matches!(
+            store.load("f", &k),
+            Err(SnapshotError::Invalid(..))
+        ));
+        assert_eq!(store.load("f", &k).unwrap(), None, "removed after failing");
+
+        let s = stage(&store, "f", &k, b"memory");
+        // Same length, different bytes, and a fresh process (nothing verified yet).
+        std::fs::write(&s.files.memory, b"MEMORY").unwrap();
+        let fresh = SnapshotStore::new(root.path().to_path_buf());
+        assert!(matches!(
+            fresh.load("f", &k),
+            Err(SnapshotError::Invalid(..))
+        ));
+    }
+}

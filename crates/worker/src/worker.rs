@@ -1,0 +1,444 @@
+//! The worker: admission, the choice of how a guest starts, and one invocation's lifecycle.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ignition_image::GuestImage;
+use ignition_proto::{FunctionSpec, InvokeResult};
+use ignition_vmm::VmmDriver;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::guest::{ms, Guest};
+use crate::launcher::{FunctionRef, LaunchStats, Launcher};
+use crate::pool::{PoolConfig, PoolStatus, WarmPool};
+use crate::snapshot::SnapshotStore;
+use crate::ExecError;
+
+/// How the worker runs VMs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// VMs that may run invocations at once on this node; invocations beyond it wait their turn.
+    pub max_vms: usize,
+    /// How long a guest may take from VMM start to `Ready`.
+    pub boot_timeout: Duration,
+    /// How long installing a function's code and initializing its runtime may take.
+    pub load_timeout: Duration,
+    /// Where snapshots are kept.
+    pub snapshot_dir: std::path::PathBuf,
+    /// The warm pool's bounds.
+    pub pool: PoolConfig,
+}
+
+/// How the caller wants the guest started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// The fastest available: a reused VM (if the function allows), a warm slot, a restore, and
+    /// a boot when no snapshot can be had.
+    Auto,
+    /// A fresh boot, no snapshot.
+    Boot,
+    /// A fresh restore from the function's snapshot, bypassing the pool.
+    Restore,
+    /// A warm slot, waiting for one if none is ready.
+    Pool,
+}
+
+impl FromStr for StartMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "boot" => Ok(Self::Boot),
+            "restore" => Ok(Self::Restore),
+            "pool" => Ok(Self::Pool),
+            other => Err(format!(
+                "unknown start mode {other:?} (auto, boot, restore or pool)"
+            )),
+        }
+    }
+}
+
+/// How the guest that ran an invocation was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    /// Booted for this invocation.
+    Boot,
+    /// Restored from the snapshot for this invocation.
+    Restore,
+    /// Taken from the warm pool.
+    Pool,
+    /// A VM kept from an earlier invocation of the same function (`reuse`).
+    Warm,
+}
+
+impl StartKind {
+    /// `boot`, `restore`, `pool` or `warm`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Boot => "boot",
+            Self::Restore => "restore",
+            Self::Pool => "pool",
+            Self::Warm => "warm",
+        }
+    }
+}
+
+/// One invocation to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The function as the guest needs it.
+    pub function: Arc<FunctionSpec>,
+    /// SHA-256 of the function's code tar.
+    pub code_sha256: String,
+    /// Keep the VM for later invocations of this function.
+    pub reuse: bool,
+    /// The request id.
+    pub request_id: String,
+    /// The event (JSON bytes).
+    pub payload: Vec<u8>,
+    /// The function's timeout; the VM is killed when it passes.
+    pub timeout: Duration,
+}
+
+impl Job {
+    fn function_ref(&self) -> FunctionRef {
+        FunctionRef {
+            spec: Arc::clone(&self.function),
+            code_sha256: self.code_sha256.clone(),
+        }
+    }
+}
+
+/// Where the time of one invocation went, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Waiting for admission (a free VM slot).
+    pub queued_ms: u64,
+    /// Building the function's snapshot (first invocation after a deploy only).
+    pub snapshot_ms: u64,
+    /// Getting a VM: process start and channel (boot), or start and state load (restore), or
+    /// taking a slot (pool).
+    pub vm_start_ms: u64,
+    /// Channel connected until the agent said `Ready` (boot only).
+    pub guest_ready_ms: u64,
+    /// Installing the code and initializing the runtime (boot only).
+    pub load_ms: u64,
+    /// Resuming (if paused), sending the event, receiving the result.
+    pub invoke_ms: u64,
+    /// Everything.
+    pub total_ms: u64,
+}
+
+/// A finished execution.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    /// What the guest reported.
+    pub result: InvokeResult,
+    /// The guest's kernel release.
+    pub kernel_release: String,
+    /// How its VM started.
+    pub start: StartKind,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// Counters since the worker started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerStats {
+    /// VMs booted (snapshot builds included).
+    pub boots: u64,
+    /// VMs restored (pool refills included).
+    pub restores: u64,
+    /// Snapshots built.
+    pub snapshots_built: u64,
+    /// Snapshots found corrupt or stale and rebuilt.
+    pub snapshots_invalid: u64,
+    /// Restores that failed and fell back to a boot.
+    pub restore_fallbacks: u64,
+    /// Invocations served by a warm pool slot.
+    pub pool_hits: u64,
+    /// Invocations served by a reused VM.
+    pub warm_hits: u64,
+    /// Invocations run.
+    pub invocations: u64,
+}
+
+struct Reused {
+    key: String,
+    guest: Guest,
+    idle_since: Instant,
+}
+
+/// Runs invocations.
+pub struct Worker {
+    launcher: Arc<Launcher>,
+    pool: Arc<WarmPool>,
+    admission: Semaphore,
+    reused: Mutex<HashMap<String, Vec<Reused>>>,
+    pool_hits: AtomicU64,
+    warm_hits: AtomicU64,
+    invocations: AtomicU64,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("image", &self.launcher.image.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker that starts `image` with `driver`. Must be called inside a tokio runtime (the
+    /// pool's refiller is spawned on it).
+    pub fn new(driver: Arc<dyn VmmDriver>, image: GuestImage, config: WorkerConfig) -> Arc<Self> {
+        let admission = Semaphore::new(config.max_vms.max(1));
+        let launcher = Arc::new(Launcher {
+            driver,
+            image,
+            snapshots: SnapshotStore::new(config.snapshot_dir.clone()),
+            config: config.clone(),
+            stats: LaunchStats::default(),
+        });
+        let pool = WarmPool::new(Arc::clone(&launcher), config.pool);
+        let worker = Arc::new(Self {
+            launcher,
+            pool,
+            admission,
+            reused: Mutex::new(HashMap::new()),
+            pool_hits: AtomicU64::new(0),
+            warm_hits: AtomicU64::new(0),
+            invocations: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&worker);
+        let keep_alive = config.pool.keep_alive;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(w) = weak.upgrade() else { return };
+                w.reap_reused(keep_alive).await;
+            }
+        });
+        worker
+    }
+
+    /// The image VMs boot.
+    pub fn image(&self) -> &GuestImage {
+        &self.launcher.image
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> WorkerStats {
+        let s = &self.launcher.stats;
+        WorkerStats {
+            boots: s.boots.load(Ordering::Relaxed),
+            restores: s.restores.load(Ordering::Relaxed),
+            snapshots_built: s.snapshots_built.load(Ordering::Relaxed),
+            snapshots_invalid: s.snapshots_invalid.load(Ordering::Relaxed),
+            restore_fallbacks: s.restore_fallbacks.load(Ordering::Relaxed),
+            pool_hits: self.pool_hits.load(Ordering::Relaxed),
+            warm_hits: self.warm_hits.load(Ordering::Relaxed),
+            invocations: self.invocations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The VMM's own start-up time with no guest: the floor of a cold start on this host.
+    pub async fn probe_floor(&self) -> Result<Duration, ExecError> {
+        Ok(self.launcher.driver.probe_floor().await?)
+    }
+
+    /// The warm pool of `name`.
+    pub fn pool_status(&self, name: &str) -> PoolStatus {
+        self.pool.status(name)
+    }
+
+    /// MiB of PSS the pool's ready slots are charged.
+    pub fn pool_charged_mib(&self) -> f64 {
+        self.pool.charged_mib()
+    }
+
+    /// Keeps `n` warm slots of the function regardless of demand.
+    pub fn set_min_ready(&self, function: Arc<FunctionSpec>, code_sha256: String, n: usize) {
+        self.pool.set_min_ready(
+            &FunctionRef {
+                spec: function,
+                code_sha256,
+            },
+            n,
+        );
+    }
+
+    /// Forgets everything prepared for `name`: warm slots, reused VMs, snapshots. Called when
+    /// the function changes or is deleted.
+    pub async fn invalidate(&self, name: &str) {
+        self.pool.invalidate(name);
+        let reused = {
+            let mut r = self.reused.lock().unwrap_or_else(|p| p.into_inner());
+            r.remove(name).unwrap_or_default()
+        };
+        for r in reused {
+            r.guest.destroy().await;
+        }
+        self.launcher.snapshots.remove_function(name);
+    }
+
+    /// Destroys all idle VMs (warm slots and reused VMs).
+    pub async fn shutdown(&self) {
+        self.pool.shutdown().await;
+        let all: Vec<Reused> = {
+            let mut r = self.reused.lock().unwrap_or_else(|p| p.into_inner());
+            r.drain().flat_map(|(_, v)| v).collect()
+        };
+        for r in all {
+            r.guest.destroy().await;
+        }
+    }
+
+    async fn reap_reused(&self, keep_alive: Duration) {
+        let expired: Vec<Reused> = {
+            let mut r = self.reused.lock().unwrap_or_else(|p| p.into_inner());
+            let mut out = Vec::new();
+            for list in r.values_mut() {
+                let (old, keep): (Vec<_>, Vec<_>) = list
+                    .drain(..)
+                    .partition(|x| x.idle_since.elapsed() > keep_alive);
+                *list = keep;
+                out.extend(old);
+            }
+            r.retain(|_, v| !v.is_empty());
+            out
+        };
+        for r in expired {
+            r.guest.destroy().await;
+        }
+    }
+
+    fn take_reused(&self, name: &str, key: &str) -> Option<Guest> {
+        let mut r = self.reused.lock().unwrap_or_else(|p| p.into_inner());
+        let list = r.get_mut(name)?;
+        let at = list.iter().position(|x| x.key == key)?;
+        Some(list.swap_remove(at).guest)
+    }
+
+    /// Runs `job` and reports how it went. The VM is destroyed afterwards, whatever happened,
+    /// unless the function asked for reuse and the invocation succeeded.
+    pub async fn run(&self, job: Job, mode: StartMode) -> Result<Execution, ExecError> {
+        let t0 = Instant::now();
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        let _permit = self
+            .admission
+            .acquire()
+            .await
+            .map_err(|_| ExecError::ShuttingDown)?;
+        let mut timings = Timings {
+            queued_ms: ms(t0.elapsed()),
+            ..Timings::default()
+        };
+        let function = job.function_ref();
+        let key = function.snapshot_key(&self.launcher.image.id);
+        let t = Instant::now();
+        let (mut guest, start) = self
+            .acquire(&job, &function, &key, mode, &mut timings)
+            .await?;
+        if timings.vm_start_ms == 0 {
+            timings.vm_start_ms = ms(t.elapsed()).saturating_sub(timings.snapshot_ms);
+        }
+        let t = Instant::now();
+        let outcome = guest
+            .invoke(&job.request_id, job.payload, job.timeout)
+            .await;
+        timings.invoke_ms = ms(t.elapsed());
+        let kernel_release = guest.kernel_release.clone();
+        match (&outcome, job.reuse) {
+            (Ok(_), true) => {
+                let mut r = self.reused.lock().unwrap_or_else(|p| p.into_inner());
+                r.entry(function.spec.name.clone())
+                    .or_default()
+                    .push(Reused {
+                        key,
+                        guest,
+                        idle_since: Instant::now(),
+                    });
+            }
+            _ => guest.destroy().await,
+        }
+        timings.total_ms = ms(t0.elapsed());
+        outcome.map(|result| Execution {
+            result,
+            kernel_release,
+            start,
+            timings,
+        })
+    }
+
+    async fn acquire(
+        &self,
+        job: &Job,
+        function: &FunctionRef,
+        key: &str,
+        mode: StartMode,
+        timings: &mut Timings,
+    ) -> Result<(Guest, StartKind), ExecError> {
+        let launcher = &self.launcher;
+        if mode == StartMode::Auto && job.reuse {
+            if let Some(g) = self.take_reused(&function.spec.name, key) {
+                self.warm_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((g, StartKind::Warm));
+            }
+        }
+        match mode {
+            StartMode::Boot => {
+                let (g, [start, ready, load]) = launcher.boot(function, None).await?;
+                (timings.vm_start_ms, timings.guest_ready_ms, timings.load_ms) =
+                    (start, ready, load);
+                return Ok((g, StartKind::Boot));
+            }
+            StartMode::Pool => {
+                // Waiting for a slot is bounded like a boot would be.
+                let limit = launcher.config.boot_timeout + launcher.config.load_timeout;
+                let g = self
+                    .pool
+                    .take_wait(function, limit)
+                    .await
+                    .ok_or(ExecError::NoSlot(limit))?;
+                self.pool_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((g, StartKind::Pool));
+            }
+            StartMode::Auto => {
+                if let Some(g) = self.pool.take(function) {
+                    self.pool_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok((g, StartKind::Pool));
+                }
+            }
+            StartMode::Restore => {}
+        }
+        let t = Instant::now();
+        let restored = match launcher.snapshot(function).await {
+            Ok((snap, built)) => {
+                if built {
+                    timings.snapshot_ms = ms(t.elapsed());
+                }
+                launcher.restore(function, &snap).await
+            }
+            Err(e) => Err(e),
+        };
+        match restored {
+            Ok(g) => Ok((g, StartKind::Restore)),
+            Err(e) => {
+                launcher
+                    .stats
+                    .restore_fallbacks
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(function = %function.spec.name, error = %e, "restore failed; booting instead");
+                let (g, [start, ready, load]) = launcher.boot(function, None).await?;
+                (timings.vm_start_ms, timings.guest_ready_ms, timings.load_ms) =
+                    (start, ready, load);
+                Ok((g, StartKind::Boot))
+            }
+        }
+    }
+}
