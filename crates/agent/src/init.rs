@@ -136,23 +136,17 @@ fn bring_up_loopback() -> Result<(), String> {
     Ok(())
 }
 
+/// /dev, /proc and /sys: once in the initramfs, once more in the new root after the switch.
+fn mount_kernel_filesystems() -> Result<(), String> {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
+    mount_fs("proc", "/proc", "proc", hardened, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", hardened, None)
+}
+
 /// Everything between the kernel starting us and the first frame to the host.
 pub(crate) fn prepare_guest() -> Result<Guest, String> {
-    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
-    mount_fs(
-        "proc",
-        "/proc",
-        "proc",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None,
-    )?;
-    mount_fs(
-        "sysfs",
-        "/sys",
-        "sysfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None,
-    )?;
+    mount_kernel_filesystems()?;
     load_modules()?;
     let scratch_mib = cmdline_option("scratch_mib")
         .and_then(|v| v.parse().ok())
@@ -161,21 +155,7 @@ pub(crate) fn prepare_guest() -> Result<Guest, String> {
     // The channel is opened before the root switch: its device node lives in this /dev.
     let channel = Channel::open(Duration::from_secs(10))?;
     switch_root(scratch_mib)?;
-    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
-    mount_fs(
-        "proc",
-        "/proc",
-        "proc",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None,
-    )?;
-    mount_fs(
-        "sysfs",
-        "/sys",
-        "sysfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None,
-    )?;
+    mount_kernel_filesystems()?;
     bring_up_loopback()?;
     let kernel_release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())

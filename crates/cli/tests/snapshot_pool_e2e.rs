@@ -68,14 +68,15 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 const RANDOM_FN: &str = concat!(
-    "import os, random, uuid\n",
+    "import os, random, time, uuid\n",
     "SEEDED_AT_INIT = random.random()\n",
     "def handler(event, context):\n",
     "    mark = '/tmp/mark'\n",
     "    seen = os.path.exists(mark)\n",
     "    open(mark, 'w').write('x')\n",
     "    return {'urandom': os.urandom(16).hex(), 'random': random.random(),\n",
-    "            'uuid': str(uuid.uuid4()), 'init': SEEDED_AT_INIT, 'seen_mark': seen}\n",
+    "            'uuid': str(uuid.uuid4()), 'init': SEEDED_AT_INIT, 'seen_mark': seen,\n",
+    "            'time': time.time()}\n",
 );
 
 #[test]
@@ -165,6 +166,50 @@ fn pool_refills_to_its_minimum_and_shrinks_to_zero() {
         Duration::from_secs(60),
         || pool(&server, "echo")["ready"] == 0 && server.vmm_processes().is_empty(),
     );
+    server.stop_and_check_clean();
+}
+
+#[test]
+fn pool_stays_within_its_memory_budget() {
+    // Room for a couple of slots at most, whatever is asked for.
+    let server = TestServer::start(&["--pool-memory-mib", "120"]);
+    let code = common::repo_root().join("examples/echo-python");
+    server.deploy(
+        "echo",
+        "python3",
+        "echo.handler",
+        &code,
+        &["--timeout", "30"],
+    );
+    set_min_ready(&server, "echo", 8);
+    wait_for(
+        "the pool to fill what fits",
+        Duration::from_secs(120),
+        || {
+            let p = pool(&server, "echo");
+            p["ready"].as_u64().unwrap() >= 1 && p["filling"] == 0
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, _, v) = json(
+        server
+            .http()
+            .get(format!("{}/v1/functions/echo/pool", server.url))
+            .send()
+            .unwrap(),
+    );
+    let total: f64 = v["pool"]["slot_pss_mib"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .sum();
+    assert!(
+        total <= 120.0,
+        "ready slots hold {total} MiB of a 120 MiB budget: {v}"
+    );
+    assert!(v["pool"]["ready"].as_u64().unwrap() < 8, "{v}");
+    assert!(v["charged_mib"].as_f64().unwrap() <= 120.0, "{v}");
     server.stop_and_check_clean();
 }
 

@@ -55,31 +55,21 @@ fn boot_args(a: &mut Vec<OsString>, image: &BootImage) {
     push(a, &["-device", "virtio-blk-device,drive=root"]);
 }
 
+/// The machine, accelerator, memory and the options every VMM gets.
+fn machine(a: &mut Vec<OsString>, accel: Accel, memory_mib: u32) {
+    let mib = memory_mib.to_string();
+    push(
+        a,
+        &["-M", "microvm", "-accel", accel.qemu_name(), "-m", &mib],
+    );
+    push(a, &["-nodefaults", "-no-user-config", "-display", "none"]);
+}
+
 /// Arguments for a VMM with no guest: paused before the first instruction, only QMP.
 pub(crate) fn floor(accel: Accel, memory_mib: u32, qmp: &Path) -> Vec<OsString> {
     let mut a = Vec::new();
-    push(
-        &mut a,
-        &[
-            "-M",
-            "microvm",
-            "-accel",
-            accel.qemu_name(),
-            "-m",
-            &memory_mib.to_string(),
-        ],
-    );
-    push(
-        &mut a,
-        &[
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-S",
-            "-qmp",
-        ],
-    );
+    machine(&mut a, accel, memory_mib);
+    push(&mut a, &["-S", "-qmp"]);
     a.push(path_opt("unix:", qmp, ",server=on,wait=off"));
     a
 }
@@ -87,6 +77,7 @@ pub(crate) fn floor(accel: Accel, memory_mib: u32, qmp: &Path) -> Vec<OsString> 
 /// Builds the argument list (without the binary).
 pub(crate) fn build(spec: &VmSpec, accel: Accel, sockets: &Sockets<'_>) -> Vec<OsString> {
     let mut a = Vec::new();
+    machine(&mut a, accel, spec.memory_mib);
     let cpu = if accel == Accel::Kvm {
         "host"
     } else {
@@ -94,23 +85,7 @@ pub(crate) fn build(spec: &VmSpec, accel: Accel, sockets: &Sockets<'_>) -> Vec<O
     };
     push(
         &mut a,
-        &[
-            "-M",
-            "microvm",
-            "-accel",
-            accel.qemu_name(),
-            "-cpu",
-            cpu,
-            "-m",
-            &spec.memory_mib.to_string(),
-            "-smp",
-            &spec.vcpus.to_string(),
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ],
+        &["-cpu", cpu, "-smp", &spec.vcpus.to_string(), "-no-reboot"],
     );
     push(&mut a, &["-chardev"]);
     a.push(path_opt("socket,id=con,path=", sockets.console, ""));
@@ -202,7 +177,8 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let joined = args.join(" ");
-        assert!(joined.contains("-M microvm -accel tcg -cpu qemu64 -m 128 -smp 1"));
+        assert!(joined.contains("-M microvm -accel tcg -m 128"), "{joined}");
+        assert!(joined.contains("-cpu qemu64 -smp 1"), "{joined}");
         assert!(joined.contains("file=/k/root,,fs.ext4,format=raw,if=none,readonly=on"));
         assert!(joined.contains("virtserialport,chardev=agent,name=ignition.agent"));
         assert!(joined.contains("unix:/r/qmp.sock,server=on,wait=off"));
