@@ -10,18 +10,30 @@ use ignition_proto::{
 };
 
 /// A byte stream to the host.
-pub(crate) trait HostLink: Read + Write + Send {}
+pub trait HostLink: Read + Write + Send {}
 impl<T: Read + Write + Send> HostLink for T {}
 
 /// The framed channel to the host.
-pub(crate) struct Channel {
+pub struct Channel {
     link: Box<dyn HostLink>,
 }
 
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Channel")
+    }
+}
+
 impl Channel {
+    /// Writes raw bytes, framed or not (test fixtures that play a hostile guest use this).
+    pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.link.write_all(bytes)?;
+        self.link.flush()
+    }
+
     /// Finds the agent's virtio-serial port by name and opens it, waiting up to `limit` for the
     /// port to appear (udev does not run here; devtmpfs creates the node when the port is added).
-    pub(crate) fn open(limit: Duration) -> Result<Self, String> {
+    pub fn open(limit: Duration) -> Result<Self, String> {
         let start = Instant::now();
         let mut last = String::from("no virtio port found");
         while start.elapsed() < limit {
@@ -43,7 +55,7 @@ impl Channel {
         }
     }
 
-    pub(crate) fn send(&mut self, msg: &GuestMessage) -> Result<(), String> {
+    pub fn send(&mut self, msg: &GuestMessage) -> Result<(), String> {
         let frame = encode(msg).map_err(|e| e.to_string())?;
         self.link
             .write_all(&frame)
@@ -52,7 +64,7 @@ impl Channel {
     }
 
     /// The next message from the host; `Ok(None)` when the host closed the channel.
-    pub(crate) fn recv(&mut self) -> Result<Option<HostMessage>, FrameError> {
+    pub fn recv(&mut self) -> Result<Option<HostMessage>, FrameError> {
         read_frame(&mut self.link, MAX_HOST_FRAME)
     }
 }

@@ -12,25 +12,26 @@ use nix::unistd::{chdir, chroot};
 use crate::channel::Channel;
 
 /// What a prepared guest hands to the session.
-pub(crate) struct Guest {
+#[derive(Debug)]
+pub struct Guest {
     pub(crate) channel: Channel,
     pub(crate) kernel_release: String,
 }
 
 /// Writes one line to the console (the host captures it into the VM's log).
-pub(crate) fn console(msg: &str) {
+pub fn console(msg: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "ignition-agent: {msg}");
     let _ = out.flush();
 }
 
 /// Reports a fatal error on the console and powers the VM off. Never returns.
-pub(crate) fn die(err: &str) -> ! {
+pub fn die(err: &str) -> ! {
     console(&format!("fatal: {err}"));
     power_off()
 }
 
-pub(crate) fn power_off() -> ! {
+pub fn power_off() -> ! {
     nix::unistd::sync();
     // With QEMU's -no-reboot a reboot request ends the VMM process, which is what the host waits
     // for; RB_POWER_OFF needs ACPI power-off support that the microvm machine may lack.
@@ -52,7 +53,8 @@ fn mount_fs(
         .map_err(|e| format!("mount {fstype} on {target}: {e}"))
 }
 
-fn load_modules() -> Result<(), String> {
+/// Loads the kernel modules the image builder listed, in order.
+pub fn load_modules() -> Result<(), String> {
     // The image builder writes the modules in dependency order, one file name a line.
     let order =
         fs::read_to_string("/lib/modules/order").map_err(|e| format!("module list: {e}"))?;
@@ -137,7 +139,7 @@ fn bring_up_loopback() -> Result<(), String> {
 }
 
 /// /dev, /proc and /sys: once in the initramfs, once more in the new root after the switch.
-fn mount_kernel_filesystems() -> Result<(), String> {
+pub fn mount_kernel_filesystems() -> Result<(), String> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None)?;
     mount_fs("proc", "/proc", "proc", hardened, None)?;
@@ -145,7 +147,7 @@ fn mount_kernel_filesystems() -> Result<(), String> {
 }
 
 /// Everything between the kernel starting us and the first frame to the host.
-pub(crate) fn prepare_guest() -> Result<Guest, String> {
+pub fn prepare_guest() -> Result<Guest, String> {
     mount_kernel_filesystems()?;
     load_modules()?;
     let scratch_mib = cmdline_option("scratch_mib")

@@ -17,7 +17,7 @@ struct Loaded {
 }
 
 /// Serves the host until it asks for a shutdown; returns only on a fatal error.
-pub(crate) fn serve(guest: Guest) -> String {
+pub fn serve(guest: Guest) -> String {
     let Guest {
         mut channel,
         kernel_release,

@@ -6,6 +6,7 @@
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,12 @@ use crate::runtime_api::{Broker, RUNTIME_API_ADDR};
 
 /// Where the function's code is unpacked (`LAMBDA_TASK_ROOT`).
 pub(crate) const TASK_ROOT: &str = "/var/task";
+/// The unprivileged user the runtime runs as (Lambda's sandbox user has the same id). Inside the
+/// VM it cannot load modules, write kernel tunables, trigger sysrq or change the agent.
+pub(crate) const RUNTIME_UID: u32 = 993;
+/// Processes the runtime's user may have at once: a fork bomb stops here, inside the guest.
+/// (Limits on processes are not enforced for root, hence the unprivileged user.)
+pub(crate) const MAX_PROCESSES: libc::rlim_t = 256;
 
 /// The runtime's combined stdout and stderr since it was last taken, bounded.
 #[derive(Default)]
@@ -102,9 +109,25 @@ pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, S
             launch.memory_mib.to_string(),
         )
         .current_dir(TASK_ROOT)
+        .uid(RUNTIME_UID)
+        .gid(RUNTIME_UID)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // SAFETY: runs in the child between fork and exec; setrlimit(2) is async-signal-safe and
+    // the closure touches only its own stack.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: MAX_PROCESSES,
+                rlim_max: MAX_PROCESSES,
+            };
+            if libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("start {} runtime: {e}", launch.runtime.as_str()))?;

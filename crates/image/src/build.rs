@@ -113,6 +113,22 @@ fn initramfs(cache: &Path, agent: &[u8], kernel: &kernel::Kernel) -> Result<Path
 ///
 /// Cheap when nothing changed: it hashes the agent and checks that the cached parts exist.
 pub fn build(opts: &BuildOptions) -> Result<GuestImage, ImageError> {
+    let image = build_unrecorded(opts)?;
+    let cache = &opts.cache_dir;
+    let _lock = lock_cache(cache)?;
+    let manifest = serde_json::to_vec_pretty(&image).map_err(|e| ImageError::Manifest {
+        path: cache.join(MANIFEST),
+        detail: e.to_string(),
+    })?;
+    let tmp = cache.join(format!(".{MANIFEST}.{}", std::process::id()));
+    fs::write(&tmp, manifest).map_err(ImageError::io("write image manifest"))?;
+    fs::rename(&tmp, cache.join(MANIFEST)).map_err(ImageError::io("install image manifest"))?;
+    Ok(image)
+}
+
+/// Builds an image like [`build`] without recording it as the cache's current image: for
+/// another agent binary (a test fixture) next to the real one.
+pub fn build_unrecorded(opts: &BuildOptions) -> Result<GuestImage, ImageError> {
     let cache = &opts.cache_dir;
     fs::create_dir_all(cache).map_err(ImageError::io(format!("mkdir {}", cache.display())))?;
     let _lock = lock_cache(cache)?;
@@ -137,13 +153,6 @@ pub fn build(opts: &BuildOptions) -> Result<GuestImage, ImageError> {
         initramfs,
         rootfs,
     };
-    let manifest = serde_json::to_vec_pretty(&image).map_err(|e| ImageError::Manifest {
-        path: cache.join(MANIFEST),
-        detail: e.to_string(),
-    })?;
-    let tmp = cache.join(format!(".{MANIFEST}.{}", std::process::id()));
-    fs::write(&tmp, manifest).map_err(ImageError::io("write image manifest"))?;
-    fs::rename(&tmp, cache.join(MANIFEST)).map_err(ImageError::io("install image manifest"))?;
     Ok(image)
 }
 

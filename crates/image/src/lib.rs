@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use build::{build, load_current, BuildOptions};
+pub use build::{build, build_unrecorded, load_current, BuildOptions};
 
 /// Why the image could not be built or found.
 #[derive(Debug, thiserror::Error)]

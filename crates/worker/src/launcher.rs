@@ -62,6 +62,12 @@ pub(crate) struct Launcher {
     pub(crate) stats: LaunchStats,
 }
 
+/// Size of the guest's writable layer (a tmpfs, so it is guest RAM): a quarter of the VM's
+/// memory, so that filling it ends in ENOSPC for the function rather than in the OOM killer.
+fn scratch_mib(memory_mib: u32) -> u32 {
+    (memory_mib / 4).max(16)
+}
+
 fn new_vm_id() -> String {
     format!("vm-{}", uuid::Uuid::new_v4().simple())
 }
@@ -72,7 +78,7 @@ impl Launcher {
             kernel: self.image.kernel.clone(),
             initramfs: self.image.initramfs.clone(),
             rootfs: self.image.rootfs.clone(),
-            extra_cmdline: vec![format!("ignition.scratch_mib={}", (memory_mib / 2).max(16))],
+            extra_cmdline: vec![format!("ignition.scratch_mib={}", scratch_mib(memory_mib))],
         }
     }
 

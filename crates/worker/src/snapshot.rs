@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Mutex as AsyncMutex;
 
 /// Bump when the snapshot layout or what it contains changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 const META: &str = "meta.json";
 const MEMORY: &str = "memory";
 const STATE: &str = "state";

@@ -1,0 +1,152 @@
+//! Execution limits inside real microVMs: each hostile function ends within its limits, the caller
+//! gets a clear error, and a normal function invoked afterwards still works.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{code_dir, json, TestServer};
+
+fn invoke_with_logs(
+    server: &TestServer,
+    name: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value, String) {
+    let resp = server
+        .http()
+        .post(format!(
+            "{}/2015-03-31/functions/{name}/invocations",
+            server.url
+        ))
+        .header("X-Amz-Log-Type", "Tail")
+        .body("{}")
+        .send()
+        .unwrap();
+    let (status, headers, body) = json(resp);
+    let logs = headers
+        .get("x-amz-log-result")
+        .map(|v| {
+            String::from_utf8_lossy(
+                &base64::engine::general_purpose::STANDARD
+                    .decode(v.as_bytes())
+                    .unwrap(),
+            )
+            .into_owned()
+        })
+        .unwrap_or_default();
+    (status, headers, body, logs)
+}
+
+fn assert_still_serves(server: &TestServer) {
+    let (status, _, body) = json(server.invoke("normal", r#"{"n":7}"#));
+    assert_eq!((status, body), (200, serde_json::json!({"n": 7})));
+}
+
+#[test]
+fn hostile_functions_end_within_their_limits() {
+    let server = TestServer::start(&[]);
+    let normal = common::repo_root().join("examples/echo-python");
+    server.deploy(
+        "normal",
+        "python3",
+        "echo.handler",
+        &normal,
+        &["--timeout", "30"],
+    );
+    let code = code_dir(&[(
+        "bad.py",
+        concat!(
+            "import os, sys\n",
+            "def memory_hog(event, context):\n",
+            "    hoard = []\n",
+            "    while True:\n",
+            "        hoard.append(bytearray(16 * 1024 * 1024))\n",
+            "def fork_bomb(event, context):\n",
+            "    while True:\n",
+            "        try:\n",
+            "            os.fork()\n",
+            "        except OSError:\n",
+            "            pass\n",
+            "def output_flood(event, context):\n",
+            "    chunk = 'x' * 65536\n",
+            "    for _ in range(800):\n",
+            "        sys.stdout.write(chunk)\n",
+            "    sys.stdout.flush()\n",
+            "    return 'flooded'\n",
+            "def huge_result(event, context):\n",
+            "    return 'y' * (7 * 1024 * 1024)\n",
+            "def disk_fill(event, context):\n",
+            "    with open('/tmp/fill', 'wb') as f:\n",
+            "        while True:\n",
+            "            f.write(b'z' * (1024 * 1024))\n",
+        ),
+    )]);
+    for (name, handler) in [
+        ("memhog", "bad.memory_hog"),
+        ("forkbomb", "bad.fork_bomb"),
+        ("flood", "bad.output_flood"),
+        ("huge", "bad.huge_result"),
+        ("disk", "bad.disk_fill"),
+    ] {
+        let timeout = if name == "forkbomb" { "5" } else { "20" };
+        server.deploy(
+            name,
+            "python3",
+            handler,
+            code.path(),
+            &["--timeout", timeout],
+        );
+    }
+
+    // Memory: the function's memory is the VM's; the allocation fails inside the guest.
+    let (status, headers, body, _) = invoke_with_logs(&server, "memhog");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-amz-function-error"], "Unhandled", "{body}");
+    let kind = body["errorType"].as_str().unwrap();
+    assert!(
+        kind == "MemoryError" || kind == "Runtime.ExitError",
+        "{body}"
+    );
+    assert_still_serves(&server);
+
+    // Processes: the fork bomb stops at the guest's process limit; the deadline ends the VM.
+    let t = Instant::now();
+    let (status, _, body, _) = invoke_with_logs(&server, "forkbomb");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["errorType"], "Sandbox.Timedout", "{body}");
+    assert!(t.elapsed() < Duration::from_secs(90));
+    assert_still_serves(&server);
+
+    // Output: 50 MiB of logs are cut at the limit, and the cut is said.
+    let (status, headers, body, logs) = invoke_with_logs(&server, "flood");
+    assert_eq!((status, &body), (200, &serde_json::json!("flooded")));
+    assert!(headers.get("x-amz-function-error").is_none());
+    assert!(
+        logs.contains("[ignition: log truncated]"),
+        "{}",
+        &logs[logs.len().saturating_sub(300)..]
+    );
+    assert!(logs.len() <= 4096);
+
+    // Results larger than the API allows are refused by name.
+    let (status, _, body, _) = invoke_with_logs(&server, "huge");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["errorType"], "Function.ResponseSizeTooLarge", "{body}");
+    assert_still_serves(&server);
+
+    // Disk: the writable layer is bounded; the write fails inside the guest.
+    let (status, _, body, _) = invoke_with_logs(&server, "disk");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["errorType"], "OSError", "{body}");
+    assert!(
+        body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("No space left"),
+        "{body}"
+    );
+    assert_still_serves(&server);
+    server.stop_and_check_clean();
+}
