@@ -4,6 +4,7 @@ mod bench_plot;
 mod bench_stats;
 mod client;
 mod cmd_bench;
+mod cmd_doctor;
 mod cmd_fn;
 mod cmd_image;
 mod cmd_server;
@@ -30,6 +31,8 @@ enum Command {
     Function(cmd_fn::FnCommand),
     /// Measure cold starts through the API: VMM floor, boot, restore, warm pool; then under load.
     Bench(cmd_bench::BenchArgs),
+    /// Inspect the host: KVM (measured), QEMU, Firecracker, networking, cgroups.
+    Doctor(cmd_doctor::DoctorArgs),
     /// Build or inspect the guest image.
     #[command(subcommand)]
     Image(cmd_image::ImageCommand),
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::Function(cmd) => cmd_fn::run(cmd),
         Command::Image(cmd) => cmd_image::run(cmd),
         Command::Bench(args) => cmd_bench::run(args),
+        Command::Doctor(args) => cmd_doctor::run(args),
     };
     match result {
         Ok(code) => code,

@@ -10,6 +10,7 @@
 
 pub mod accel;
 mod console;
+pub mod doctor;
 pub mod qemu;
 mod rundir;
 
@@ -104,6 +105,10 @@ pub enum VmSource {
         image: BootImage,
         /// The snapshot.
         snapshot: SnapshotFiles,
+        /// `None`: map the snapshot's memory privately (copy-on-write), the normal case.
+        /// `Some(file)`: map this file shared instead, a copy of the snapshot's memory the caller
+        /// made, so that this VM can itself be snapshotted (a new snapshot derived from a base).
+        derive_into: Option<PathBuf>,
     },
 }
 

@@ -133,6 +133,15 @@ impl Guest {
         }
     }
 
+    /// Resumes the VM if it is paused.
+    pub(crate) async fn resume(&mut self) -> Result<(), ExecError> {
+        if self.paused {
+            self.vm.resume().await?;
+            self.paused = false;
+        }
+        Ok(())
+    }
+
     /// Resumes the VM, runs the agent's warm-up (the invocation path without the handler), and
     /// pauses it again.
     pub(crate) async fn warm_up(&mut self, limit: Duration) -> Result<(), ExecError> {

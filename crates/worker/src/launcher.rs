@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use ignition_image::GuestImage;
 use ignition_proto::FunctionSpec;
-use ignition_vmm::{BootImage, VmSource, VmSpec, VmmDriver};
+use ignition_vmm::{BootImage, SnapshotFiles, VmSource, VmSpec, VmmDriver};
 use tokio::time::Instant;
 
 use crate::guest::{ms, Guest};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::{ExecError, WorkerConfig};
+
+/// The name base snapshots are kept under; it cannot be a function's (functions have no `.`).
+const BASE: &str = "runtime.base";
 
 /// What a function's snapshot is keyed on, besides the image.
 #[derive(Debug, Clone)]
@@ -48,6 +51,7 @@ pub(crate) struct LaunchStats {
     pub(crate) boots: AtomicU64,
     pub(crate) restores: AtomicU64,
     pub(crate) snapshots_built: AtomicU64,
+    pub(crate) base_snapshots_built: AtomicU64,
     pub(crate) snapshots_invalid: AtomicU64,
     pub(crate) restore_fallbacks: AtomicU64,
 }
@@ -153,16 +157,17 @@ impl Launcher {
             }
         }
         let (staging, files) = self.snapshots.staging(name, &key)?;
-        let built = async {
-            let (mut guest, _) = self.boot(function, Some(files.memory.clone())).await?;
-            let saved = guest.vm.snapshot(&files.state).await;
-            let kernel = guest.kernel_release.clone();
-            // The snapshotted VM must never run again: its memory is the snapshot.
-            guest.destroy().await;
-            saved?;
-            Ok::<_, ExecError>(kernel)
-        }
-        .await;
+        let derived = match self.base_snapshot(function.spec.memory_mib).await {
+            Ok(base) => self.derive(function, &base, &files).await,
+            Err(e) => Err(e),
+        };
+        let built = match derived {
+            Ok(kernel) => Ok(kernel),
+            Err(e) => {
+                tracing::warn!(function = %name, error = %e, "deriving from the base snapshot failed; booting");
+                self.snapshot_by_boot(function, &files).await
+            }
+        };
         let kernel = match built {
             Ok(k) => k,
             Err(e) => {
@@ -176,6 +181,118 @@ impl Launcher {
         Ok((snap, true))
     }
 
+    /// Boots the function and snapshots it into `files`; returns the guest kernel's release.
+    async fn snapshot_by_boot(
+        &self,
+        function: &FunctionRef,
+        files: &SnapshotFiles,
+    ) -> Result<String, ExecError> {
+        let (mut guest, _) = self.boot(function, Some(files.memory.clone())).await?;
+        let saved = guest.vm.snapshot(&files.state).await;
+        let kernel = guest.kernel_release.clone();
+        // The snapshotted VM must never run again: its memory is the snapshot.
+        guest.destroy().await;
+        saved?;
+        Ok(kernel)
+    }
+
+    /// Restores the base snapshot into a shared copy of its memory, loads the function, and
+    /// snapshots the result into `files`: the function's snapshot without a boot.
+    async fn derive(
+        &self,
+        function: &FunctionRef,
+        base: &Snapshot,
+        files: &SnapshotFiles,
+    ) -> Result<String, ExecError> {
+        let (from, to) = (base.files.memory.clone(), files.memory.clone());
+        tokio::task::spawn_blocking(move || std::fs::copy(&from, &to))
+            .await
+            .map_err(|e| ExecError::Guest(format!("copy task: {e}")))?
+            .map_err(|e| {
+                ExecError::Snapshot(crate::snapshot::SnapshotError::Io {
+                    path: files.memory.display().to_string(),
+                    source: e,
+                })
+            })?;
+        let memory_mib = function.spec.memory_mib;
+        let spec = self.spec(
+            VmSource::Restore {
+                image: self.boot_image(memory_mib),
+                snapshot: base.files.clone(),
+                derive_into: Some(files.memory.clone()),
+            },
+            memory_mib,
+        );
+        let vm = self.driver.start(&spec).await?;
+        let mut guest = Guest::new(vm, true, base.kernel_release.clone())?;
+        let made = async {
+            guest.resume().await?;
+            guest
+                .load((*function.spec).clone(), self.config.load_timeout)
+                .await?;
+            guest.vm.snapshot(&files.state).await?;
+            Ok::<_, ExecError>(())
+        }
+        .await;
+        guest.destroy().await;
+        made?;
+        self.stats.restores.fetch_add(1, Ordering::Relaxed);
+        Ok(base.kernel_release.clone())
+    }
+
+    /// The base snapshot for VMs of `memory_mib`: a booted guest whose agent said `Ready` and
+    /// waits for a function. Functions' snapshots are derived from it, so only the first
+    /// function of a memory size pays for a boot.
+    pub(crate) async fn base_snapshot(&self, memory_mib: u32) -> Result<Snapshot, ExecError> {
+        let key =
+            crate::snapshot::key(&[self.image.id.as_bytes(), &memory_mib.to_le_bytes(), b"base"]);
+        let lock = self.snapshots.build_lock(&key);
+        let _held = lock.lock().await;
+        match self.snapshots.load(BASE, &key) {
+            Ok(Some(s)) => return Ok(s),
+            Ok(None) => {}
+            Err(e) => {
+                self.stats.snapshots_invalid.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "rebuilding the base snapshot");
+            }
+        }
+        let (staging, files) = self.snapshots.staging(BASE, &key)?;
+        let spec = self.spec(
+            VmSource::Boot {
+                image: self.boot_image(memory_mib),
+                snapshot_memory: Some(files.memory.clone()),
+            },
+            memory_mib,
+        );
+        let built = async {
+            let vm = self.driver.start(&spec).await?;
+            let mut guest = Guest::new(vm, false, String::new())?;
+            let made = async {
+                guest.await_ready(self.config.boot_timeout).await?;
+                guest.vm.snapshot(&files.state).await?;
+                Ok::<_, ExecError>(guest.kernel_release.clone())
+            }
+            .await;
+            guest.destroy().await;
+            made
+        }
+        .await;
+        match built {
+            Ok(kernel) => {
+                self.stats.boots.fetch_add(1, Ordering::Relaxed);
+                let snap = self.snapshots.commit(BASE, &key, &staging, &kernel)?;
+                self.stats
+                    .base_snapshots_built
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(snap)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                Err(e)
+            }
+        }
+    }
+
     /// A VM restored from `snapshot`, paused, with the function already initialized in it.
     pub(crate) async fn restore(
         &self,
@@ -187,6 +304,7 @@ impl Launcher {
             VmSource::Restore {
                 image: self.boot_image(memory_mib),
                 snapshot: snapshot.files.clone(),
+                derive_into: None,
             },
             memory_mib,
         );

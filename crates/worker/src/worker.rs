@@ -153,8 +153,10 @@ pub struct WorkerStats {
     pub boots: u64,
     /// VMs restored (pool refills included).
     pub restores: u64,
-    /// Snapshots built.
+    /// Function snapshots built.
     pub snapshots_built: u64,
+    /// Base snapshots (a booted guest waiting for a function) built.
+    pub base_snapshots_built: u64,
     /// Snapshots found corrupt or stale and rebuilt.
     pub snapshots_invalid: u64,
     /// Restores that failed and fell back to a boot.
@@ -238,6 +240,7 @@ impl Worker {
             boots: s.boots.load(Ordering::Relaxed),
             restores: s.restores.load(Ordering::Relaxed),
             snapshots_built: s.snapshots_built.load(Ordering::Relaxed),
+            base_snapshots_built: s.base_snapshots_built.load(Ordering::Relaxed),
             snapshots_invalid: s.snapshots_invalid.load(Ordering::Relaxed),
             restore_fallbacks: s.restore_fallbacks.load(Ordering::Relaxed),
             pool_hits: self.pool_hits.load(Ordering::Relaxed),

@@ -110,10 +110,17 @@ pub(crate) fn build(spec: &VmSpec, accel: Accel, sockets: &Sockets<'_>) -> Vec<O
             image,
             snapshot_memory,
         } => (image, snapshot_memory.as_ref().map(|m| (m, true))),
-        VmSource::Restore { image, snapshot } => {
+        VmSource::Restore {
+            image,
+            snapshot,
+            derive_into,
+        } => {
             // Loaded over QMP (`migrate-incoming`) once QEMU is up; `-S` keeps it paused after.
             push(&mut a, &["-incoming", "defer", "-S"]);
-            (image, Some((&snapshot.memory, false)))
+            match derive_into {
+                Some(copy) => (image, Some((copy, true))),
+                None => (image, Some((&snapshot.memory, false))),
+            }
         }
     };
     if let Some((path, shared)) = memory {
@@ -227,6 +234,7 @@ mod tests {
                 memory: PathBuf::from("/s/mem"),
                 state: PathBuf::from("/s/state"),
             },
+            derive_into: None,
         };
         let r = joined(&restore);
         assert!(
@@ -234,6 +242,15 @@ mod tests {
             "restores never map the snapshot shared: {r}"
         );
         assert!(r.contains("-incoming defer -S"), "{r}");
+        let mut derive = restore.clone();
+        if let VmSource::Restore { derive_into, .. } = &mut derive.source {
+            *derive_into = Some(PathBuf::from("/s/copy"));
+        }
+        let d = joined(&derive);
+        assert!(
+            d.contains("share=on,mem-path=/s/copy"),
+            "a derived VM maps its own copy shared: {d}"
+        );
         // The device model must be the one the snapshot was taken with.
         let devices = |s: &str| {
             s.split(" -device ")

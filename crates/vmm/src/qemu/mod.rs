@@ -43,9 +43,18 @@ pub struct QemuDriver {
 }
 
 impl QemuDriver {
-    /// A driver with `config`; `Auto` is resolved against this host.
+    /// A driver with `config`; `Auto` is resolved against this host: KVM only when the CPU
+    /// flags allow it *and* a probe guest runs at hardware speed ([`crate::doctor::probe_kvm`]).
     pub fn new(mut config: QemuConfig) -> Self {
-        config.accel = config.accel.resolve(crate::accel::HostVirt::probe());
+        if config.accel == Accel::Auto {
+            let flags = config.accel.resolve(crate::accel::HostVirt::probe());
+            let measured = crate::doctor::probe_kvm(Duration::from_secs(5)).kind;
+            config.accel = if flags == Accel::Kvm && measured == crate::doctor::KvmKind::Hardware {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            };
+        }
         Self { config }
     }
 
@@ -234,7 +243,7 @@ impl VmmDriver for QemuDriver {
                 VmSource::Boot {
                     snapshot_memory, ..
                 } => snapshot_memory.clone(),
-                VmSource::Restore { .. } => None,
+                VmSource::Restore { derive_into, .. } => derive_into.clone(),
             },
         }))
     }
