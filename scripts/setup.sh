@@ -8,6 +8,8 @@ need_apt=()
 for pkg_cmd in qemu-system-x86:qemu-system-x86_64 debootstrap:debootstrap e2fsprogs:mkfs.ext4 curl:curl; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need_apt+=("${pkg_cmd%%:*}")
 done
+# debootstrap verifies the archive's signatures with this keyring (a Recommends, so named here).
+[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need_apt+=(debian-archive-keyring)
 if [ ${#need_apt[@]} -gt 0 ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
   echo "==> installing ${need_apt[*]:-package lists}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
