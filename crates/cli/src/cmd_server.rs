@@ -47,6 +47,10 @@ pub(crate) struct ServerArgs {
     /// Restores that may run at once to refill the pool (default: the number of CPUs).
     #[arg(long)]
     refill_parallelism: Option<usize>,
+    /// Run VMM processes without namespaces, seccomp and cgroups (for hosts where the server
+    /// cannot create them).
+    #[arg(long)]
+    no_jail: bool,
     /// Directory for the VMs' sockets (default: a short per-data-dir path under the temp dir).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -112,14 +116,15 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
     // VMs of an earlier server on this data dir died with it (PDEATHSIG); their sockets did not.
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let driver = QemuDriver::new(QemuConfig {
+    let driver = Arc::new(QemuDriver::new(QemuConfig {
         binary: args.qemu.clone(),
         accel: args.accel,
         run_dir: run_dir.clone(),
-    });
+        jail: !args.no_jail,
+    }));
     tracing::info!(accel = driver.accel().qemu_name(), image = %image.id, "microVM driver ready");
     let worker = Worker::new(
-        Arc::new(driver),
+        Arc::clone(&driver) as Arc<dyn ignition_vmm::VmmDriver>,
         image,
         WorkerConfig {
             max_vms: args.max_vms,
@@ -153,6 +158,9 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         .await
         .context("serving HTTP")?;
     worker.shutdown().await;
+    // Destroys the pool spawned while shutting down get a moment to finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    driver.sweep();
     let _ = std::fs::remove_dir_all(&run_dir);
     Ok(ExitCode::SUCCESS)
 }

@@ -224,6 +224,66 @@ fn four_invocations_at_once_each_get_a_sterile_vm() {
 }
 
 #[test]
+fn the_vmm_runs_jailed() {
+    let server = TestServer::start(&[]);
+    let code = repo_root().join("examples/echo-python");
+    server.deploy(
+        "echo",
+        "python3",
+        "echo.handler",
+        &code,
+        &["--timeout", "30"],
+    );
+    // A warm slot keeps a VMM process alive to look at.
+    let r = server
+        .http()
+        .put(format!("{}/v1/functions/echo/pool", server.url))
+        .json(&serde_json::json!({"min_ready": 1}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+    // Wait for the slot to be ready: then its VMM is fully started (seccomp is installed during
+    // QEMU's start-up) and the only one left.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let pid = loop {
+        let (_, _, pool) = json(
+            server
+                .http()
+                .get(format!("{}/v1/functions/echo/pool", server.url))
+                .send()
+                .unwrap(),
+        );
+        let vmms = server.vmm_processes();
+        if pool["pool"]["ready"] == 1 && vmms.len() == 1 {
+            break vmms[0];
+        }
+        assert!(Instant::now() < deadline, "no warm slot appeared: {pool}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2')),
+        "{status}"
+    );
+    for ns in ["net", "ipc", "mnt", "uts"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "the VMM shares the {ns} namespace");
+    }
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let vm_cgroups = cgroups
+        .lines()
+        .filter(|l| l.contains("/ignition/") && l.contains("/vm-"))
+        .count();
+    assert!(vm_cgroups >= 1, "the VMM is in its own cgroup: {cgroups}");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(environ.is_empty(), "the VMM inherits no environment");
+    server.stop_and_check_clean();
+}
+
+#[test]
 fn a_function_cannot_reach_the_guest_kernel_controls() {
     // The runtime runs as an unprivileged user: sysrq (a kernel crash), module loading and
     // kernel tunables are out of its reach; it gets an ordinary exception.

@@ -321,6 +321,9 @@ impl WarmPool {
         let mut fills = Vec::new();
         {
             let mut st = self.lock();
+            if st.stopped {
+                return;
+            }
             let budget = self.config.memory_budget_mib as f64;
             let keep_alive = self.config.keep_alive;
             let names: Vec<String> = st.fns.keys().cloned().collect();

@@ -42,6 +42,7 @@ fn worker(image: GuestImage, run_dir: &Path, snapshots: &Path) -> Arc<Worker> {
         binary: "qemu-system-x86_64".into(),
         accel: Accel::Auto,
         run_dir: run_dir.to_path_buf(),
+        jail: true,
     });
     Worker::new(
         Arc::new(driver),

@@ -201,9 +201,54 @@ impl Drop for TestServer {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            // The VMMs die with the server (PDEATHSIG); their empty cgroups do not.
+            std::thread::sleep(Duration::from_millis(300));
+            let scope = self
+                .run_dir
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            for dir in vm_cgroups(&scope) {
+                let _ = std::fs::remove_dir(dir);
+            }
             let _ = std::fs::remove_dir_all(&self.run_dir);
         }
     }
+}
+
+/// VM cgroups of a server's scope (its run directory's name), in the pids hierarchy (v1) or the
+/// unified one (v2).
+pub fn vm_cgroups(scope: &str) -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let path = own
+        .lines()
+        .find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, ctrls, path) = (p.next()?, p.next()?, p.next()?);
+            let hit = if v2 {
+                ctrls.is_empty()
+            } else {
+                ctrls.split(',').any(|c| c == "pids")
+            };
+            hit.then(|| path.trim_start_matches('/').to_owned())
+        })
+        .unwrap_or_default();
+    let base = if v2 {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/pids")
+    };
+    let dir = base.join(path).join("ignition").join(scope);
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Writes `files` into a new temporary directory (a function's code).

@@ -17,6 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
 use crate::console::ConsoleRing;
+use crate::jail::{CgroupLimits, VmCgroup};
 use crate::rundir::RunDir;
 use crate::{Accel, MicroVm, SnapshotFiles, VmSource, VmSpec, VmmDriver, VmmError};
 use qmp::Qmp;
@@ -34,6 +35,8 @@ pub struct QemuConfig {
     /// Where per-VM run directories are made. Unix socket paths are limited to 107 bytes, so
     /// keep this short.
     pub run_dir: PathBuf,
+    /// Confine each QEMU process ([`crate::jail`]): namespaces, seccomp, a cgroup.
+    pub jail: bool,
 }
 
 /// Starts microVMs with QEMU.
@@ -55,12 +58,30 @@ impl QemuDriver {
                 Accel::Tcg
             };
         }
-        Self { config }
+        let driver = Self { config };
+        driver.sweep();
+        driver
     }
 
     /// The accelerator VMs will run with.
     pub fn accel(&self) -> Accel {
         self.config.accel
+    }
+
+    /// The name that keeps this driver's cgroups apart from other servers': its run directory's.
+    fn scope(&self) -> String {
+        self.config.run_dir.file_name().map_or_else(
+            || "default".to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    }
+
+    /// Removes what VMs that were killed rather than destroyed left behind (empty cgroups).
+    /// Called at start-up and after shutdown.
+    pub fn sweep(&self) {
+        if self.config.jail {
+            crate::jail::sweep(&self.scope());
+        }
     }
 }
 
@@ -75,6 +96,7 @@ pub struct QemuVm {
     console_task: tokio::task::JoinHandle<()>,
     run_dir: RunDir,
     destroyed: bool,
+    cgroup: Option<VmCgroup>,
     memory_file: Option<PathBuf>,
 }
 
@@ -169,19 +191,42 @@ impl VmmDriver for QemuDriver {
             console: &console_path,
             qmp: &qmp_path,
         };
+        let cgroup = if self.config.jail {
+            match VmCgroup::create(
+                &self.scope(),
+                &spec.id,
+                CgroupLimits::for_vm(spec.memory_mib, spec.vcpus),
+            ) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(vm = %spec.id, error = %e, "no cgroup for this VM");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut cmd = Command::new(&self.config.binary);
-        cmd.args(args::build(spec, self.config.accel, &sockets))
-            .env_clear()
+        cmd.args(args::build(spec, self.config.accel, &sockets));
+        if self.config.jail {
+            cmd.args(["-sandbox", crate::jail::QEMU_SANDBOX]);
+        }
+        let jail = self.config.jail;
+        cmd.env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: the closure runs in the child between fork and exec and calls only prctl(2),
-        // which is async-signal-safe; it touches no memory of the parent.
+        // SAFETY: the closure runs in the child between fork and exec and calls only prctl(2)
+        // and unshare(2), which are async-signal-safe; it reads one captured bool and touches no
+        // other memory of the parent.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 // The VMM dies with the server, so a crashed server leaves no VM behind.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if jail && libc::unshare(crate::jail::NAMESPACES) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -191,6 +236,11 @@ impl VmmDriver for QemuDriver {
             binary: self.config.binary.display().to_string(),
             source,
         })?;
+        if let (Some(cg), Some(pid)) = (&cgroup, child.id()) {
+            if let Err(e) = cg.add(pid) {
+                tracing::warn!(vm = %spec.id, error = %e, "could not move the VMM into its cgroup");
+            }
+        }
         let mut stderr_task = child.stderr.take().map(|err| {
             tokio::spawn(async move {
                 let mut s = String::new();
@@ -199,37 +249,46 @@ impl VmmDriver for QemuDriver {
             })
         });
         let limit = spec.connect_timeout;
-        let console_stream =
-            accept_or_exit(&console_listener, &mut child, &mut stderr_task, limit).await?;
         let console = ConsoleRing::default();
-        let console_task = console.capture(console_stream);
-        let channel = accept_or_exit(&agent_listener, &mut child, &mut stderr_task, limit).await;
-        let channel = match channel {
-            Ok(c) => c,
-            Err(e) => {
-                console_task.abort();
-                return Err(e);
+        let connected = async {
+            let console_stream = accept_or_exit(&console_listener, &mut child, &mut stderr_task, limit).await?;
+            let console_task = console.capture(console_stream);
+            let rest = async {
+                let channel = accept_or_exit(&agent_listener, &mut child, &mut stderr_task, limit).await?;
+                let mut qmp = match Qmp::connect(&qmp_path, Duration::from_secs(5)).await {
+                    Ok(q) => Some(q),
+                    Err(e) => {
+                        tracing::warn!(vm = %spec.id, error = %e, "QMP unavailable; control falls back to signals");
+                        None
+                    }
+                };
+                if let VmSource::Restore { snapshot, .. } = &spec.source {
+                    let q = qmp.as_mut().ok_or_else(|| VmmError::Control("a restore needs QMP".into()))?;
+                    load_snapshot(q, &snapshot.state).await?;
+                }
+                Ok::<_, VmmError>((channel, qmp))
             }
-        };
-        // The listeners are no longer needed; their socket files go with the run directory.
-        drop((agent_listener, console_listener));
-        let mut qmp = match Qmp::connect(&qmp_path, Duration::from_secs(5)).await {
-            Ok(q) => Some(q),
-            Err(e) => {
-                tracing::warn!(vm = %spec.id, error = %e, "QMP unavailable; control falls back to signals");
-                None
-            }
-        };
-        if let VmSource::Restore { snapshot, .. } = &spec.source {
-            let Some(q) = qmp.as_mut() else {
-                console_task.abort();
-                return Err(VmmError::Control("a restore needs QMP".into()));
-            };
-            if let Err(e) = load_snapshot(q, &snapshot.state).await {
-                console_task.abort();
-                return Err(e);
+            .await;
+            match rest {
+                Ok((channel, qmp)) => Ok((console_task, channel, qmp)),
+                Err(e) => {
+                    console_task.abort();
+                    Err(e)
+                }
             }
         }
+        .await;
+        // The listeners are no longer needed; their socket files go with the run directory.
+        drop((agent_listener, console_listener));
+        let (console_task, channel, qmp) = match connected {
+            Ok(parts) => parts,
+            Err(e) => {
+                // Reap the VMM before its cgroup and run directory go, so both can be removed.
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                return Err(e);
+            }
+        };
         Ok(Box::new(QemuVm {
             id: spec.id.clone(),
             child,
@@ -239,6 +298,7 @@ impl VmmDriver for QemuDriver {
             console_task,
             run_dir,
             destroyed: false,
+            cgroup,
             memory_file: match &spec.source {
                 VmSource::Boot {
                     snapshot_memory, ..
@@ -373,6 +433,9 @@ impl MicroVm for QemuVm {
         let _ = tokio::time::timeout(Duration::from_millis(50), &mut self.console_task).await;
         self.console_task.abort();
         self.run_dir.remove();
+        if let Some(cg) = &self.cgroup {
+            cg.remove();
+        }
     }
 }
 
