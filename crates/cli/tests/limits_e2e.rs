@@ -7,35 +7,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use common::{code_dir, json, TestServer};
+use common::{code_dir, json, log_tail, TestServer};
 
 fn invoke_with_logs(
     server: &TestServer,
     name: &str,
 ) -> (u16, reqwest::header::HeaderMap, serde_json::Value, String) {
-    let resp = server
-        .http()
-        .post(format!(
-            "{}/2015-03-31/functions/{name}/invocations",
-            server.url
-        ))
-        .header("X-Amz-Log-Type", "Tail")
-        .body("{}")
-        .send()
-        .unwrap();
-    let (status, headers, body) = json(resp);
-    let logs = headers
-        .get("x-amz-log-result")
-        .map(|v| {
-            String::from_utf8_lossy(
-                &base64::engine::general_purpose::STANDARD
-                    .decode(v.as_bytes())
-                    .unwrap(),
-            )
-            .into_owned()
-        })
-        .unwrap_or_default();
+    let (status, headers, body) =
+        json(server.invoke_with(name, &[("X-Amz-Log-Type", "Tail")], "{}"));
+    let logs = log_tail(&headers);
     (status, headers, body, logs)
 }
 

@@ -83,17 +83,8 @@ fn raising_handler_reports_a_function_error_with_its_traceback() {
         "def inner(n):\n    raise ValueError('bad input %d' % n)\n\ndef handler(event, context):\n    print('about to fail')\n    inner(42)\n",
     )]);
     server.deploy("fail", "python3", "fail.handler", code.path(), &[]);
-    let resp = server
-        .http()
-        .post(format!(
-            "{}/2015-03-31/functions/fail/invocations",
-            server.url
-        ))
-        .header("X-Amz-Log-Type", "Tail")
-        .body("{}")
-        .send()
-        .unwrap();
-    let (status, headers, body) = json(resp);
+    let (status, headers, body) =
+        json(server.invoke_with("fail", &[("X-Amz-Log-Type", "Tail")], "{}"));
     assert_eq!(status, 200, "a function error is not an HTTP error");
     assert_eq!(headers["x-amz-function-error"], "Unhandled");
     assert_eq!(body["errorType"], "ValueError");
@@ -103,11 +94,7 @@ fn raising_handler_reports_a_function_error_with_its_traceback() {
         trace.contains("inner"),
         "stack trace names the frames: {trace}"
     );
-    use base64::Engine;
-    let logs = base64::engine::general_purpose::STANDARD
-        .decode(headers["x-amz-log-result"].as_bytes())
-        .unwrap();
-    let logs = String::from_utf8_lossy(&logs);
+    let logs = common::log_tail(&headers);
     assert!(logs.contains("about to fail"), "{logs}");
     assert!(logs.contains("Traceback"), "{logs}");
 
@@ -235,26 +222,14 @@ fn the_vmm_runs_jailed() {
         &["--timeout", "30"],
     );
     // A warm slot keeps a VMM process alive to look at.
-    let r = server
-        .http()
-        .put(format!("{}/v1/functions/echo/pool", server.url))
-        .json(&serde_json::json!({"min_ready": 1}))
-        .send()
-        .unwrap();
-    assert!(r.status().is_success());
+    server.set_min_ready("echo", 1);
     // Wait for the slot to be ready: then its VMM is fully started (seccomp is installed during
     // QEMU's start-up) and the only one left.
     let deadline = Instant::now() + Duration::from_secs(120);
     let pid = loop {
-        let (_, _, pool) = json(
-            server
-                .http()
-                .get(format!("{}/v1/functions/echo/pool", server.url))
-                .send()
-                .unwrap(),
-        );
+        let pool = server.pool("echo");
         let vmms = server.vmm_processes();
-        if pool["pool"]["ready"] == 1 && vmms.len() == 1 {
+        if pool["ready"] == 1 && vmms.len() == 1 {
             break vmms[0];
         }
         assert!(Instant::now() < deadline, "no warm slot appeared: {pool}");

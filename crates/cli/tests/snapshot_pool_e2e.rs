@@ -4,23 +4,14 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{code_dir, json, TestServer};
+use common::{code_dir, json, wait_for, TestServer};
 use serde_json::Value;
 
 fn invoke_mode(server: &TestServer, name: &str, mode: &str, payload: &str) -> (Value, String) {
-    let resp = server
-        .http()
-        .post(format!(
-            "{}/2015-03-31/functions/{name}/invocations",
-            server.url
-        ))
-        .header("x-ignition-start", mode)
-        .body(payload.to_owned())
-        .send()
-        .unwrap();
-    let (status, headers, body) = json(resp);
+    let (status, headers, body) =
+        json(server.invoke_with(name, &[("x-ignition-start", mode)], payload));
     assert_eq!(status, 200, "{body}");
     assert!(headers.get("x-amz-function-error").is_none(), "{body}");
     let started = headers["x-ignition-start"].to_str().unwrap().to_owned();
@@ -28,43 +19,15 @@ fn invoke_mode(server: &TestServer, name: &str, mode: &str, payload: &str) -> (V
 }
 
 fn stats(server: &TestServer) -> Value {
-    let (_, _, v) = json(
-        server
-            .http()
-            .get(format!("{}/v1/stats", server.url))
-            .send()
-            .unwrap(),
-    );
-    v["worker"].clone()
+    server.get_json("/v1/stats")["worker"].clone()
 }
 
 fn pool(server: &TestServer, name: &str) -> Value {
-    let (_, _, v) = json(
-        server
-            .http()
-            .get(format!("{}/v1/functions/{name}/pool", server.url))
-            .send()
-            .unwrap(),
-    );
-    v["pool"].clone()
+    server.pool(name)
 }
 
 fn set_min_ready(server: &TestServer, name: &str, n: usize) {
-    let r = server
-        .http()
-        .put(format!("{}/v1/functions/{name}/pool", server.url))
-        .json(&serde_json::json!({ "min_ready": n }))
-        .send()
-        .unwrap();
-    assert!(r.status().is_success());
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.set_min_ready(name, n);
 }
 
 const RANDOM_FN: &str = concat!(
@@ -191,13 +154,7 @@ fn pool_stays_within_its_memory_budget() {
         },
     );
     std::thread::sleep(Duration::from_secs(2));
-    let (_, _, v) = json(
-        server
-            .http()
-            .get(format!("{}/v1/functions/echo/pool", server.url))
-            .send()
-            .unwrap(),
-    );
+    let v = server.get_json("/v1/functions/echo/pool");
     let total: f64 = v["pool"]["slot_pss_mib"]
         .as_array()
         .unwrap()

@@ -145,10 +145,7 @@ impl Guest {
     /// Resumes the VM, runs the agent's warm-up (the invocation path without the handler), and
     /// pauses it again.
     pub(crate) async fn warm_up(&mut self, limit: Duration) -> Result<(), ExecError> {
-        if self.paused {
-            self.vm.resume().await?;
-            self.paused = false;
-        }
+        self.resume().await?;
         let deadline = Instant::now() + limit;
         self.chan
             .send(&HostMessage::Warmup, deadline)
@@ -177,10 +174,7 @@ impl Guest {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<InvokeResult, ExecError> {
-        if self.paused {
-            self.vm.resume().await?;
-            self.paused = false;
-        }
+        self.resume().await?;
         let deadline = Instant::now() + timeout;
         let req = InvokeRequest {
             request_id: request_id.to_owned(),

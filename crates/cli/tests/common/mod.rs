@@ -143,14 +143,48 @@ impl TestServer {
 
     /// Invokes over HTTP at the Lambda path.
     pub fn invoke(&self, name: &str, payload: &str) -> reqwest::blocking::Response {
-        self.http
+        self.invoke_with(name, &[], payload)
+    }
+
+    /// Invokes over HTTP at the Lambda path with extra request headers.
+    pub fn invoke_with(
+        &self,
+        name: &str,
+        headers: &[(&str, &str)],
+        payload: &str,
+    ) -> reqwest::blocking::Response {
+        let mut req = self
+            .http
             .post(format!(
                 "{}/2015-03-31/functions/{name}/invocations",
                 self.url
             ))
-            .body(payload.to_owned())
+            .body(payload.to_owned());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().unwrap()
+    }
+
+    /// `GET path` as JSON.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        json(self.http.get(format!("{}{path}", self.url)).send().unwrap()).2
+    }
+
+    /// The warm pool of `name` (the `pool` object of `GET /v1/functions/{name}/pool`).
+    pub fn pool(&self, name: &str) -> serde_json::Value {
+        self.get_json(&format!("/v1/functions/{name}/pool"))["pool"].clone()
+    }
+
+    /// Keeps `n` warm slots of `name`.
+    pub fn set_min_ready(&self, name: &str, n: usize) {
+        let r = self
+            .http
+            .put(format!("{}/v1/functions/{name}/pool", self.url))
+            .json(&serde_json::json!({ "min_ready": n }))
             .send()
-            .unwrap()
+            .unwrap();
+        assert!(r.status().is_success());
     }
 
     /// VMM processes of this server that are alive now: their sockets are inside the run
@@ -215,6 +249,29 @@ impl Drop for TestServer {
             let _ = std::fs::remove_dir_all(&self.run_dir);
         }
     }
+}
+
+/// Polls `done` every 100 ms until it holds; panics after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The decoded `X-Amz-Log-Result` of a response, or "".
+pub fn log_tail(headers: &reqwest::header::HeaderMap) -> String {
+    use base64::Engine;
+    headers
+        .get("x-amz-log-result")
+        .map(|v| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_bytes())
+                .unwrap();
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+        .unwrap_or_default()
 }
 
 /// VM cgroups of a server's scope (its run directory's name), in the pids hierarchy (v1) or the
