@@ -1,0 +1,450 @@
+//! A network of its own for every microVM, and the egress policy that bounds it.
+//!
+//! This crate owns the host side of VM networking: the node's address pool, one network
+//! namespace per VM holding the VM's tap device bridged to one end of a veth pair, the other
+//! end in the host's namespace with the VM's gateway address, and the nftables rules that
+//! decide what the VM may reach ([`nft`] says which). The VMM process joins the VM's namespace,
+//! so the tap it opens exists nowhere else.
+//!
+//! ```text
+//!  guest eth0 ── tap0 ─┐  VM netns            host netns
+//!                      br0 ── veth0 ═══ ig<tag>-<n> (gateway .1/30) ── nftables ── routing/NAT
+//! ```
+//!
+//! Links are made over rtnetlink ([`rtnetlink`]); the tap with the tun driver's ioctls.
+//! Everything a VM got is removed when it goes ([`VmNet::release`]); a server sweeps what a
+//! crashed predecessor with the same tag left (links and its table).
+
+mod addresses;
+mod netns;
+pub mod nft;
+pub mod policy;
+mod tap;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::TryStreamExt;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth};
+
+pub use addresses::SlotAddrs;
+pub use policy::{parse_rules, EgressRule, Ipv4Net, PolicyError, Protocol};
+
+use addresses::AddressPool;
+use nft::{Ruleset, VmPolicy};
+
+/// The tap device's name inside every VM's namespace (the same everywhere, so that VMs
+/// restored from one snapshot see the same device configuration).
+pub const TAP_NAME: &str = "tap0";
+
+/// Why a VM's network could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Making or entering a namespace failed.
+    #[error("network namespace: {0}")]
+    Namespace(String),
+    /// A link, address or route operation failed.
+    #[error("network link: {0}")]
+    Link(String),
+    /// nftables refused the rules.
+    #[error("nftables: {0}")]
+    Nft(String),
+    /// The VM subnet has no free addresses.
+    #[error("no free VM address in {0} (raise --vm-subnet's size or lower --max-vms)")]
+    Exhausted(Ipv4Net),
+    /// The configuration is unusable.
+    #[error("network configuration: {0}")]
+    Config(String),
+}
+
+fn link_err(what: &str) -> impl FnOnce(rtnetlink::Error) -> NetError + '_ {
+    move |e| NetError::Link(format!("{what}: {e}"))
+}
+
+/// How the node's VM networking is set up.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Where VM addresses come from (a /30 each).
+    pub subnet: Ipv4Net,
+    /// A short tag (up to 4 characters, `[a-z0-9]`) that keeps this server's links and rules apart
+    /// from other servers' on the same host.
+    pub tag: String,
+    /// DNS resolvers offered to guests whose policy reaches them; empty: the host's own
+    /// (from `/etc/resolv.conf`, loopback resolvers left out).
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// The address configuration a guest applies to its interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNetwork {
+    /// The guest's address.
+    pub address: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// The default gateway (the host end of the VM's link).
+    pub gateway: Ipv4Addr,
+    /// Resolvers the guest's policy allows it to reach.
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// Counters of the node's VM networks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NetStats {
+    /// VM networks that exist now.
+    pub active: u32,
+    /// Networks made since start.
+    pub attached: u64,
+    /// Networks removed since start.
+    pub released: u64,
+    /// Time to make the last one (namespace, tap, links, addresses, rules), µs.
+    pub last_setup_us: u64,
+}
+
+/// The node's VM networking.
+#[derive(Debug)]
+pub struct Network {
+    rules: Ruleset,
+    pool: Mutex<AddressPool>,
+    host: Handle,
+    host_ns: OwnedFd,
+    resolvers: Vec<Ipv4Addr>,
+    attached: AtomicU64,
+    released: AtomicU64,
+    last_setup_us: AtomicU64,
+}
+
+/// One VM's network. Call [`VmNet::release`] after the VM is gone; dropping it releases in the
+/// background.
+#[derive(Debug)]
+pub struct VmNet {
+    network: Arc<Network>,
+    slot: SlotAddrs,
+    host_if: String,
+    netns: Arc<OwnedFd>,
+    guest: GuestNetwork,
+    released: bool,
+}
+
+fn host_resolvers() -> Vec<Ipv4Addr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback())
+        .collect()
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(l.header.index),
+        Ok(None) => Err(NetError::Link(format!("link {name} not found"))),
+        Err(e) => Err(NetError::Link(format!("find link {name}: {e}"))),
+    }
+}
+
+/// Inside a new VM namespace: the tap, a bridge, and a veth pair whose far end goes to the
+/// host's namespace.
+fn build_vm_side(host_if: &str, host_ns: RawFd) -> Result<(), NetError> {
+    tap::create_persistent(TAP_NAME)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| NetError::Namespace(format!("runtime for netlink: {e}")))?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| NetError::Link(format!("netlink socket: {e}")))?;
+        let conn = tokio::spawn(conn);
+        let made = async {
+            let links = handle.link();
+            links
+                .add(LinkBridge::new("br0").up().build())
+                .execute()
+                .await
+                .map_err(link_err("add bridge"))?;
+            let br = link_index(&handle, "br0").await?;
+            links
+                .add(LinkVeth::new("veth0", host_if).build())
+                .execute()
+                .await
+                .map_err(link_err("add veth pair"))?;
+            for port in [TAP_NAME, "veth0"] {
+                links
+                    .set(LinkUnspec::new_with_name(port).controller(br).up().build())
+                    .execute()
+                    .await
+                    .map_err(link_err("attach to bridge"))?;
+            }
+            links
+                .set(
+                    LinkUnspec::new_with_name(host_if)
+                        .setns_by_fd(host_ns)
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(link_err("move veth to the host"))
+        }
+        .await;
+        conn.abort();
+        made
+    })
+}
+
+impl Network {
+    /// Sets up the node's networking: IPv4 forwarding on, leftovers of an earlier server with the
+    /// same tag removed, the nftables table installed.
+    pub async fn start(config: NetConfig) -> Result<Arc<Self>, NetError> {
+        let tag_ok = !config.tag.is_empty()
+            && config.tag.len() <= 4
+            && config
+                .tag
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !tag_ok {
+            return Err(NetError::Config(format!(
+                "tag {:?} must be 1-4 characters of [a-z0-9]",
+                config.tag
+            )));
+        }
+        let pool = AddressPool::new(config.subnet).ok_or_else(|| {
+            NetError::Config(format!("VM subnet {} is smaller than a /30", config.subnet))
+        })?;
+        let host_ns = netns::current()?;
+        let (conn, host, _) = rtnetlink::new_connection()
+            .map_err(|e| NetError::Link(format!("netlink socket: {e}")))?;
+        tokio::spawn(conn);
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| {
+            NetError::Config(format!(
+                "cannot enable IPv4 forwarding (VM networking needs root): {e}"
+            ))
+        })?;
+        let resolvers = if config.dns.is_empty() {
+            host_resolvers()
+        } else {
+            config.dns.clone()
+        };
+        let net = Arc::new(Self {
+            rules: Ruleset {
+                table: format!("ignition_{}", config.tag),
+                if_prefix: format!("ig{}-", config.tag),
+                subnet: config.subnet,
+            },
+            pool: Mutex::new(pool),
+            host,
+            host_ns,
+            resolvers,
+            attached: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            last_setup_us: AtomicU64::new(0),
+        });
+        net.sweep_links().await;
+        let base = net.rules.base();
+        tokio::task::spawn_blocking(move || nft::apply(&base))
+            .await
+            .map_err(|e| NetError::Nft(format!("nft task: {e}")))??;
+        Ok(net)
+    }
+
+    /// The nftables table this node's rules live in.
+    pub fn table(&self) -> &str {
+        &self.rules.table
+    }
+
+    /// Host-side interface names of this node's VMs start with this.
+    pub fn interface_prefix(&self) -> &str {
+        &self.rules.if_prefix
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NetStats {
+        NetStats {
+            active: self.pool.lock().unwrap_or_else(|p| p.into_inner()).in_use(),
+            attached: self.attached.load(Ordering::Relaxed),
+            released: self.released.load(Ordering::Relaxed),
+            last_setup_us: self.last_setup_us.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Deletes host links with this node's prefix (a crashed server's, or, at shutdown, any a
+    /// VM left behind).
+    async fn sweep_links(&self) {
+        let mut links = self.host.link().get().execute();
+        let mut stale = Vec::new();
+        while let Ok(Some(l)) = links.try_next().await {
+            let name = l.attributes.iter().find_map(|a| match a {
+                rtnetlink::packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            if name.is_some_and(|n| n.starts_with(&self.rules.if_prefix)) {
+                stale.push(l.header.index);
+            }
+        }
+        for index in stale {
+            let _ = self.host.link().del(index).execute().await;
+        }
+    }
+
+    /// Makes a network for one VM with `egress` as its policy.
+    pub async fn attach(self: &Arc<Self>, egress: &[EgressRule]) -> Result<VmNet, NetError> {
+        let started = Instant::now();
+        let slot = self
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or(NetError::Exhausted(self.rules.subnet))?;
+        let host_if = format!("{}{}", self.rules.if_prefix, slot.index);
+        let host_ns = self.host_ns.as_raw_fd();
+        let made = {
+            let host_if = host_if.clone();
+            netns::create(move || build_vm_side(&host_if, host_ns)).await
+        };
+        let netns = match made {
+            Ok((fd, ())) => Arc::new(fd),
+            Err(e) => {
+                self.give_back(slot.index);
+                return Err(e);
+            }
+        };
+        let mut vm = VmNet {
+            network: Arc::clone(self),
+            slot,
+            host_if,
+            netns,
+            guest: GuestNetwork {
+                address: slot.guest,
+                prefix_len: 30,
+                gateway: slot.host,
+                dns: self
+                    .resolvers
+                    .iter()
+                    .copied()
+                    .filter(|r| egress.iter().any(|rule| rule.allows(*r, 53, false)))
+                    .collect(),
+            },
+            released: false,
+        };
+        self.attached.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.configure_host_side(&vm, egress).await {
+            vm.release().await;
+            return Err(e);
+        }
+        self.last_setup_us.store(
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        Ok(vm)
+    }
+
+    async fn configure_host_side(&self, vm: &VmNet, egress: &[EgressRule]) -> Result<(), NetError> {
+        let index = link_index(&self.host, &vm.host_if).await?;
+        // No IPv6 on the host end: no link-local address for a guest to talk to.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", vm.host_if),
+            "1",
+        );
+        self.host
+            .address()
+            .add(index, IpAddr::V4(vm.slot.host), 30)
+            .execute()
+            .await
+            .map_err(link_err("add the gateway address"))?;
+        self.host
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(link_err("set the host link up"))?;
+        let script = self.rules.add_vm(&VmPolicy {
+            index: vm.slot.index,
+            host_if: &vm.host_if,
+            guest: vm.slot.guest,
+            rules: egress,
+        });
+        tokio::task::spawn_blocking(move || nft::apply(&script))
+            .await
+            .map_err(|e| NetError::Nft(format!("nft task: {e}")))?
+    }
+
+    fn give_back(&self, index: u32) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .give_back(index);
+    }
+
+    /// Removes this node's links and table. Call after every VM is gone.
+    pub async fn shutdown(&self) {
+        self.sweep_links().await;
+        let script = self.rules.teardown();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || nft::apply(&script)).await {
+            tracing::warn!(error = %e, "could not remove the nftables table");
+        }
+    }
+}
+
+impl VmNet {
+    /// The VM's namespace: the VMM process joins it before it opens [`TAP_NAME`].
+    pub fn netns(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.netns)
+    }
+
+    /// What the guest configures.
+    pub fn guest(&self) -> &GuestNetwork {
+        &self.guest
+    }
+
+    /// The host end of the VM's link.
+    pub fn host_interface(&self) -> &str {
+        &self.host_if
+    }
+
+    /// Removes the VM's rules, links and namespace and frees its address. Idempotent.
+    pub async fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        let net = Arc::clone(&self.network);
+        let script = net.rules.remove_vm(self.slot.index, &self.host_if);
+        match tokio::task::spawn_blocking(move || nft::apply(&script)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(vm_if = %self.host_if, error = %e, "removing VM rules"),
+            Err(e) => tracing::warn!(error = %e, "nft task"),
+        }
+        // Deleting one end of a veth pair deletes both; the namespace (tap, bridge) goes when
+        // its last holder (this descriptor, the VMM) does.
+        if let Ok(index) = link_index(&net.host, &self.host_if).await {
+            if let Err(e) = net.host.link().del(index).execute().await {
+                tracing::warn!(vm_if = %self.host_if, error = %e, "deleting the VM link");
+            }
+        }
+        net.give_back(self.slot.index);
+        net.released.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for VmNet {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(vm_if = %self.host_if, "VM network dropped outside a runtime; left to the next sweep");
+            return;
+        };
+        let mut me = VmNet {
+            network: Arc::clone(&self.network),
+            slot: self.slot,
+            host_if: std::mem::take(&mut self.host_if),
+            netns: Arc::clone(&self.netns),
+            guest: self.guest.clone(),
+            released: false,
+        };
+        self.released = true;
+        rt.spawn(async move { me.release().await });
+    }
+}

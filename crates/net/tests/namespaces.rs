@@ -1,0 +1,118 @@
+//! Real namespaces, links and nftables rules (needs root, as the server does). The VM side is
+//! checked by the end-to-end tests in crates/cli, with microVMs; these check the plumbing and
+//! that nothing is left behind.
+
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+use ignition_net::{parse_rules, NetConfig, Network};
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn host_links(prefix: &str) -> Vec<String> {
+    sh("ip -o link show")
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_network_is_made_whole_and_removed_without_a_trace() {
+    let net = Network::start(NetConfig {
+        subnet: "10.251.0.0/28".parse().unwrap(),
+        tag: "nt1".into(),
+        dns: vec!["198.18.9.53".parse().unwrap()],
+    })
+    .await
+    .expect("VM networking needs root and nftables");
+    let rules = parse_rules(&["198.18.9.53/32:53/udp", "198.18.9.0/24:8080/tcp"]).unwrap();
+    let mut vms = Vec::new();
+    for _ in 0..4 {
+        vms.push(net.attach(&rules).await.unwrap());
+    }
+    assert!(
+        net.attach(&rules)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("no free VM address"),
+        "a /28 holds four VMs"
+    );
+    let vm = &vms[0];
+    let g = vm.guest();
+    assert_eq!(g.address.to_string(), "10.251.0.2");
+    assert_eq!(g.gateway.to_string(), "10.251.0.1");
+    assert_eq!(g.prefix_len, 30);
+    assert_eq!(
+        g.dns,
+        vec!["198.18.9.53".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+
+    let host = sh(&format!("ip -o addr show dev {}", vm.host_interface()));
+    assert!(host.contains("inet 10.251.0.1/30"), "{host}");
+    assert!(!host.contains("inet6"), "no IPv6 on the host end: {host}");
+    // Inside the VM's namespace: the tap and the veth, both ports of the bridge.
+    let fd = vm.netns().as_raw_fd();
+    let inside = sh(&format!(
+        "nsenter --net=/proc/{}/fd/{fd} ip -o link show",
+        std::process::id()
+    ));
+    for want in ["tap0", "br0", "veth0"] {
+        assert!(
+            inside.contains(&format!(": {want}")),
+            "{want} missing: {inside}"
+        );
+    }
+    assert!(inside.contains("master br0"), "{inside}");
+    let table = sh("nft list table inet ignition_nt1");
+    assert!(table.contains("chain vm-0"), "{table}");
+    assert!(
+        table.contains("ip daddr 198.18.9.0/24 tcp dport 8080 accept"),
+        "{table}"
+    );
+    assert!(table.contains("\"ignt1-0\" : jump vmx-0"), "{table}");
+    assert_eq!(net.stats().active, 4);
+    assert_eq!(host_links("ignt1-").len(), 4);
+
+    for mut vm in vms {
+        vm.release().await;
+    }
+    assert_eq!(net.stats().active, 0);
+    assert!(
+        host_links("ignt1-").is_empty(),
+        "links left: {:?}",
+        host_links("ignt1-")
+    );
+    let table = sh("nft list table inet ignition_nt1");
+    assert!(!table.contains("chain vm-"), "VM chains left: {table}");
+    assert!(!table.contains("jump"), "map entries left: {table}");
+    net.shutdown().await;
+    assert!(sh("nft list tables")
+        .lines()
+        .all(|l| !l.contains("ignition_nt1")));
+}
+
+#[tokio::test]
+async fn bad_configuration_is_refused_with_a_reason() {
+    let err = Network::start(NetConfig {
+        subnet: "10.251.1.0/31".parse().unwrap(),
+        tag: "nt2".into(),
+        dns: vec![],
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("smaller than a /30"), "{err}");
+    let err = Network::start(NetConfig {
+        subnet: "10.251.1.0/24".parse().unwrap(),
+        tag: "Bad-Tag".into(),
+        dns: vec![],
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("[a-z0-9]"), "{err}");
+}
