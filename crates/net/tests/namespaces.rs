@@ -2,6 +2,8 @@
 //! checked by the end-to-end tests in crates/cli, with microVMs; these check the plumbing and
 //! that nothing is left behind.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
