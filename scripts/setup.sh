@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg_cmd in qemu-system-x86:qemu-system-x86_64 debootstrap:debootstrap e2fsprogs:mkfs.ext4 curl:curl; do
+# nftables enforces VMs' egress policies; iproute2 and util-linux (nsenter) serve the tests.
+for pkg_cmd in qemu-system-x86:qemu-system-x86_64 debootstrap:debootstrap e2fsprogs:mkfs.ext4 curl:curl \
+    nftables:nft iproute2:ip util-linux:nsenter; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need_apt+=("${pkg_cmd%%:*}")
 done
 # debootstrap verifies the archive's signatures with this keyring (a Recommends, so named here).

@@ -15,6 +15,7 @@
 pub mod channel;
 mod entropy;
 pub mod init;
+mod network;
 mod runtime_api;
 pub mod session;
 mod supervisor;

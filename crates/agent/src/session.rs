@@ -8,6 +8,7 @@ use ignition_proto::{
 };
 
 use crate::init::{console, power_off, Guest};
+use crate::network::NetState;
 use crate::runtime_api::{self, Answer, Broker, Invocation};
 use crate::supervisor::{self, Launch, LogBuffer, TASK_ROOT};
 
@@ -38,6 +39,7 @@ pub fn serve(guest: Guest) -> String {
     }
     console("ready");
     let mut loaded: Option<Loaded> = None;
+    let mut net = NetState::default();
     loop {
         let msg = match channel.recv() {
             Ok(Some(m)) => m,
@@ -62,8 +64,14 @@ pub fn serve(guest: Guest) -> String {
             HostMessage::LoadFunction(_) => GuestMessage::Fatal {
                 message: "a function is already loaded in this VM".to_owned(),
             },
-            HostMessage::Warmup => match &loaded {
+            HostMessage::Warmup(network) => match &loaded {
                 Some(l) => {
+                    if let Some(cfg) = &network {
+                        // A failure here is reported by the invocation, which applies it again.
+                        if let Err(e) = net.apply(cfg) {
+                            console(&format!("network set-up during warm-up: {e}"));
+                        }
+                    }
                     warm_up(l, &broker, &logs);
                     GuestMessage::Warmed
                 }
@@ -72,7 +80,7 @@ pub fn serve(guest: Guest) -> String {
                 },
             },
             HostMessage::Invoke(req) => match &loaded {
-                Some(l) => GuestMessage::Result(invoke(req, l, &broker, &logs)),
+                Some(l) => GuestMessage::Result(invoke(req, l, &broker, &logs, &mut net)),
                 None => GuestMessage::Fatal {
                     message: "invoke before any function was loaded".to_owned(),
                 },
@@ -155,11 +163,36 @@ fn warm_up(loaded: &Loaded, broker: &Broker, logs: &LogBuffer) {
     let _ = logs.take();
 }
 
-fn invoke(req: InvokeRequest, loaded: &Loaded, broker: &Broker, logs: &LogBuffer) -> InvokeResult {
+fn invoke(
+    req: InvokeRequest,
+    loaded: &Loaded,
+    broker: &Broker,
+    logs: &LogBuffer,
+    net: &mut NetState,
+) -> InvokeResult {
     set_clock(req.host_time_unix_ms);
     if let Err(e) = crate::entropy::reseed(&req.entropy, true) {
         console(&format!("cannot reseed the RNG: {e}"));
     }
+    let network_us = match req.network.as_ref().map(|c| net.apply(c)) {
+        None => 0,
+        Some(Ok(us)) => us,
+        Some(Err(why)) => {
+            // The function would run without the network its policy grants: say so instead.
+            return InvokeResult {
+                request_id: req.request_id,
+                outcome: Outcome::FunctionError(ErrorBody {
+                    error_type: "Ignition.NetworkSetupError".to_owned(),
+                    error_message: format!("the guest could not configure its network: {why}"),
+                    stack_trace: Vec::new(),
+                }),
+                logs: Vec::new(),
+                logs_truncated: false,
+                duration_ms: 0,
+                network_us: 0,
+            };
+        }
+    };
     let started = Instant::now();
     let answer = broker.invoke(Invocation {
         request_id: req.request_id.clone(),
@@ -188,5 +221,6 @@ fn invoke(req: InvokeRequest, loaded: &Loaded, broker: &Broker, logs: &LogBuffer
         logs,
         logs_truncated,
         duration_ms,
+        network_us,
     }
 }

@@ -1,7 +1,5 @@
 //! The pool, counters and the VMM floor: what operators and the benchmark look at.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use axum::Json;
 use ignition_store::validate_name;
@@ -48,12 +46,16 @@ pub(crate) async fn set_pool(
     let job = load_job(&state, &name, String::new(), Vec::new()).await?;
     state
         .worker
-        .set_min_ready(Arc::clone(&job.function), job.code_sha256, req.min_ready);
+        .set_min_ready(job.function, job.code_sha256, job.egress, req.min_ready);
     pool_status(State(state), Path(name)).await
 }
 
 pub(crate) async fn stats(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "node": state.node_id, "worker": state.worker.stats() }))
+    Json(json!({
+        "node": state.node_id,
+        "worker": state.worker.stats(),
+        "network": state.worker.network_stats(),
+    }))
 }
 
 pub(crate) async fn floor(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

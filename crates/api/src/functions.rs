@@ -26,8 +26,29 @@ pub(crate) struct DeployRequest {
     env: BTreeMap<String, String>,
     #[serde(default)]
     reuse: bool,
+    /// Egress rules, `CIDR:PORT[-PORT][/tcp|/udp]`; none: no egress at all.
+    #[serde(default)]
+    egress: Vec<String>,
     /// The code: a zip or tar.gz archive, base64-encoded.
     code: String,
+}
+
+/// More rules than this is a policy that should be a network, not a list.
+const MAX_EGRESS_RULES: usize = 64;
+
+/// Parses and canonicalizes egress rules; the error names the field and the bad rule.
+fn parse_egress(rules: &[String]) -> Result<Vec<String>, ApiError> {
+    if rules.len() > MAX_EGRESS_RULES {
+        return Err(ApiError::invalid(format!(
+            "egress: {} rules; at most {MAX_EGRESS_RULES} are allowed",
+            rules.len()
+        )));
+    }
+    let parsed =
+        ignition_net::parse_rules(rules).map_err(|e| ApiError::invalid(format!("egress: {e}")))?;
+    let mut canonical: Vec<String> = parsed.iter().map(ToString::to_string).collect();
+    canonical.dedup();
+    Ok(canonical)
 }
 
 fn default_memory() -> u32 {
@@ -75,6 +96,7 @@ pub(crate) async fn put(
     let Json(req) =
         body.map_err(|e| ApiError::invalid(format!("bad deploy request: {}", e.body_text())))?;
     let runtime = Runtime::parse(&req.runtime).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let egress = parse_egress(&req.egress)?;
     let config = FunctionConfig {
         name,
         runtime,
@@ -83,6 +105,7 @@ pub(crate) async fn put(
         timeout_s: req.timeout_s,
         env: req.env,
         reuse: req.reuse,
+        egress,
     };
     config
         .validate()

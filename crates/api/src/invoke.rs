@@ -133,6 +133,9 @@ pub(crate) async fn load_job(
             ))
         })?;
     let config = record.config;
+    let egress = ignition_net::parse_rules(&config.egress).map_err(|e| {
+        ApiError::internal(format!("stored egress policy of {name} is unreadable: {e}"))
+    })?;
     Ok(Job {
         function: Arc::new(FunctionSpec {
             name: config.name.clone(),
@@ -144,6 +147,7 @@ pub(crate) async fn load_job(
         }),
         code_sha256: record.code_sha256,
         reuse: config.reuse,
+        egress: egress.into(),
         request_id,
         payload: if payload.is_empty() {
             b"{}".to_vec()
@@ -195,8 +199,9 @@ fn success_response(exec: &Execution, request_id: &str, want_tail: bool) -> Resp
     }
     let t = exec.timings;
     let timing = format!(
-        "queued;dur={}, snapshot;dur={}, vm_start;dur={}, guest_ready;dur={}, load;dur={}, invoke;dur={}, total;dur={}",
-        t.queued_ms, t.snapshot_ms, t.vm_start_ms, t.guest_ready_ms, t.load_ms, t.invoke_ms, t.total_ms
+        "queued;dur={}, snapshot;dur={}, vm_start;dur={}, guest_ready;dur={}, load;dur={}, invoke;dur={}, total;dur={}, net_setup;dur={:.3}, net_attach;dur={:.3}",
+        t.queued_ms, t.snapshot_ms, t.vm_start_ms, t.guest_ready_ms, t.load_ms, t.invoke_ms, t.total_ms,
+        t.net_setup_us as f64 / 1000.0, t.net_attach_us as f64 / 1000.0
     );
     h.insert(
         "x-ignition-start",

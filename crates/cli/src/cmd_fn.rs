@@ -41,6 +41,10 @@ pub(crate) enum FnCommand {
         /// fresh VM each time.
         #[arg(long)]
         reuse: bool,
+        /// Allow connections to CIDR:PORT[-PORT][/tcp|/udp] (repeatable). Without it the
+        /// function has no egress at all.
+        #[arg(long = "egress", value_parser = parse_egress)]
+        egress: Vec<String>,
     },
     /// Invoke a function and print its result.
     Invoke {
@@ -129,6 +133,7 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
             timeout,
             env,
             reuse,
+            egress,
         } => {
             let client = Client::new(server.url.as_deref())?;
             let archive = code_archive(&code)?;
@@ -141,6 +146,7 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
                 "timeout_s": timeout,
                 "env": env,
                 "reuse": reuse,
+                "egress": egress,
                 "code": base64::engine::general_purpose::STANDARD.encode(archive),
             });
             let resp = client
@@ -252,6 +258,13 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Checks an `--egress` rule before anything is uploaded.
+fn parse_egress(rule: &str) -> Result<String, String> {
+    rule.parse::<ignition_net::EgressRule>()
+        .map(|r| r.to_string())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

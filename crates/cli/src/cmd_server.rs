@@ -57,6 +57,26 @@ pub(crate) struct ServerArgs {
     /// This node's id.
     #[arg(long)]
     node_id: Option<String>,
+    /// VM networking: `builtin` (a namespace, tap and veth per VM, egress enforced with
+    /// nftables; needs root) or `none` (VMs have no network interface).
+    #[arg(long, default_value = "builtin")]
+    network: NetworkMode,
+    /// Where VM addresses come from, a /30 per VM. Must not overlap the host's networks.
+    #[arg(long, default_value = "10.200.0.0/16")]
+    vm_subnet: ignition_net::Ipv4Net,
+    /// DNS resolver offered to guests whose egress policy reaches it (repeatable; default:
+    /// the host's non-loopback resolvers).
+    #[arg(long = "dns")]
+    dns: Vec<std::net::Ipv4Addr>,
+}
+
+/// How VMs are networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum NetworkMode {
+    /// Ignition's own namespaces, links and nftables rules.
+    Builtin,
+    /// No network interface at all.
+    None,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -67,12 +87,29 @@ fn default_data_dir() -> PathBuf {
     Path::new(&home).join(".local/share/ignition")
 }
 
-/// A short, per-data-dir run directory: socket paths must stay under 108 bytes.
-fn run_dir(data_dir: &Path) -> PathBuf {
+fn short_hash(data: &Path) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    data_dir.hash(&mut h);
-    std::env::temp_dir().join(format!("ignition-{:08x}", h.finish() as u32))
+    data.hash(&mut h);
+    h.finish()
+}
+
+/// A short, per-data-dir run directory: socket paths must stay under 108 bytes.
+fn run_dir(data_dir: &Path) -> PathBuf {
+    std::env::temp_dir().join(format!("ignition-{:08x}", short_hash(data_dir) as u32))
+}
+
+/// Four characters of `[a-z0-9]` naming this server's links and rules, stable for a run
+/// directory so that a restarted server sweeps what its predecessor left.
+fn network_tag(run_dir: &Path) -> String {
+    let mut n = short_hash(run_dir);
+    (0..4)
+        .map(|_| {
+            let c = b"abcdefghijklmnopqrstuvwxyz0123456789"[(n % 36) as usize];
+            n /= 36;
+            char::from(c)
+        })
+        .collect()
 }
 
 pub(crate) fn run(args: ServerArgs) -> Result<ExitCode> {
@@ -123,6 +160,21 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         jail: !args.no_jail,
     }));
     tracing::info!(accel = driver.accel().qemu_name(), image = %image.id, "microVM driver ready");
+    let network = match args.network {
+        NetworkMode::None => None,
+        NetworkMode::Builtin => Some(
+            ignition_net::Network::start(ignition_net::NetConfig {
+                subnet: args.vm_subnet,
+                tag: network_tag(&run_dir),
+                dns: args.dns.clone(),
+            })
+            .await
+            .context("setting up VM networking (needs root and nftables; --network none runs VMs without a network)")?,
+        ),
+    };
+    if let Some(n) = &network {
+        tracing::info!(subnet = %args.vm_subnet, table = n.table(), links = n.interface_prefix(), "VM networking ready");
+    }
     let worker = Worker::new(
         Arc::clone(&driver) as Arc<dyn ignition_vmm::VmmDriver>,
         image,
@@ -138,6 +190,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
                     .refill_parallelism
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             },
+            network: network.clone(),
         },
     );
     let node_id = args
@@ -161,6 +214,9 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
     // Destroys the pool spawned while shutting down get a moment to finish.
     tokio::time::sleep(Duration::from_millis(300)).await;
     driver.sweep();
+    if let Some(n) = &network {
+        n.shutdown().await;
+    }
     let _ = std::fs::remove_dir_all(&run_dir);
     Ok(ExitCode::SUCCESS)
 }

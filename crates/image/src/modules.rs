@@ -12,6 +12,7 @@ pub(crate) const WANTED: &[&str] = &[
     "virtio_console",
     "virtio_blk",
     "virtio-rng",
+    "virtio_net",
     "overlay",
 ];
 

@@ -91,8 +91,12 @@ pub struct GuestNetwork {
 }
 
 /// Counters of the node's VM networks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NetStats {
+    /// The nftables table holding this node's rules.
+    pub table: String,
+    /// Host interfaces of this node's VMs are named with this prefix.
+    pub interface_prefix: String,
     /// VM networks that exist now.
     pub active: u32,
     /// Networks made since start.
@@ -126,6 +130,7 @@ pub struct VmNet {
     netns: Arc<OwnedFd>,
     guest: GuestNetwork,
     released: bool,
+    setup_us: u64,
 }
 
 fn host_resolvers() -> Vec<Ipv4Addr> {
@@ -262,6 +267,8 @@ impl Network {
     /// Counters.
     pub fn stats(&self) -> NetStats {
         NetStats {
+            table: self.rules.table.clone(),
+            interface_prefix: self.rules.if_prefix.clone(),
             active: self.pool.lock().unwrap_or_else(|p| p.into_inner()).in_use(),
             attached: self.attached.load(Ordering::Relaxed),
             released: self.released.load(Ordering::Relaxed),
@@ -327,16 +334,15 @@ impl Network {
                     .collect(),
             },
             released: false,
+            setup_us: 0,
         };
         self.attached.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.configure_host_side(&vm, egress).await {
             vm.release().await;
             return Err(e);
         }
-        self.last_setup_us.store(
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        vm.setup_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_setup_us.store(vm.setup_us, Ordering::Relaxed);
         Ok(vm)
     }
 
@@ -398,6 +404,11 @@ impl VmNet {
         &self.guest
     }
 
+    /// How long making this network took (namespace, tap, links, addresses, rules), µs.
+    pub fn setup_us(&self) -> u64 {
+        self.setup_us
+    }
+
     /// The host end of the VM's link.
     pub fn host_interface(&self) -> &str {
         &self.host_if
@@ -443,6 +454,7 @@ impl Drop for VmNet {
             netns: Arc::clone(&self.netns),
             guest: self.guest.clone(),
             released: false,
+            setup_us: self.setup_us,
         };
         self.released = true;
         rt.spawn(async move { me.release().await });

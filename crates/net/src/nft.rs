@@ -12,7 +12,8 @@
 //!   passes only by a rule naming a single address (a /32) that covers it; any other new flow
 //!   passes by any of the VM's rules; everything else, IPv6 included, is dropped;
 //! - input (the host itself and its services, the Ignition API included): only by a /32 rule;
-//! - towards a VM: only replies (no inbound connections);
+//! - towards a VM: only replies (no inbound connections); an address of the VM subnet that no
+//!   VM holds is never routed anywhere else;
 //! - postrouting: allowed traffic leaving the node is masqueraded.
 //!
 //! Each VM's chains first drop packets whose source is not the VM's own address, so a guest
@@ -91,6 +92,7 @@ table inet {t} {{
     type filter hook forward priority filter - 10; policy accept;
     iifname \"{p}*\" ct state established,related accept
     oifname \"{p}*\" ct state established,related accept
+    ip daddr {subnet} oifname != \"{p}*\" drop
     iifname \"{p}*\" ip daddr @protected iifname vmap @explicit
     iifname \"{p}*\" iifname vmap @general
     iifname \"{p}*\" drop
@@ -215,6 +217,7 @@ mod tests {
         assert!(b.contains("iifname \"igt1-*\" ip daddr @protected iifname vmap @explicit"));
         assert!(b.contains("chain input {"));
         assert!(b.contains("oifname \"igt1-*\" drop"));
+        assert!(b.contains("ip daddr 10.200.0.0/16 oifname != \"igt1-*\" drop"));
         assert!(b.contains("ip saddr 10.200.0.0/16 oifname != \"igt1-*\" masquerade"));
     }
 

@@ -17,6 +17,7 @@ fn main() -> std::io::Result<()> {
             logs: b"log line\n".to_vec(),
             logs_truncated: false,
             duration_ms: 12,
+            network_us: 0,
         })
     };
     let err = ErrorBody {

@@ -58,6 +58,23 @@ pub struct InvokeRequest {
     pub entropy: Vec<u8>,
     /// The VM's identity; a runtime that sees it change knows it was restored and reseeds.
     pub vm_id: String,
+    /// The guest's interface configuration, applied before the event is handed over when it
+    /// differs from what the interface has (a restored slot's interface has none yet).
+    /// `None`: the VM has no network.
+    pub network: Option<NetworkConfig>,
+}
+
+/// The address configuration of the guest's network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// The guest's IPv4 address.
+    pub address: [u8; 4],
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// The default gateway.
+    pub gateway: [u8; 4],
+    /// DNS resolvers for `/etc/resolv.conf` (empty: no DNS).
+    pub dns: Vec<[u8; 4]>,
 }
 
 /// Messages from the host to the guest.
@@ -72,7 +89,9 @@ pub enum HostMessage {
     /// Exercise the invocation path without running the function: a warm pool slot does this
     /// once after its restore, so that the caches (and a CPU emulator's translations) hold the
     /// platform's code before a real event arrives. The function's handler is not called.
-    Warmup,
+    /// With a network configuration the interface is configured now, so that the invocation
+    /// that takes the slot finds its network ready.
+    Warmup(Option<NetworkConfig>),
 }
 
 /// A function error as the Lambda Runtime API reports it.
@@ -111,6 +130,9 @@ pub struct InvokeResult {
     pub logs_truncated: bool,
     /// Milliseconds from handing the event to the runtime to its answer, by the guest's clock.
     pub duration_ms: u64,
+    /// Microseconds the agent spent configuring the network interface for this invocation
+    /// (0 when it was already configured).
+    pub network_us: u64,
 }
 
 /// Messages from the guest to the host.

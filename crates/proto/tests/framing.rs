@@ -13,6 +13,7 @@ fn result_msg(body: Vec<u8>) -> GuestMessage {
         logs: b"hello\n".to_vec(),
         logs_truncated: false,
         duration_ms: 7,
+        network_us: 0,
     })
 }
 
@@ -117,6 +118,12 @@ fn host_message() -> impl Strategy<Value = HostMessage> {
                 host_time_unix_ms: t / 2,
                 entropy: vec![1, 2, 3],
                 vm_id: "vm-1".into(),
+                network: (t % 2 == 0).then(|| ignition_proto::NetworkConfig {
+                    address: [10, 200, 0, 2],
+                    prefix_len: 30,
+                    gateway: [10, 200, 0, 1],
+                    dns: vec![[198, 18, 0, 53]],
+                }),
             })),
     ]
 }
@@ -144,6 +151,7 @@ fn guest_message() -> impl Strategy<Value = GuestMessage> {
                     logs: vec![],
                     logs_truncated: true,
                     duration_ms: 0,
+                    network_us: 0,
                 })
             }),
     ]

@@ -104,6 +104,10 @@ pub struct FunctionConfig {
     /// fresh one each time.
     #[serde(default)]
     pub reuse: bool,
+    /// Egress rules (`CIDR:PORT[-PORT][/tcp|/udp]`, canonical form; the API parses and
+    /// checks them). Empty: no egress at all.
+    #[serde(default)]
+    pub egress: Vec<String>,
 }
 
 impl FunctionConfig {
@@ -215,6 +219,7 @@ mod tests {
             timeout_s: 3,
             env: BTreeMap::new(),
             reuse: false,
+            egress: Vec::new(),
         }
     }
 

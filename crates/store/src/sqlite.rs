@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS functions (
     timeout_s   INTEGER NOT NULL,
     env         TEXT NOT NULL,
     reuse       INTEGER NOT NULL DEFAULT 0,
+    egress      TEXT NOT NULL DEFAULT '[]',
     code_sha256 TEXT NOT NULL REFERENCES bundles(sha256),
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
@@ -108,6 +109,8 @@ impl Store {
         let hash = sha256_hex(code_tar);
         let env = serde_json::to_string(&config.env)
             .map_err(|_| StoreError::Corrupt(config.name.clone()))?;
+        let egress = serde_json::to_string(&config.egress)
+            .map_err(|_| StoreError::Corrupt(config.name.clone()))?;
         let t = now();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -125,8 +128,8 @@ impl Store {
         let created_at = previous.as_ref().map_or(t, |(_, c)| *c);
         tx.execute(
             "INSERT OR REPLACE INTO functions
-             (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at, reuse)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at, reuse, egress)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 config.name,
                 config.runtime.as_str(),
@@ -137,7 +140,8 @@ impl Store {
                 hash,
                 created_at,
                 t,
-                config.reuse
+                config.reuse,
+                egress
             ],
         )?;
         if let Some((old, _)) = previous {
@@ -223,11 +227,22 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         }
         conn.pragma_update(None, "user_version", 1)?;
     }
+    if version < 2 {
+        let has_egress = conn
+            .prepare("SELECT 1 FROM pragma_table_info('functions') WHERE name = 'egress'")?
+            .exists([])?;
+        if !has_egress {
+            conn.execute_batch(
+                "ALTER TABLE functions ADD COLUMN egress TEXT NOT NULL DEFAULT '[]'",
+            )?;
+        }
+        conn.pragma_update(None, "user_version", 2)?;
+    }
     Ok(())
 }
 
 const SELECT: &str = "SELECT f.name, f.runtime, f.handler, f.memory_mib, f.timeout_s, f.env,
-    f.code_sha256, b.size, f.created_at, f.updated_at, f.reuse
+    f.code_sha256, b.size, f.created_at, f.updated_at, f.reuse, f.egress
     FROM functions f JOIN bundles b ON b.sha256 = f.code_sha256";
 
 fn gc_bundle(tx: &rusqlite::Transaction<'_>, hash: &str) -> Result<(), StoreError> {
@@ -244,7 +259,12 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecor
     let runtime: String = r.get(1)?;
     let env: String = r.get(5)?;
     let size: i64 = r.get(7)?;
-    let (Ok(runtime), Ok(env)) = (Runtime::parse(&runtime), serde_json::from_str(&env)) else {
+    let egress: String = r.get(11)?;
+    let (Ok(runtime), Ok(env), Ok(egress)) = (
+        Runtime::parse(&runtime),
+        serde_json::from_str(&env),
+        serde_json::from_str(&egress),
+    ) else {
         return Ok(Err(StoreError::Corrupt(name)));
     };
     Ok(Ok(FunctionRecord {
@@ -256,6 +276,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecor
             timeout_s: r.get(4)?,
             env,
             reuse: r.get(10)?,
+            egress,
         },
         code_sha256: r.get(6)?,
         code_size: u64::try_from(size).unwrap_or(0),
@@ -279,6 +300,7 @@ mod tests {
             timeout_s: 3,
             env: BTreeMap::from([("GREETING".into(), "hi".into())]),
             reuse: name == "b",
+            egress: vec!["198.18.0.0/15:443/tcp".to_owned()],
         }
     }
 
@@ -331,7 +353,10 @@ mod tests {
     fn a_database_from_before_reuse_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("ignition.db")).unwrap();
-        conn.execute_batch(&SCHEMA.replace("    reuse       INTEGER NOT NULL DEFAULT 0,\n", ""))
+        conn.execute_batch(&SCHEMA.replace(
+            "    reuse       INTEGER NOT NULL DEFAULT 0,\n    egress      TEXT NOT NULL DEFAULT '[]',\n",
+            "",
+        ))
             .unwrap();
         conn.execute("INSERT INTO bundles VALUES ('h', 1, x'00', 0)", [])
             .unwrap();
@@ -345,6 +370,7 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         let old = s.get_function("old").unwrap().unwrap();
         assert!(!old.config.reuse);
+        assert!(old.config.egress.is_empty());
     }
 
     #[test]

@@ -113,6 +113,20 @@ pub enum VmSource {
     },
 }
 
+/// The VM's network, made by the caller: a network namespace holding a tap device. The VMM
+/// process joins the namespace before it starts, so the tap exists nowhere else.
+#[derive(Debug, Clone)]
+pub struct NetAttach {
+    /// The network namespace.
+    pub netns: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// The tap device's name in it.
+    pub tap: String,
+}
+
+/// The MAC address of every guest's interface. Each VM has a link of its own, so they need not
+/// differ, and VMs restored from one snapshot must not differ from it.
+pub const GUEST_MAC: &str = "06:00:ac:10:00:02";
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -126,6 +140,9 @@ pub struct VmSpec {
     pub vcpus: u8,
     /// How long the guest may take to open its channel.
     pub connect_timeout: Duration,
+    /// The VM's network interface; `None`: the VM has none. A snapshot and the VMs restored
+    /// from it must agree on this.
+    pub network: Option<NetAttach>,
 }
 
 /// A running microVM.

@@ -39,6 +39,9 @@ pub enum ExecError {
     /// No warm slot could be had before the deadline.
     #[error("no warm slot became available within {0:?}")]
     NoSlot(Duration),
+    /// The VM's network could not be made.
+    #[error("VM network: {0}")]
+    Network(#[from] ignition_net::NetError),
     /// The worker is shutting down.
     #[error("the worker is shutting down")]
     ShuttingDown,

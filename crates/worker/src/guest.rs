@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use ignition_net::VmNet;
 use ignition_proto::{
-    FunctionSpec, GuestMessage, HostMessage, InvokeRequest, InvokeResult, Outcome, MAX_LOG_BYTES,
-    MAX_RESULT_BYTES,
+    FunctionSpec, GuestMessage, HostMessage, InvokeRequest, InvokeResult, NetworkConfig, Outcome,
+    MAX_LOG_BYTES, MAX_RESULT_BYTES,
 };
 use ignition_vmm::MicroVm;
 use tokio::time::Instant;
@@ -62,22 +63,31 @@ pub(crate) struct Guest {
     chan: AgentChannel,
     paused: bool,
     pub(crate) kernel_release: String,
+    /// The VM's network, released after the VM is gone.
+    net: Option<VmNet>,
 }
 
 impl Guest {
-    pub(crate) fn new(
+    /// Wraps a started VM. On failure the VM and its network are torn down.
+    pub(crate) async fn new(
         mut vm: Box<dyn MicroVm>,
         paused: bool,
         kernel_release: String,
+        net: Option<VmNet>,
     ) -> Result<Self, ExecError> {
-        let stream = vm
-            .take_channel()
-            .ok_or_else(|| ExecError::Protocol("VM has no agent channel".into()))?;
+        let Some(stream) = vm.take_channel() else {
+            vm.destroy().await;
+            if let Some(mut n) = net {
+                n.release().await;
+            }
+            return Err(ExecError::Protocol("VM has no agent channel".into()));
+        };
         Ok(Self {
             vm,
             chan: AgentChannel::new(stream),
             paused,
             kernel_release,
+            net,
         })
     }
 
@@ -148,7 +158,7 @@ impl Guest {
         self.resume().await?;
         let deadline = Instant::now() + limit;
         self.chan
-            .send(&HostMessage::Warmup, deadline)
+            .send(&HostMessage::Warmup(self.network_config()), deadline)
             .await
             .map_err(|e| ExecError::Protocol(e.to_string()))?;
         match self.chan.recv(deadline).await {
@@ -183,6 +193,7 @@ impl Guest {
             host_time_unix_ms: now_unix_ms(),
             entropy: host_entropy(),
             vm_id: self.vm.id().to_owned(),
+            network: self.network_config(),
         };
         self.chan
             .send(&HostMessage::Invoke(req), deadline)
@@ -207,6 +218,24 @@ impl Guest {
         Ok(result)
     }
 
+    /// What the guest configures its interface with (`None`: the VM has no network).
+    fn network_config(&self) -> Option<NetworkConfig> {
+        self.net.as_ref().map(|n| {
+            let g = n.guest();
+            NetworkConfig {
+                address: g.address.octets(),
+                prefix_len: g.prefix_len,
+                gateway: g.gateway.octets(),
+                dns: g.dns.iter().map(|d| d.octets()).collect(),
+            }
+        })
+    }
+
+    /// How long the host took to make this VM's network, µs (0 without one).
+    pub(crate) fn net_setup_us(&self) -> u64 {
+        self.net.as_ref().map_or(0, VmNet::setup_us)
+    }
+
     /// Proportional set size of the VMM process, MiB (what this VM costs the host).
     pub(crate) fn pss_mib(&self) -> Option<f64> {
         let pid = self.vm.pid()?;
@@ -224,6 +253,9 @@ impl Guest {
 
     pub(crate) async fn destroy(mut self) {
         self.vm.destroy().await;
+        if let Some(n) = self.net.as_mut() {
+            n.release().await;
+        }
     }
 }
 

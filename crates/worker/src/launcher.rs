@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ignition_image::GuestImage;
+use ignition_net::{EgressRule, VmNet};
 use ignition_proto::FunctionSpec;
-use ignition_vmm::{BootImage, SnapshotFiles, VmSource, VmSpec, VmmDriver};
+use ignition_vmm::{BootImage, NetAttach, SnapshotFiles, VmSource, VmSpec, VmmDriver};
 use tokio::time::Instant;
 
 use crate::guest::{ms, Guest};
@@ -23,11 +24,20 @@ pub(crate) struct FunctionRef {
     pub(crate) spec: Arc<FunctionSpec>,
     /// SHA-256 of the code tar (computed once at deploy).
     pub(crate) code_sha256: String,
+    /// Where the function's VMs may connect to.
+    pub(crate) egress: Arc<[EgressRule]>,
 }
 
 impl FunctionRef {
+    /// The key of the function's snapshot and of its warm slots: everything that, changed,
+    /// makes them wrong. The egress policy is in it because a warm slot's network carries it.
     pub(crate) fn snapshot_key(&self, image_id: &str) -> String {
         let s = &self.spec;
+        let egress: Vec<u8> = self
+            .egress
+            .iter()
+            .flat_map(|r| [r.to_string().into_bytes(), vec![0]].concat())
+            .collect();
         let env: Vec<u8> = s
             .env
             .iter()
@@ -41,6 +51,7 @@ impl FunctionRef {
             &s.memory_mib.to_le_bytes(),
             &env,
             self.code_sha256.as_bytes(),
+            &egress,
         ])
     }
 }
@@ -86,13 +97,59 @@ impl Launcher {
         }
     }
 
-    fn spec(&self, source: VmSource, memory_mib: u32) -> VmSpec {
-        VmSpec {
+    /// What VMs' device configuration depends on besides the image: snapshots made with a
+    /// network interface restore only into VMs with one.
+    pub(crate) fn device_key(&self) -> String {
+        match self.config.network {
+            Some(_) => format!("{}+net", self.image.id),
+            None => self.image.id.clone(),
+        }
+    }
+
+    /// The key of `function`'s snapshot and warm slots on this node.
+    pub(crate) fn function_key(&self, function: &FunctionRef) -> String {
+        function.snapshot_key(&self.device_key())
+    }
+
+    /// A VM spec, with a network of its own (allowed `egress`) when the node has networking.
+    async fn spec(
+        &self,
+        source: VmSource,
+        memory_mib: u32,
+        egress: &[EgressRule],
+    ) -> Result<(VmSpec, Option<VmNet>), ExecError> {
+        let net = match &self.config.network {
+            Some(network) => Some(network.attach(egress).await?),
+            None => None,
+        };
+        let spec = VmSpec {
             id: new_vm_id(),
             source,
             memory_mib,
             vcpus: 1,
             connect_timeout: Duration::from_secs(10),
+            network: net.as_ref().map(|n| NetAttach {
+                netns: n.netns(),
+                tap: ignition_net::TAP_NAME.to_owned(),
+            }),
+        };
+        Ok((spec, net))
+    }
+
+    /// Starts `spec`; on failure its network is released.
+    async fn start(
+        &self,
+        spec: &VmSpec,
+        net: Option<VmNet>,
+    ) -> Result<(Box<dyn ignition_vmm::MicroVm>, Option<VmNet>), ExecError> {
+        match self.driver.start(spec).await {
+            Ok(vm) => Ok((vm, net)),
+            Err(e) => {
+                if let Some(mut n) = net {
+                    n.release().await;
+                }
+                Err(e.into())
+            }
         }
     }
 
@@ -104,17 +161,20 @@ impl Launcher {
         snapshot_memory: Option<std::path::PathBuf>,
     ) -> Result<(Guest, [u64; 3]), ExecError> {
         let memory_mib = function.spec.memory_mib;
-        let spec = self.spec(
-            VmSource::Boot {
-                image: self.boot_image(memory_mib),
-                snapshot_memory,
-            },
-            memory_mib,
-        );
         let t = Instant::now();
-        let vm = self.driver.start(&spec).await?;
+        let (spec, net) = self
+            .spec(
+                VmSource::Boot {
+                    image: self.boot_image(memory_mib),
+                    snapshot_memory,
+                },
+                memory_mib,
+                &function.egress,
+            )
+            .await?;
+        let (vm, net) = self.start(&spec, net).await?;
         let vm_start = ms(t.elapsed());
-        let mut guest = Guest::new(vm, false, String::new())?;
+        let mut guest = Guest::new(vm, false, String::new(), net).await?;
         let prepared = async {
             let t = Instant::now();
             guest.await_ready(self.config.boot_timeout).await?;
@@ -144,7 +204,7 @@ impl Launcher {
         &self,
         function: &FunctionRef,
     ) -> Result<(Snapshot, bool), ExecError> {
-        let key = function.snapshot_key(&self.image.id);
+        let key = self.function_key(function);
         let name = &function.spec.name;
         let lock = self.snapshots.build_lock(&key);
         let _held = lock.lock().await;
@@ -215,16 +275,19 @@ impl Launcher {
                 })
             })?;
         let memory_mib = function.spec.memory_mib;
-        let spec = self.spec(
-            VmSource::Restore {
-                image: self.boot_image(memory_mib),
-                snapshot: base.files.clone(),
-                derive_into: Some(files.memory.clone()),
-            },
-            memory_mib,
-        );
-        let vm = self.driver.start(&spec).await?;
-        let mut guest = Guest::new(vm, true, base.kernel_release.clone())?;
+        let (spec, net) = self
+            .spec(
+                VmSource::Restore {
+                    image: self.boot_image(memory_mib),
+                    snapshot: base.files.clone(),
+                    derive_into: Some(files.memory.clone()),
+                },
+                memory_mib,
+                &[],
+            )
+            .await?;
+        let (vm, net) = self.start(&spec, net).await?;
+        let mut guest = Guest::new(vm, true, base.kernel_release.clone(), net).await?;
         let made = async {
             guest.resume().await?;
             guest
@@ -244,8 +307,11 @@ impl Launcher {
     /// waits for a function. Functions' snapshots are derived from it, so only the first
     /// function of a memory size pays for a boot.
     pub(crate) async fn base_snapshot(&self, memory_mib: u32) -> Result<Snapshot, ExecError> {
-        let key =
-            crate::snapshot::key(&[self.image.id.as_bytes(), &memory_mib.to_le_bytes(), b"base"]);
+        let key = crate::snapshot::key(&[
+            self.device_key().as_bytes(),
+            &memory_mib.to_le_bytes(),
+            b"base",
+        ]);
         let lock = self.snapshots.build_lock(&key);
         let _held = lock.lock().await;
         match self.snapshots.load(BASE, &key) {
@@ -257,16 +323,19 @@ impl Launcher {
             }
         }
         let (staging, files) = self.snapshots.staging(BASE, &key)?;
-        let spec = self.spec(
-            VmSource::Boot {
-                image: self.boot_image(memory_mib),
-                snapshot_memory: Some(files.memory.clone()),
-            },
-            memory_mib,
-        );
         let built = async {
-            let vm = self.driver.start(&spec).await?;
-            let mut guest = Guest::new(vm, false, String::new())?;
+            let (spec, net) = self
+                .spec(
+                    VmSource::Boot {
+                        image: self.boot_image(memory_mib),
+                        snapshot_memory: Some(files.memory.clone()),
+                    },
+                    memory_mib,
+                    &[],
+                )
+                .await?;
+            let (vm, net) = self.start(&spec, net).await?;
+            let mut guest = Guest::new(vm, false, String::new(), net).await?;
             let made = async {
                 guest.await_ready(self.config.boot_timeout).await?;
                 guest.vm.snapshot(&files.state).await?;
@@ -300,16 +369,19 @@ impl Launcher {
         snapshot: &Snapshot,
     ) -> Result<Guest, ExecError> {
         let memory_mib = function.spec.memory_mib;
-        let spec = self.spec(
-            VmSource::Restore {
-                image: self.boot_image(memory_mib),
-                snapshot: snapshot.files.clone(),
-                derive_into: None,
-            },
-            memory_mib,
-        );
-        let vm = self.driver.start(&spec).await?;
+        let (spec, net) = self
+            .spec(
+                VmSource::Restore {
+                    image: self.boot_image(memory_mib),
+                    snapshot: snapshot.files.clone(),
+                    derive_into: None,
+                },
+                memory_mib,
+                &function.egress,
+            )
+            .await?;
+        let (vm, net) = self.start(&spec, net).await?;
         self.stats.restores.fetch_add(1, Ordering::Relaxed);
-        Guest::new(vm, true, snapshot.kernel_release.clone())
+        Guest::new(vm, true, snapshot.kernel_release.clone(), net).await
     }
 }

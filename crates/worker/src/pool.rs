@@ -205,7 +205,7 @@ impl WarmPool {
         if self.config.memory_budget_mib == 0 {
             return None;
         }
-        let key = function.snapshot_key(&self.launcher.image.id);
+        let key = self.launcher.function_key(function);
         let now = Instant::now();
         let mut st = self.lock();
         let p = Self::entry(&mut st, function, &key);
@@ -226,7 +226,7 @@ impl WarmPool {
         if let Some(g) = self.take(function) {
             return Some(g);
         }
-        let key = function.snapshot_key(&self.launcher.image.id);
+        let key = self.launcher.function_key(function);
         let available = {
             let mut st = self.lock();
             let p = Self::entry(&mut st, function, &key);
@@ -257,7 +257,7 @@ impl WarmPool {
 
     /// Sets the slots kept for `function` regardless of demand (provisioned concurrency).
     pub(crate) fn set_min_ready(&self, function: &FunctionRef, n: usize) {
-        let key = function.snapshot_key(&self.launcher.image.id);
+        let key = self.launcher.function_key(function);
         let mut st = self.lock();
         Self::entry(&mut st, function, &key).min_ready = n;
         drop(st);

@@ -31,6 +31,8 @@ pub struct WorkerConfig {
     pub snapshot_dir: std::path::PathBuf,
     /// The warm pool's bounds.
     pub pool: PoolConfig,
+    /// The node's VM networking; `None`: VMs have no network interface.
+    pub network: Option<Arc<ignition_net::Network>>,
 }
 
 /// How the caller wants the guest started.
@@ -96,6 +98,8 @@ pub struct Job {
     pub code_sha256: String,
     /// Keep the VM for later invocations of this function.
     pub reuse: bool,
+    /// Where the function's VM may connect to (nothing when empty).
+    pub egress: Arc<[ignition_net::EgressRule]>,
     /// The request id.
     pub request_id: String,
     /// The event (JSON bytes).
@@ -109,6 +113,7 @@ impl Job {
         FunctionRef {
             spec: Arc::clone(&self.function),
             code_sha256: self.code_sha256.clone(),
+            egress: Arc::clone(&self.egress),
         }
     }
 }
@@ -129,6 +134,11 @@ pub struct Timings {
     pub load_ms: u64,
     /// Resuming (if paused), sending the event, receiving the result.
     pub invoke_ms: u64,
+    /// Making the VM's network on the host (namespace, tap, links, rules), µs; 0 when the VM
+    /// came from the pool or a reuse (made ahead) or has no network.
+    pub net_setup_us: u64,
+    /// The guest configuring its interface for this invocation, µs (part of `invoke_ms`).
+    pub net_attach_us: u64,
     /// Everything.
     pub total_ms: u64,
 }
@@ -249,6 +259,11 @@ impl Worker {
         }
     }
 
+    /// Counters of the node's VM networks (`None`: VMs have no network).
+    pub fn network_stats(&self) -> Option<ignition_net::NetStats> {
+        self.launcher.config.network.as_ref().map(|n| n.stats())
+    }
+
     /// The VMM's own start-up time with no guest: the floor of a cold start on this host.
     pub async fn probe_floor(&self) -> Result<Duration, ExecError> {
         Ok(self.launcher.driver.probe_floor().await?)
@@ -265,11 +280,18 @@ impl Worker {
     }
 
     /// Keeps `n` warm slots of the function regardless of demand.
-    pub fn set_min_ready(&self, function: Arc<FunctionSpec>, code_sha256: String, n: usize) {
+    pub fn set_min_ready(
+        &self,
+        function: Arc<FunctionSpec>,
+        code_sha256: String,
+        egress: Arc<[ignition_net::EgressRule]>,
+        n: usize,
+    ) {
         self.pool.set_min_ready(
             &FunctionRef {
                 spec: function,
                 code_sha256,
+                egress,
             },
             n,
         );
@@ -342,7 +364,7 @@ impl Worker {
             ..Timings::default()
         };
         let function = job.function_ref();
-        let key = function.snapshot_key(&self.launcher.image.id);
+        let key = self.launcher.function_key(&function);
         let t = Instant::now();
         let (mut guest, start) = self
             .acquire(&job, &function, &key, mode, &mut timings)
@@ -350,11 +372,17 @@ impl Worker {
         if timings.vm_start_ms == 0 {
             timings.vm_start_ms = ms(t.elapsed()).saturating_sub(timings.snapshot_ms);
         }
+        if matches!(start, StartKind::Boot | StartKind::Restore) {
+            timings.net_setup_us = guest.net_setup_us();
+        }
         let t = Instant::now();
         let outcome = guest
             .invoke(&job.request_id, job.payload, job.timeout)
             .await;
         timings.invoke_ms = ms(t.elapsed());
+        if let Ok(r) = &outcome {
+            timings.net_attach_us = r.network_us;
+        }
         let kernel_release = guest.kernel_release.clone();
         match (&outcome, job.reuse) {
             (Ok(_), true) => {

@@ -57,6 +57,8 @@ fn worker(image: GuestImage, run_dir: &Path, snapshots: &Path) -> Arc<Worker> {
                 keep_alive: Duration::from_secs(1),
                 refill_parallelism: 1,
             },
+            // The protocol is what is under test; the guest needs no network.
+            network: None,
         },
     )
 }
@@ -82,6 +84,7 @@ fn job(handler: &str, timeout: Duration) -> Job {
         }),
         code_sha256: format!("test-{handler}"),
         reuse: false,
+        egress: Arc::from(Vec::new()),
         request_id: format!("req-{handler}"),
         payload: b"{}".to_vec(),
         timeout,

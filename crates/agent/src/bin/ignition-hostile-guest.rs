@@ -104,6 +104,7 @@ fn main() {
             logs: Vec::new(),
             logs_truncated: false,
             duration_ms: 1,
+            network_us: 0,
         })
     };
     match mode.as_str() {

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ignition");
 
+static SUBNETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -18,6 +20,8 @@ pub fn repo_root() -> PathBuf {
 
 pub struct TestServer {
     pub url: String,
+    /// The server's nftables table and VM link prefix (`None` with `--network none`).
+    pub network: Option<(String, String)>,
     pub run_dir: PathBuf,
     pub data_dir: tempfile::TempDir,
     child: Option<Child>,
@@ -56,6 +60,23 @@ impl TestServer {
         let run_dir = std::env::temp_dir().join(format!("ign-test-{port}"));
         let url = format!("http://127.0.0.1:{port}");
         let log = std::fs::File::create(data_dir.path().join("server.log")).unwrap();
+        // Servers running side by side need VM subnets that do not overlap.
+        let subnet = if extra
+            .iter()
+            .any(|a| *a == "--vm-subnet" || *a == "--network")
+        {
+            vec![]
+        } else {
+            let n = SUBNETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            vec![
+                "--vm-subnet".to_owned(),
+                format!(
+                    "10.{}.{}.0/23",
+                    224 + std::process::id() % 16,
+                    (n % 128) * 2
+                ),
+            ]
+        };
         let child = Command::new(BIN)
             .arg("server")
             .arg("--data-dir")
@@ -64,6 +85,7 @@ impl TestServer {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--run-dir")
             .arg(&run_dir)
+            .args(&subnet)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -74,6 +96,7 @@ impl TestServer {
             .build()
             .unwrap();
         let mut server = Self {
+            network: None,
             url,
             run_dir,
             data_dir,
@@ -81,6 +104,11 @@ impl TestServer {
             http,
         };
         server.wait_ready();
+        let stats = server.get_json("/v1/stats");
+        server.network = stats["network"]["table"].as_str().map(|t| {
+            let prefix = stats["network"]["interface_prefix"].as_str().unwrap();
+            (t.to_owned(), prefix.to_owned())
+        });
         server
     }
 
@@ -227,7 +255,31 @@ impl TestServer {
             "run directory left: {}",
             self.run_dir.display()
         );
+        if let Some((table, prefix)) = &self.network {
+            let links = host_links(prefix);
+            assert!(links.is_empty(), "VM links left: {links:?}");
+            assert!(!nft_tables().contains(table), "nftables table {table} left");
+        }
     }
+}
+
+/// Host network interfaces whose names start with `prefix`.
+pub fn host_links(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// `nft list tables` output.
+pub fn nft_tables() -> String {
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl Drop for TestServer {
@@ -247,6 +299,12 @@ impl Drop for TestServer {
                 let _ = std::fs::remove_dir(dir);
             }
             let _ = std::fs::remove_dir_all(&self.run_dir);
+            // Links go with the VMs' namespaces; the table stays until removed.
+            if let Some((table, _)) = &self.network {
+                let _ = Command::new("nft")
+                    .args(["delete", "table", "inet", table])
+                    .status();
+            }
         }
     }
 }

@@ -105,6 +105,25 @@ pub(crate) fn build(spec: &VmSpec, accel: Accel, sockets: &Sockets<'_>) -> Vec<O
             "virtio-rng-device",
         ],
     );
+    if let Some(net) = &spec.network {
+        // vhost stays off: the jail's seccomp filter and the namespace keep the device model in
+        // QEMU's own process.
+        push(&mut a, &["-netdev"]);
+        a.push(
+            format!(
+                "tap,id=net0,ifname={},script=no,downscript=no,vhost=off",
+                net.tap
+            )
+            .into(),
+        );
+        push(
+            &mut a,
+            &[
+                "-device",
+                &format!("virtio-net-device,netdev=net0,mac={}", crate::GUEST_MAC),
+            ],
+        );
+    }
     let (image, memory) = match &spec.source {
         VmSource::Boot {
             image,
@@ -169,6 +188,7 @@ mod tests {
             memory_mib: 128,
             vcpus: 1,
             connect_timeout: Duration::from_secs(1),
+            network: None,
         }
     }
 
