@@ -58,9 +58,16 @@ pub(crate) struct ServerArgs {
     #[arg(long)]
     node_id: Option<String>,
     /// VM networking: `builtin` (a namespace, tap and veth per VM, egress enforced with
-    /// nftables; needs root) or `none` (VMs have no network interface).
+    /// nftables; needs root), `cni` (the namespace's interface made by CNI plugins, see
+    /// --cni-conf; egress still enforced by Ignition) or `none` (no network interface).
     #[arg(long, default_value = "builtin")]
     network: NetworkMode,
+    /// With `--network cni`: the network configuration list (`.conflist`) or single `.conf`.
+    #[arg(long)]
+    cni_conf: Option<PathBuf>,
+    /// With `--network cni`: where the plugin binaries are (repeatable).
+    #[arg(long = "cni-bin-dir", default_values = ["/usr/lib/cni", "/opt/cni/bin"])]
+    cni_bin_dirs: Vec<PathBuf>,
     /// Where VM addresses come from, a /30 per VM. Must not overlap the host's networks.
     #[arg(long, default_value = "10.200.0.0/16")]
     vm_subnet: ignition_net::Ipv4Net,
@@ -75,6 +82,8 @@ pub(crate) struct ServerArgs {
 pub(crate) enum NetworkMode {
     /// Ignition's own namespaces, links and nftables rules.
     Builtin,
+    /// CNI plugins make each VM's interface; Ignition's nftables rules enforce egress.
+    Cni,
     /// No network interface at all.
     None,
 }
@@ -160,11 +169,21 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         jail: !args.no_jail,
     }));
     tracing::info!(accel = driver.accel().qemu_name(), image = %image.id, "microVM driver ready");
+    let cni = match (args.network, &args.cni_conf) {
+        (NetworkMode::Cni, Some(conf)) => Some(
+            ignition_net::CniConfig::load(conf, args.cni_bin_dirs.clone())
+                .context("loading the CNI configuration")?,
+        ),
+        (NetworkMode::Cni, None) => anyhow::bail!("--network cni needs --cni-conf FILE"),
+        (_, Some(_)) => anyhow::bail!("--cni-conf is for --network cni"),
+        _ => None,
+    };
     let network = match args.network {
         NetworkMode::None => None,
-        NetworkMode::Builtin => Some(
+        NetworkMode::Builtin | NetworkMode::Cni => Some(
             ignition_net::Network::start(ignition_net::NetConfig {
                 subnet: args.vm_subnet,
+                cni,
                 tag: network_tag(&run_dir),
                 dns: args.dns.clone(),
             })
@@ -173,7 +192,12 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         ),
     };
     if let Some(n) = &network {
-        tracing::info!(subnet = %args.vm_subnet, table = n.table(), links = n.interface_prefix(), "VM networking ready");
+        match args.network {
+            NetworkMode::Cni => tracing::info!(table = n.table(), "VM networking ready (CNI)"),
+            _ => {
+                tracing::info!(subnet = %args.vm_subnet, table = n.table(), links = n.interface_prefix(), "VM networking ready")
+            }
+        }
     }
     let worker = Worker::new(
         Arc::clone(&driver) as Arc<dyn ignition_vmm::VmmDriver>,

@@ -353,3 +353,100 @@ fn bad_egress_rules_are_refused_with_the_reason() {
     }
     server.stop_and_check_clean();
 }
+
+#[test]
+fn cni_plugins_can_make_the_vm_network_and_the_policy_still_holds() {
+    let host = TestHost::create(&[8080, 8081]);
+    let pid = std::process::id();
+    let name = format!("ignition-test-{pid}");
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("ptp.conflist");
+    let subnet = format!("10.{}.{}.0/24", 248 + pid % 8, (pid / 8) % 256);
+    std::fs::write(
+        &conf,
+        json!({
+            "cniVersion": "1.0.0",
+            "name": name,
+            "plugins": [{
+                "type": "ptp",
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{ "subnet": subnet }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }]
+                }
+            }]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let server = TestServer::start(&["--network", "cni", "--cni-conf", conf.to_str().unwrap()]);
+    let api_port = server.url.rsplit(':').next().unwrap().to_owned();
+    let a = host.addr;
+    server.deploy(
+        "prober",
+        "python3",
+        "app.handler",
+        &fixture(),
+        &["--timeout", "20", "--egress", &format!("{a}/32:8080/tcp")],
+    );
+    let targets = [
+        format!("{a}:8080"),
+        format!("{a}:8081"),
+        format!("gw:{api_port}"),
+    ];
+    for _ in 0..2 {
+        let r = invoke_json(&server, "prober", &json!({ "targets": targets }));
+        let net: ignition_net::Ipv4Net = subnet.parse().unwrap();
+        let gw: Ipv4Addr = r["gateway"].as_str().unwrap().parse().unwrap();
+        assert!(net.contains(gw), "the plugin's IPAM addressed the VM: {r}");
+        assert_eq!(r["results"][&targets[0]], "open", "{r}");
+        assert_eq!(r["results"][&targets[1]], "timeout", "{r}");
+        assert_eq!(r["results"][&targets[2]], "timeout", "{r}");
+    }
+    server.stop_and_check_clean();
+    // Every address the plugins handed out was given back with DEL.
+    let ipam = std::path::Path::new("/var/lib/cni/networks").join(&name);
+    let held: Vec<String> = std::fs::read_dir(&ipam)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<Ipv4Addr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(held.is_empty(), "IPAM leases left: {held:?}");
+    let _ = std::fs::remove_dir_all(ipam);
+}
+
+#[test]
+fn a_cni_configuration_that_would_bypass_the_firewall_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bridge.conflist");
+    std::fs::write(
+        &conf,
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "bridged",
+            "plugins": [{ "type": "bridge", "ipam": { "type": "host-local" } }]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = Command::new(common::BIN)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--network",
+            "cni",
+            "--cni-conf",
+        ])
+        .arg(&conf)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use a routed plugin such as ptp"), "{err}");
+}

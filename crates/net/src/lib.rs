@@ -11,11 +11,14 @@
 //!                      br0 ── veth0 ═══ ig<tag>-<n> (gateway .1/30) ── nftables ── routing/NAT
 //! ```
 //!
-//! Links are made over rtnetlink ([`rtnetlink`]); the tap with the tun driver's ioctls.
+//! Links are made over rtnetlink ([`rtnetlink`]); the tap with the tun driver's ioctls. In CNI
+//! mode ([`cni`]) the operator's CNI plugins give the namespace its interface instead, and the
+//! tap is joined to it with a pair of tc redirects.
 //! Everything a VM got is removed when it goes ([`VmNet::release`]); a server sweeps what a
 //! crashed predecessor with the same tag left (links and its table).
 
 mod addresses;
+pub mod cni;
 mod netns;
 pub mod nft;
 pub mod policy;
@@ -23,7 +26,7 @@ mod tap;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -31,6 +34,7 @@ use futures::TryStreamExt;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth};
 
 pub use addresses::SlotAddrs;
+pub use cni::CniConfig;
 pub use policy::{parse_rules, EgressRule, Ipv4Net, PolicyError, Protocol};
 
 use addresses::AddressPool;
@@ -58,6 +62,9 @@ pub enum NetError {
     /// The configuration is unusable.
     #[error("network configuration: {0}")]
     Config(String),
+    /// A CNI plugin failed or its configuration is unusable.
+    #[error("CNI: {0}")]
+    Cni(String),
 }
 
 fn link_err(what: &str) -> impl FnOnce(rtnetlink::Error) -> NetError + '_ {
@@ -67,8 +74,10 @@ fn link_err(what: &str) -> impl FnOnce(rtnetlink::Error) -> NetError + '_ {
 /// How the node's VM networking is set up.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
-    /// Where VM addresses come from (a /30 each).
+    /// Where VM addresses come from (a /30 each); unused in CNI mode.
     pub subnet: Ipv4Net,
+    /// Give VMs their interface with these CNI plugins instead of Ignition's own links.
+    pub cni: Option<CniConfig>,
     /// A short tag (up to 4 characters, `[a-z0-9]`) that keeps this server's links and rules apart
     /// from other servers' on the same host.
     pub tag: String,
@@ -107,11 +116,33 @@ pub struct NetStats {
     pub last_setup_us: u64,
 }
 
+/// Who gives VMs their links and addresses.
+#[derive(Debug)]
+enum Mode {
+    /// Ignition: a veth pair per VM, a /30 from the pool.
+    Builtin(Mutex<AddressPool>),
+    /// The operator's CNI plugins.
+    Cni {
+        config: CniConfig,
+        next: AtomicU32,
+        active: AtomicU32,
+    },
+}
+
+/// What a VM's link came from, as needed to remove it.
+#[derive(Debug, Clone)]
+enum Link {
+    Builtin,
+    Cni(Arc<cni::CniLink>),
+}
+
 /// The node's VM networking.
 #[derive(Debug)]
 pub struct Network {
     rules: Ruleset,
-    pool: Mutex<AddressPool>,
+    if_prefix: String,
+    tag: String,
+    mode: Mode,
     host: Handle,
     host_ns: OwnedFd,
     resolvers: Vec<Ipv4Addr>,
@@ -125,7 +156,8 @@ pub struct Network {
 #[derive(Debug)]
 pub struct VmNet {
     network: Arc<Network>,
-    slot: SlotAddrs,
+    index: u32,
+    link: Link,
     host_if: String,
     netns: Arc<OwnedFd>,
     guest: GuestNetwork,
@@ -149,6 +181,59 @@ async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetError> {
         Ok(None) => Err(NetError::Link(format!("link {name} not found"))),
         Err(e) => Err(NetError::Link(format!("find link {name}: {e}"))),
     }
+}
+
+/// An all-zero network, for messages about a mode without a subnet.
+const ZERO_NET: Ipv4Net = Ipv4Net::ZERO;
+
+/// Inside a VM namespace made by CNI: the tap and the plugin's `eth0` joined by two tc
+/// redirects (every frame in on one goes out the other), so the guest is the interface the
+/// plugin configured.
+fn join_tap_to_eth0() -> Result<(), NetError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| NetError::Namespace(format!("runtime for netlink: {e}")))?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| NetError::Link(format!("netlink socket: {e}")))?;
+        let conn = tokio::spawn(conn);
+        let made = async {
+            let tap = link_index(&handle, TAP_NAME).await?;
+            let eth0 = link_index(&handle, "eth0").await?;
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(tap).up().build())
+                .execute()
+                .await
+                .map_err(link_err("set the tap up"))?;
+            for (from, to) in [(tap, eth0), (eth0, tap)] {
+                let dev = i32::try_from(from).map_err(|_| NetError::Link("index".into()))?;
+                handle
+                    .qdisc()
+                    .add(dev)
+                    .ingress()
+                    .execute()
+                    .await
+                    .map_err(link_err("add an ingress qdisc"))?;
+                handle
+                    .traffic_filter(dev)
+                    .add()
+                    .parent(0xffff_0000)
+                    // ETH_P_ALL, in network byte order as tc expects it.
+                    .protocol(0x0003u16.to_be())
+                    .redirect(to)
+                    .map_err(link_err("build the redirect"))?
+                    .execute()
+                    .await
+                    .map_err(link_err("add the redirect"))?;
+            }
+            Ok(())
+        }
+        .await;
+        conn.abort();
+        made
+    })
 }
 
 /// Inside a new VM namespace: the tap, a bridge, and a veth pair whose far end goes to the
@@ -215,9 +300,16 @@ impl Network {
                 config.tag
             )));
         }
-        let pool = AddressPool::new(config.subnet).ok_or_else(|| {
-            NetError::Config(format!("VM subnet {} is smaller than a /30", config.subnet))
-        })?;
+        let mode = match config.cni.clone() {
+            Some(config) => Mode::Cni {
+                config,
+                next: AtomicU32::new(0),
+                active: AtomicU32::new(0),
+            },
+            None => Mode::Builtin(Mutex::new(AddressPool::new(config.subnet).ok_or_else(
+                || NetError::Config(format!("VM subnet {} is smaller than a /30", config.subnet)),
+            )?)),
+        };
         let host_ns = netns::current()?;
         let (conn, host, _) = rtnetlink::new_connection()
             .map_err(|e| NetError::Link(format!("netlink socket: {e}")))?;
@@ -235,10 +327,11 @@ impl Network {
         let net = Arc::new(Self {
             rules: Ruleset {
                 table: format!("ignition_{}", config.tag),
-                if_prefix: format!("ig{}-", config.tag),
-                subnet: config.subnet,
+                subnet: matches!(mode, Mode::Builtin(_)).then_some(config.subnet),
             },
-            pool: Mutex::new(pool),
+            if_prefix: format!("ig{}-", config.tag),
+            tag: config.tag.clone(),
+            mode,
             host,
             host_ns,
             resolvers,
@@ -261,15 +354,18 @@ impl Network {
 
     /// Host-side interface names of this node's VMs start with this.
     pub fn interface_prefix(&self) -> &str {
-        &self.rules.if_prefix
+        &self.if_prefix
     }
 
     /// Counters.
     pub fn stats(&self) -> NetStats {
         NetStats {
             table: self.rules.table.clone(),
-            interface_prefix: self.rules.if_prefix.clone(),
-            active: self.pool.lock().unwrap_or_else(|p| p.into_inner()).in_use(),
+            interface_prefix: self.if_prefix.clone(),
+            active: match &self.mode {
+                Mode::Builtin(pool) => pool.lock().unwrap_or_else(|p| p.into_inner()).in_use(),
+                Mode::Cni { active, .. } => active.load(Ordering::Relaxed),
+            },
             attached: self.attached.load(Ordering::Relaxed),
             released: self.released.load(Ordering::Relaxed),
             last_setup_us: self.last_setup_us.load(Ordering::Relaxed),
@@ -286,7 +382,7 @@ impl Network {
                 rtnetlink::packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
                 _ => None,
             });
-            if name.is_some_and(|n| n.starts_with(&self.rules.if_prefix)) {
+            if name.is_some_and(|n| n.starts_with(&self.if_prefix)) {
                 stale.push(l.header.index);
             }
         }
@@ -298,13 +394,49 @@ impl Network {
     /// Makes a network for one VM with `egress` as its policy.
     pub async fn attach(self: &Arc<Self>, egress: &[EgressRule]) -> Result<VmNet, NetError> {
         let started = Instant::now();
-        let slot = self
-            .pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .ok_or(NetError::Exhausted(self.rules.subnet))?;
-        let host_if = format!("{}{}", self.rules.if_prefix, slot.index);
+        let mut vm = match &self.mode {
+            Mode::Builtin(pool) => {
+                let slot = pool
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .ok_or_else(|| NetError::Exhausted(self.rules.subnet.unwrap_or(ZERO_NET)))?;
+                self.attach_builtin(slot, egress).await?
+            }
+            Mode::Cni { config, next, .. } => {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                self.attach_cni(config, index, egress).await?
+            }
+        };
+        self.attached.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.install_policy(&vm, egress).await {
+            vm.release().await;
+            return Err(e);
+        }
+        vm.setup_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_setup_us.store(vm.setup_us, Ordering::Relaxed);
+        Ok(vm)
+    }
+
+    fn guest_dns(&self, offered: &[Ipv4Addr], egress: &[EgressRule]) -> Vec<Ipv4Addr> {
+        let candidates = if offered.is_empty() {
+            &self.resolvers
+        } else {
+            offered
+        };
+        candidates
+            .iter()
+            .copied()
+            .filter(|r| egress.iter().any(|rule| rule.allows(*r, 53, false)))
+            .collect()
+    }
+
+    async fn attach_builtin(
+        self: &Arc<Self>,
+        slot: SlotAddrs,
+        egress: &[EgressRule],
+    ) -> Result<VmNet, NetError> {
+        let host_if = format!("{}{}", self.if_prefix, slot.index);
         let host_ns = self.host_ns.as_raw_fd();
         let made = {
             let host_if = host_if.clone();
@@ -319,34 +451,82 @@ impl Network {
         };
         let mut vm = VmNet {
             network: Arc::clone(self),
-            slot,
+            index: slot.index,
+            link: Link::Builtin,
             host_if,
             netns,
             guest: GuestNetwork {
                 address: slot.guest,
                 prefix_len: 30,
                 gateway: slot.host,
-                dns: self
-                    .resolvers
-                    .iter()
-                    .copied()
-                    .filter(|r| egress.iter().any(|rule| rule.allows(*r, 53, false)))
-                    .collect(),
+                dns: self.guest_dns(&[], egress),
             },
             released: false,
             setup_us: 0,
         };
-        self.attached.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.configure_host_side(&vm, egress).await {
+        if let Err(e) = self.configure_host_side(&vm, slot.host).await {
             vm.release().await;
             return Err(e);
         }
-        vm.setup_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.last_setup_us.store(vm.setup_us, Ordering::Relaxed);
         Ok(vm)
     }
 
-    async fn configure_host_side(&self, vm: &VmNet, egress: &[EgressRule]) -> Result<(), NetError> {
+    async fn attach_cni(
+        self: &Arc<Self>,
+        config: &CniConfig,
+        index: u32,
+        egress: &[EgressRule],
+    ) -> Result<VmNet, NetError> {
+        let (fd, ()) = netns::create(|| tap::create_persistent(TAP_NAME)).await?;
+        let netns = Arc::new(fd);
+        let id = format!("ignition-{}-{index}", self.tag);
+        let path = format!("/proc/{}/fd/{}", std::process::id(), netns.as_raw_fd());
+        let added = {
+            let (config, id, path) = (config.clone(), id.clone(), path.clone());
+            tokio::task::spawn_blocking(move || config.add(&id, &path))
+                .await
+                .map_err(|e| NetError::Cni(format!("CNI task: {e}")))?
+        }?;
+        if let Mode::Cni { active, .. } = &self.mode {
+            active.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut vm = VmNet {
+            network: Arc::clone(self),
+            index,
+            host_if: added.host_if.clone(),
+            netns: Arc::clone(&netns),
+            guest: GuestNetwork {
+                address: added.address,
+                prefix_len: added.prefix_len,
+                gateway: added.gateway,
+                dns: self.guest_dns(&added.dns, egress),
+            },
+            link: Link::Cni(Arc::new(added)),
+            released: false,
+            setup_us: 0,
+        };
+        let joined = async {
+            let host_if = vm.host_if.clone();
+            let bridged = std::path::Path::new("/sys/class/net")
+                .join(&host_if)
+                .join("master")
+                .exists();
+            if bridged {
+                return Err(NetError::Cni(format!(
+                    "the host end {host_if} is a bridge port: VMs would share an L2 segment below the host's firewall; use a routed plugin such as ptp"
+                )));
+            }
+            netns::enter(&netns, join_tap_to_eth0).await
+        }
+        .await;
+        if let Err(e) = joined {
+            vm.release().await;
+            return Err(e);
+        }
+        Ok(vm)
+    }
+
+    async fn configure_host_side(&self, vm: &VmNet, gateway: Ipv4Addr) -> Result<(), NetError> {
         let index = link_index(&self.host, &vm.host_if).await?;
         // No IPv6 on the host end: no link-local address for a guest to talk to.
         let _ = std::fs::write(
@@ -355,7 +535,7 @@ impl Network {
         );
         self.host
             .address()
-            .add(index, IpAddr::V4(vm.slot.host), 30)
+            .add(index, IpAddr::V4(gateway), 30)
             .execute()
             .await
             .map_err(link_err("add the gateway address"))?;
@@ -364,11 +544,14 @@ impl Network {
             .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
             .await
-            .map_err(link_err("set the host link up"))?;
+            .map_err(link_err("set the host link up"))
+    }
+
+    async fn install_policy(&self, vm: &VmNet, egress: &[EgressRule]) -> Result<(), NetError> {
         let script = self.rules.add_vm(&VmPolicy {
-            index: vm.slot.index,
+            index: vm.index,
             host_if: &vm.host_if,
-            guest: vm.slot.guest,
+            guest: vm.guest.address,
             rules: egress,
         });
         tokio::task::spawn_blocking(move || nft::apply(&script))
@@ -377,10 +560,11 @@ impl Network {
     }
 
     fn give_back(&self, index: u32) {
-        self.pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .give_back(index);
+        if let Mode::Builtin(pool) = &self.mode {
+            pool.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .give_back(index);
+        }
     }
 
     /// Removes this node's links and table. Call after every VM is gone.
@@ -420,21 +604,53 @@ impl VmNet {
             return;
         }
         let net = Arc::clone(&self.network);
-        let script = net.rules.remove_vm(self.slot.index, &self.host_if);
+        let script = net
+            .rules
+            .remove_vm(self.index, &self.host_if, self.guest.address);
         match tokio::task::spawn_blocking(move || nft::apply(&script)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(vm_if = %self.host_if, error = %e, "removing VM rules"),
+            Ok(Err(e)) => tracing::debug!(vm_if = %self.host_if, error = %e, "removing VM rules"),
             Err(e) => tracing::warn!(error = %e, "nft task"),
         }
-        // Deleting one end of a veth pair deletes both; the namespace (tap, bridge) goes when
-        // its last holder (this descriptor, the VMM) does.
-        if let Ok(index) = link_index(&net.host, &self.host_if).await {
-            if let Err(e) = net.host.link().del(index).execute().await {
-                tracing::warn!(vm_if = %self.host_if, error = %e, "deleting the VM link");
+        match (&self.link, &net.mode) {
+            (Link::Builtin, _) => {
+                // Deleting one end of a veth pair deletes both; the namespace (tap, bridge)
+                // goes when its last holder (this descriptor, the VMM) does.
+                if let Ok(index) = link_index(&net.host, &self.host_if).await {
+                    if let Err(e) = net.host.link().del(index).execute().await {
+                        tracing::warn!(vm_if = %self.host_if, error = %e, "deleting the VM link");
+                    }
+                }
+                net.give_back(self.index);
             }
+            (Link::Cni(link), Mode::Cni { config, active, .. }) => {
+                let id = format!("ignition-{}-{}", net.tag, self.index);
+                let path = format!("/proc/{}/fd/{}", std::process::id(), self.netns.as_raw_fd());
+                let (config, link) = (config.clone(), Arc::clone(link));
+                let deleted =
+                    tokio::task::spawn_blocking(move || config.del(&id, &path, &link.result)).await;
+                if let Ok(Err(e)) = deleted {
+                    tracing::warn!(vm_if = %self.host_if, error = %e, "CNI DEL");
+                }
+                active.fetch_sub(1, Ordering::Relaxed);
+            }
+            (Link::Cni(_), Mode::Builtin(_)) => {}
         }
-        net.give_back(self.slot.index);
         net.released.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Asks the CNI plugins whether the VM's network is still as they made it (`CHECK`);
+    /// built-in networks always are.
+    pub async fn check(&self) -> Result<(), NetError> {
+        let (Link::Cni(link), Mode::Cni { config, .. }) = (&self.link, &self.network.mode) else {
+            return Ok(());
+        };
+        let id = format!("ignition-{}-{}", self.network.tag, self.index);
+        let path = format!("/proc/{}/fd/{}", std::process::id(), self.netns.as_raw_fd());
+        let (config, link) = (config.clone(), Arc::clone(link));
+        tokio::task::spawn_blocking(move || config.check(&id, &path, &link.result))
+            .await
+            .map_err(|e| NetError::Cni(format!("CNI task: {e}")))?
     }
 }
 
@@ -449,7 +665,8 @@ impl Drop for VmNet {
         };
         let mut me = VmNet {
             network: Arc::clone(&self.network),
-            slot: self.slot,
+            index: self.index,
+            link: self.link.clone(),
             host_if: std::mem::take(&mut self.host_if),
             netns: Arc::clone(&self.netns),
             guest: self.guest.clone(),

@@ -8,7 +8,7 @@
 use std::os::fd::OwnedFd;
 
 use nix::fcntl::{open, OFlag};
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::stat::Mode;
 
 use crate::NetError;
@@ -39,6 +39,29 @@ where
                 .and_then(|()| current())
                 .and_then(|fd| setup().map(|t| (fd, t)));
             let _ = tx.send(made);
+        })
+        .map_err(|e| NetError::Namespace(format!("spawn a namespace thread: {e}")))?;
+    rx.await
+        .map_err(|_| NetError::Namespace("the namespace thread died".into()))?
+}
+
+/// Runs `f` on a thread of its own inside the namespace `ns`.
+pub(crate) async fn enter<T, F>(ns: &OwnedFd, f: F) -> Result<T, NetError>
+where
+    F: FnOnce() -> Result<T, NetError> + Send + 'static,
+    T: Send + 'static,
+{
+    let ns = ns
+        .try_clone()
+        .map_err(|e| NetError::Namespace(format!("duplicate the namespace descriptor: {e}")))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ignition-netns".into())
+        .spawn(move || {
+            let r = setns(&ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetError::Namespace(format!("setns: {e}")))
+                .and_then(|()| f());
+            let _ = tx.send(r);
         })
         .map_err(|e| NetError::Namespace(format!("spawn a namespace thread: {e}")))?;
     rx.await

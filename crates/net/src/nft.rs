@@ -44,10 +44,9 @@ const PROTECTED: &[&str] = &[
 pub(crate) struct Ruleset {
     /// `ignition_<tag>`.
     pub(crate) table: String,
-    /// Host interface names of VM links start with this.
-    pub(crate) if_prefix: String,
-    /// The VM subnet.
-    pub(crate) subnet: Ipv4Net,
+    /// The VM subnet the node assigns addresses from (built-in mode); with CNI the plugins'
+    /// IPAM assigns them and each VM's address is protected one by one.
+    pub(crate) subnet: Option<Ipv4Net>,
 }
 
 /// One VM's policy.
@@ -75,42 +74,57 @@ fn rule_match(r: &EgressRule) -> String {
 
 impl Ruleset {
     /// The whole table, replacing any table of the same name (left by an earlier server).
+    /// VMs are recognized by their host-side interface (set `vm_ifs`), whatever named it.
     pub(crate) fn base(&self) -> String {
-        let (t, p) = (&self.table, &self.if_prefix);
-        let protected = std::iter::once(self.subnet.to_string())
+        let t = &self.table;
+        let protected = self
+            .subnet
+            .iter()
+            .map(ToString::to_string)
             .chain(PROTECTED.iter().map(|s| (*s).to_owned()))
             .collect::<Vec<_>>()
             .join(", ");
+        let (unassigned, nat) = match self.subnet {
+            Some(net) => (
+                format!("\n    ip daddr {net} oifname != @vm_ifs drop"),
+                format!("\n    ip saddr {net} oifname != @vm_ifs masquerade"),
+            ),
+            // With CNI the plugins' IPAM decides addresses; NAT follows the VMs' own.
+            None => (
+                String::new(),
+                "\n    ip saddr @vm_addrs oifname != @vm_ifs masquerade".to_owned(),
+            ),
+        };
         format!(
             "add table inet {t}
 delete table inet {t}
 table inet {t} {{
   set protected {{ type ipv4_addr; flags interval; elements = {{ {protected} }} }}
+  set vm_ifs {{ type ifname; }}
+  set vm_addrs {{ type ipv4_addr; }}
   map general {{ type ifname : verdict; }}
   map explicit {{ type ifname : verdict; }}
   chain forward {{
     type filter hook forward priority filter - 10; policy accept;
-    iifname \"{p}*\" ct state established,related accept
-    oifname \"{p}*\" ct state established,related accept
-    ip daddr {subnet} oifname != \"{p}*\" drop
-    iifname \"{p}*\" ip daddr @protected iifname vmap @explicit
-    iifname \"{p}*\" iifname vmap @general
-    iifname \"{p}*\" drop
-    oifname \"{p}*\" drop
+    iifname @vm_ifs ct state established,related accept
+    oifname @vm_ifs ct state established,related accept{unassigned}
+    iifname @vm_ifs ip daddr @protected iifname vmap @explicit
+    iifname @vm_ifs ip daddr @vm_addrs iifname vmap @explicit
+    iifname @vm_ifs iifname vmap @general
+    iifname @vm_ifs drop
+    oifname @vm_ifs drop
   }}
   chain input {{
     type filter hook input priority filter - 10; policy accept;
-    iifname \"{p}*\" ct state established,related accept
-    iifname \"{p}*\" iifname vmap @explicit
-    iifname \"{p}*\" drop
+    iifname @vm_ifs ct state established,related accept
+    iifname @vm_ifs iifname vmap @explicit
+    iifname @vm_ifs drop
   }}
   chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    ip saddr {subnet} oifname != \"{p}*\" masquerade
+    type nat hook postrouting priority srcnat; policy accept;{nat}
   }}
 }}
-",
-            subnet = self.subnet
+"
         )
     }
 
@@ -142,6 +156,8 @@ table inet {t} {{
             }
             let _ = writeln!(s, "add rule inet {t} {chain} drop");
         }
+        let _ = writeln!(s, "add element inet {t} vm_ifs {{ \"{}\" }}", vm.host_if);
+        let _ = writeln!(s, "add element inet {t} vm_addrs {{ {} }}", vm.guest);
         let _ = writeln!(
             s,
             "add element inet {t} general {{ \"{}\" : jump vm-{} }}",
@@ -155,11 +171,13 @@ table inet {t} {{
         s
     }
 
-    /// Removes one VM's map entries and chains.
-    pub(crate) fn remove_vm(&self, index: u32, host_if: &str) -> String {
+    /// Removes one VM's set and map entries and its chains.
+    pub(crate) fn remove_vm(&self, index: u32, host_if: &str, guest: Ipv4Addr) -> String {
         let t = &self.table;
         format!(
-            "delete element inet {t} general {{ \"{host_if}\" }}
+            "delete element inet {t} vm_ifs {{ \"{host_if}\" }}
+delete element inet {t} vm_addrs {{ {guest} }}
+delete element inet {t} general {{ \"{host_if}\" }}
 delete element inet {t} explicit {{ \"{host_if}\" }}
 flush chain inet {t} vm-{index}
 delete chain inet {t} vm-{index}
@@ -205,8 +223,7 @@ mod tests {
     fn rs() -> Ruleset {
         Ruleset {
             table: "ignition_t1".into(),
-            if_prefix: "igt1-".into(),
-            subnet: "10.200.0.0/16".parse().unwrap(),
+            subnet: Some("10.200.0.0/16".parse().unwrap()),
         }
     }
 
@@ -214,11 +231,20 @@ mod tests {
     fn base_table_guards_host_vms_and_inbound() {
         let b = rs().base();
         assert!(b.contains("elements = { 10.200.0.0/16, 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16"));
-        assert!(b.contains("iifname \"igt1-*\" ip daddr @protected iifname vmap @explicit"));
+        assert!(b.contains("iifname @vm_ifs ip daddr @protected iifname vmap @explicit"));
+        assert!(b.contains("iifname @vm_ifs ip daddr @vm_addrs iifname vmap @explicit"));
         assert!(b.contains("chain input {"));
-        assert!(b.contains("oifname \"igt1-*\" drop"));
-        assert!(b.contains("ip daddr 10.200.0.0/16 oifname != \"igt1-*\" drop"));
-        assert!(b.contains("ip saddr 10.200.0.0/16 oifname != \"igt1-*\" masquerade"));
+        assert!(b.contains("oifname @vm_ifs drop"));
+        assert!(b.contains("ip daddr 10.200.0.0/16 oifname != @vm_ifs drop"));
+        assert!(b.contains("ip saddr 10.200.0.0/16 oifname != @vm_ifs masquerade"));
+        let cni = Ruleset {
+            subnet: None,
+            ..rs()
+        }
+        .base();
+        assert!(cni.contains("ip saddr @vm_addrs oifname != @vm_ifs masquerade"));
+        assert!(!cni.contains("10.200.0.0/16"));
+        assert!(cni.contains("elements = { 0.0.0.0/8,"));
     }
 
     #[test]
@@ -257,7 +283,10 @@ mod tests {
             Some("add rule inet ignition_t1 vm-7 drop")
         );
         assert!(s.contains("add element inet ignition_t1 general { \"igt1-7\" : jump vm-7 }"));
-        let r = rs().remove_vm(7, "igt1-7");
+        assert!(s.contains("add element inet ignition_t1 vm_ifs { \"igt1-7\" }"));
+        assert!(s.contains("add element inet ignition_t1 vm_addrs { 10.200.0.30 }"));
+        let r = rs().remove_vm(7, "igt1-7", "10.200.0.30".parse().unwrap());
         assert!(r.contains("delete chain inet ignition_t1 vmx-7"));
+        assert!(r.contains("delete element inet ignition_t1 vm_addrs { 10.200.0.30 }"));
     }
 }

@@ -55,6 +55,12 @@ pub enum PolicyError {
 }
 
 impl Ipv4Net {
+    /// `0.0.0.0/0`.
+    pub const ZERO: Self = Self {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix: 0,
+    };
+
     /// The network `addr/prefix`; `None` when the prefix is over 32 or host bits are set.
     pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Self> {
         let net = Self { addr, prefix };

@@ -27,6 +27,7 @@ fn host_links(prefix: &str) -> Vec<String> {
 async fn a_vm_network_is_made_whole_and_removed_without_a_trace() {
     let net = Network::start(NetConfig {
         subnet: "10.251.0.0/28".parse().unwrap(),
+        cni: None,
         tag: "nt1".into(),
         dns: vec!["198.18.9.53".parse().unwrap()],
     })
@@ -103,6 +104,7 @@ async fn a_vm_network_is_made_whole_and_removed_without_a_trace() {
 async fn bad_configuration_is_refused_with_a_reason() {
     let err = Network::start(NetConfig {
         subnet: "10.251.1.0/31".parse().unwrap(),
+        cni: None,
         tag: "nt2".into(),
         dns: vec![],
     })
@@ -111,6 +113,7 @@ async fn bad_configuration_is_refused_with_a_reason() {
     assert!(err.to_string().contains("smaller than a /30"), "{err}");
     let err = Network::start(NetConfig {
         subnet: "10.251.1.0/24".parse().unwrap(),
+        cni: None,
         tag: "Bad-Tag".into(),
         dns: vec![],
     })
