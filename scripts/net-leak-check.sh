@@ -16,7 +16,7 @@ trap 'kill -TERM "$pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
   --vm-subnet 10.202.0.0/22 >"$tmp/server.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 600); do curl -fs "$URL/" >/dev/null && break; sleep 0.2; done
-IGNITION_URL=$URL "$BIN" fn deploy echo --runtime python3 --handler app.handler \
+IGNITION_URL=$URL "$BIN" fn deploy echo --runtime python3 --handler echo.handler \
   --code examples/echo-python >/dev/null
 stats() { curl -fs "$URL/v1/stats" | python3 -c "import json,sys; n=json.load(sys.stdin)['network']; print(n[sys.argv[1]])" "$1"; }
 prefix=$(stats interface_prefix)

@@ -1,12 +1,15 @@
-//! The host channel. Under QEMU it is a virtio-serial port named [`AGENT_PORT_NAME`]; a vsock
-//! transport (Firecracker) plugs in behind the same [`HostLink`] trait.
+//! The host channel. Under QEMU it is a virtio-serial port named [`AGENT_PORT_NAME`]; under
+//! Firecracker, which has no virtio-serial, a vsock connection to the host's port
+//! [`AGENT_VSOCK_PORT`]. Both are byte streams behind the same [`HostLink`] trait. A snapshot
+//! resets vsock connections, so after a restore the vsock transport connects again.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use ignition_proto::{
-    encode, read_frame, FrameError, GuestMessage, HostMessage, AGENT_PORT_NAME, MAX_HOST_FRAME,
+    encode, read_frame, FrameError, GuestMessage, HostMessage, AGENT_PORT_NAME, AGENT_VSOCK_PORT,
+    MAX_HOST_FRAME,
 };
 
 /// A byte stream to the host.
@@ -16,6 +19,7 @@ impl<T: Read + Write + Send> HostLink for T {}
 /// The framed channel to the host.
 pub struct Channel {
     link: Box<dyn HostLink>,
+    vsock: bool,
 }
 
 impl std::fmt::Debug for Channel {
@@ -39,20 +43,47 @@ impl Channel {
         while start.elapsed() < limit {
             match find_port() {
                 Ok(dev) => match OpenOptions::new().read(true).write(true).open(&dev) {
-                    Ok(file) => return Ok(Self::from_link(file)),
+                    Ok(file) => return Ok(Self::from_link(file, false)),
                     Err(e) => last = format!("open {dev}: {e}"),
                 },
                 Err(e) => last = e,
+            }
+            // No virtio-serial bus at all: the VMM offers vsock instead.
+            if !std::path::Path::new("/sys/class/virtio-ports").exists()
+                || std::path::Path::new("/dev/vsock").exists()
+            {
+                match connect_vsock() {
+                    Ok(file) => return Ok(Self::from_link(file, true)),
+                    Err(e) => last = format!("no virtio port, and vsock: {e}"),
+                }
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         Err(format!("host channel: {last}"))
     }
 
-    fn from_link(link: impl HostLink + 'static) -> Self {
+    fn from_link(link: impl HostLink + 'static, vsock: bool) -> Self {
         Self {
             link: Box::new(link),
+            vsock,
         }
+    }
+
+    /// After the channel broke: connects again where the transport allows it (vsock, reset
+    /// by a snapshot restore), waiting up to `limit`. `false`: the host is gone for good.
+    pub fn reconnect(&mut self, limit: Duration) -> bool {
+        if !self.vsock {
+            return false;
+        }
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(file) = connect_vsock() {
+                self.link = Box::new(file);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
     }
 
     pub fn send(&mut self, msg: &GuestMessage) -> Result<(), String> {
@@ -67,6 +98,24 @@ impl Channel {
     pub fn recv(&mut self) -> Result<Option<HostMessage>, FrameError> {
         read_frame(&mut self.link, MAX_HOST_FRAME)
     }
+}
+
+/// A stream connection to the host (CID 2) on [`AGENT_VSOCK_PORT`].
+fn connect_vsock() -> Result<std::fs::File, String> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &VsockAddr::new(libc::VMADDR_CID_HOST, AGENT_VSOCK_PORT),
+    )
+    .map_err(|e| format!("connect: {e}"))?;
+    Ok(std::fs::File::from(fd))
 }
 
 fn find_port() -> Result<String, String> {

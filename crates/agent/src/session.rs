@@ -1,7 +1,7 @@
 //! The session with the host: the loop that answers each [`HostMessage`].
 
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ignition_proto::{
     ErrorBody, FunctionSpec, GuestMessage, HostMessage, InvokeRequest, InvokeResult, Outcome,
@@ -43,6 +43,8 @@ pub fn serve(guest: Guest) -> String {
     loop {
         let msg = match channel.recv() {
             Ok(Some(m)) => m,
+            // A vsock channel is reset by a snapshot restore: connect again and carry on.
+            Ok(None) | Err(_) if channel.reconnect(Duration::from_secs(5)) => continue,
             Ok(None) => power_off(),
             Err(e) => return format!("host channel: {e}"),
         };

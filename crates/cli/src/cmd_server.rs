@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use ignition_vmm::firecracker::{FirecrackerConfig, FirecrackerDriver};
 use ignition_vmm::qemu::{QemuConfig, QemuDriver};
 use ignition_vmm::Accel;
 use ignition_worker::{PoolConfig, Worker, WorkerConfig};
@@ -29,6 +30,13 @@ pub(crate) struct ServerArgs {
     /// The QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
+    /// The hypervisor: `qemu`, `firecracker`, or `auto` (Firecracker where it is installed and
+    /// KVM runs at hardware speed, as `ignition doctor` reports; QEMU elsewhere).
+    #[arg(long, default_value = "auto")]
+    vmm: VmmChoice,
+    /// The Firecracker binary.
+    #[arg(long, default_value = "firecracker")]
+    firecracker: PathBuf,
     /// MicroVMs that may run at once; further invocations wait.
     #[arg(long, default_value_t = 4)]
     max_vms: usize,
@@ -75,6 +83,17 @@ pub(crate) struct ServerArgs {
     /// the host's non-loopback resolvers).
     #[arg(long = "dns")]
     dns: Vec<std::net::Ipv4Addr>,
+}
+
+/// Which hypervisor runs VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum VmmChoice {
+    /// Firecracker on hardware KVM with Firecracker installed; QEMU elsewhere.
+    Auto,
+    /// QEMU `microvm` (KVM or TCG).
+    Qemu,
+    /// Firecracker (needs hardware KVM).
+    Firecracker,
 }
 
 /// How VMs are networked.
@@ -162,13 +181,51 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
     // VMs of an earlier server on this data dir died with it (PDEATHSIG); their sockets did not.
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let driver = Arc::new(QemuDriver::new(QemuConfig {
-        binary: args.qemu.clone(),
-        accel: args.accel,
-        run_dir: run_dir.clone(),
-        jail: !args.no_jail,
-    }));
-    tracing::info!(accel = driver.accel().qemu_name(), image = %image.id, "microVM driver ready");
+    let vmm = match args.vmm {
+        VmmChoice::Qemu => "qemu",
+        VmmChoice::Firecracker => "firecracker",
+        VmmChoice::Auto => ignition_vmm::doctor::auto_vmm(&args.firecracker),
+    };
+    if vmm == "firecracker" {
+        let found = std::process::Command::new(&args.firecracker)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            anyhow::bail!(
+                "--vmm firecracker: cannot run {} (install Firecracker or pass --firecracker PATH)",
+                args.firecracker.display()
+            );
+        }
+        if !Path::new("/dev/kvm").exists() {
+            anyhow::bail!("--vmm firecracker needs KVM, and this host has no /dev/kvm");
+        }
+    }
+    let (driver, sweep): (
+        Arc<dyn ignition_vmm::VmmDriver>,
+        Box<dyn Fn() + Send + Sync>,
+    ) = if vmm == "firecracker" {
+        let d = Arc::new(FirecrackerDriver::new(FirecrackerConfig {
+            binary: args.firecracker.clone(),
+            run_dir: run_dir.clone(),
+            jail: !args.no_jail,
+        }));
+        tracing::info!(vmm, image = %image.id, "microVM driver ready");
+        let s = Arc::clone(&d);
+        (d, Box::new(move || s.sweep()))
+    } else {
+        let d = Arc::new(QemuDriver::new(QemuConfig {
+            binary: args.qemu.clone(),
+            accel: args.accel,
+            run_dir: run_dir.clone(),
+            jail: !args.no_jail,
+        }));
+        tracing::info!(vmm, accel = d.accel().qemu_name(), image = %image.id, "microVM driver ready");
+        let s = Arc::clone(&d);
+        (d, Box::new(move || s.sweep()))
+    };
     let cni = match (args.network, &args.cni_conf) {
         (NetworkMode::Cni, Some(conf)) => Some(
             ignition_net::CniConfig::load(conf, args.cni_bin_dirs.clone())
@@ -200,7 +257,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         }
     }
     let worker = Worker::new(
-        Arc::clone(&driver) as Arc<dyn ignition_vmm::VmmDriver>,
+        Arc::clone(&driver),
         image,
         WorkerConfig {
             max_vms: args.max_vms,
@@ -237,7 +294,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
     worker.shutdown().await;
     // Destroys the pool spawned while shutting down get a moment to finish.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    driver.sweep();
+    sweep();
     if let Some(n) = &network {
         n.shutdown().await;
     }

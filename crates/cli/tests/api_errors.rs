@@ -213,3 +213,17 @@ fn bad_requests_get_clear_errors() {
     assert_eq!(resp.status(), 404);
     server.stop_and_check_clean();
 }
+
+#[test]
+fn asking_for_firecracker_where_it_is_missing_fails_at_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["server", "--listen", "127.0.0.1:0", "--vmm", "firecracker"])
+        .args(["--firecracker", "/nonexistent/firecracker", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot run /nonexistent/firecracker"), "{err}");
+}

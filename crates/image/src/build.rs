@@ -146,8 +146,10 @@ pub fn build_unrecorded(opts: &BuildOptions) -> Result<GuestImage, ImageError> {
         initramfs.to_string_lossy().as_bytes(),
     ])[..16]
         .to_owned();
+    let vmlinux = crate::vmlinux::ensure(&kernel.vmlinuz)?;
     let image = GuestImage {
         id,
+        vmlinux,
         kernel: kernel.vmlinuz,
         kernel_release: kernel.release,
         initramfs,

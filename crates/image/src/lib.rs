@@ -18,6 +18,7 @@ mod cpio;
 mod kernel;
 mod modules;
 mod rootfs;
+mod vmlinux;
 
 use std::path::{Path, PathBuf};
 
@@ -69,8 +70,11 @@ impl ImageError {
 pub struct GuestImage {
     /// Content key of the whole image (changes when any part changes).
     pub id: String,
-    /// The compressed kernel (`bzImage`).
+    /// The compressed kernel (`bzImage`), which QEMU boots.
     pub kernel: PathBuf,
+    /// The same kernel uncompressed (ELF `vmlinux`), which Firecracker boots.
+    #[serde(default)]
+    pub vmlinux: PathBuf,
     /// The kernel's release string (`uname -r` in the guest).
     pub kernel_release: String,
     /// The initramfs with the agent.

@@ -13,6 +13,7 @@ pub(crate) const WANTED: &[&str] = &[
     "virtio_blk",
     "virtio-rng",
     "virtio_net",
+    "vmw_vsock_virtio_transport",
     "overlay",
 ];
 

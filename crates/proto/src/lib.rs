@@ -36,3 +36,6 @@ pub const MAX_RESULT_BYTES: usize = 6 * 1024 * 1024;
 pub const MAX_LOG_BYTES: usize = 1024 * 1024;
 /// The vsock port / virtio-serial port name the agent serves the host channel on.
 pub const AGENT_PORT_NAME: &str = "ignition.agent";
+/// The host's vsock port the agent connects to where the VMM offers vsock instead of a
+/// virtio-serial port (Firecracker).
+pub const AGENT_VSOCK_PORT: u32 = 1024;

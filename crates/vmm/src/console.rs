@@ -4,8 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncReadExt;
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Bytes of console output kept per VM.
 pub(crate) const CONSOLE_KEEP: usize = 64 * 1024;
@@ -31,8 +30,12 @@ impl ConsoleRing {
         String::from_utf8_lossy(&v).into_owned()
     }
 
-    /// Drains `stream` into the ring until it closes.
-    pub(crate) fn capture(&self, mut stream: UnixStream) -> tokio::task::JoinHandle<()> {
+    /// Drains `stream` (a console socket, or a VMM's standard output) into the ring until it
+    /// closes.
+    pub(crate) fn capture(
+        &self,
+        mut stream: impl AsyncRead + Unpin + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         let ring = self.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 4096];

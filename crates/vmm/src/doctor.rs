@@ -195,6 +195,21 @@ fn qemu_version(binary: &Path) -> Option<String> {
     text.lines().next().map(|l| l.trim().to_owned())
 }
 
+/// What `--vmm auto` picks: Firecracker where `firecracker` (a path, or a name on `PATH`) is
+/// installed and KVM runs at hardware speed; QEMU everywhere else.
+pub fn auto_vmm(firecracker: &Path) -> &'static str {
+    let found = if firecracker.components().count() > 1 {
+        firecracker.is_file()
+    } else {
+        which(&firecracker.to_string_lossy()).is_some()
+    };
+    if found && probe_kvm(Duration::from_secs(5)).kind == KvmKind::Hardware {
+        "firecracker"
+    } else {
+        "qemu"
+    }
+}
+
 /// Inspects the host.
 pub fn inspect(qemu: &Path) -> HostReport {
     let kvm_probe = probe_kvm(Duration::from_secs(5));

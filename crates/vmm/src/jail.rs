@@ -8,6 +8,7 @@
 //!
 //! Not yet: a chroot, an unprivileged uid, a PID namespace (issue #6).
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use crate::VmmError;
@@ -21,6 +22,39 @@ pub(crate) const QEMU_SANDBOX: &str =
 /// Namespaces a VMM process is moved into before it executes.
 pub(crate) const NAMESPACES: libc::c_int =
     libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
+
+/// Makes `cmd` (a VMM about to be spawned) die with the server, join the VM's network
+/// namespace `netns` (when it has a network) and, with `jail`, new mount, IPC and UTS
+/// namespaces (and an empty network namespace when the VM has no network of its own).
+/// The caller keeps `netns` open until the spawn returns.
+pub(crate) fn confine(cmd: &mut tokio::process::Command, jail: bool, netns: Option<RawFd>) {
+    let namespaces = match (netns, jail) {
+        (Some(_), true) => NAMESPACES & !libc::CLONE_NEWNET,
+        (None, true) => NAMESPACES,
+        (_, false) => 0,
+    };
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl(2),
+    // setns(2) and unshare(2), which are async-signal-safe; it reads two captured integers and
+    // touches no other memory of the parent. The namespace descriptor is open in the parent for
+    // the whole spawn, so it is valid in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The VMM dies with the server, so a crashed server leaves no VM behind.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = netns {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if namespaces != 0 && libc::unshare(namespaces) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
 
 /// Limits for one VM's cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@
 pub mod accel;
 mod console;
 pub mod doctor;
+pub mod firecracker;
 pub mod jail;
 pub mod qemu;
 mod rundir;

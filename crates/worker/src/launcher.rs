@@ -90,7 +90,12 @@ fn new_vm_id() -> String {
 impl Launcher {
     fn boot_image(&self, memory_mib: u32) -> BootImage {
         BootImage {
-            kernel: self.image.kernel.clone(),
+            // Firecracker boots the uncompressed ELF kernel; QEMU the bzImage. Same kernel.
+            kernel: if self.driver.name() == "firecracker" {
+                self.image.vmlinux.clone()
+            } else {
+                self.image.kernel.clone()
+            },
             initramfs: self.image.initramfs.clone(),
             rootfs: self.image.rootfs.clone(),
             extra_cmdline: vec![format!("ignition.scratch_mib={}", scratch_mib(memory_mib))],

@@ -189,7 +189,9 @@ struct Reused {
 pub struct Worker {
     launcher: Arc<Launcher>,
     pool: Arc<WarmPool>,
-    admission: Semaphore,
+    admission: Arc<Semaphore>,
+    /// VMs being torn down after their invocation answered.
+    teardowns: Arc<AtomicU64>,
     reused: Mutex<HashMap<String, Vec<Reused>>>,
     pool_hits: AtomicU64,
     warm_hits: AtomicU64,
@@ -208,7 +210,7 @@ impl Worker {
     /// A worker that starts `image` with `driver`. Must be called inside a tokio runtime (the
     /// pool's refiller is spawned on it).
     pub fn new(driver: Arc<dyn VmmDriver>, image: GuestImage, config: WorkerConfig) -> Arc<Self> {
-        let admission = Semaphore::new(config.max_vms.max(1));
+        let admission = Arc::new(Semaphore::new(config.max_vms.max(1)));
         let launcher = Arc::new(Launcher {
             driver,
             image,
@@ -221,6 +223,7 @@ impl Worker {
             launcher,
             pool,
             admission,
+            teardowns: Arc::new(AtomicU64::new(0)),
             reused: Mutex::new(HashMap::new()),
             pool_hits: AtomicU64::new(0),
             warm_hits: AtomicU64::new(0),
@@ -311,9 +314,19 @@ impl Worker {
         self.launcher.snapshots.remove_function(name);
     }
 
-    /// Destroys all idle VMs (warm slots and reused VMs).
+    /// Waits (up to 30 s) until the VMs of finished invocations are torn down: invocations
+    /// answer first and destroy their VM after.
+    pub async fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.teardowns.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Destroys all idle VMs (warm slots and reused VMs) and waits for VMs being torn down.
     pub async fn shutdown(&self) {
         self.pool.shutdown().await;
+        self.settle().await;
         let all: Vec<Reused> = {
             let mut r = self.reused.lock().unwrap_or_else(|p| p.into_inner());
             r.drain().flat_map(|(_, v)| v).collect()
@@ -354,9 +367,8 @@ impl Worker {
     pub async fn run(&self, job: Job, mode: StartMode) -> Result<Execution, ExecError> {
         let t0 = Instant::now();
         self.invocations.fetch_add(1, Ordering::Relaxed);
-        let _permit = self
-            .admission
-            .acquire()
+        let permit = Arc::clone(&self.admission)
+            .acquire_owned()
             .await
             .map_err(|_| ExecError::ShuttingDown)?;
         let mut timings = Timings {
@@ -395,7 +407,19 @@ impl Worker {
                         idle_since: Instant::now(),
                     });
             }
-            _ => guest.destroy().await,
+            // A failed VM (timeout, crash, protocol error) is gone before the caller hears of it.
+            (Err(_), _) => guest.destroy().await,
+            (Ok(_), false) => {
+                // The caller has its answer; the VM goes in the background, still holding its
+                // admission permit so that VMs being torn down count against --max-vms.
+                let teardowns = Arc::clone(&self.teardowns);
+                teardowns.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    guest.destroy().await;
+                    drop(permit);
+                    teardowns.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
         }
         timings.total_ms = ms(t0.elapsed());
         outcome.map(|result| Execution {

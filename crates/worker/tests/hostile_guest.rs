@@ -166,6 +166,8 @@ async fn hostile_guests_cost_only_their_own_vm() {
         Outcome::Success(b"\"survived\"".to_vec())
     );
 
+    // Invocations answer before their VM is torn down.
+    hostile.settle().await;
     assert_eq!(
         leftover_vmms(run.path()),
         0,
@@ -187,6 +189,7 @@ async fn hostile_guests_cost_only_their_own_vm() {
         exec.result.outcome,
         Outcome::Success(br#"{"ok": true}"#.to_vec())
     );
+    normal.settle().await;
     assert_eq!(leftover_vmms(run.path()), 0);
 }
 

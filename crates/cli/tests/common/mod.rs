@@ -11,6 +11,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ignition");
 
 static SUBNETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
+/// Extra server flags for every test server, from `IGNITION_TEST_SERVER_ARGS` (space-separated):
+/// `scripts/firecracker-e2e.sh` runs the suite with `--vmm firecracker` this way on KVM hosts.
+fn env_args() -> Vec<String> {
+    std::env::var("IGNITION_TEST_SERVER_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -86,6 +96,7 @@ impl TestServer {
             .arg("--run-dir")
             .arg(&run_dir)
             .args(&subnet)
+            .args(env_args())
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)

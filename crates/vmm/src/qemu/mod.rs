@@ -212,40 +212,14 @@ impl VmmDriver for QemuDriver {
         if self.config.jail {
             cmd.args(["-sandbox", crate::jail::QEMU_SANDBOX]);
         }
-        let namespaces = match (&spec.network, self.config.jail) {
-            // The VM's own network namespace replaces the empty one the jail would make.
-            (Some(_), true) => crate::jail::NAMESPACES & !libc::CLONE_NEWNET,
-            (None, true) => crate::jail::NAMESPACES,
-            (_, false) => 0,
-        };
-        // The descriptor stays open in this process (the spec holds it) until spawn returns.
-        let netns = spec.network.as_ref().map(|n| n.netns.as_raw_fd());
         cmd.env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: the closure runs in the child between fork and exec and calls only prctl(2),
-        // setns(2) and unshare(2), which are async-signal-safe; it reads two captured integers
-        // and touches no other memory of the parent. The namespace descriptor is open in the
-        // parent for the whole spawn, so it is valid in the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                // The VMM dies with the server, so a crashed server leaves no VM behind.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(fd) = netns {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if namespaces != 0 && libc::unshare(namespaces) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // The spec holds the namespace descriptor open until spawn returns.
+        let netns = spec.network.as_ref().map(|n| n.netns.as_raw_fd());
+        crate::jail::confine(&mut cmd, self.config.jail, netns);
         let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
             binary: self.config.binary.display().to_string(),
             source,
