@@ -10,6 +10,8 @@ for pkg_cmd in qemu-system-x86:qemu-system-x86_64 debootstrap:debootstrap e2fspr
     nftables:nft iproute2:ip util-linux:nsenter; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need_apt+=("${pkg_cmd%%:*}")
 done
+# The AWS SDK for Python, for the test that drives Ignition's Lambda API with it.
+/usr/bin/python3 -c 'import boto3' >/dev/null 2>&1 || need_apt+=(python3-boto3)
 # Standard CNI plugins, for `--network cni` and its tests.
 [ -x /usr/lib/cni/ptp ] || need_apt+=(containernetworking-plugins)
 # debootstrap verifies the archive's signatures with this keyring (a Recommends, so named here).

@@ -67,7 +67,13 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::warn!(error_type = self.error_type, message = %self.message, "request failed");
         }
-        let body = json!({ "errorType": self.error_type, "errorMessage": self.message });
+        // `message` and `Type` are where AWS SDKs look for Lambda's error message and kind.
+        let body = json!({
+            "errorType": self.error_type,
+            "errorMessage": self.message,
+            "message": self.message,
+            "Type": if self.status.is_server_error() { "Service" } else { "User" },
+        });
         let mut resp = (self.status, Json(body)).into_response();
         resp.headers_mut().insert(
             "x-amzn-ErrorType",

@@ -107,12 +107,29 @@ pub(crate) async fn put(
         reuse: req.reuse,
         egress,
     };
-    config
-        .validate()
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let archive = base64::engine::general_purpose::STANDARD
         .decode(req.code.as_bytes())
         .map_err(|e| ApiError::invalid(format!("invalid code: not base64 ({e})")))?;
+    let (record, existed) = store_function(&state, config, archive).await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(record)))
+}
+
+/// Validates `config`, checks and normalizes the code `archive` (zip or tar.gz), stores both,
+/// and drops what was prepared for the old version. Returns the record and whether the function
+/// existed before.
+pub(crate) async fn store_function(
+    state: &AppState,
+    config: FunctionConfig,
+    archive: Vec<u8>,
+) -> Result<(FunctionRecord, bool), ApiError> {
+    config
+        .validate()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let bundle = tokio::task::spawn_blocking(move || {
         ignition_bundle::from_archive(&archive, Limits::default())
     })
@@ -122,20 +139,15 @@ pub(crate) async fn put(
     check_handler(&config, &bundle)?;
     let existed = {
         let name = config.name.clone();
-        blocking(&state, move |s| s.get_function(&name))
+        blocking(state, move |s| s.get_function(&name))
             .await?
             .is_some()
     };
     let name = config.name.clone();
-    let record = blocking(&state, move |s| s.put_function(&config, bundle.tar())).await?;
+    let record = blocking(state, move |s| s.put_function(&config, bundle.tar())).await?;
     // Snapshots, warm slots and reused VMs hold the old code.
     state.worker.invalidate(&name).await;
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((status, Json(record)))
+    Ok((record, existed))
 }
 
 pub(crate) async fn get(

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use ignition_proto::{ErrorBody, FunctionSpec, Outcome};
-use ignition_store::{validate_name, Runtime};
+use ignition_store::Runtime;
 use ignition_worker::{ExecError, Execution, Job, StartMode};
 use serde_json::json;
 
@@ -31,7 +31,8 @@ pub(crate) async fn invoke(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    // A name or a function ARN, as Lambda accepts.
+    let name = crate::lambda::function_name(&name)?;
     let payload = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -68,6 +69,28 @@ pub(crate) async fn invoke(
             })?,
     };
     let request_id = uuid::Uuid::new_v4().to_string();
+    let invocation_type = headers
+        .get("X-Amz-Invocation-Type")
+        .map(|v| v.to_str().unwrap_or(""))
+        .unwrap_or("RequestResponse");
+    match invocation_type {
+        "RequestResponse" => {}
+        "Event" => return enqueue(&state, &name, &request_id, &payload).await,
+        "DryRun" => {
+            // The caller may invoke: the function exists.
+            load_job(&state, &name, request_id.clone(), Vec::new()).await?;
+            return Ok(with_ids(
+                StatusCode::NO_CONTENT.into_response(),
+                &request_id,
+                &state,
+            ));
+        }
+        other => {
+            return Err(ApiError::invalid(format!(
+                "X-Amz-Invocation-Type: {other:?} is not RequestResponse, Event or DryRun"
+            )))
+        }
+    }
     let job = load_job(&state, &name, request_id.clone(), payload.to_vec()).await?;
     let function_name = job.function.name.clone();
     let want_tail = headers
@@ -77,7 +100,11 @@ pub(crate) async fn invoke(
     let outcome = state.worker.run(job, mode).await;
     let elapsed = started.elapsed();
     tracing::info!(function = %function_name, %request_id, ms = elapsed.as_millis(), ok = outcome.is_ok(), "invoked");
-    let mut response = match outcome {
+    match &outcome {
+        Ok(exec) => state.metrics.record(&function_name, exec),
+        Err(e) => state.metrics.record_failure(&function_name, e),
+    }
+    let response = match outcome {
         Ok(exec) => success_response(&exec, &request_id, want_tail),
         Err(ExecError::Timeout(after)) => {
             let body = json!({
@@ -99,9 +126,14 @@ pub(crate) async fn invoke(
             ))
         }
     };
+    Ok(with_ids(response, &request_id, &state))
+}
+
+/// Adds the request id, the executed version and the node to a response.
+fn with_ids(mut response: Response, request_id: &str, state: &AppState) -> Response {
     let h = response.headers_mut();
     for (k, v) in [
-        ("x-amzn-RequestId", request_id.as_str()),
+        ("x-amzn-RequestId", request_id),
         ("X-Amz-Executed-Version", "$LATEST"),
         ("x-ignition-node", state.node_id.as_str()),
     ] {
@@ -109,7 +141,40 @@ pub(crate) async fn invoke(
             h.insert(k, v);
         }
     }
-    Ok(response)
+    response
+}
+
+/// `Event`: checks the function and the size, stores the event and answers 202.
+async fn enqueue(
+    state: &AppState,
+    name: &str,
+    request_id: &str,
+    payload: &[u8],
+) -> Result<Response, ApiError> {
+    if payload.len() > crate::events::MAX_EVENT_PAYLOAD {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLargeException",
+            format!(
+                "Request must be smaller than {} bytes for the InvokeFunction operation with InvocationType Event",
+                crate::events::MAX_EVENT_PAYLOAD
+            ),
+        ));
+    }
+    load_job(state, name, request_id.to_owned(), Vec::new()).await?;
+    let (id, n) = (request_id.to_owned(), name.to_owned());
+    let payload = if payload.is_empty() {
+        b"{}".to_vec()
+    } else {
+        payload.to_vec()
+    };
+    let attempts = state.events.retries.saturating_add(1);
+    blocking(state, move |s| s.enqueue_event(&id, &n, &payload, attempts)).await?;
+    Ok(with_ids(
+        StatusCode::ACCEPTED.into_response(),
+        request_id,
+        state,
+    ))
 }
 
 /// The job for invoking `name` now: its configuration and code from the store.

@@ -7,14 +7,21 @@
 //!   invoke synchronously; the body is the event, the response body the function's result.
 //! - `GET|PUT /v1/functions/{name}/pool`: the function's warm pool, and its provisioned minimum.
 //! - `GET /v1/stats`: the worker's counters; `POST /v1/floor`: time one bare VMM start-up.
+//! - `GET /metrics`: Prometheus metrics.
+//! - Lambda's control plane under `/2015-03-31/functions` ([`lambda`]), and asynchronous
+//!   invocations (`X-Amz-Invocation-Type: Event`, [`events`]) with their failure destination at
+//!   `GET /v1/functions/{name}/failed-events`.
 //!
 //! Errors are JSON `{"errorType": ..., "errorMessage": ...}` with Lambda's error type names, also
 //! in the `x-amzn-ErrorType` header, so Lambda clients recognize them.
 
 mod admin;
 mod error;
+pub mod events;
 mod functions;
 mod invoke;
+mod lambda;
+mod metrics;
 
 use std::sync::Arc;
 
@@ -26,6 +33,8 @@ use ignition_worker::Worker;
 use serde_json::json;
 
 pub use error::ApiError;
+pub use events::{spawn_dispatcher, EventConfig};
+pub use metrics::Metrics;
 
 /// Largest deploy request: a base64-encoded archive of up to 64 MiB plus the JSON around it.
 const MAX_DEPLOY_BODY: usize = 96 * 1024 * 1024;
@@ -41,6 +50,10 @@ pub struct AppState {
     pub worker: Arc<Worker>,
     /// This node's id (reported in `x-ignition-node`).
     pub node_id: String,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Retries of asynchronous invocations.
+    pub events: EventConfig,
 }
 
 /// The router with every route.
@@ -61,9 +74,32 @@ pub fn router(state: AppState) -> Router {
             "/v1/functions/{name}/pool",
             get(admin::pool_status).put(admin::set_pool),
         )
+        .route("/v1/functions/{name}/failed-events", get(events::failed))
         .route("/v1/stats", get(admin::stats))
         .route("/v1/floor", post(admin::floor))
+        .route("/metrics", get(metrics::render))
         .route("/2015-03-31/functions/{name}/invocations", invoke)
+        .route(
+            "/2015-03-31/functions",
+            post(lambda::create)
+                .get(lambda::list)
+                .layer(DefaultBodyLimit::max(MAX_DEPLOY_BODY)),
+        )
+        .route("/2015-03-31/functions/", get(lambda::list))
+        .route(
+            "/2015-03-31/functions/{name}",
+            get(lambda::get).delete(lambda::delete),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/configuration",
+            get(lambda::get_configuration)
+                .put(lambda::update_configuration)
+                .layer(DefaultBodyLimit::max(MAX_DEPLOY_BODY)),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/code",
+            axum::routing::put(lambda::update_code).layer(DefaultBodyLimit::max(MAX_DEPLOY_BODY)),
+        )
         .with_state(state)
 }
 

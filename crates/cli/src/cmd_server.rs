@@ -79,6 +79,14 @@ pub(crate) struct ServerArgs {
     /// Where VM addresses come from, a /30 per VM. Must not overlap the host's networks.
     #[arg(long, default_value = "10.200.0.0/16")]
     vm_subnet: ignition_net::Ipv4Net,
+    /// Retries of a failed asynchronous invocation (`X-Amz-Invocation-Type: Event`) before it
+    /// goes to the function's failed events.
+    #[arg(long, default_value_t = 2)]
+    async_retries: u32,
+    /// Milliseconds before the first retry of an asynchronous invocation; each further retry
+    /// waits twice as long.
+    #[arg(long, default_value_t = 1000)]
+    async_retry_delay_ms: u64,
     /// DNS resolver offered to guests whose egress policy reaches it (repeatable; default:
     /// the host's non-loopback resolvers).
     #[arg(long = "dns")]
@@ -282,7 +290,14 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         store: Arc::new(store),
         worker: Arc::clone(&worker),
         node_id,
+        metrics: Arc::new(ignition_api::Metrics::default()),
+        events: ignition_api::EventConfig {
+            retries: args.async_retries,
+            retry_delay: Duration::from_millis(args.async_retry_delay_ms),
+            ..ignition_api::EventConfig::default()
+        },
     };
+    ignition_api::spawn_dispatcher(state.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

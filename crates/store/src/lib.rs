@@ -5,9 +5,11 @@
 //! same code costs nothing and a function's record names exactly the code it runs. A bundle no
 //! function refers to any more is removed in the same transaction that dropped the last reference.
 
+mod events;
 mod model;
 mod sqlite;
 
+pub use events::{Attempt, Event, KEEP_FAILED};
 pub use model::{
     validate_name, FunctionConfig, FunctionRecord, ModelError, Runtime, MEMORY_MIB, TIMEOUT_S,
 };

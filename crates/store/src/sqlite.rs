@@ -47,6 +47,19 @@ CREATE TABLE IF NOT EXISTS functions (
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events (
+    request_id   TEXT PRIMARY KEY,
+    function     TEXT NOT NULL,
+    payload      BLOB NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    status       TEXT NOT NULL,
+    next_at_ms   INTEGER NOT NULL,
+    last_error   TEXT,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (status, next_at_ms);
 ";
 
 /// The store. One connection behind a mutex: SQLite serializes writers anyway, and every
@@ -56,7 +69,7 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -94,7 +107,7 @@ impl Store {
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll
         // back), so the connection is still good.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())

@@ -192,6 +192,8 @@ pub struct Worker {
     admission: Arc<Semaphore>,
     /// VMs being torn down after their invocation answered.
     teardowns: Arc<AtomicU64>,
+    /// Invocations waiting for admission.
+    waiting: AtomicU64,
     reused: Mutex<HashMap<String, Vec<Reused>>>,
     pool_hits: AtomicU64,
     warm_hits: AtomicU64,
@@ -224,6 +226,7 @@ impl Worker {
             pool,
             admission,
             teardowns: Arc::new(AtomicU64::new(0)),
+            waiting: AtomicU64::new(0),
             reused: Mutex::new(HashMap::new()),
             pool_hits: AtomicU64::new(0),
             warm_hits: AtomicU64::new(0),
@@ -260,6 +263,11 @@ impl Worker {
             warm_hits: self.warm_hits.load(Ordering::Relaxed),
             invocations: self.invocations.load(Ordering::Relaxed),
         }
+    }
+
+    /// Invocations waiting for admission now (the node's queue depth).
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Counters of the node's VM networks (`None`: VMs have no network).
@@ -367,10 +375,10 @@ impl Worker {
     pub async fn run(&self, job: Job, mode: StartMode) -> Result<Execution, ExecError> {
         let t0 = Instant::now();
         self.invocations.fetch_add(1, Ordering::Relaxed);
-        let permit = Arc::clone(&self.admission)
-            .acquire_owned()
-            .await
-            .map_err(|_| ExecError::ShuttingDown)?;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = Arc::clone(&self.admission).acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = permit.map_err(|_| ExecError::ShuttingDown)?;
         let mut timings = Timings {
             queued_ms: ms(t0.elapsed()),
             ..Timings::default()

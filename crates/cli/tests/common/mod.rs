@@ -87,10 +87,16 @@ impl TestServer {
                 ),
             ]
         };
+        // A caller's own --data-dir (a restart test) replaces the temporary one, which still
+        // holds the log.
+        let own_data: Vec<&std::ffi::OsStr> = if extra.contains(&"--data-dir") {
+            vec![]
+        } else {
+            vec!["--data-dir".as_ref(), data_dir.path().as_os_str()]
+        };
         let child = Command::new(BIN)
             .arg("server")
-            .arg("--data-dir")
-            .arg(data_dir.path())
+            .args(own_data)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--run-dir")

@@ -1,0 +1,148 @@
+//! Asynchronous invocations: `X-Amz-Invocation-Type: Event` is answered 202 once the event is
+//! in the store; this dispatcher runs it, retrying failures with exponential backoff, and
+//! leaves events whose attempts are spent in the function's failure destination
+//! (`GET /v1/functions/{name}/failed-events`). Events live in the store, so they survive a
+//! server restart; each runs one attempt at a time (the store claims it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use ignition_proto::Outcome;
+use ignition_store::{validate_name, Attempt};
+use ignition_worker::StartMode;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::invoke::load_job;
+use crate::{blocking, ApiError, AppState};
+
+/// Largest asynchronous event (Lambda's limit).
+pub const MAX_EVENT_PAYLOAD: usize = 256 * 1024;
+
+/// Retries of asynchronous invocations.
+#[derive(Debug, Clone, Copy)]
+pub struct EventConfig {
+    /// Retries after the first attempt (Lambda's default: 2).
+    pub retries: u32,
+    /// Delay before the first retry; each further retry waits twice as long.
+    pub retry_delay: Duration,
+    /// Events running at once (they also wait for admission like any invocation).
+    pub parallelism: usize,
+}
+
+impl Default for EventConfig {
+    fn default() -> Self {
+        Self {
+            retries: 2,
+            retry_delay: Duration::from_secs(1),
+            parallelism: 4,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Runs one attempt of an event; `Ok(())` when the function succeeded.
+async fn attempt(
+    state: &AppState,
+    function: &str,
+    request_id: &str,
+    payload: Vec<u8>,
+) -> Result<(), String> {
+    let job = load_job(state, function, request_id.to_owned(), payload)
+        .await
+        .map_err(|e| e.to_string())?;
+    let exec = state
+        .worker
+        .run(job, StartMode::Auto)
+        .await
+        .map_err(|e| e.to_string())?;
+    state.metrics.record(function, &exec);
+    match exec.result.outcome {
+        Outcome::Success(_) => Ok(()),
+        Outcome::FunctionError(e) | Outcome::InitError(e) => {
+            Err(format!("{}: {}", e.error_type, e.error_message))
+        }
+    }
+}
+
+/// Starts the dispatcher: queues again what a previous server left running, then polls for
+/// due events.
+pub fn spawn_dispatcher(state: AppState) {
+    tokio::spawn(async move {
+        match blocking(&state, |s| s.requeue_running_events()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                events = n,
+                "queued again the events a previous server was running"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot requeue events"),
+        }
+        let config = state.events;
+        let slots = Arc::new(Semaphore::new(config.parallelism.max(1)));
+        loop {
+            let free = u32::try_from(slots.available_permits()).unwrap_or(0);
+            let due = if free == 0 {
+                Vec::new()
+            } else {
+                blocking(&state, move |s| s.claim_due_events(now_ms(), free))
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "cannot claim events");
+                        Vec::new()
+                    })
+            };
+            if due.is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            for event in due {
+                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                    return;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let outcome =
+                        attempt(&state, &event.function, &event.request_id, event.payload).await;
+                    let record = match outcome {
+                        Ok(()) => Attempt::Succeeded,
+                        Err(error) => {
+                            let exp = event.attempts.saturating_sub(1).min(16);
+                            let delay = config.retry_delay.saturating_mul(1 << exp);
+                            tracing::info!(function = %event.function, request_id = %event.request_id,
+                                attempt = event.attempts, %error, "asynchronous invocation failed");
+                            Attempt::Failed {
+                                error,
+                                next_at_ms: now_ms().saturating_add(
+                                    i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                                ),
+                            }
+                        }
+                    };
+                    let id = event.request_id.clone();
+                    if let Err(e) = blocking(&state, move |s| s.finish_event(&id, &record)).await {
+                        tracing::warn!(request_id = %event.request_id, error = %e, "cannot record an event's attempt");
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    });
+}
+
+/// `GET /v1/functions/{name}/failed-events`: the function's failure destination.
+pub(crate) async fn failed(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let n = name.clone();
+    let events = blocking(&state, move |s| s.failed_events(&n)).await?;
+    Ok(Json(json!({ "function": name, "events": events })))
+}

@@ -1,0 +1,167 @@
+//! Prometheus metrics at `GET /metrics` (text exposition format): invocations by function, how
+//! their VM started and how they ended; their durations; and, read at scrape time, the worker's
+//! counters, warm pool memory, VMs waiting for admission, VM networks, and asynchronous events.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use ignition_worker::{ExecError, Execution};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::AppState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InvocationLabels {
+    function: String,
+    /// `boot`, `restore`, `pool`, `warm`, or `none` when no VM answered.
+    start: String,
+    /// `success`, `function_error`, `timeout` or `vm_error`.
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabel {
+    function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabel {
+    name: String,
+}
+
+/// The node's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    invocations: Family<InvocationLabels, Counter>,
+    duration: Family<FunctionLabel, Histogram>,
+    worker: Family<NameLabel, Gauge>,
+}
+
+fn new_histogram() -> Histogram {
+    // 5 ms to ~82 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ignition");
+        let invocations = Family::<InvocationLabels, Counter>::default();
+        let duration = Family::<FunctionLabel, Histogram>::new_with_constructor(
+            new_histogram as fn() -> Histogram,
+        );
+        let worker = Family::<NameLabel, Gauge>::default();
+        registry.register(
+            "invocations",
+            "Invocations by function, VM start kind and outcome",
+            invocations.clone(),
+        );
+        registry.register(
+            "invocation_duration_seconds",
+            "Time from accepting an invocation to its answer",
+            duration.clone(),
+        );
+        registry.register(
+            "node",
+            "Node state read at scrape time: worker counters (boots, restores, snapshots, pool and warm hits), pool memory, invocations waiting for admission, VM networks, asynchronous events",
+            worker.clone(),
+        );
+        Self {
+            registry,
+            invocations,
+            duration,
+            worker,
+        }
+    }
+}
+
+impl Metrics {
+    fn count(&self, function: &str, start: &str, outcome: &str) {
+        self.invocations
+            .get_or_create(&InvocationLabels {
+                function: function.to_owned(),
+                start: start.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records a finished execution.
+    pub(crate) fn record(&self, function: &str, exec: &Execution) {
+        let outcome = match exec.result.outcome {
+            ignition_proto::Outcome::Success(_) => "success",
+            _ => "function_error",
+        };
+        self.count(function, exec.start.as_str(), outcome);
+        self.duration
+            .get_or_create(&FunctionLabel {
+                function: function.to_owned(),
+            })
+            .observe(exec.timings.total_ms as f64 / 1000.0);
+    }
+
+    /// Records an invocation that no VM answered.
+    pub(crate) fn record_failure(&self, function: &str, e: &ExecError) {
+        let outcome = match e {
+            ExecError::Timeout(_) => "timeout",
+            _ => "vm_error",
+        };
+        self.count(function, "none", outcome);
+    }
+
+    fn set(&self, name: &str, v: i64) {
+        self.worker
+            .get_or_create(&NameLabel {
+                name: name.to_owned(),
+            })
+            .set(v);
+    }
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// `GET /metrics`.
+pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
+    let m = &state.metrics;
+    let w = state.worker.stats();
+    for (name, v) in [
+        ("boots", w.boots),
+        ("restores", w.restores),
+        ("snapshots_built", w.snapshots_built),
+        ("base_snapshots_built", w.base_snapshots_built),
+        ("snapshots_invalid", w.snapshots_invalid),
+        ("restore_fallbacks", w.restore_fallbacks),
+        ("pool_hits", w.pool_hits),
+        ("warm_hits", w.warm_hits),
+        ("admission_waiting", state.worker.waiting()),
+    ] {
+        m.set(name, i(v));
+    }
+    m.set("pool_charged_mib", state.worker.pool_charged_mib() as i64);
+    if let Some(n) = state.worker.network_stats() {
+        m.set("vm_networks_active", i64::from(n.active));
+    }
+    if let Ok((queued, running, failed)) = crate::blocking(&state, |s| s.event_counts()).await {
+        m.set("events_queued", i(queued));
+        m.set("events_running", i(running));
+        m.set("events_failed", i(failed));
+    }
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &m.registry).is_err() {
+        text.clear();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}

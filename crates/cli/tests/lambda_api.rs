@@ -1,0 +1,352 @@
+//! Lambda's API over HTTP, against a real server with real microVMs: the control plane's
+//! shapes and errors, asynchronous invocations (retries, the failure destination, durability
+//! across a restart), `/metrics`, and an unmodified AWS SDK (boto3) managing and invoking
+//! functions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use common::{json, wait_for, TestServer};
+use serde_json::{json as j, Value};
+
+fn zip(files: &[(&str, &str)]) -> String {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, body) in files {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(body.as_bytes()).unwrap();
+    }
+    base64::engine::general_purpose::STANDARD.encode(w.finish().unwrap().into_inner())
+}
+
+fn create(server: &TestServer, name: &str, handler_body: &str) -> (u16, Value) {
+    let (status, _, body) = json(
+        server
+            .http()
+            .post(format!("{}/2015-03-31/functions", server.url))
+            .json(&j!({
+                "FunctionName": name,
+                "Runtime": "python3.12",
+                "Role": "arn:aws:iam::123456789012:role/ignored",
+                "Handler": "app.handler",
+                "Code": { "ZipFile": zip(&[("app.py", handler_body)]) },
+                "Timeout": 20,
+                "Unknown": "ignored as AWS does",
+            }))
+            .send()
+            .unwrap(),
+    );
+    (status, body)
+}
+
+fn invoke_typed(
+    server: &TestServer,
+    name: &str,
+    kind: &str,
+    payload: &str,
+) -> reqwest::blocking::Response {
+    server.invoke_with(name, &[("X-Amz-Invocation-Type", kind)], payload)
+}
+
+#[test]
+fn the_control_plane_speaks_lambdas_shapes_and_errors() {
+    let server = TestServer::start(&[]);
+    let (status, c) = create(&server, "shapes", "def handler(e, c):\n    return 1\n");
+    assert_eq!(status, 201, "{c}");
+    assert_eq!(
+        c["FunctionArn"],
+        "arn:aws:lambda:local:000000000000:function:shapes"
+    );
+    assert_eq!(c["Runtime"], "python3.11");
+    assert_eq!(c["MemorySize"], 128);
+    assert_eq!(c["Timeout"], 20);
+    assert_eq!(c["Version"], "$LATEST");
+    assert_eq!(c["State"], "Active");
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(c["CodeSha256"].as_str().unwrap())
+            .unwrap()
+            .len(),
+        32
+    );
+    let (status, e) = create(&server, "shapes", "x = 1\n");
+    assert_eq!(
+        (status, e["errorType"].as_str()),
+        (409, Some("ResourceConflictException")),
+        "{e}"
+    );
+
+    let get = |path: &str| {
+        json(
+            server
+                .http()
+                .get(format!("{}{path}", server.url))
+                .send()
+                .unwrap(),
+        )
+    };
+    let (status, _, list) = get("/2015-03-31/functions/");
+    assert_eq!(status, 200);
+    assert_eq!(list["Functions"][0]["FunctionName"], "shapes");
+    let (_, _, f) = get("/2015-03-31/functions/arn:aws:lambda:us-east-1:1:function:shapes");
+    assert_eq!(
+        f["Configuration"]["Handler"], "app.handler",
+        "an ARN names the function: {f}"
+    );
+    let (status, headers, e) = get("/2015-03-31/functions/missing");
+    assert_eq!(status, 404);
+    assert_eq!(headers["x-amzn-errortype"], "ResourceNotFoundException");
+    assert_eq!(e["message"], "Function not found: missing");
+
+    let put = |path: &str, body: Value| {
+        json(
+            server
+                .http()
+                .put(format!("{}{path}", server.url))
+                .json(&body)
+                .send()
+                .unwrap(),
+        )
+    };
+    let (status, _, e) = put(
+        "/2015-03-31/functions/shapes/configuration",
+        j!({ "Timeout": 0 }),
+    );
+    assert_eq!(
+        (status, e["errorType"].as_str()),
+        (400, Some("InvalidParameterValueException"))
+    );
+    assert!(
+        e["errorMessage"].as_str().unwrap().contains("timeout"),
+        "{e}"
+    );
+    let (status, _, e) = put("/2015-03-31/functions/shapes/code", j!({ "S3Bucket": "b" }));
+    assert_eq!(status, 400);
+    assert!(
+        e["errorMessage"].as_str().unwrap().contains("ZipFile"),
+        "{e}"
+    );
+    let (status, _, e) = put(
+        "/2015-03-31/functions/shapes/configuration",
+        j!({ "Runtime": "java21" }),
+    );
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["errorMessage"].as_str().unwrap().starts_with("Runtime"),
+        "{e}"
+    );
+
+    // Invocation types.
+    let r = invoke_typed(&server, "shapes", "DryRun", "");
+    assert_eq!(r.status(), 204);
+    assert_eq!(invoke_typed(&server, "missing", "DryRun", "").status(), 404);
+    let (status, _, e) = json(invoke_typed(&server, "shapes", "Sometimes", "{}"));
+    assert_eq!(status, 400, "{e}");
+    let big = format!("\"{}\"", "x".repeat(300 * 1024));
+    let (status, _, e) = json(invoke_typed(&server, "shapes", "Event", &big));
+    assert_eq!(
+        (status, e["errorType"].as_str()),
+        (413, Some("RequestTooLargeException"))
+    );
+
+    let r = server
+        .http()
+        .delete(format!("{}/2015-03-31/functions/shapes", server.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    server.stop_and_check_clean();
+}
+
+#[test]
+fn async_invocations_retry_then_land_in_failed_events_and_metrics_count_them() {
+    let server = TestServer::start(&["--async-retries", "2", "--async-retry-delay-ms", "200"]);
+    assert_eq!(
+        create(
+            &server,
+            "flaky",
+            "def handler(e, c):\n    raise ValueError('nope ' + e['n'])\n"
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        create(&server, "fine", "def handler(e, c):\n    return e\n").0,
+        201
+    );
+    let r = invoke_typed(&server, "flaky", "Event", r#"{"n": "1"}"#);
+    assert_eq!(r.status(), 202);
+    let request_id = r.headers()["x-amzn-requestid"].to_str().unwrap().to_owned();
+    assert!(r.bytes().unwrap().is_empty());
+    assert_eq!(
+        invoke_typed(&server, "fine", "Event", r#"{"ok": 1}"#).status(),
+        202
+    );
+    wait_for(
+        "the event to exhaust its retries",
+        Duration::from_secs(120),
+        || {
+            server.get_json("/v1/functions/flaky/failed-events")["events"]
+                .as_array()
+                .is_some_and(|e| !e.is_empty())
+        },
+    );
+    let failed = server.get_json("/v1/functions/flaky/failed-events");
+    let e = &failed["events"][0];
+    assert_eq!(e["request_id"], request_id.as_str());
+    assert_eq!(e["attempts"], 3, "one attempt and two retries: {failed}");
+    assert!(
+        e["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("ValueError: nope 1"),
+        "{failed}"
+    );
+    assert!(
+        server.get_json("/v1/functions/fine/failed-events")["events"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let metrics = server
+        .http()
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let count = |needle: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("ignition_invocations_total{") && l.contains(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(count("function=\"flaky\""), 3.0, "{metrics}");
+    assert!(count("function=\"fine\"") >= 1.0, "{metrics}");
+    assert!(
+        metrics.contains("ignition_invocation_duration_seconds_bucket{"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ignition_node{name=\"events_failed\"} 1"),
+        "{metrics}"
+    );
+    server.stop_and_check_clean();
+}
+
+#[test]
+fn queued_events_survive_a_server_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_owned();
+    let args = [
+        "--data-dir",
+        dir.as_str(),
+        "--max-vms",
+        "1",
+        "--async-retry-delay-ms",
+        "100",
+    ];
+    let server = TestServer::start(&args);
+    assert_eq!(
+        create(
+            &server,
+            "slow",
+            "import time\ndef handler(e, c):\n    time.sleep(6)\n    return 1\n"
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        create(&server, "later", "def handler(e, c):\n    return e\n").0,
+        201
+    );
+    // The only VM slot is busy, so the event cannot finish before the server stops.
+    let url = server.url.clone();
+    let busy = std::thread::spawn(move || {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap()
+            .post(format!("{url}/2015-03-31/functions/slow/invocations"))
+            .body("{}")
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        invoke_typed(&server, "later", "Event", r#"{"k": 1}"#).status(),
+        202
+    );
+    server.stop_and_check_clean();
+    let _ = busy.join();
+
+    let server = TestServer::start(&args);
+    wait_for("the stored event to run", Duration::from_secs(120), || {
+        let m = server
+            .http()
+            .get(format!("{}/metrics", server.url))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        m.lines().any(|l| {
+            l.starts_with("ignition_invocations_total{")
+                && l.contains("function=\"later\"")
+                && l.contains("outcome=\"success\"")
+                && l.ends_with(" 1")
+        })
+    });
+    assert!(
+        server.get_json("/v1/functions/later/failed-events")["events"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    server.stop_and_check_clean();
+}
+
+#[test]
+fn an_aws_sdk_manages_and_invokes_functions() {
+    let server = TestServer::start(&[]);
+    let script = common::repo_root().join("crates/cli/tests/fixtures/sdk/lambda_client.py");
+    let out = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&server.url)
+        .output()
+        .expect("python3 with boto3 (./scripts/setup.sh installs python3-boto3)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "create sdk-hello Active $LATEST",
+        "conflict ResourceConflictException",
+        "list sdk-hello",
+        "get app.handler",
+        "invoke 200 {\"hello\": \"sdk\"}",
+        "update-code True",
+        "invoke-v2 {\"v2\": \"again\"}",
+        "update-config 7 {\"A\": \"1\"}",
+        "event 202",
+        "dryrun 204",
+        "missing ResourceNotFoundException",
+        "invalid InvalidParameterValueException True",
+        "deleted 0",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == want),
+            "missing {want:?} in:\n{stdout}"
+        );
+    }
+    server.stop_and_check_clean();
+}

@@ -1,0 +1,239 @@
+//! Asynchronous invocations (`X-Amz-Invocation-Type: Event`), kept in the store so that they
+//! survive a server restart.
+//!
+//! An event is `queued` until a dispatcher claims it (`running`, in the same transaction, so
+//! one attempt runs at a time); a success deletes it; a failure either queues it again for a
+//! later time or, with its attempts spent, marks it `failed`, where it stays as the function's
+//! failure destination (the newest [`KEEP_FAILED`] per function). Events found `running` when
+//! a server starts were cut off by the previous one: they are queued again, that attempt counted.
+
+use rusqlite::params;
+
+use crate::sqlite::{now, Store, StoreError};
+
+/// Failed events kept per function.
+pub const KEEP_FAILED: u32 = 1000;
+
+/// One asynchronous invocation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Event {
+    /// Its request id, returned to the caller at enqueue time.
+    pub request_id: String,
+    /// The function.
+    pub function: String,
+    /// The event (JSON bytes).
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Attempts allowed (1 + retries).
+    pub max_attempts: u32,
+    /// `queued`, `running` or `failed`.
+    pub status: String,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was accepted (Unix seconds).
+    pub created_at: i64,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// The function succeeded: the event is done.
+    Succeeded,
+    /// It failed; try again at `next_at_ms` if attempts remain, otherwise it has failed.
+    Failed {
+        /// Why.
+        error: String,
+        /// When the next attempt may run (Unix ms).
+        next_at_ms: i64,
+    },
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        request_id: r.get(0)?,
+        function: r.get(1)?,
+        payload: r.get(2)?,
+        attempts: r.get(3)?,
+        max_attempts: r.get(4)?,
+        status: r.get(5)?,
+        last_error: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+const COLUMNS: &str =
+    "request_id, function, payload, attempts, max_attempts, status, last_error, created_at";
+
+impl Store {
+    /// Accepts an event for `function`, to run as soon as a dispatcher can.
+    pub fn enqueue_event(
+        &self,
+        request_id: &str,
+        function: &str,
+        payload: &[u8],
+        max_attempts: u32,
+    ) -> Result<(), StoreError> {
+        let t = now();
+        self.conn().execute(
+            "INSERT INTO events (request_id, function, payload, max_attempts, status, next_at_ms, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?5)",
+            params![request_id, function, payload, max_attempts.max(1), t],
+        )?;
+        Ok(())
+    }
+
+    /// Queues again the events a previous server left `running`; returns how many.
+    pub fn requeue_running_events(&self) -> Result<usize, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE events SET status = 'queued', next_at_ms = 0 WHERE status = 'running'",
+            [],
+        )?)
+    }
+
+    /// Claims up to `limit` queued events due at `now_ms`, oldest first, marking them running
+    /// and counting the attempt.
+    pub fn claim_due_events(&self, now_ms: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let events: Vec<Event> = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {COLUMNS} FROM events WHERE status = 'queued' AND next_at_ms <= ?1
+                 ORDER BY next_at_ms, created_at LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![now_ms, limit], row)?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for e in &events {
+            tx.execute(
+                "UPDATE events SET status = 'running', attempts = attempts + 1, updated_at = ?2
+                 WHERE request_id = ?1",
+                params![e.request_id, now()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(events
+            .into_iter()
+            .map(|mut e| {
+                e.attempts += 1;
+                e.status = "running".into();
+                e
+            })
+            .collect())
+    }
+
+    /// Records how the running attempt of `request_id` ended.
+    pub fn finish_event(&self, request_id: &str, attempt: &Attempt) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        match attempt {
+            Attempt::Succeeded => {
+                tx.execute(
+                    "DELETE FROM events WHERE request_id = ?1",
+                    params![request_id],
+                )?;
+            }
+            Attempt::Failed { error, next_at_ms } => {
+                tx.execute(
+                    "UPDATE events SET
+                       status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+                       next_at_ms = ?2, last_error = ?3, updated_at = ?4
+                     WHERE request_id = ?1",
+                    params![request_id, next_at_ms, error, now()],
+                )?;
+                // The failure destination keeps the newest events of each function.
+                tx.execute(
+                    "DELETE FROM events WHERE status = 'failed' AND function =
+                       (SELECT function FROM events WHERE request_id = ?1)
+                     AND request_id NOT IN (
+                       SELECT request_id FROM events WHERE status = 'failed' AND function =
+                         (SELECT function FROM events WHERE request_id = ?1)
+                       ORDER BY updated_at DESC LIMIT ?2)",
+                    params![request_id, KEEP_FAILED],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The events of `function` whose attempts are spent, newest first.
+    pub fn failed_events(&self, function: &str) -> Result<Vec<Event>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM events WHERE status = 'failed' AND function = ?1
+             ORDER BY updated_at DESC, created_at DESC"
+        ))?;
+        let rows = stmt.query_map(params![function], row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Events by status: (queued, running, failed).
+    pub fn event_counts(&self) -> Result<(u64, u64, u64), StoreError> {
+        let conn = self.conn();
+        let count = |status: &str| -> Result<u64, StoreError> {
+            let n: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM events WHERE status = ?1",
+                params![status],
+                |r| r.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        };
+        Ok((count("queued")?, count("running")?, count("failed")?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_claimed_once_retried_then_failed_and_kept() {
+        let s = Store::in_memory().unwrap();
+        s.enqueue_event("r1", "f", b"{}", 3).unwrap();
+        let claimed = s.claim_due_events(0, 10).unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].attempts, 1);
+        assert!(
+            s.claim_due_events(i64::MAX, 10).unwrap().is_empty(),
+            "a running event is not claimed again"
+        );
+        let fail = |at| Attempt::Failed {
+            error: "boom".into(),
+            next_at_ms: at,
+        };
+        s.finish_event("r1", &fail(1000)).unwrap();
+        assert!(
+            s.claim_due_events(999, 10).unwrap().is_empty(),
+            "not due yet"
+        );
+        assert_eq!(s.claim_due_events(1000, 10).unwrap()[0].attempts, 2);
+        s.finish_event("r1", &fail(2000)).unwrap();
+        assert_eq!(s.claim_due_events(2000, 10).unwrap()[0].attempts, 3);
+        s.finish_event("r1", &fail(3000)).unwrap();
+        assert!(s.claim_due_events(i64::MAX, 10).unwrap().is_empty());
+        let failed = s.failed_events("f").unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(
+            (failed[0].attempts, failed[0].last_error.as_deref()),
+            (3, Some("boom"))
+        );
+        assert_eq!(s.event_counts().unwrap(), (0, 0, 1));
+    }
+
+    #[test]
+    fn success_removes_and_a_restart_requeues_what_was_running() {
+        let s = Store::in_memory().unwrap();
+        s.enqueue_event("a", "f", b"1", 3).unwrap();
+        s.enqueue_event("b", "f", b"2", 3).unwrap();
+        let claimed = s.claim_due_events(0, 10).unwrap();
+        assert_eq!(claimed.len(), 2);
+        s.finish_event("a", &Attempt::Succeeded).unwrap();
+        assert_eq!(s.requeue_running_events().unwrap(), 1);
+        let again = s.claim_due_events(0, 10).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].request_id.as_str(), again[0].attempts), ("b", 2));
+        assert_eq!(again[0].payload, b"2");
+    }
+}
