@@ -58,11 +58,12 @@ async fn attempt(
     let job = load_job(state, function, request_id.to_owned(), payload)
         .await
         .map_err(|e| e.to_string())?;
-    let exec = state
-        .worker
-        .run(job, StartMode::Auto)
-        .await
-        .map_err(|e| e.to_string())?;
+    let outcome = state.worker.run(job, StartMode::Auto).await;
+    crate::invoke::keep_log(state, function, request_id, &outcome);
+    if let Err(e) = &outcome {
+        state.metrics.record_failure(function, e);
+    }
+    let exec = outcome.map_err(|e| e.to_string())?;
     state.metrics.record(function, &exec);
     match exec.result.outcome {
         Outcome::Success(_) => Ok(()),

@@ -177,8 +177,43 @@ pub(crate) async fn delete(
     let n = name.clone();
     if blocking(&state, move |s| s.delete_function(&n)).await? {
         state.worker.invalidate(&name).await;
+        let n = name.clone();
+        blocking(&state, move |s| s.delete_logs(&n)).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(&name))
     }
+}
+
+/// Query of `GET /v1/functions/{name}/logs`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct LogQuery {
+    /// Entries after this sequence number (to follow).
+    #[serde(default)]
+    since: i64,
+    /// Only this invocation's.
+    request_id: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<u32>,
+}
+
+/// `GET /v1/functions/{name}/logs`: the function's invocation logs, oldest first.
+pub(crate) async fn logs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<axum::extract::Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::invalid(format!("bad query: {}", e.body_text())))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let n = name.clone();
+    let entries = blocking(&state, move |s| {
+        s.logs(&n, q.since, q.request_id.as_deref(), limit)
+    })
+    .await?;
+    let next = entries.last().map_or(q.since, |e| e.seq);
+    Ok(Json(
+        serde_json::json!({ "function": name, "logs": entries, "next": next }),
+    ))
 }

@@ -104,6 +104,7 @@ pub(crate) async fn invoke(
         Ok(exec) => state.metrics.record(&function_name, exec),
         Err(e) => state.metrics.record_failure(&function_name, e),
     }
+    keep_log(&state, &function_name, &request_id, &outcome);
     let response = match outcome {
         Ok(exec) => success_response(&exec, &request_id, want_tail),
         Err(ExecError::Timeout(after)) => {
@@ -229,6 +230,29 @@ fn error_json(e: &ErrorBody) -> serde_json::Value {
         "errorType": e.error_type,
         "stackTrace": e.stack_trace,
     })
+}
+
+/// Keeps the invocation's log in the store (`ignition fn logs`), off the response's path.
+pub(crate) fn keep_log(
+    state: &AppState,
+    function: &str,
+    request_id: &str,
+    outcome: &Result<Execution, ExecError>,
+) {
+    let text = match outcome {
+        Ok(exec) => log_text(exec, request_id),
+        Err(e) => format!(
+            "START RequestId: {request_id} Version: $LATEST\n[ignition] {e}\nEND RequestId: {request_id}\n"
+        )
+        .into_bytes(),
+    };
+    let (state, function, request_id) = (state.clone(), function.to_owned(), request_id.to_owned());
+    tokio::spawn(async move {
+        let f = function.clone();
+        if let Err(e) = blocking(&state, move |s| s.append_log(&f, &request_id, &text)).await {
+            tracing::warn!(function = %function, error = %e, "cannot keep the invocation's log");
+        }
+    });
 }
 
 fn log_text(exec: &Execution, request_id: &str) -> Vec<u8> {

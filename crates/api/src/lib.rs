@@ -7,6 +7,7 @@
 //!   invoke synchronously; the body is the event, the response body the function's result.
 //! - `GET|PUT /v1/functions/{name}/pool`: the function's warm pool, and its provisioned minimum.
 //! - `GET /v1/stats`: the worker's counters; `POST /v1/floor`: time one bare VMM start-up.
+//! - `GET /v1/functions/{name}/logs?since=SEQ&request_id=ID`: invocation logs.
 //! - `GET /metrics`: Prometheus metrics.
 //! - Lambda's control plane under `/2015-03-31/functions` ([`lambda`]), and asynchronous
 //!   invocations (`X-Amz-Invocation-Type: Event`, [`events`]) with their failure destination at
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
             get(admin::pool_status).put(admin::set_pool),
         )
         .route("/v1/functions/{name}/failed-events", get(events::failed))
+        .route("/v1/functions/{name}/logs", get(functions::logs))
         .route("/v1/stats", get(admin::stats))
         .route("/v1/floor", post(admin::floor))
         .route("/metrics", get(metrics::render))

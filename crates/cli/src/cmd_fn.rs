@@ -59,6 +59,19 @@ pub(crate) enum FnCommand {
         #[arg(long)]
         logs: bool,
     },
+    /// Print a function's invocation logs (oldest first).
+    Logs {
+        #[command(flatten)]
+        server: ServerUrl,
+        /// The function.
+        name: String,
+        /// Keep printing new invocations' logs as they come.
+        #[arg(long)]
+        follow: bool,
+        /// Only this invocation's log.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
     /// List functions.
     Ls {
         #[command(flatten)]
@@ -212,6 +225,41 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
             out.write_all(&bytes)?;
             out.write_all(b"\n")?;
             Ok(ExitCode::SUCCESS)
+        }
+        FnCommand::Logs {
+            server,
+            name,
+            follow,
+            request_id,
+        } => {
+            let client = Client::new(server.url.as_deref())?;
+            let mut since = 0i64;
+            loop {
+                let mut req = client
+                    .http()
+                    .get(client.url(&format!("/v1/functions/{name}/logs")))
+                    .query(&[("since", since.to_string())]);
+                if let Some(id) = &request_id {
+                    req = req.query(&[("request_id", id)]);
+                }
+                let resp = req.send().context("contacting the server")?;
+                let status = resp.status();
+                let bytes = resp.bytes()?;
+                if !status.is_success() {
+                    bail!("logs failed: {}", api_error(status, &bytes));
+                }
+                let doc: serde_json::Value = serde_json::from_slice(&bytes)?;
+                let mut out = std::io::stdout().lock();
+                for e in doc["logs"].as_array().into_iter().flatten() {
+                    out.write_all(e["log"].as_str().unwrap_or_default().as_bytes())?;
+                }
+                out.flush()?;
+                since = doc["next"].as_i64().unwrap_or(since);
+                if !follow {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
         }
         FnCommand::Ls { server } => {
             let client = Client::new(server.url.as_deref())?;

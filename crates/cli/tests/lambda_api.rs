@@ -350,3 +350,42 @@ fn an_aws_sdk_manages_and_invokes_functions() {
     }
     server.stop_and_check_clean();
 }
+
+#[test]
+fn invocation_logs_are_kept_and_shown_by_the_cli() {
+    let server = TestServer::start(&[]);
+    let code = "def handler(e, c):\n    print('said', e['n'])\n    return e['n']\n";
+    assert_eq!(create(&server, "talker", code).0, 201);
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let r = server.invoke("talker", &format!(r#"{{"n": {n}}}"#));
+        assert_eq!(r.status(), 200);
+        ids.push(r.headers()["x-amzn-requestid"].to_str().unwrap().to_owned());
+    }
+    let out = || {
+        let o = server.cli(&["fn", "logs", "talker"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // Logs are kept just after the answer.
+    wait_for("both logs", Duration::from_secs(10), || {
+        out().contains("said 2")
+    });
+    let all = out();
+    let (first, second) = (all.find("said 1").unwrap(), all.find("said 2").unwrap());
+    assert!(first < second, "oldest first: {all}");
+    assert!(
+        all.contains(&format!("START RequestId: {}", ids[0])),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!("REPORT RequestId: {}", ids[1])),
+        "{all}"
+    );
+    let one = server.cli(&["fn", "logs", "talker", "--request-id", &ids[1]]);
+    let one = String::from_utf8_lossy(&one.stdout);
+    assert!(one.contains("said 2") && !one.contains("said 1"), "{one}");
+    let missing = server.cli(&["fn", "logs", "bad name"]);
+    assert!(!missing.status.success());
+    server.stop_and_check_clean();
+}

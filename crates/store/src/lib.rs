@@ -6,10 +6,12 @@
 //! function refers to any more is removed in the same transaction that dropped the last reference.
 
 mod events;
+mod logs;
 mod model;
 mod sqlite;
 
 pub use events::{Attempt, Event, KEEP_FAILED};
+pub use logs::{LogEntry, KEEP_LOGS, MAX_LOG_BYTES};
 pub use model::{
     validate_name, FunctionConfig, FunctionRecord, ModelError, Runtime, MEMORY_MIB, TIMEOUT_S,
 };

@@ -60,6 +60,14 @@ CREATE TABLE IF NOT EXISTS events (
     updated_at   INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (status, next_at_ms);
+CREATE TABLE IF NOT EXISTS logs (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    function    TEXT NOT NULL,
+    request_id  TEXT NOT NULL UNIQUE,
+    at          INTEGER NOT NULL,
+    log         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_by_function ON logs (function, seq);
 ";
 
 /// The store. One connection behind a mutex: SQLite serializes writers anyway, and every
