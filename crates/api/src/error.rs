@@ -14,6 +14,8 @@ pub struct ApiError {
     pub error_type: &'static str,
     /// A sentence for people.
     pub message: String,
+    /// Lambda's `Reason` for throttles.
+    pub reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -26,7 +28,13 @@ impl ApiError {
             status,
             error_type,
             message: message.into(),
+            reason: None,
         }
+    }
+
+    pub(crate) fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     pub(crate) fn not_found(name: &str) -> Self {
@@ -68,12 +76,15 @@ impl IntoResponse for ApiError {
             tracing::warn!(error_type = self.error_type, message = %self.message, "request failed");
         }
         // `message` and `Type` are where AWS SDKs look for Lambda's error message and kind.
-        let body = json!({
+        let mut body = json!({
             "errorType": self.error_type,
             "errorMessage": self.message,
             "message": self.message,
             "Type": if self.status.is_server_error() { "Service" } else { "User" },
         });
+        if let Some(reason) = self.reason {
+            body["Reason"] = reason.into();
+        }
         let mut resp = (self.status, Json(body)).into_response();
         resp.headers_mut().insert(
             "x-amzn-ErrorType",

@@ -58,6 +58,10 @@ async fn attempt(
     let job = load_job(state, function, request_id.to_owned(), payload)
         .await
         .map_err(|e| e.to_string())?;
+    let _place = state.concurrency.acquire(function).map_err(|e| {
+        state.metrics.record_throttle(function);
+        e.to_string()
+    })?;
     let outcome = state.worker.run(job, StartMode::Auto).await;
     crate::invoke::keep_log(state, function, request_id, &outcome);
     if let Err(e) = &outcome {

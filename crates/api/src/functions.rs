@@ -178,7 +178,12 @@ pub(crate) async fn delete(
     if blocking(&state, move |s| s.delete_function(&n)).await? {
         state.worker.invalidate(&name).await;
         let n = name.clone();
-        blocking(&state, move |s| s.delete_logs(&n)).await?;
+        blocking(&state, move |s| {
+            s.delete_logs(&n)?;
+            s.set_reserved_concurrency(&n, None)
+        })
+        .await?;
+        let _ = state.concurrency.set(&name, None);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(&name))

@@ -93,6 +93,9 @@ pub(crate) async fn invoke(
     }
     let job = load_job(&state, &name, request_id.clone(), payload.to_vec()).await?;
     let function_name = job.function.name.clone();
+    let _place = state.concurrency.acquire(&function_name).inspect_err(|_| {
+        state.metrics.record_throttle(&function_name);
+    })?;
     let want_tail = headers
         .get("X-Amz-Log-Type")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Tail"));

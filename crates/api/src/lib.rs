@@ -17,6 +17,7 @@
 //! in the `x-amzn-ErrorType` header, so Lambda clients recognize them.
 
 mod admin;
+mod concurrency;
 mod error;
 pub mod events;
 mod functions;
@@ -33,6 +34,7 @@ use ignition_store::Store;
 use ignition_worker::Worker;
 use serde_json::json;
 
+pub use concurrency::Concurrency;
 pub use error::ApiError;
 pub use events::{spawn_dispatcher, EventConfig};
 pub use metrics::Metrics;
@@ -55,6 +57,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Retries of asynchronous invocations.
     pub events: EventConfig,
+    /// Node-wide and reserved concurrency.
+    pub concurrency: Arc<Concurrency>,
 }
 
 /// The router with every route.
@@ -88,6 +92,14 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_DEPLOY_BODY)),
         )
         .route("/2015-03-31/functions/", get(lambda::list))
+        .route(
+            "/2017-10-31/functions/{name}/concurrency",
+            axum::routing::put(concurrency::put).delete(concurrency::delete),
+        )
+        .route(
+            "/2019-09-30/functions/{name}/concurrency",
+            get(concurrency::get),
+        )
         .route(
             "/2015-03-31/functions/{name}",
             get(lambda::get).delete(lambda::delete),

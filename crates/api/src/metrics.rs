@@ -20,7 +20,7 @@ struct InvocationLabels {
     function: String,
     /// `boot`, `restore`, `pool`, `warm`, or `none` when no VM answered.
     start: String,
-    /// `success`, `function_error`, `timeout` or `vm_error`.
+    /// `success`, `function_error`, `timeout`, `vm_error` or `throttled`.
     outcome: String,
 }
 
@@ -112,6 +112,11 @@ impl Metrics {
             _ => "vm_error",
         };
         self.count(function, "none", outcome);
+    }
+
+    /// Records an invocation refused by a concurrency limit.
+    pub(crate) fn record_throttle(&self, function: &str) {
+        self.count(function, "none", "throttled");
     }
 
     fn set(&self, name: &str, v: i64) {

@@ -79,6 +79,10 @@ pub(crate) struct ServerArgs {
     /// Where VM addresses come from, a /30 per VM. Must not overlap the host's networks.
     #[arg(long, default_value = "10.200.0.0/16")]
     vm_subnet: ignition_net::Ipv4Net,
+    /// Invocations the node accepts at once (running or waiting for a VM); beyond it, and
+    /// beyond a function's reserved concurrency, invokes get 429 TooManyRequestsException.
+    #[arg(long, default_value_t = 1000)]
+    max_concurrency: u32,
     /// Retries of a failed asynchronous invocation (`X-Amz-Invocation-Type: Event`) before it
     /// goes to the function's failed events.
     #[arg(long, default_value_t = 2)]
@@ -286,11 +290,15 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         .node_id
         .clone()
         .unwrap_or_else(|| nix_hostname().unwrap_or_else(|| "node-1".to_owned()));
+    let reserved = store
+        .reserved_concurrency()
+        .context("reading reserved concurrency")?;
     let state = ignition_api::AppState {
         store: Arc::new(store),
         worker: Arc::clone(&worker),
         node_id,
         metrics: Arc::new(ignition_api::Metrics::default()),
+        concurrency: ignition_api::Concurrency::new(args.max_concurrency, reserved),
         events: ignition_api::EventConfig {
             retries: args.async_retries,
             retry_delay: Duration::from_millis(args.async_retry_delay_ms),

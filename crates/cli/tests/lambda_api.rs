@@ -389,3 +389,82 @@ fn invocation_logs_are_kept_and_shown_by_the_cli() {
     assert!(!missing.status.success());
     server.stop_and_check_clean();
 }
+
+#[test]
+fn over_a_concurrency_limit_invokes_get_429() {
+    let server = TestServer::start(&["--max-concurrency", "2"]);
+    let slow = "import time\ndef handler(e, c):\n    time.sleep(3)\n    return 1\n";
+    assert_eq!(create(&server, "slow", slow).0, 201);
+    let put = |body: Value| {
+        json(
+            server
+                .http()
+                .put(format!(
+                    "{}/2017-10-31/functions/slow/concurrency",
+                    server.url
+                ))
+                .json(&body)
+                .send()
+                .unwrap(),
+        )
+    };
+    let (status, _, r) = put(j!({ "ReservedConcurrentExecutions": 1 }));
+    assert_eq!(
+        (status, r["ReservedConcurrentExecutions"].as_u64()),
+        (200, Some(1))
+    );
+    let (status, _, e) = put(j!({ "ReservedConcurrentExecutions": 5 }));
+    assert_eq!(status, 400, "more than the node has: {e}");
+    let background = |name: &'static str| {
+        let url = server.url.clone();
+        std::thread::spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap()
+                .post(format!("{url}/2015-03-31/functions/{name}/invocations"))
+                .body("{}")
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let first = background("slow");
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, headers, e) = json(server.invoke("slow", "{}"));
+    assert_eq!(status, 429, "{e}");
+    assert_eq!(headers["x-amzn-errortype"], "TooManyRequestsException");
+    assert_eq!(
+        e["Reason"],
+        "ReservedFunctionConcurrentInvocationLimitExceeded"
+    );
+    assert_eq!(first.join().unwrap(), 200);
+    let got = server.get_json("/2019-09-30/functions/slow/concurrency");
+    assert_eq!(got["ReservedConcurrentExecutions"], 1);
+
+    // The node's own limit: 2, one of them held back for `slow`.
+    assert_eq!(create(&server, "other", slow).0, 201);
+    let first = background("other");
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _, e) = json(server.invoke("other", "{}"));
+    assert_eq!(
+        (status, e["Reason"].as_str()),
+        (429, Some("ConcurrentInvocationLimitExceeded"))
+    );
+    assert_eq!(first.join().unwrap(), 200);
+    let r = server
+        .http()
+        .delete(format!(
+            "{}/2017-10-31/functions/slow/concurrency",
+            server.url
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        server.get_json("/2019-09-30/functions/slow/concurrency"),
+        j!({})
+    );
+    server.stop_and_check_clean();
+}

@@ -1,4 +1,4 @@
-//! Invocation logs: each invocation's output (Lambda's `START`/`END`/`REPORT` lines around the
+//! Per-function operational records: reserved concurrency, and invocation logs: each invocation's output (Lambda's `START`/`END`/`REPORT` lines around the
 //! function's stdout and stderr), bounded per invocation ([`MAX_LOG_BYTES`], the tail kept) and
 //! per function (the newest [`KEEP_LOGS`] invocations).
 
@@ -72,6 +72,36 @@ impl Store {
                 log: r.get(3)?,
             })
         })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets (or, with `None`, removes) a function's reserved concurrency.
+    pub fn set_reserved_concurrency(
+        &self,
+        function: &str,
+        reserved: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn();
+        match reserved {
+            Some(r) => conn.execute(
+                "INSERT OR REPLACE INTO reserved_concurrency (function, reserved) VALUES (?1, ?2)",
+                params![function, r],
+            )?,
+            None => conn.execute(
+                "DELETE FROM reserved_concurrency WHERE function = ?1",
+                params![function],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Every reservation.
+    pub fn reserved_concurrency(
+        &self,
+    ) -> Result<std::collections::HashMap<String, u32>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT function, reserved FROM reserved_concurrency")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -68,6 +68,10 @@ CREATE TABLE IF NOT EXISTS logs (
     log         TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_function ON logs (function, seq);
+CREATE TABLE IF NOT EXISTS reserved_concurrency (
+    function    TEXT PRIMARY KEY,
+    reserved    INTEGER NOT NULL
+);
 ";
 
 /// The store. One connection behind a mutex: SQLite serializes writers anyway, and every

@@ -1,0 +1,228 @@
+//! Concurrency limits, as Lambda has them: the node runs at most `--max-concurrency`
+//! invocations at once (running or waiting for a VM); a function with reserved concurrency
+//! runs at most that many and its reservation is held back from the others. Over a limit the
+//! invocation is refused with 429 `TooManyRequestsException` (AWS SDKs retry it by themselves).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{blocking, ApiError, AppState};
+
+#[derive(Debug, Default)]
+struct Counts {
+    /// In flight per function.
+    running: HashMap<String, u32>,
+    /// In flight of functions without a reservation.
+    unreserved: u32,
+    /// Reservations.
+    reserved: HashMap<String, u32>,
+}
+
+/// The node's concurrency accounting.
+#[derive(Debug)]
+pub struct Concurrency {
+    limit: u32,
+    counts: Mutex<Counts>,
+}
+
+/// One invocation's place; dropping it frees the place.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    owner: Arc<Concurrency>,
+    function: String,
+    reserved: bool,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut c = self.owner.lock();
+        if let Some(n) = c.running.get_mut(&self.function) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.running.remove(&self.function);
+            }
+        }
+        if !self.reserved {
+            c.unreserved = c.unreserved.saturating_sub(1);
+        }
+    }
+}
+
+fn throttled(reason: &'static str, message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequestsException",
+        message,
+    )
+    .with_reason(reason)
+}
+
+impl Concurrency {
+    /// At most `limit` invocations at once on the node; reservations from the store.
+    pub fn new(limit: u32, reserved: HashMap<String, u32>) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            counts: Mutex::new(Counts {
+                reserved,
+                ..Counts::default()
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for one invocation of `function`, or 429.
+    pub(crate) fn acquire(self: &Arc<Self>, function: &str) -> Result<Permit, ApiError> {
+        let mut c = self.lock();
+        let running = c.running.get(function).copied().unwrap_or(0);
+        let reserved = c.reserved.get(function).copied();
+        match reserved {
+            Some(r) if running >= r => {
+                return Err(throttled(
+                    "ReservedFunctionConcurrentInvocationLimitExceeded",
+                    format!("Rate Exceeded: {function} is at its reserved concurrency ({r})"),
+                ))
+            }
+            Some(_) => {}
+            None => {
+                let held_back: u32 = c.reserved.values().sum();
+                let pool = self.limit.saturating_sub(held_back);
+                if c.unreserved >= pool {
+                    return Err(throttled(
+                        "ConcurrentInvocationLimitExceeded",
+                        format!("Rate Exceeded: the node runs at most {pool} unreserved invocations at once"),
+                    ));
+                }
+                c.unreserved += 1;
+            }
+        }
+        *c.running.entry(function.to_owned()).or_default() += 1;
+        Ok(Permit {
+            owner: Arc::clone(self),
+            function: function.to_owned(),
+            reserved: reserved.is_some(),
+        })
+    }
+
+    pub(crate) fn set(&self, function: &str, reserved: Option<u32>) -> Result<(), ApiError> {
+        let mut c = self.lock();
+        if let Some(r) = reserved {
+            let others: u32 = c
+                .reserved
+                .iter()
+                .filter(|(f, _)| f.as_str() != function)
+                .map(|(_, v)| v)
+                .sum();
+            if others.saturating_add(r) > self.limit {
+                return Err(ApiError::invalid(format!(
+                    "ReservedConcurrentExecutions: {r} would reserve more than the node's {} (already reserved: {others})",
+                    self.limit
+                )));
+            }
+            c.reserved.insert(function.to_owned(), r);
+        } else {
+            c.reserved.remove(function);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct PutConcurrency {
+    reserved_concurrent_executions: u32,
+}
+
+/// `PUT /2017-10-31/functions/{name}/concurrency` (PutFunctionConcurrency).
+pub(crate) async fn put(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    req: Result<Json<PutConcurrency>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let name = crate::lambda::function_name(&name)?;
+    let Json(req) = req.map_err(|e| {
+        ApiError::invalid(format!("ReservedConcurrentExecutions: {}", e.body_text()))
+    })?;
+    let n = name.clone();
+    if blocking(&state, move |s| s.get_function(&n))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(&name));
+    }
+    let r = req.reserved_concurrent_executions;
+    state.concurrency.set(&name, Some(r))?;
+    blocking(&state, move |s| s.set_reserved_concurrency(&name, Some(r))).await?;
+    Ok(Json(json!({ "ReservedConcurrentExecutions": r })))
+}
+
+/// `GET /2019-09-30/functions/{name}/concurrency` (GetFunctionConcurrency).
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let name = crate::lambda::function_name(&name)?;
+    let n = name.clone();
+    if blocking(&state, move |s| s.get_function(&n))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(&name));
+    }
+    Ok(Json(match state.concurrency.lock().reserved.get(&name) {
+        Some(r) => json!({ "ReservedConcurrentExecutions": r }),
+        None => json!({}),
+    }))
+}
+
+/// `DELETE /2017-10-31/functions/{name}/concurrency` (DeleteFunctionConcurrency).
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = crate::lambda::function_name(&name)?;
+    state.concurrency.set(&name, None)?;
+    blocking(&state, move |s| s.set_reserved_concurrency(&name, None)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_cap_their_function_and_are_held_back_from_the_rest() {
+        let c = Concurrency::new(3, HashMap::from([("r".to_owned(), 1)]));
+        let r1 = c.acquire("r").unwrap();
+        let e = c.acquire("r").unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.error_type),
+            (429, "TooManyRequestsException")
+        );
+        let a = c.acquire("a").unwrap();
+        let _b = c.acquire("b").unwrap();
+        assert!(c.acquire("a").is_err(), "2 of 3 are unreserved");
+        drop(a);
+        let _a2 = c.acquire("a").unwrap();
+        drop(r1);
+        let _r2 = c.acquire("r").unwrap();
+        assert!(
+            c.set("x", Some(3)).is_err(),
+            "cannot reserve beyond the node"
+        );
+        c.set("r", None).unwrap();
+        let zero = Concurrency::new(5, HashMap::from([("off".to_owned(), 0)]));
+        assert!(
+            zero.acquire("off").is_err(),
+            "reserved 0 throttles every invocation"
+        );
+    }
+}
