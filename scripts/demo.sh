@@ -9,7 +9,7 @@ PORT="${IGNITION_DEMO_PORT:-7070}"
 URL="http://127.0.0.1:$PORT"
 DATA="$(mktemp -d /tmp/ignition-demo.XXXXXX)"
 LOG="$DATA/server.log"
-./target/release/ignition server --data-dir "$DATA" --listen "127.0.0.1:$PORT" 2>"$LOG" &
+./target/release/ignition server --dev --data-dir "$DATA" --listen "127.0.0.1:$PORT" 2>"$LOG" &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -rf "$DATA"' EXIT
 

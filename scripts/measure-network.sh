@@ -20,7 +20,7 @@ trap cleanup EXIT
 start() { # NAME PORT ARGS...
   local name=$1 port=$2
   shift 2
-  "$BIN" server --data-dir "$tmp/$name" --listen "127.0.0.1:$port" --keep-alive 600 "$@" \
+  "$BIN" server --dev --data-dir "$tmp/$name" --listen "127.0.0.1:$port" --keep-alive 600 "$@" \
     >"$tmp/$name.log" 2>&1 &
   for _ in $(seq 1 600); do
     curl -fs "http://127.0.0.1:$port/" >/dev/null && return 0

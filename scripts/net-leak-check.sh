@@ -12,7 +12,7 @@ BIN=./target/release/ignition
 tmp=$(mktemp -d)
 trap 'kill -TERM "$pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
-"$BIN" server --data-dir "$tmp/data" --listen "127.0.0.1:$PORT" --keep-alive 5 \
+"$BIN" server --dev --data-dir "$tmp/data" --listen "127.0.0.1:$PORT" --keep-alive 5 \
   --vm-subnet 10.202.0.0/22 >"$tmp/server.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 600); do curl -fs "$URL/" >/dev/null && break; sleep 0.2; done

@@ -15,7 +15,7 @@ PORT="${IGNITION_SOAK_PORT:-7171}"
 URL="http://127.0.0.1:$PORT"
 WORK="$(mktemp -d /tmp/ignition-soak.XXXXXX)"
 RUN="$WORK/run"
-"$BIN" server --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --run-dir "$RUN" --keep-alive 5 \
+"$BIN" server --dev --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --run-dir "$RUN" --keep-alive 5 \
   2>"$WORK/server.log" &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -rf "$WORK"' EXIT

@@ -2,10 +2,10 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use ignition_store::validate_name;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::Caller;
 use crate::invoke::load_job;
 use crate::{ApiError, AppState};
 
@@ -14,10 +14,11 @@ const MAX_MIN_READY: usize = 1024;
 
 pub(crate) async fn pool_status(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let status = state.worker.pool_status(&name);
+    let stored = caller.function(&name)?;
+    let status = state.worker.pool_status(&stored);
     Ok(Json(json!({
         "function": name,
         "pool": status,
@@ -32,10 +33,11 @@ pub(crate) struct SetPool {
 
 pub(crate) async fn set_pool(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     body: Result<Json<SetPool>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let stored = caller.function(&name)?;
     let Json(req) =
         body.map_err(|e| ApiError::invalid(format!("bad pool request: {}", e.body_text())))?;
     if req.min_ready > MAX_MIN_READY {
@@ -43,11 +45,11 @@ pub(crate) async fn set_pool(
             "min_ready must be at most {MAX_MIN_READY}"
         )));
     }
-    let job = load_job(&state, &name, String::new(), Vec::new()).await?;
+    let job = load_job(&state, &stored, String::new(), Vec::new()).await?;
     state
         .worker
         .set_min_ready(job.function, job.code_sha256, job.egress, req.min_ready);
-    pool_status(State(state), Path(name)).await
+    pool_status(State(state), caller, Path(name)).await
 }
 
 pub(crate) async fn stats(State(state): State<AppState>) -> Json<Value> {

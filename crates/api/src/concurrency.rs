@@ -144,10 +144,11 @@ pub(crate) struct PutConcurrency {
 /// `PUT /2017-10-31/functions/{name}/concurrency` (PutFunctionConcurrency).
 pub(crate) async fn put(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     Path(name): Path<String>,
     req: Result<Json<PutConcurrency>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let name = crate::lambda::function_name(&name)?;
+    let name = caller.function(&name)?;
     let Json(req) = req.map_err(|e| {
         ApiError::invalid(format!("ReservedConcurrentExecutions: {}", e.body_text()))
     })?;
@@ -167,9 +168,10 @@ pub(crate) async fn put(
 /// `GET /2019-09-30/functions/{name}/concurrency` (GetFunctionConcurrency).
 pub(crate) async fn get(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let name = crate::lambda::function_name(&name)?;
+    let name = caller.function(&name)?;
     let n = name.clone();
     if blocking(&state, move |s| s.get_function(&n))
         .await?
@@ -186,9 +188,10 @@ pub(crate) async fn get(
 /// `DELETE /2017-10-31/functions/{name}/concurrency` (DeleteFunctionConcurrency).
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let name = crate::lambda::function_name(&name)?;
+    let name = caller.function(&name)?;
     state.concurrency.set(&name, None)?;
     blocking(&state, move |s| s.set_reserved_concurrency(&name, None)).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::Json;
 use ignition_proto::Outcome;
-use ignition_store::{validate_name, Attempt};
+use ignition_store::Attempt;
 use ignition_worker::StartMode;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -144,10 +144,10 @@ pub fn spawn_dispatcher(state: AppState) {
 /// `GET /v1/functions/{name}/failed-events`: the function's failure destination.
 pub(crate) async fn failed(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let n = name.clone();
+    let n = caller.function(&name)?;
     let events = blocking(&state, move |s| s.failed_events(&n)).await?;
     Ok(Json(json!({ "function": name, "events": events })))
 }

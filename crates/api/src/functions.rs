@@ -8,10 +8,27 @@ use axum::response::IntoResponse;
 use axum::Json;
 use base64::Engine;
 use ignition_bundle::{Bundle, Limits};
-use ignition_store::{validate_name, FunctionConfig, FunctionRecord, Runtime};
+use ignition_store::{FunctionConfig, FunctionRecord, Runtime};
 use serde::Deserialize;
 
+use crate::auth::Caller;
 use crate::{blocking, ApiError, AppState};
+
+/// The caller's functions, under the caller's names.
+pub(crate) async fn own_functions(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Vec<FunctionRecord>, ApiError> {
+    let all = blocking(state, |s| s.list_functions()).await?;
+    Ok(all
+        .into_iter()
+        .filter_map(|mut r| {
+            let name = caller.owns(&r.config.name)?.to_owned();
+            r.config.name = name;
+            Some(r)
+        })
+        .collect())
+}
 
 /// The body of `PUT /v1/functions/{name}`. Unknown fields are ignored.
 #[derive(Debug, Deserialize)]
@@ -89,16 +106,17 @@ pub(crate) fn check_handler(config: &FunctionConfig, bundle: &Bundle) -> Result<
 
 pub(crate) async fn put(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let stored = caller.function(&name)?;
     let Json(req) =
         body.map_err(|e| ApiError::invalid(format!("bad deploy request: {}", e.body_text())))?;
     let runtime = Runtime::parse(&req.runtime).map_err(|e| ApiError::invalid(e.to_string()))?;
     let egress = parse_egress(&req.egress)?;
     let config = FunctionConfig {
-        name,
+        name: stored,
         runtime,
         handler: req.handler,
         memory_mib: req.memory_mib,
@@ -110,7 +128,8 @@ pub(crate) async fn put(
     let archive = base64::engine::general_purpose::STANDARD
         .decode(req.code.as_bytes())
         .map_err(|e| ApiError::invalid(format!("invalid code: not base64 ({e})")))?;
-    let (record, existed) = store_function(&state, config, archive).await?;
+    let (mut record, existed) = store_function(&state, config, archive).await?;
+    record.config.name = name;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -152,30 +171,34 @@ pub(crate) async fn store_function(
 
 pub(crate) async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<FunctionRecord>, ApiError> {
-    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let n = name.clone();
-    blocking(&state, move |s| s.get_function(&n))
+    let n = caller.function(&name)?;
+    let mut record = blocking(&state, move |s| s.get_function(&n))
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(&name))
+        .ok_or_else(|| ApiError::not_found(&name))?;
+    record.config.name = name;
+    Ok(Json(record))
 }
 
 pub(crate) async fn list(
     State(state): State<AppState>,
+    caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let functions = blocking(&state, |s| s.list_functions()).await?;
+    let functions = own_functions(&state, &caller).await?;
     Ok(Json(serde_json::json!({ "functions": functions })))
 }
 
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let n = name.clone();
+    let stored = caller.function(&name)?;
+    let n = stored.clone();
     if blocking(&state, move |s| s.delete_function(&n)).await? {
+        let name = stored;
         state.worker.invalidate(&name).await;
         let n = name.clone();
         blocking(&state, move |s| {
@@ -205,14 +228,15 @@ pub(crate) struct LogQuery {
 /// `GET /v1/functions/{name}/logs`: the function's invocation logs, oldest first.
 pub(crate) async fn logs(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     query: Result<axum::extract::Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    validate_name(&name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let stored = caller.function(&name)?;
     let axum::extract::Query(q) =
         query.map_err(|e| ApiError::invalid(format!("bad query: {}", e.body_text())))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let n = name.clone();
+    let n = stored;
     let entries = blocking(&state, move |s| {
         s.logs(&n, q.since, q.request_id.as_deref(), limit)
     })

@@ -27,12 +27,13 @@ fn proto_runtime(r: Runtime) -> ignition_proto::Runtime {
 
 pub(crate) async fn invoke(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    // A name or a function ARN, as Lambda accepts.
-    let name = crate::lambda::function_name(&name)?;
+    // A name or a function ARN, as Lambda accepts, of the caller's own functions.
+    let name = caller.function(&name)?;
     let payload = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(

@@ -18,7 +18,8 @@ use ignition_store::{validate_name, FunctionConfig, FunctionRecord, Runtime};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::functions::store_function;
+use crate::auth::Caller;
+use crate::functions::{own_functions, store_function};
 use crate::{blocking, ApiError, AppState};
 
 /// The account and region in ARNs (there is one of each).
@@ -184,16 +185,39 @@ fn runtime(s: &str) -> Result<Runtime, ApiError> {
     Runtime::parse(s).map_err(|e| ApiError::invalid(format!("Runtime: {e}")))
 }
 
-async fn record(state: &AppState, name: &str) -> Result<FunctionRecord, ApiError> {
-    let n = name.to_owned();
-    blocking(state, move |s| s.get_function(&n))
+/// The caller's function `name_or_arn`, under the caller's name.
+async fn record(
+    state: &AppState,
+    caller: &Caller,
+    name_or_arn: &str,
+) -> Result<FunctionRecord, ApiError> {
+    let stored = caller.function(name_or_arn)?;
+    let mut r = blocking(state, move |s| s.get_function(&stored))
         .await?
-        .ok_or_else(|| ApiError::not_found(name))
+        .ok_or_else(|| ApiError::not_found(&function_name(name_or_arn).unwrap_or_default()))?;
+    r.config.name = function_name(name_or_arn)?;
+    Ok(r)
+}
+
+/// Stores `config` (named as the caller names it) with `archive` as its code; the record
+/// comes back under the caller's name.
+async fn save(
+    state: &AppState,
+    caller: &Caller,
+    mut config: FunctionConfig,
+    archive: Vec<u8>,
+) -> Result<FunctionRecord, ApiError> {
+    let name = std::mem::take(&mut config.name);
+    config.name = caller.function(&name)?;
+    let (mut rec, _) = store_function(state, config, archive).await?;
+    rec.config.name = name;
+    Ok(rec)
 }
 
 /// `POST /2015-03-31/functions` (CreateFunction).
 pub(crate) async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     req: Result<Json<CreateFunction>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req = body(req)?;
@@ -210,7 +234,7 @@ pub(crate) async fn create(
         .handler
         .ok_or_else(|| ApiError::invalid("Handler is required"))?;
     let zip = req.code.zip()?;
-    if record(&state, &name).await.is_ok() {
+    if record(&state, &caller, &name).await.is_ok() {
         return Err(conflict(&name));
     }
     let config = FunctionConfig {
@@ -223,13 +247,16 @@ pub(crate) async fn create(
         reuse: false,
         egress: Vec::new(),
     };
-    let (rec, _) = store_function(&state, config, zip).await?;
+    let rec = save(&state, &caller, config, zip).await?;
     Ok((StatusCode::CREATED, Json(configuration(&rec))))
 }
 
 /// `GET /2015-03-31/functions/` (ListFunctions).
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let functions = blocking(&state, |s| s.list_functions()).await?;
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let functions = own_functions(&state, &caller).await?;
     let configs: Vec<Value> = functions.iter().map(configuration).collect();
     Ok(Json(json!({ "Functions": configs })))
 }
@@ -237,9 +264,10 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Json<Value>, A
 /// `GET /2015-03-31/functions/{name}` (GetFunction).
 pub(crate) async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = record(&state, &function_name(&name)?).await?;
+    let r = record(&state, &caller, &name).await?;
     Ok(Json(json!({
         "Configuration": configuration(&r),
         "Code": { "RepositoryType": "Ignition", "Location": "" },
@@ -249,38 +277,41 @@ pub(crate) async fn get(
 /// `GET /2015-03-31/functions/{name}/configuration` (GetFunctionConfiguration).
 pub(crate) async fn get_configuration(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = record(&state, &function_name(&name)?).await?;
+    let r = record(&state, &caller, &name).await?;
     Ok(Json(configuration(&r)))
 }
 
 /// `PUT /2015-03-31/functions/{name}/code` (UpdateFunctionCode).
 pub(crate) async fn update_code(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     req: Result<Json<UpdateCode>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let req = body(req)?;
-    let r = record(&state, &function_name(&name)?).await?;
+    let r = record(&state, &caller, &name).await?;
     let zip = CodeSpec {
         zip_file: req.zip_file,
         s3_bucket: req.s3_bucket,
         image_uri: req.image_uri,
     }
     .zip()?;
-    let (rec, _) = store_function(&state, r.config, zip).await?;
+    let rec = save(&state, &caller, r.config, zip).await?;
     Ok(Json(configuration(&rec)))
 }
 
 /// `PUT /2015-03-31/functions/{name}/configuration` (UpdateFunctionConfiguration).
 pub(crate) async fn update_configuration(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     req: Result<Json<UpdateConfiguration>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let req = body(req)?;
-    let r = record(&state, &function_name(&name)?).await?;
+    let r = record(&state, &caller, &name).await?;
     let mut config = r.config.clone();
     if let Some(rt) = &req.runtime {
         config.runtime = runtime(rt)?;
@@ -307,17 +338,18 @@ pub(crate) async fn update_configuration(
         .write_all(&tar)
         .and_then(|()| gz.finish())
         .map_err(|e| ApiError::internal(format!("re-pack the code: {e}")))?;
-    let (rec, _) = store_function(&state, config, archive).await?;
+    let rec = save(&state, &caller, config, archive).await?;
     Ok(Json(configuration(&rec)))
 }
 
 /// `DELETE /2015-03-31/functions/{name}` (DeleteFunction).
 pub(crate) async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let name = function_name(&name)?;
-    crate::functions::delete(State(state), Path(name)).await
+    crate::functions::delete(State(state), caller, Path(name)).await
 }
 
 #[cfg(test)]

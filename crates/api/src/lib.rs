@@ -17,6 +17,7 @@
 //! in the `x-amzn-ErrorType` header, so Lambda clients recognize them.
 
 mod admin;
+pub mod auth;
 mod concurrency;
 mod error;
 pub mod events;
@@ -40,7 +41,7 @@ pub use events::{spawn_dispatcher, EventConfig};
 pub use metrics::Metrics;
 
 /// Largest deploy request: a base64-encoded archive of up to 64 MiB plus the JSON around it.
-const MAX_DEPLOY_BODY: usize = 96 * 1024 * 1024;
+pub(crate) const MAX_DEPLOY_BODY: usize = 96 * 1024 * 1024;
 /// Largest synchronous invocation payload (Lambda's limit).
 pub const MAX_INVOKE_PAYLOAD: usize = 6 * 1024 * 1024;
 
@@ -59,6 +60,8 @@ pub struct AppState {
     pub events: EventConfig,
     /// Node-wide and reserved concurrency.
     pub concurrency: Arc<Concurrency>,
+    /// Local development mode: no authentication, every request is the default tenant's.
+    pub dev_mode: bool,
 }
 
 /// The router with every route.
@@ -114,6 +117,10 @@ pub fn router(state: AppState) -> Router {
             "/2015-03-31/functions/{name}/code",
             axum::routing::put(lambda::update_code).layer(DefaultBodyLimit::max(MAX_DEPLOY_BODY)),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         .with_state(state)
 }
 

@@ -22,6 +22,7 @@ impl Client {
         let http = reqwest::blocking::Client::builder()
             // Invocations boot a VM and may run for the function's whole timeout (up to 900 s).
             .timeout(Duration::from_secs(960))
+            .default_headers(auth_headers()?)
             .build()
             .context("building the HTTP client")?;
         Ok(Self {
@@ -37,6 +38,22 @@ impl Client {
     pub(crate) fn http(&self) -> &reqwest::blocking::Client {
         &self.http
     }
+}
+
+/// `Authorization: Bearer ACCESS_KEY_ID:SECRET` from `IGNITION_TOKEN` (printed by
+/// `ignition key create`), if set; a server in `--dev` mode needs none.
+pub(crate) fn auth_headers() -> Result<reqwest::header::HeaderMap> {
+    let mut h = reqwest::header::HeaderMap::new();
+    if let Some(token) = std::env::var("IGNITION_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("IGNITION_TOKEN is not a valid header value")?;
+        v.set_sensitive(true);
+        h.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    Ok(h)
 }
 
 /// Turns an API error response into a one-line message.

@@ -279,6 +279,7 @@ async fn bench(args: BenchArgs) -> Result<ExitCode> {
         .trim_end_matches('/')
         .to_owned();
     let http = reqwest::Client::builder()
+        .default_headers(crate::client::auth_headers()?)
         .timeout(Duration::from_secs(1800))
         .pool_max_idle_per_host(args.concurrency.max(1))
         .build()?;

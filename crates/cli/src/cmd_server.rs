@@ -79,6 +79,10 @@ pub(crate) struct ServerArgs {
     /// Where VM addresses come from, a /30 per VM. Must not overlap the host's networks.
     #[arg(long, default_value = "10.200.0.0/16")]
     vm_subnet: ignition_net::Ipv4Net,
+    /// Local development mode: no authentication, every request acts as the default tenant.
+    /// Without it, every request but `GET /` needs an access key (`ignition key create`).
+    #[arg(long)]
+    dev: bool,
     /// Invocations the node accepts at once (running or waiting for a VM); beyond it, and
     /// beyond a function's reserved concurrency, invokes get 429 TooManyRequestsException.
     #[arg(long, default_value_t = 1000)]
@@ -119,7 +123,7 @@ pub(crate) enum NetworkMode {
     None,
 }
 
-fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return Path::new(&d).join("ignition");
     }
@@ -299,6 +303,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         node_id,
         metrics: Arc::new(ignition_api::Metrics::default()),
         concurrency: ignition_api::Concurrency::new(args.max_concurrency, reserved),
+        dev_mode: args.dev,
         events: ignition_api::EventConfig {
             retries: args.async_retries,
             retry_delay: Duration::from_millis(args.async_retry_delay_ms),
@@ -309,6 +314,9 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
+    if args.dev {
+        tracing::warn!("development mode: requests are not authenticated");
+    }
     tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "ignition server ready");
     axum::serve(listener, ignition_api::router(state))
         .with_graceful_shutdown(shutdown_signal())

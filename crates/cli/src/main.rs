@@ -7,6 +7,7 @@ mod cmd_bench;
 mod cmd_doctor;
 mod cmd_fn;
 mod cmd_image;
+mod cmd_key;
 mod cmd_server;
 mod locate;
 
@@ -36,6 +37,9 @@ enum Command {
     /// Build or inspect the guest image.
     #[command(subcommand)]
     Image(cmd_image::ImageCommand),
+    /// Manage access keys (operators: works on the data directory directly).
+    #[command(subcommand)]
+    Key(cmd_key::KeyCommand),
 }
 
 /// Options shared by commands that use the image cache.
@@ -72,6 +76,7 @@ fn main() -> std::process::ExitCode {
         Command::Image(cmd) => cmd_image::run(cmd),
         Command::Bench(args) => cmd_bench::run(args),
         Command::Doctor(args) => cmd_doctor::run(args),
+        Command::Key(cmd) => cmd_key::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -315,19 +315,10 @@ fn queued_events_survive_a_server_restart() {
 
 #[test]
 fn an_aws_sdk_manages_and_invokes_functions() {
-    let server = TestServer::start(&[]);
-    let script = common::repo_root().join("crates/cli/tests/fixtures/sdk/lambda_client.py");
-    let out = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .arg(&server.url)
-        .output()
-        .expect("python3 with boto3 (./scripts/setup.sh installs python3-boto3)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // A real deployment: authenticated, the SDK signs with an access key.
+    let server = TestServer::start_secure(&[]);
+    let (id, secret) = server.create_key("sdk");
+    let stdout = python("lambda_client.py", &[&server.url, &id, &secret]);
     for want in [
         "create sdk-hello Active $LATEST",
         "conflict ResourceConflictException",
@@ -465,6 +456,119 @@ fn over_a_concurrency_limit_invokes_get_429() {
     assert_eq!(
         server.get_json("/2019-09-30/functions/slow/concurrency"),
         j!({})
+    );
+    server.stop_and_check_clean();
+}
+
+fn python(script: &str, args: &[&str]) -> String {
+    let script = common::repo_root()
+        .join("crates/cli/tests/fixtures/sdk")
+        .join(script);
+    let out = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("python3 with boto3 (./scripts/setup.sh installs python3-boto3)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn requests_are_authenticated_and_tenants_see_only_their_own() {
+    let server = TestServer::start_secure(&[]);
+    let anon = reqwest::blocking::Client::new();
+    let get = |path: &str| anon.get(format!("{}{path}", server.url)).send().unwrap();
+    assert_eq!(
+        get("/").status(),
+        200,
+        "the health check needs no credentials"
+    );
+    let (status, _, e) = json(get("/v1/functions"));
+    assert_eq!(
+        (status, e["errorType"].as_str()),
+        (403, Some("MissingAuthenticationTokenException"))
+    );
+    let (status, _, _) = json(
+        anon.post(format!("{}/2015-03-31/functions/x/invocations", server.url))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 403);
+
+    let (acme_id, acme_secret) = server.create_key("acme");
+    let (beta_id, beta_secret) = server.create_key("beta");
+    let acme = format!("{acme_id}:{acme_secret}");
+    let beta = format!("{beta_id}:{beta_secret}");
+    let code = common::repo_root().join("examples/hello-python");
+    let code = code.to_str().unwrap();
+    let deploy = |token: &str| {
+        server.cli_as(
+            token,
+            &[
+                "fn",
+                "deploy",
+                "hello",
+                "--runtime",
+                "python3",
+                "--handler",
+                "app.handler",
+                "--code",
+                code,
+            ],
+        )
+    };
+    assert!(deploy(&acme).status.success());
+    let out = server.cli_as(
+        &acme,
+        &["fn", "invoke", "hello", "--data", r#"{"name": "acme"}"#],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ls = server.cli_as(&beta, &["fn", "ls"]);
+    assert!(
+        !String::from_utf8_lossy(&ls.stdout).contains("hello"),
+        "beta sees nothing of acme's"
+    );
+    let out = server.cli_as(&beta, &["fn", "invoke", "hello"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ResourceNotFoundException"));
+    let out = server.cli_as(&beta, &["fn", "rm", "hello"]);
+    assert!(!out.status.success(), "beta cannot delete acme's function");
+    // Names are per tenant: beta's own hello is another function.
+    assert!(deploy(&beta).status.success());
+    let out = server.cli_as(&beta, &["fn", "rm", "hello"]);
+    assert!(out.status.success());
+    let out = server.cli_as(&acme, &["fn", "ls"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello"),
+        "acme's is still there"
+    );
+    let out = server.cli_as(&format!("{acme_id}:wrong"), &["fn", "ls"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UnrecognizedClientException"));
+
+    // Signature V4 from the AWS SDK: good, a wrong secret, an expired signature.
+    let out = python("auth_client.py", &[&server.url, &acme_id, &acme_secret]);
+    for want in [
+        "good ok hello",
+        "wrong-secret InvalidSignatureException",
+        "expired InvalidSignatureException",
+    ] {
+        assert!(
+            out.lines().any(|l| l == want),
+            "missing {want:?} in:\n{out}"
+        );
+    }
+    let out = python("auth_client.py", &[&server.url, &beta_id, &beta_secret]);
+    assert!(
+        out.lines().any(|l| l == "good ok "),
+        "beta lists nothing: {out}"
     );
     server.stop_and_check_clean();
 }

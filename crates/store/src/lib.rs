@@ -5,11 +5,13 @@
 //! same code costs nothing and a function's record names exactly the code it runs. A bundle no
 //! function refers to any more is removed in the same transaction that dropped the last reference.
 
+mod credentials;
 mod events;
 mod logs;
 mod model;
 mod sqlite;
 
+pub use credentials::{validate_tenant, AccessKey};
 pub use events::{Attempt, Event, KEEP_FAILED};
 pub use logs::{LogEntry, KEEP_LOGS, MAX_LOG_BYTES};
 pub use model::{

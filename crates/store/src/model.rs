@@ -113,7 +113,14 @@ pub struct FunctionConfig {
 impl FunctionConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ModelError> {
-        validate_name(&self.name)?;
+        // Functions of a tenant other than the default are stored as `TENANT.NAME`.
+        match self.name.split_once('.') {
+            Some((tenant, name)) => {
+                crate::credentials::validate_tenant(tenant).map_err(|e| invalid("name", e))?;
+                validate_name(name)?;
+            }
+            None => validate_name(&self.name)?,
+        }
         if self.handler.is_empty() || self.handler.len() > 128 {
             return Err(invalid("handler", "must be 1 to 128 characters"));
         }

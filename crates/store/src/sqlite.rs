@@ -22,6 +22,9 @@ pub enum StoreError {
         /// The error.
         source: std::io::Error,
     },
+    /// A value given to the store is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
     /// A stored row does not decode (the database was changed by something else).
     #[error("corrupt row for {0}")]
     Corrupt(String),
@@ -68,6 +71,12 @@ CREATE TABLE IF NOT EXISTS logs (
     log         TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_function ON logs (function, seq);
+CREATE TABLE IF NOT EXISTS credentials (
+    access_key_id TEXT PRIMARY KEY,
+    secret        TEXT NOT NULL,
+    tenant        TEXT NOT NULL,
+    created_at    INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS reserved_concurrency (
     function    TEXT PRIMARY KEY,
     reserved    INTEGER NOT NULL

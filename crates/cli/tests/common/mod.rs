@@ -64,7 +64,15 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
 }
 
 impl TestServer {
+    /// A server in local development mode (no authentication).
     pub fn start(extra: &[&str]) -> Self {
+        let mut args = vec!["--dev"];
+        args.extend_from_slice(extra);
+        Self::start_secure(&args)
+    }
+
+    /// A server that authenticates every request (no `--dev` unless `extra` has it).
+    pub fn start_secure(extra: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let run_dir = std::env::temp_dir().join(format!("ign-test-{port}"));
@@ -121,6 +129,20 @@ impl TestServer {
             http,
         };
         server.wait_ready();
+        if !extra.contains(&"--dev") {
+            // The harness's own requests (stats, pool) authenticate as tenant "harness".
+            let (id, secret) = server.create_key("harness");
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {id}:{secret}").parse().unwrap(),
+            );
+            server.http = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .default_headers(h)
+                .build()
+                .unwrap();
+        }
         let stats = server.get_json("/v1/stats");
         server.network = stats["network"]["table"].as_str().map(|t| {
             let prefix = stats["network"]["interface_prefix"].as_str().unwrap();
@@ -152,6 +174,35 @@ impl TestServer {
 
     pub fn http(&self) -> &reqwest::blocking::Client {
         &self.http
+    }
+
+    /// Creates an access key for `tenant` in this server's store: (id, secret).
+    pub fn create_key(&self, tenant: &str) -> (String, String) {
+        let out = Command::new(BIN)
+            .args(["key", "create", "--json", "--tenant", tenant, "--data-dir"])
+            .arg(self.data_dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            v["access_key_id"].as_str().unwrap().to_owned(),
+            v["secret_access_key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Runs the CLI against this server with `IGNITION_TOKEN` set.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("IGNITION_URL", &self.url)
+            .env("IGNITION_TOKEN", token)
+            .output()
+            .unwrap()
     }
 
     /// Runs the CLI against this server.

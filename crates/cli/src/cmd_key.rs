@@ -1,0 +1,72 @@
+//! `ignition key create|rm`: access keys, made in the data directory's store by the operator
+//! (who owns the directory; the running server reads keys from the same store).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create an access key for a tenant; prints it once, with the token for the CLI.
+    Create {
+        /// The tenant whose functions the key reaches (1-16 of [a-z0-9]).
+        #[arg(long)]
+        tenant: String,
+        /// The server's data directory.
+        #[arg(long, env = "IGNITION_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an access key.
+    Rm {
+        /// The access key id.
+        access_key_id: String,
+        /// The server's data directory.
+        #[arg(long, env = "IGNITION_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn store(data_dir: Option<PathBuf>) -> Result<ignition_store::Store> {
+    let dir = data_dir.unwrap_or_else(crate::cmd_server::default_data_dir);
+    ignition_store::Store::open(&dir)
+        .with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+pub(crate) fn run(cmd: KeyCommand) -> Result<ExitCode> {
+    match cmd {
+        KeyCommand::Create {
+            tenant,
+            data_dir,
+            json,
+        } => {
+            let key = store(data_dir)?.create_key(&tenant)?;
+            let token = format!("{}:{}", key.access_key_id, key.secret_access_key);
+            if json {
+                let mut v = serde_json::to_value(&key)?;
+                v["token"] = token.into();
+                println!("{v}");
+            } else {
+                println!("tenant:            {}", key.tenant);
+                println!("access key id:     {}", key.access_key_id);
+                println!("secret access key: {}", key.secret_access_key);
+                println!("CLI token:         IGNITION_TOKEN={token}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeyCommand::Rm {
+            access_key_id,
+            data_dir,
+        } => {
+            if store(data_dir)?.delete_key(&access_key_id)? {
+                println!("deleted {access_key_id}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                anyhow::bail!("no access key {access_key_id}")
+            }
+        }
+    }
+}

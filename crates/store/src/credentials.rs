@@ -1,0 +1,99 @@
+//! Access keys: an access key id and a secret, bound to a tenant. AWS SDKs sign requests with
+//! them (Signature V4, which needs the secret itself on the server, as AWS keeps it); the CLI
+//! sends them as a bearer token. Created by the operator (`ignition key create`).
+
+use rand::distributions::{Alphanumeric, DistString};
+use rusqlite::{params, OptionalExtension};
+
+use crate::sqlite::{now, Store, StoreError};
+
+/// One access key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AccessKey {
+    /// `AKIG...`, 20 characters.
+    pub access_key_id: String,
+    /// 40 characters.
+    pub secret_access_key: String,
+    /// Whose functions it reaches.
+    pub tenant: String,
+}
+
+/// Checks a tenant name: 1 to 16 of `[a-z0-9]`; `runtime` is reserved.
+pub fn validate_tenant(tenant: &str) -> Result<(), String> {
+    let ok = (1..=16).contains(&tenant.len())
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !ok {
+        return Err(format!("tenant {tenant:?} must be 1 to 16 of [a-z0-9]"));
+    }
+    if tenant == "runtime" {
+        return Err("tenant \"runtime\" is reserved".to_owned());
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Creates a key for `tenant`.
+    pub fn create_key(&self, tenant: &str) -> Result<AccessKey, StoreError> {
+        validate_tenant(tenant).map_err(StoreError::Invalid)?;
+        let mut rng = rand::thread_rng();
+        let key = AccessKey {
+            access_key_id: format!(
+                "AKIG{}",
+                Alphanumeric.sample_string(&mut rng, 16).to_uppercase()
+            ),
+            secret_access_key: Alphanumeric.sample_string(&mut rng, 40),
+            tenant: tenant.to_owned(),
+        };
+        self.conn().execute(
+            "INSERT INTO credentials (access_key_id, secret, tenant, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![key.access_key_id, key.secret_access_key, key.tenant, now()],
+        )?;
+        Ok(key)
+    }
+
+    /// The key `access_key_id`, if it exists.
+    pub fn key(&self, access_key_id: &str) -> Result<Option<AccessKey>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT access_key_id, secret, tenant FROM credentials WHERE access_key_id = ?1",
+                params![access_key_id],
+                |r| {
+                    Ok(AccessKey {
+                        access_key_id: r.get(0)?,
+                        secret_access_key: r.get(1)?,
+                        tenant: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Deletes a key; whether it existed.
+    pub fn delete_key(&self, access_key_id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM credentials WHERE access_key_id = ?1",
+            params![access_key_id],
+        )? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_made_found_and_removed() {
+        let s = Store::in_memory().unwrap();
+        let k = s.create_key("acme").unwrap();
+        assert_eq!(k.access_key_id.len(), 20);
+        assert_eq!(k.secret_access_key.len(), 40);
+        assert_eq!(s.key(&k.access_key_id).unwrap(), Some(k.clone()));
+        assert!(s.delete_key(&k.access_key_id).unwrap());
+        assert_eq!(s.key(&k.access_key_id).unwrap(), None);
+        assert!(s.create_key("Bad Tenant").is_err());
+        assert!(s.create_key("runtime").is_err());
+    }
+}
