@@ -18,6 +18,11 @@ use tokio::sync::Semaphore;
 use crate::invoke::load_job;
 use crate::{blocking, ApiError, AppState};
 
+/// Marks an attempt refused by a concurrency limit (it does not count as an attempt).
+const THROTTLED: &str = "throttled: ";
+/// How soon a throttled event is tried again.
+const THROTTLE_RETRY_MS: i64 = 1000;
+
 /// Largest asynchronous event (Lambda's limit).
 pub const MAX_EVENT_PAYLOAD: usize = 256 * 1024;
 
@@ -55,12 +60,14 @@ async fn attempt(
     request_id: &str,
     payload: Vec<u8>,
 ) -> Result<(), String> {
-    let job = load_job(state, function, request_id.to_owned(), payload)
+    let target = function;
+    let function = target.split(':').next().unwrap_or(target);
+    let job = load_job(state, target, request_id.to_owned(), payload)
         .await
         .map_err(|e| e.to_string())?;
     let _place = state.concurrency.acquire(function).map_err(|e| {
         state.metrics.record_throttle(function);
-        e.to_string()
+        format!("{THROTTLED}{e}")
     })?;
     let outcome = state.worker.run(job, StartMode::Auto).await;
     crate::invoke::keep_log(state, function, request_id, &outcome);
@@ -117,6 +124,9 @@ pub fn spawn_dispatcher(state: AppState) {
                         attempt(&state, &event.function, &event.request_id, event.payload).await;
                     let record = match outcome {
                         Ok(()) => Attempt::Succeeded,
+                        Err(error) if error.starts_with(THROTTLED) => Attempt::Throttled {
+                            next_at_ms: now_ms().saturating_add(THROTTLE_RETRY_MS),
+                        },
                         Err(error) => {
                             let exp = event.attempts.saturating_sub(1).min(16);
                             let delay = config.retry_delay.saturating_mul(1 << exp);

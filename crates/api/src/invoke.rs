@@ -29,11 +29,17 @@ pub(crate) async fn invoke(
     State(state): State<AppState>,
     caller: crate::auth::Caller,
     Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<InvokeQuery>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    // A name or a function ARN, as Lambda accepts, of the caller's own functions.
-    let name = caller.function(&name)?;
+    // A name or a function ARN, as Lambda accepts, of the caller's own functions, with a
+    // qualifier (version or alias) from the ARN or `?Qualifier=`.
+    let qualifier = crate::lambda::qualifier(&name).or(query.qualifier.clone());
+    let name = match qualifier {
+        Some(q) => format!("{}:{q}", caller.function(&name)?),
+        None => caller.function(&name)?,
+    };
     let payload = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -92,8 +98,9 @@ pub(crate) async fn invoke(
             )))
         }
     }
-    let job = load_job(&state, &name, request_id.clone(), payload.to_vec()).await?;
-    let function_name = job.function.name.clone();
+    let (job, executed) = load_target(&state, &name, request_id.clone(), payload.to_vec()).await?;
+    // Logs, metrics and limits are the function's, whichever version runs.
+    let function_name = name.split(':').next().unwrap_or(&name).to_owned();
     let _place = state.concurrency.acquire(&function_name).inspect_err(|_| {
         state.metrics.record_throttle(&function_name);
     })?;
@@ -131,7 +138,19 @@ pub(crate) async fn invoke(
             ))
         }
     };
-    Ok(with_ids(response, &request_id, &state))
+    let mut response = with_ids(response, &request_id, &state);
+    if let Ok(v) = HeaderValue::from_str(&executed) {
+        response.headers_mut().insert("X-Amz-Executed-Version", v);
+    }
+    Ok(response)
+}
+
+/// The query of an invoke.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct InvokeQuery {
+    /// A version number, an alias or `$LATEST`.
+    #[serde(rename = "Qualifier")]
+    qualifier: Option<String>,
 }
 
 /// Adds the request id, the executed version and the node to a response.
@@ -182,17 +201,53 @@ async fn enqueue(
     ))
 }
 
-/// The job for invoking `name` now: its configuration and code from the store.
+/// The job for invoking `target` (a stored function name, optionally `:QUALIFIER`) now.
 pub(crate) async fn load_job(
     state: &AppState,
-    name: &str,
+    target: &str,
     request_id: String,
     payload: Vec<u8>,
 ) -> Result<Job, ApiError> {
+    Ok(load_target(state, target, request_id, payload).await?.0)
+}
+
+/// The job for invoking `target` (a stored function name, optionally `:QUALIFIER` with a
+/// version number, an alias or `$LATEST`), and the version that runs.
+pub(crate) async fn load_target(
+    state: &AppState,
+    target: &str,
+    request_id: String,
+    payload: Vec<u8>,
+) -> Result<(Job, String), ApiError> {
+    let (name, qualifier) = match target.split_once(':') {
+        Some((n, q)) => (n, Some(q)),
+        None => (target, None),
+    };
     let n = name.to_owned();
-    let record = blocking(state, move |s| s.get_function(&n))
-        .await?
-        .ok_or_else(|| ApiError::not_found(name))?;
+    let version: Option<u32> = match qualifier {
+        None | Some("$LATEST") => None,
+        Some(q) if q.bytes().all(|b| b.is_ascii_digit()) => Some(
+            q.parse()
+                .map_err(|_| ApiError::invalid(format!("Qualifier: {q:?} is not a version")))?,
+        ),
+        Some(alias) => {
+            let (n, a) = (n.clone(), alias.to_owned());
+            Some(
+                blocking(state, move |s| s.get_alias(&n, &a))
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(target))?
+                    .version,
+            )
+        }
+    };
+    let record = match version {
+        None => blocking(state, move |s| s.get_function(&n)).await?,
+        Some(v) => blocking(state, move |s| s.get_version(&n, v)).await?,
+    }
+    .ok_or_else(|| ApiError::not_found(target))?;
+    let executed = version.map_or_else(|| "$LATEST".to_owned(), |v| v.to_string());
+    // A version is a function of its own to the worker (its snapshot, its warm slots).
+    let spec_name = version.map_or_else(|| name.to_owned(), |v| format!("{name}@{v}"));
     let hash = record.code_sha256.clone();
     let code_tar = blocking(state, move |s| s.get_bundle(&hash))
         .await?
@@ -203,12 +258,13 @@ pub(crate) async fn load_job(
             ))
         })?;
     let config = record.config;
+    let name = name.to_owned();
     let egress = ignition_net::parse_rules(&config.egress).map_err(|e| {
         ApiError::internal(format!("stored egress policy of {name} is unreadable: {e}"))
     })?;
-    Ok(Job {
+    let job = Job {
         function: Arc::new(FunctionSpec {
-            name: config.name.clone(),
+            name: spec_name,
             runtime: proto_runtime(config.runtime),
             handler: config.handler.clone(),
             memory_mib: config.memory_mib,
@@ -225,7 +281,8 @@ pub(crate) async fn load_job(
             payload
         },
         timeout: Duration::from_secs(u64::from(config.timeout_s)),
-    })
+    };
+    Ok((job, executed))
 }
 
 fn error_json(e: &ErrorBody) -> serde_json::Value {

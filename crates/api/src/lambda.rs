@@ -25,7 +25,8 @@ use crate::{blocking, ApiError, AppState};
 /// The account and region in ARNs (there is one of each).
 const ARN_PREFIX: &str = "arn:aws:lambda:local:000000000000:function:";
 
-/// A name, or the name inside a function ARN.
+/// A name, or the name inside a function ARN (`arn:aws:lambda:REGION:ACCOUNT:function:NAME`)
+/// or a qualified name (`NAME:QUALIFIER`).
 pub(crate) fn function_name(name_or_arn: &str) -> Result<String, ApiError> {
     let name = match name_or_arn.strip_prefix("arn:") {
         Some(_) => name_or_arn.split(':').nth(6).ok_or_else(|| {
@@ -33,10 +34,20 @@ pub(crate) fn function_name(name_or_arn: &str) -> Result<String, ApiError> {
                 "FunctionName: {name_or_arn:?} is not a function ARN"
             ))
         })?,
-        None => name_or_arn,
+        None => name_or_arn.split(':').next().unwrap_or(name_or_arn),
     };
     validate_name(name).map_err(|e| ApiError::invalid(format!("FunctionName: {e}")))?;
     Ok(name.to_owned())
+}
+
+/// The qualifier in a qualified ARN or name, if any.
+pub(crate) fn qualifier(name_or_arn: &str) -> Option<String> {
+    let q = if name_or_arn.starts_with("arn:") {
+        name_or_arn.split(':').nth(7)
+    } else {
+        name_or_arn.split_once(':').map(|(_, q)| q)
+    };
+    q.filter(|q| !q.is_empty()).map(str::to_owned)
 }
 
 fn conflict(name: &str) -> ApiError {

@@ -25,6 +25,7 @@ mod functions;
 mod invoke;
 mod lambda;
 mod metrics;
+mod versions;
 
 use std::sync::Arc;
 
@@ -112,6 +113,20 @@ pub fn router(state: AppState) -> Router {
             get(lambda::get_configuration)
                 .put(lambda::update_configuration)
                 .layer(DefaultBodyLimit::max(MAX_DEPLOY_BODY)),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/versions",
+            get(versions::list).post(versions::publish),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases",
+            get(versions::list_aliases).post(versions::create_alias),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases/{alias}",
+            get(versions::get_alias)
+                .put(versions::update_alias)
+                .delete(versions::delete_alias),
         )
         .route(
             "/2015-03-31/functions/{name}/code",

@@ -41,6 +41,11 @@ pub struct Event {
 pub enum Attempt {
     /// The function succeeded: the event is done.
     Succeeded,
+    /// A concurrency limit refused it: not an attempt; try again at `next_at_ms`.
+    Throttled {
+        /// When to try again (Unix ms).
+        next_at_ms: i64,
+    },
     /// It failed; try again at `next_at_ms` if attempts remain, otherwise it has failed.
     Failed {
         /// Why.
@@ -132,6 +137,14 @@ impl Store {
                 tx.execute(
                     "DELETE FROM events WHERE request_id = ?1",
                     params![request_id],
+                )?;
+            }
+            Attempt::Throttled { next_at_ms } => {
+                tx.execute(
+                    "UPDATE events SET status = 'queued', attempts = MAX(attempts - 1, 0),
+                       next_at_ms = ?2, updated_at = ?3
+                     WHERE request_id = ?1",
+                    params![request_id, next_at_ms, now()],
                 )?;
             }
             Attempt::Failed { error, next_at_ms } => {
@@ -230,6 +243,10 @@ mod tests {
         let claimed = s.claim_due_events(0, 10).unwrap();
         assert_eq!(claimed.len(), 2);
         s.finish_event("a", &Attempt::Succeeded).unwrap();
+        s.finish_event("b", &Attempt::Throttled { next_at_ms: 0 })
+            .unwrap();
+        let b = s.claim_due_events(0, 10).unwrap();
+        assert_eq!(b[0].attempts, 1, "a throttle is not an attempt");
         assert_eq!(s.requeue_running_events().unwrap(), 1);
         let again = s.claim_due_events(0, 10).unwrap();
         assert_eq!(again.len(), 1);

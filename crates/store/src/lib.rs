@@ -10,6 +10,7 @@ mod events;
 mod logs;
 mod model;
 mod sqlite;
+mod versions;
 
 pub use credentials::{validate_tenant, AccessKey};
 pub use events::{Attempt, Event, KEEP_FAILED};
@@ -18,3 +19,4 @@ pub use model::{
     validate_name, FunctionConfig, FunctionRecord, ModelError, Runtime, MEMORY_MIB, TIMEOUT_S,
 };
 pub use sqlite::{sha256_hex, Store, StoreError};
+pub use versions::{validate_alias, Alias};

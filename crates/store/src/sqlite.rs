@@ -71,6 +71,21 @@ CREATE TABLE IF NOT EXISTS logs (
     log         TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_function ON logs (function, seq);
+CREATE TABLE IF NOT EXISTS versions (
+    function    TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    config      TEXT NOT NULL,
+    code_sha256 TEXT NOT NULL REFERENCES bundles(sha256),
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (function, version)
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    function    TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (function, name)
+);
 CREATE TABLE IF NOT EXISTS credentials (
     access_key_id TEXT PRIMARY KEY,
     secret        TEXT NOT NULL,
@@ -220,8 +235,19 @@ impl Store {
             )
             .optional()?;
         let Some(hash) = hash else { return Ok(false) };
+        let version_hashes: Vec<String> = {
+            let mut stmt =
+                tx.prepare("SELECT DISTINCT code_sha256 FROM versions WHERE function = ?1")?;
+            let rows = stmt.query_map(params![name], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
         tx.execute("DELETE FROM functions WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM versions WHERE function = ?1", params![name])?;
+        tx.execute("DELETE FROM aliases WHERE function = ?1", params![name])?;
         gc_bundle(&tx, &hash)?;
+        for h in version_hashes {
+            gc_bundle(&tx, &h)?;
+        }
         tx.commit()?;
         Ok(true)
     }
@@ -282,7 +308,8 @@ const SELECT: &str = "SELECT f.name, f.runtime, f.handler, f.memory_mib, f.timeo
 fn gc_bundle(tx: &rusqlite::Transaction<'_>, hash: &str) -> Result<(), StoreError> {
     tx.execute(
         "DELETE FROM bundles WHERE sha256 = ?1
-         AND NOT EXISTS (SELECT 1 FROM functions WHERE code_sha256 = ?1)",
+         AND NOT EXISTS (SELECT 1 FROM functions WHERE code_sha256 = ?1)
+         AND NOT EXISTS (SELECT 1 FROM versions WHERE code_sha256 = ?1)",
         params![hash],
     )?;
     Ok(())

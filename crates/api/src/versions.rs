@@ -1,0 +1,203 @@
+//! Lambda's versions and aliases: PublishVersion, ListVersionsByFunction, CreateAlias,
+//! GetAlias, ListAliases, UpdateAlias, DeleteAlias. A version is an immutable copy of
+//! `$LATEST`'s configuration and code; an alias names a version; invokes pick one with
+//! `Qualifier` (or a qualified ARN), and run it in VMs of its own.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use ignition_store::Alias;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Caller;
+use crate::lambda::configuration;
+use crate::{blocking, ApiError, AppState};
+
+const ARN_PREFIX: &str = "arn:aws:lambda:local:000000000000:function:";
+
+fn version_config(name: &str, mut record: ignition_store::FunctionRecord, version: u32) -> Value {
+    record.config.name = name.to_owned();
+    let mut c = configuration(&record);
+    c["Version"] = version.to_string().into();
+    c["FunctionArn"] = format!("{ARN_PREFIX}{name}:{version}").into();
+    c
+}
+
+fn alias_json(function: &str, a: &Alias) -> Value {
+    json!({
+        "AliasArn": format!("{ARN_PREFIX}{function}:{}", a.name),
+        "Name": a.name,
+        "FunctionVersion": a.version.to_string(),
+        "Description": a.description,
+        "RevisionId": "",
+    })
+}
+
+/// `POST /2015-03-31/functions/{name}/versions` (PublishVersion).
+pub(crate) async fn publish(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let stored = caller.function(&name)?;
+    let user = crate::lambda::function_name(&name)?;
+    let (n, record) = blocking(&state, move |s| s.publish_version(&stored))
+        .await?
+        .ok_or_else(|| ApiError::not_found(&user))?;
+    Ok((StatusCode::CREATED, Json(version_config(&user, record, n))))
+}
+
+/// `GET /2015-03-31/functions/{name}/versions` (ListVersionsByFunction).
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let stored = caller.function(&name)?;
+    let user = crate::lambda::function_name(&name)?;
+    let (latest, numbers) = {
+        let stored = stored.clone();
+        blocking(&state, move |s| {
+            Ok((s.get_function(&stored)?, s.list_versions(&stored)?))
+        })
+        .await?
+    };
+    let mut latest = latest.ok_or_else(|| ApiError::not_found(&user))?;
+    latest.config.name = user.clone();
+    let mut versions = vec![configuration(&latest)];
+    for n in numbers {
+        let stored = stored.clone();
+        if let Some(r) = blocking(&state, move |s| s.get_version(&stored, n)).await? {
+            versions.push(version_config(&user, r, n));
+        }
+    }
+    Ok(Json(json!({ "Versions": versions })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct AliasBody {
+    name: Option<String>,
+    function_version: Option<String>,
+    description: Option<String>,
+}
+
+async fn version_exists(state: &AppState, stored: &str, v: &str) -> Result<u32, ApiError> {
+    let n: u32 = v.parse().map_err(|_| {
+        ApiError::invalid(format!(
+            "FunctionVersion: {v:?} is not a published version number"
+        ))
+    })?;
+    let s2 = stored.to_owned();
+    if blocking(state, move |s| s.get_version(&s2, n))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(&format!("{stored}:{n}")));
+    }
+    Ok(n)
+}
+
+fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(t)| t)
+        .map_err(|e| ApiError::invalid(format!("bad request body: {}", e.body_text())))
+}
+
+/// `POST /2015-03-31/functions/{name}/aliases` (CreateAlias).
+pub(crate) async fn create_alias(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    req: Result<Json<AliasBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req = body(req)?;
+    let stored = caller.function(&name)?;
+    let user = crate::lambda::function_name(&name)?;
+    let alias_name = req
+        .name
+        .ok_or_else(|| ApiError::invalid("Name is required"))?;
+    ignition_store::validate_alias(&alias_name)
+        .map_err(|e| ApiError::invalid(format!("Name: {e}")))?;
+    let v = req
+        .function_version
+        .ok_or_else(|| ApiError::invalid("FunctionVersion is required"))?;
+    let version = version_exists(&state, &stored, &v).await?;
+    let alias = Alias {
+        name: alias_name,
+        version,
+        description: req.description.unwrap_or_default(),
+    };
+    let a = alias.clone();
+    if !blocking(&state, move |s| s.put_alias(&stored, &a, true)).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ResourceConflictException",
+            format!("Alias already exists: {}", alias.name),
+        ));
+    }
+    Ok((StatusCode::CREATED, Json(alias_json(&user, &alias))))
+}
+
+/// `GET /2015-03-31/functions/{name}/aliases` (ListAliases).
+pub(crate) async fn list_aliases(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let stored = caller.function(&name)?;
+    let user = crate::lambda::function_name(&name)?;
+    let aliases = blocking(&state, move |s| s.list_aliases(&stored)).await?;
+    let list: Vec<Value> = aliases.iter().map(|a| alias_json(&user, a)).collect();
+    Ok(Json(json!({ "Aliases": list })))
+}
+
+async fn find_alias(state: &AppState, stored: &str, alias: &str) -> Result<Alias, ApiError> {
+    let (s2, a2) = (stored.to_owned(), alias.to_owned());
+    blocking(state, move |s| s.get_alias(&s2, &a2))
+        .await?
+        .ok_or_else(|| ApiError::not_found(&format!("{stored}:{alias}")))
+}
+
+/// `GET /2015-03-31/functions/{name}/aliases/{alias}` (GetAlias).
+pub(crate) async fn get_alias(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, alias)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let stored = caller.function(&name)?;
+    let a = find_alias(&state, &stored, &alias).await?;
+    Ok(Json(alias_json(&crate::lambda::function_name(&name)?, &a)))
+}
+
+/// `PUT /2015-03-31/functions/{name}/aliases/{alias}` (UpdateAlias).
+pub(crate) async fn update_alias(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, alias)): Path<(String, String)>,
+    req: Result<Json<AliasBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let req = body(req)?;
+    let stored = caller.function(&name)?;
+    let mut a = find_alias(&state, &stored, &alias).await?;
+    if let Some(v) = req.function_version {
+        a.version = version_exists(&state, &stored, &v).await?;
+    }
+    if let Some(d) = req.description {
+        a.description = d;
+    }
+    let a2 = a.clone();
+    blocking(&state, move |s| s.put_alias(&stored, &a2, false)).await?;
+    Ok(Json(alias_json(&crate::lambda::function_name(&name)?, &a)))
+}
+
+/// `DELETE /2015-03-31/functions/{name}/aliases/{alias}` (DeleteAlias).
+pub(crate) async fn delete_alias(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, alias)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let stored = caller.function(&name)?;
+    blocking(&state, move |s| s.delete_alias(&stored, &alias)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

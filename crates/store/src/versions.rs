@@ -1,0 +1,259 @@
+//! Published versions (immutable snapshots of a function's configuration and code) and aliases
+//! (names pointing at a version). A version keeps its code bundle alive after `$LATEST` moves
+//! on; deleting the function deletes its versions and aliases.
+
+use rusqlite::{params, OptionalExtension};
+
+use crate::model::{FunctionConfig, FunctionRecord};
+use crate::sqlite::{now, Store, StoreError};
+
+/// An alias.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Alias {
+    /// Its name.
+    pub name: String,
+    /// The version it points at.
+    pub version: u32,
+    /// Free text.
+    pub description: String,
+}
+
+/// Checks an alias name: 1-128 of letters, digits, `-` and `_`, not all digits.
+pub fn validate_alias(name: &str) -> Result<(), String> {
+    let ok = (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !name.chars().all(|c| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "alias name {name:?} must be 1-128 of letters, digits, '-' and '_', not only digits"
+        ))
+    }
+}
+
+fn decode(function: &str, config: &str) -> Result<FunctionConfig, StoreError> {
+    serde_json::from_str(config).map_err(|_| StoreError::Corrupt(function.to_owned()))
+}
+
+impl Store {
+    /// Publishes `$LATEST` of `function` as a new version, unless the newest version already
+    /// has the same code and configuration (then that one is returned, as Lambda does).
+    pub fn publish_version(
+        &self,
+        function: &str,
+    ) -> Result<Option<(u32, FunctionRecord)>, StoreError> {
+        let Some(latest) = self.get_function(function)? else {
+            return Ok(None);
+        };
+        let config = serde_json::to_string(&latest.config)
+            .map_err(|_| StoreError::Corrupt(function.to_owned()))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let newest: Option<(u32, String, String)> = tx
+            .query_row(
+                "SELECT version, config, code_sha256 FROM versions WHERE function = ?1
+                 ORDER BY version DESC LIMIT 1",
+                params![function],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        if let Some((n, c, sha)) = &newest {
+            if *c == config && *sha == latest.code_sha256 {
+                tx.commit()?;
+                return Ok(Some((*n, latest)));
+            }
+        }
+        let n = newest.map_or(1, |(n, _, _)| n + 1);
+        tx.execute(
+            "INSERT INTO versions (function, version, config, code_sha256, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![function, n, config, latest.code_sha256, now()],
+        )?;
+        tx.commit()?;
+        Ok(Some((n, latest)))
+    }
+
+    /// Version `n` of `function`.
+    pub fn get_version(
+        &self,
+        function: &str,
+        n: u32,
+    ) -> Result<Option<FunctionRecord>, StoreError> {
+        let conn = self.conn();
+        let row: Option<(String, String, i64, i64)> = conn
+            .query_row(
+                "SELECT v.config, v.code_sha256, b.size, v.created_at FROM versions v
+                 JOIN bundles b ON b.sha256 = v.code_sha256
+                 WHERE v.function = ?1 AND v.version = ?2",
+                params![function, n],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        row.map(|(config, sha, size, at)| {
+            Ok(FunctionRecord {
+                config: decode(function, &config)?,
+                code_sha256: sha,
+                code_size: u64::try_from(size).unwrap_or(0),
+                created_at: at,
+                updated_at: at,
+            })
+        })
+        .transpose()
+    }
+
+    /// The version numbers of `function`, oldest first.
+    pub fn list_versions(&self, function: &str) -> Result<Vec<u32>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT version FROM versions WHERE function = ?1 ORDER BY version")?;
+        let rows = stmt.query_map(params![function], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Creates (`create`) or updates an alias of `function`. `Ok(false)`: it exists (create) or
+    /// does not (update).
+    pub fn put_alias(
+        &self,
+        function: &str,
+        alias: &Alias,
+        create: bool,
+    ) -> Result<bool, StoreError> {
+        validate_alias(&alias.name).map_err(StoreError::Invalid)?;
+        let conn = self.conn();
+        let sql = if create {
+            "INSERT OR IGNORE INTO aliases (function, name, version, description) VALUES (?1, ?2, ?3, ?4)"
+        } else {
+            "UPDATE aliases SET version = ?3, description = ?4 WHERE function = ?1 AND name = ?2"
+        };
+        Ok(conn.execute(
+            sql,
+            params![function, alias.name, alias.version, alias.description],
+        )? > 0)
+    }
+
+    /// An alias of `function`.
+    pub fn get_alias(&self, function: &str, name: &str) -> Result<Option<Alias>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT name, version, description FROM aliases WHERE function = ?1 AND name = ?2",
+                params![function, name],
+                |r| {
+                    Ok(Alias {
+                        name: r.get(0)?,
+                        version: r.get(1)?,
+                        description: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// The aliases of `function`, by name.
+    pub fn list_aliases(&self, function: &str) -> Result<Vec<Alias>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, version, description FROM aliases WHERE function = ?1 ORDER BY name",
+        )?;
+        let rows = stmt.query_map(params![function], |r| {
+            Ok(Alias {
+                name: r.get(0)?,
+                version: r.get(1)?,
+                description: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes an alias; whether it existed.
+    pub fn delete_alias(&self, function: &str, name: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM aliases WHERE function = ?1 AND name = ?2",
+            params![function, name],
+        )? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(handler: &str) -> FunctionConfig {
+        FunctionConfig {
+            name: "f".into(),
+            runtime: crate::Runtime::Python3,
+            handler: handler.into(),
+            memory_mib: 128,
+            timeout_s: 3,
+            env: Default::default(),
+            reuse: false,
+            egress: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn versions_are_immutable_and_keep_their_code() {
+        let s = Store::in_memory().unwrap();
+        assert!(s.publish_version("f").unwrap().is_none());
+        s.put_function(&config("a.one"), b"v1 code").unwrap();
+        let (n, _) = s.publish_version("f").unwrap().unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(
+            s.publish_version("f").unwrap().unwrap().0,
+            1,
+            "nothing changed"
+        );
+        s.put_function(&config("a.two"), b"v2 code").unwrap();
+        assert_eq!(s.publish_version("f").unwrap().unwrap().0, 2);
+        s.put_function(&config("a.three"), b"v3 code").unwrap();
+        let v1 = s.get_version("f", 1).unwrap().unwrap();
+        assert_eq!(v1.config.handler, "a.one");
+        assert_eq!(
+            s.get_bundle(&v1.code_sha256).unwrap().unwrap(),
+            b"v1 code",
+            "kept alive"
+        );
+        assert_eq!(s.list_versions("f").unwrap(), vec![1, 2]);
+
+        let alias = Alias {
+            name: "live".into(),
+            version: 1,
+            description: String::new(),
+        };
+        assert!(s.put_alias("f", &alias, true).unwrap());
+        assert!(!s.put_alias("f", &alias, true).unwrap(), "exists");
+        assert!(s
+            .put_alias(
+                "f",
+                &Alias {
+                    version: 2,
+                    ..alias.clone()
+                },
+                false
+            )
+            .unwrap());
+        assert_eq!(s.get_alias("f", "live").unwrap().unwrap().version, 2);
+        assert!(s
+            .put_alias(
+                "f",
+                &Alias {
+                    name: "123".into(),
+                    ..alias
+                },
+                true
+            )
+            .is_err());
+
+        assert!(s.delete_function("f").unwrap());
+        assert!(s.list_versions("f").unwrap().is_empty());
+        assert!(s.list_aliases("f").unwrap().is_empty());
+        assert_eq!(
+            s.bundle_count().unwrap(),
+            0,
+            "every version's bundle went with the function"
+        );
+    }
+}
