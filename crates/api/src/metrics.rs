@@ -150,6 +150,9 @@ pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
         m.set(name, i(v));
     }
     m.set("pool_charged_mib", state.worker.pool_charged_mib() as i64);
+    let (ready, filling) = state.worker.pool_sizes();
+    m.set("pool_ready", i64::try_from(ready).unwrap_or(i64::MAX));
+    m.set("pool_filling", i64::try_from(filling).unwrap_or(i64::MAX));
     if let Some(n) = state.worker.network_stats() {
         m.set("vm_networks_active", i64::from(n.active));
     }

@@ -288,6 +288,12 @@ impl WarmPool {
         self.lock().charged_mib
     }
 
+    /// Slots ready and being filled, over all functions.
+    pub(crate) fn sizes(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.fns.values().map(|f| f.ready.len()).sum(), st.filling)
+    }
+
     /// Drops every slot of `name` (its code or configuration changed, or it was deleted).
     pub(crate) fn invalidate(&self, name: &str) {
         let mut st = self.lock();

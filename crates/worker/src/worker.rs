@@ -285,6 +285,11 @@ impl Worker {
         self.pool.status(name)
     }
 
+    /// Warm slots ready and being filled, over all functions.
+    pub fn pool_sizes(&self) -> (usize, usize) {
+        self.pool.sizes()
+    }
+
     /// MiB of PSS the pool's ready slots are charged.
     pub fn pool_charged_mib(&self) -> f64 {
         self.pool.charged_mib()
