@@ -39,7 +39,7 @@ check "host links $prefix*" "$(ls /sys/class/net | grep -c "^$prefix" || true)" 
 check "VM chains in $table" "$(nft list table inet "$table" | grep -c 'chain vm' || true)" 0
 check "map entries in $table" "$(nft list table inet "$table" | grep -c 'jump vm' || true)" 0
 check "namespaces held by the server" \
-  "$(ls -l /proc/$pid/fd | grep -o 'net:\[[0-9]*\]' | grep -vc "$host_ns" || true)" 0
+  "$(ls -l /proc/$pid/fd | grep -o 'net:\[[0-9]*\]' | grep -Fvc "$host_ns" || true)" 0
 kill -TERM "$pid"
 wait "$pid" || true
 check "table after stop" "$(nft list tables | grep -c "$table" || true)" 0

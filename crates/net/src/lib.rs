@@ -23,15 +23,16 @@ mod netns;
 pub mod nft;
 pub mod policy;
 mod tap;
+mod vmside;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth};
+use rtnetlink::{Handle, LinkUnspec};
 
 pub use addresses::SlotAddrs;
 pub use cni::CniConfig;
@@ -39,6 +40,7 @@ pub use policy::{parse_rules, EgressRule, Ipv4Net, PolicyError, Protocol};
 
 use addresses::AddressPool;
 use nft::{Ruleset, VmPolicy};
+use vmside::{build_vm_side, join_tap_to_eth0, link_err, link_index};
 
 /// The tap device's name inside every VM's namespace (the same everywhere, so that VMs
 /// restored from one snapshot see the same device configuration).
@@ -65,10 +67,6 @@ pub enum NetError {
     /// A CNI plugin failed or its configuration is unusable.
     #[error("CNI: {0}")]
     Cni(String),
-}
-
-fn link_err(what: &str) -> impl FnOnce(rtnetlink::Error) -> NetError + '_ {
-    move |e| NetError::Link(format!("{what}: {e}"))
 }
 
 /// How the node's VM networking is set up.
@@ -174,115 +172,8 @@ fn host_resolvers() -> Vec<Ipv4Addr> {
         .collect()
 }
 
-async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetError> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    match links.try_next().await {
-        Ok(Some(l)) => Ok(l.header.index),
-        Ok(None) => Err(NetError::Link(format!("link {name} not found"))),
-        Err(e) => Err(NetError::Link(format!("find link {name}: {e}"))),
-    }
-}
-
 /// An all-zero network, for messages about a mode without a subnet.
 const ZERO_NET: Ipv4Net = Ipv4Net::ZERO;
-
-/// Inside a VM namespace made by CNI: the tap and the plugin's `eth0` joined by two tc
-/// redirects (every frame in on one goes out the other), so the guest is the interface the
-/// plugin configured.
-fn join_tap_to_eth0() -> Result<(), NetError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| NetError::Namespace(format!("runtime for netlink: {e}")))?;
-    rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| NetError::Link(format!("netlink socket: {e}")))?;
-        let conn = tokio::spawn(conn);
-        let made = async {
-            let tap = link_index(&handle, TAP_NAME).await?;
-            let eth0 = link_index(&handle, "eth0").await?;
-            handle
-                .link()
-                .set(LinkUnspec::new_with_index(tap).up().build())
-                .execute()
-                .await
-                .map_err(link_err("set the tap up"))?;
-            for (from, to) in [(tap, eth0), (eth0, tap)] {
-                let dev = i32::try_from(from).map_err(|_| NetError::Link("index".into()))?;
-                handle
-                    .qdisc()
-                    .add(dev)
-                    .ingress()
-                    .execute()
-                    .await
-                    .map_err(link_err("add an ingress qdisc"))?;
-                handle
-                    .traffic_filter(dev)
-                    .add()
-                    .parent(0xffff_0000)
-                    // ETH_P_ALL, in network byte order as tc expects it.
-                    .protocol(0x0003u16.to_be())
-                    .redirect(to)
-                    .map_err(link_err("build the redirect"))?
-                    .execute()
-                    .await
-                    .map_err(link_err("add the redirect"))?;
-            }
-            Ok(())
-        }
-        .await;
-        conn.abort();
-        made
-    })
-}
-
-/// Inside a new VM namespace: the tap, a bridge, and a veth pair whose far end goes to the
-/// host's namespace.
-fn build_vm_side(host_if: &str, host_ns: RawFd) -> Result<(), NetError> {
-    tap::create_persistent(TAP_NAME)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| NetError::Namespace(format!("runtime for netlink: {e}")))?;
-    rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| NetError::Link(format!("netlink socket: {e}")))?;
-        let conn = tokio::spawn(conn);
-        let made = async {
-            let links = handle.link();
-            links
-                .add(LinkBridge::new("br0").up().build())
-                .execute()
-                .await
-                .map_err(link_err("add bridge"))?;
-            let br = link_index(&handle, "br0").await?;
-            links
-                .add(LinkVeth::new("veth0", host_if).build())
-                .execute()
-                .await
-                .map_err(link_err("add veth pair"))?;
-            for port in [TAP_NAME, "veth0"] {
-                links
-                    .set(LinkUnspec::new_with_name(port).controller(br).up().build())
-                    .execute()
-                    .await
-                    .map_err(link_err("attach to bridge"))?;
-            }
-            links
-                .set(
-                    LinkUnspec::new_with_name(host_if)
-                        .setns_by_fd(host_ns)
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(link_err("move veth to the host"))
-        }
-        .await;
-        conn.abort();
-        made
-    })
-}
 
 impl Network {
     /// Sets up the node's networking: IPv4 forwarding on, leftovers of an earlier server with the

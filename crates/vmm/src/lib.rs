@@ -13,6 +13,7 @@ mod console;
 pub mod doctor;
 pub mod firecracker;
 pub mod jail;
+mod process;
 pub mod qemu;
 mod rundir;
 

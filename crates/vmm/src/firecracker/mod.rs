@@ -27,6 +27,7 @@ use tokio::process::{Child, Command};
 
 use crate::console::ConsoleRing;
 use crate::jail::{CgroupLimits, VmCgroup};
+use crate::process::{accept_or_exit, VmmProcess};
 use crate::rundir::RunDir;
 use crate::{MicroVm, SnapshotFiles, VmSource, VmSpec, VmmDriver, VmmError};
 use client::ApiClient;
@@ -145,24 +146,6 @@ async fn wait_api(
     }
 }
 
-async fn accept_or_exit(
-    listener: &UnixListener,
-    child: &mut Child,
-    limit: Duration,
-) -> Result<UnixStream, VmmError> {
-    tokio::select! {
-        r = tokio::time::timeout(limit, listener.accept()) => match r {
-            Ok(Ok((s, _))) => Ok(s),
-            Ok(Err(e)) => Err(VmmError::Io { what: "accept the agent's vsock connection".into(), source: e }),
-            Err(_) => Err(VmmError::ChannelTimeout(limit)),
-        },
-        status = child.wait() => Err(VmmError::EarlyExit {
-            status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-            stderr: String::new(),
-        }),
-    }
-}
-
 #[async_trait]
 impl VmmDriver for FirecrackerDriver {
     fn name(&self) -> &'static str {
@@ -211,7 +194,7 @@ impl VmmDriver for FirecrackerDriver {
             Some(out) => console.capture(out),
             None => tokio::spawn(async {}),
         };
-        let stderr_task = child.stderr.take().map(|err| {
+        let mut stderr_task = child.stderr.take().map(|err| {
             tokio::spawn(async move {
                 let mut s = String::new();
                 let _ = err.take(STDERR_KEEP).read_to_string(&mut s).await;
@@ -259,7 +242,8 @@ impl VmmDriver for FirecrackerDriver {
             for c in &calls {
                 api.call(c).await?;
             }
-            let channel = accept_or_exit(&agent, &mut child, spec.connect_timeout).await?;
+            let channel =
+                accept_or_exit(&agent, &mut child, &mut stderr_task, spec.connect_timeout).await?;
             if matches!(spec.source, VmSource::Restore { .. }) {
                 // A restored VM is handed over paused, like QEMU's.
                 api.call(&api::set_state(true)).await?;
@@ -289,14 +273,9 @@ impl VmmDriver for FirecrackerDriver {
         drop(agent);
         Ok(Box::new(FirecrackerVm {
             id: spec.id.clone(),
-            child,
+            process: VmmProcess::new(child, console, console_task, run_dir, cgroup),
             api,
             channel: Some(channel),
-            console,
-            console_task,
-            run_dir,
-            cgroup,
-            destroyed: false,
             memory_file: match &spec.source {
                 VmSource::Boot {
                     snapshot_memory, ..
@@ -311,14 +290,9 @@ impl VmmDriver for FirecrackerDriver {
 #[derive(Debug)]
 pub struct FirecrackerVm {
     id: String,
-    child: Child,
+    process: VmmProcess,
     api: ApiClient,
     channel: Option<UnixStream>,
-    console: ConsoleRing,
-    console_task: tokio::task::JoinHandle<()>,
-    run_dir: RunDir,
-    cgroup: Option<VmCgroup>,
-    destroyed: bool,
     memory_file: Option<PathBuf>,
 }
 
@@ -333,7 +307,7 @@ impl MicroVm for FirecrackerVm {
     }
 
     fn console_tail(&self) -> String {
-        self.console.tail()
+        self.process.console_tail()
     }
 
     async fn pause(&mut self) -> Result<(), VmmError> {
@@ -359,28 +333,11 @@ impl MicroVm for FirecrackerVm {
     }
 
     fn pid(&self) -> Option<u32> {
-        self.child.id()
+        self.process.pid()
     }
 
     async fn destroy(&mut self) {
-        if self.destroyed {
-            return;
-        }
-        self.destroyed = true;
         self.channel = None;
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
-        let _ = tokio::time::timeout(Duration::from_millis(50), &mut self.console_task).await;
-        self.console_task.abort();
-        self.run_dir.remove();
-        if let Some(cg) = &self.cgroup {
-            cg.remove();
-        }
-    }
-}
-
-impl Drop for FirecrackerVm {
-    fn drop(&mut self) {
-        self.console_task.abort();
+        self.process.destroy().await;
     }
 }

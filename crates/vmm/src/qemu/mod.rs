@@ -15,10 +15,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::console::ConsoleRing;
 use crate::jail::{CgroupLimits, VmCgroup};
+use crate::process::{accept_or_exit, VmmProcess};
 use crate::rundir::RunDir;
 use crate::{Accel, MicroVm, SnapshotFiles, VmSource, VmSpec, VmmDriver, VmmError};
 use qmp::Qmp;
@@ -90,40 +91,10 @@ impl QemuDriver {
 #[derive(Debug)]
 pub struct QemuVm {
     id: String,
-    child: Child,
+    process: VmmProcess,
     qmp: Option<Qmp>,
     channel: Option<UnixStream>,
-    console: ConsoleRing,
-    console_task: tokio::task::JoinHandle<()>,
-    run_dir: RunDir,
-    destroyed: bool,
-    cgroup: Option<VmCgroup>,
     memory_file: Option<PathBuf>,
-}
-
-async fn accept_or_exit(
-    listener: &UnixListener,
-    child: &mut Child,
-    stderr: &mut Option<tokio::task::JoinHandle<String>>,
-    limit: Duration,
-) -> Result<UnixStream, VmmError> {
-    tokio::select! {
-        r = tokio::time::timeout(limit, listener.accept()) => match r {
-            Ok(Ok((s, _))) => Ok(s),
-            Ok(Err(e)) => Err(VmmError::Io { what: "accept VM socket".into(), source: e }),
-            Err(_) => Err(VmmError::ChannelTimeout(limit)),
-        },
-        status = child.wait() => {
-            let stderr = match stderr.take() {
-                Some(t) => t.await.unwrap_or_default(),
-                None => String::new(),
-            };
-            Err(VmmError::EarlyExit {
-                status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                stderr: stderr.trim().to_owned(),
-            })
-        }
-    }
 }
 
 #[async_trait]
@@ -279,14 +250,9 @@ impl VmmDriver for QemuDriver {
         };
         Ok(Box::new(QemuVm {
             id: spec.id.clone(),
-            child,
+            process: VmmProcess::new(child, console, console_task, run_dir, cgroup),
             qmp,
             channel: Some(channel),
-            console,
-            console_task,
-            run_dir,
-            destroyed: false,
-            cgroup,
             memory_file: match &spec.source {
                 VmSource::Boot {
                     snapshot_memory, ..
@@ -371,7 +337,7 @@ impl MicroVm for QemuVm {
     }
 
     fn console_tail(&self) -> String {
-        self.console.tail()
+        self.process.console_tail()
     }
 
     async fn pause(&mut self) -> Result<(), VmmError> {
@@ -404,32 +370,12 @@ impl MicroVm for QemuVm {
     }
 
     fn pid(&self) -> Option<u32> {
-        self.child.id()
+        self.process.pid()
     }
 
     async fn destroy(&mut self) {
-        if self.destroyed {
-            return;
-        }
-        self.destroyed = true;
         self.channel = None;
-        // SIGKILL at once: the guest is disposable and nothing in it needs a clean shutdown.
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        self.process.destroy().await;
         self.qmp = None;
-        // Give the console reader a moment to take the last bytes, then stop it.
-        let _ = tokio::time::timeout(Duration::from_millis(50), &mut self.console_task).await;
-        self.console_task.abort();
-        self.run_dir.remove();
-        if let Some(cg) = &self.cgroup {
-            cg.remove();
-        }
-    }
-}
-
-impl Drop for QemuVm {
-    fn drop(&mut self) {
-        // kill_on_drop kills the process (tokio reaps it); the run directory removes itself.
-        self.console_task.abort();
     }
 }
