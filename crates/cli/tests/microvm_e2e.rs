@@ -242,7 +242,13 @@ fn the_vmm_runs_jailed() {
             .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2')),
         "{status}"
     );
-    for ns in ["net", "ipc", "mnt", "uts"] {
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1")),
+        "the VMM is PID 1 of a PID namespace of its own: {status}"
+    );
+    for ns in ["net", "ipc", "mnt", "uts", "pid"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
         assert_ne!(theirs, ours, "the VMM shares the {ns} namespace");

@@ -6,8 +6,11 @@
 //! from the VM. cgroup v1 (one hierarchy per controller, as on this project's machines) and v2
 //! (one unified hierarchy) are both handled; the cgroups are made under the server's own cgroup.
 //!
-//! Not yet: a chroot, an unprivileged uid, a PID namespace (issue #6).
+//! The VMM also gets a PID namespace of its own ([`confine`]).
+//!
+//! Not yet: a chroot and an unprivileged uid (issue #6).
 
+use std::ffi::CString;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
@@ -23,25 +26,50 @@ pub(crate) const QEMU_SANDBOX: &str =
 pub(crate) const NAMESPACES: libc::c_int =
     libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
 
-/// Makes `cmd` (a VMM about to be spawned) die with the server, join the VM's network
-/// namespace `netns` (when it has a network) and, with `jail`, new mount, IPC and UTS
-/// namespaces (and an empty network namespace when the VM has no network of its own).
+/// Makes `cmd` (a VMM about to be spawned) die with the server, join its cgroup (the
+/// `cgroup.procs` files in `cgroup_procs`), join the VM's network namespace `netns` (when it
+/// has a network) and, with `jail`, new mount, IPC, UTS and PID namespaces (and an empty
+/// network namespace when the VM has no network of its own).
+///
+/// A new PID namespace takes effect for children only, so the child forks once more: the
+/// grandchild, PID 1 of the new namespace, execs the VMM; the child closes its descriptors,
+/// waits for it and exits with its status. Killing the child (what the caller holds) kills the
+/// VMM (`PR_SET_PDEATHSIG`), and a VMM that exits ends the child, so the caller sees the VMM's
+/// life through it. The cgroup is joined before the fork so that both are in it.
 /// The caller keeps `netns` open until the spawn returns.
-pub(crate) fn confine(cmd: &mut tokio::process::Command, jail: bool, netns: Option<RawFd>) {
+pub(crate) fn confine(
+    cmd: &mut tokio::process::Command,
+    jail: bool,
+    netns: Option<RawFd>,
+    cgroup_procs: Vec<CString>,
+) {
     let namespaces = match (netns, jail) {
-        (Some(_), true) => NAMESPACES & !libc::CLONE_NEWNET,
-        (None, true) => NAMESPACES,
+        (Some(_), true) => (NAMESPACES & !libc::CLONE_NEWNET) | libc::CLONE_NEWPID,
+        (None, true) => NAMESPACES | libc::CLONE_NEWPID,
         (_, false) => 0,
     };
-    // SAFETY: the closure runs in the child between fork and exec and calls only prctl(2),
-    // setns(2) and unshare(2), which are async-signal-safe; it reads two captured integers and
-    // touches no other memory of the parent. The namespace descriptor is open in the parent for
-    // the whole spawn, so it is valid in the child.
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe functions (prctl, open, write, close, setns, unshare, fork, waitpid,
+    // syscall(close_range), _exit); it reads captured integers and C strings prepared before
+    // the fork, and allocates nothing. The namespace descriptor is open in the parent for the
+    // whole spawn, so it is valid in the child.
     unsafe {
         cmd.pre_exec(move || {
             // The VMM dies with the server, so a crashed server leaves no VM behind.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            for path in &cgroup_procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0" moves the writing process.
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if let Some(fd) = netns {
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
@@ -51,7 +79,39 @@ pub(crate) fn confine(cmd: &mut tokio::process::Command, jail: bool, netns: Opti
             if namespaces != 0 && libc::unshare(namespaces) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            Ok(())
+            if namespaces & libc::CLONE_NEWPID == 0 {
+                return Ok(());
+            }
+            let pid = libc::fork();
+            if pid < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if pid == 0 {
+                // PID 1 of the new namespace: dies with its parent, then execs the VMM.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                return Ok(());
+            }
+            // The waiting parent holds no descriptor (the spawn's error pipe included, so the
+            // spawner hears of the exec from the VMM alone).
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            let mut status = 0;
+            loop {
+                let r = libc::waitpid(pid, &mut status, 0);
+                if r == pid {
+                    break;
+                }
+                if r < 0 && *libc::__errno_location() != libc::EINTR {
+                    libc::_exit(127);
+                }
+            }
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+            libc::_exit(code)
         });
     }
 }
@@ -178,12 +238,14 @@ impl VmCgroup {
         Ok(made)
     }
 
-    /// Moves `pid` into the cgroup.
-    pub(crate) fn add(&self, pid: u32) -> Result<(), VmmError> {
-        for dir in &self.dirs {
-            write(&dir.join("cgroup.procs"), &pid.to_string())?;
-        }
-        Ok(())
+    /// The `cgroup.procs` files a process writes to join the cgroup.
+    pub(crate) fn procs_files(&self) -> Vec<CString> {
+        self.dirs
+            .iter()
+            .filter_map(|d| {
+                CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()).ok()
+            })
+            .collect()
     }
 
     /// Removes the cgroup; its processes must have exited.

@@ -41,8 +41,19 @@ impl VmmProcess {
         }
     }
 
+    /// The VMM's pid. Under a jail the process spawned waits for the VMM, its only child (in
+    /// a PID namespace of its own), so the VMM is that child.
     pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.id()
+        let spawned = self.child.id()?;
+        let children = std::fs::read_to_string(format!("/proc/{spawned}/task/{spawned}/children"))
+            .unwrap_or_default();
+        Some(
+            children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(spawned),
+        )
     }
 
     pub(crate) fn console_tail(&self) -> String {

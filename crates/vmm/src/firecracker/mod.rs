@@ -106,16 +106,15 @@ impl FirecrackerDriver {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let netns = spec.network.as_ref().map(|n| n.netns.as_raw_fd());
-        crate::jail::confine(&mut cmd, self.config.jail, netns);
+        let procs = cgroup
+            .as_ref()
+            .map(VmCgroup::procs_files)
+            .unwrap_or_default();
+        crate::jail::confine(&mut cmd, self.config.jail, netns, procs);
         let child = cmd.spawn().map_err(|source| VmmError::Spawn {
             binary: self.config.binary.display().to_string(),
             source,
         })?;
-        if let (Some(cg), Some(pid)) = (&cgroup, child.id()) {
-            if let Err(e) = cg.add(pid) {
-                tracing::warn!(vm = %spec.id, error = %e, "could not move the VMM into its cgroup");
-            }
-        }
         Ok((child, cgroup))
     }
 }

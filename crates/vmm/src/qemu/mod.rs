@@ -190,16 +190,15 @@ impl VmmDriver for QemuDriver {
             .kill_on_drop(true);
         // The spec holds the namespace descriptor open until spawn returns.
         let netns = spec.network.as_ref().map(|n| n.netns.as_raw_fd());
-        crate::jail::confine(&mut cmd, self.config.jail, netns);
+        let procs = cgroup
+            .as_ref()
+            .map(VmCgroup::procs_files)
+            .unwrap_or_default();
+        crate::jail::confine(&mut cmd, self.config.jail, netns, procs);
         let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
             binary: self.config.binary.display().to_string(),
             source,
         })?;
-        if let (Some(cg), Some(pid)) = (&cgroup, child.id()) {
-            if let Err(e) = cg.add(pid) {
-                tracing::warn!(vm = %spec.id, error = %e, "could not move the VMM into its cgroup");
-            }
-        }
         let mut stderr_task = child.stderr.take().map(|err| {
             tokio::spawn(async move {
                 let mut s = String::new();
