@@ -72,8 +72,13 @@ impl TestHost {
         let octet = u8::try_from(id % 250).unwrap();
         let node_addr = Ipv4Addr::new(198, 19, octet, 1);
         let addr = Ipv4Addr::new(198, 19, octet, 2);
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        let _ = Command::new("ip").args(["link", "del", &host_if]).status();
+        // Leftovers of an earlier run with the same id, if any.
+        for args in [["netns", "del", &ns], ["link", "del", &host_if]] {
+            let _ = Command::new("ip")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         ip(&format!("netns add {ns}"));
         ip(&format!(
             "link add {host_if} type veth peer name eth0 netns {ns}"
