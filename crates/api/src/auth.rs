@@ -262,7 +262,15 @@ fn now_unix() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-async fn authenticate(state: &AppState, parts: &Parts, body: &[u8]) -> Result<Caller, ApiError> {
+/// Who a request claims to be, found from its headers alone: a bearer token is checked at
+/// once; a signature needs the body, which is read only after the key is known to exist and the
+/// signature's time is acceptable (strangers cannot make the server buffer bodies).
+enum Identity {
+    Checked(Caller),
+    Signed(ignition_store::AccessKey),
+}
+
+async fn identify(state: &AppState, parts: &Parts) -> Result<Identity, ApiError> {
     let auth = parts
         .headers
         .get("authorization")
@@ -295,7 +303,7 @@ async fn authenticate(state: &AppState, parts: &Parts, body: &[u8]) -> Result<Ca
                 "The security token included in the request is invalid.",
             ));
         }
-        return Ok(Caller { tenant: key.tenant });
+        return Ok(Identity::Checked(Caller { tenant: key.tenant }));
     }
     let h = parse_sigv4(auth).ok_or_else(|| {
         denied(
@@ -303,11 +311,7 @@ async fn authenticate(state: &AppState, parts: &Parts, body: &[u8]) -> Result<Ca
             "Authorization is neither AWS4-HMAC-SHA256 nor Bearer",
         )
     })?;
-    let amz_date = parts
-        .headers
-        .get("x-amz-date")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| denied("IncompleteSignatureException", "x-amz-date is missing"))?;
+    let amz_date = amz_date(parts)?;
     let at = amz_date_unix(amz_date).ok_or_else(|| {
         denied(
             "IncompleteSignatureException",
@@ -326,15 +330,36 @@ async fn authenticate(state: &AppState, parts: &Parts, body: &[u8]) -> Result<Ca
             "the host header must be signed",
         ));
     }
-    let key = lookup(h.access_key_id.to_owned()).await?;
-    let want = expected_signature(parts, body, &h, amz_date, &key.secret_access_key);
+    Ok(Identity::Signed(lookup(h.access_key_id.to_owned()).await?))
+}
+
+fn amz_date(parts: &Parts) -> Result<&str, ApiError> {
+    parts
+        .headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| denied("IncompleteSignatureException", "x-amz-date is missing"))
+}
+
+/// Checks the signature of a request [`identify`] found signed with `key`.
+fn verify(parts: &Parts, body: &[u8], key: &ignition_store::AccessKey) -> Result<Caller, ApiError> {
+    let auth = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let h = parse_sigv4(auth)
+        .ok_or_else(|| denied("IncompleteSignatureException", "malformed signature"))?;
+    let want = expected_signature(parts, body, &h, amz_date(parts)?, &key.secret_access_key);
     if !constant_time_eq(want.as_bytes(), h.signature.as_bytes()) {
         return Err(denied(
             "InvalidSignatureException",
             "The request signature we calculated does not match the signature you provided.",
         ));
     }
-    Ok(Caller { tenant: key.tenant })
+    Ok(Caller {
+        tenant: key.tenant.clone(),
+    })
 }
 
 /// The middleware: attaches the [`Caller`] or answers 403.
@@ -347,25 +372,27 @@ pub(crate) async fn require(State(state): State<AppState>, req: Request, next: N
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
-    let bytes = match to_bytes(body, MAX_SIGNED_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestTooLargeException",
-                "request body too large",
-            )
-            .into_response()
+    let (caller, body) = match identify(&state, &parts).await {
+        Err(e) => return e.into_response(),
+        Ok(Identity::Checked(caller)) => (caller, body),
+        Ok(Identity::Signed(key)) => {
+            let Ok(bytes) = to_bytes(body, MAX_SIGNED_BODY).await else {
+                return ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestTooLargeException",
+                    "request body too large",
+                )
+                .into_response();
+            };
+            match verify(&parts, &bytes, &key) {
+                Ok(caller) => (caller, Body::from(bytes)),
+                Err(e) => return e.into_response(),
+            }
         }
     };
-    match authenticate(&state, &parts, &bytes).await {
-        Ok(caller) => {
-            let mut req = Request::from_parts(parts, Body::from(bytes));
-            req.extensions_mut().insert(caller);
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
-    }
+    let mut req = Request::from_parts(parts, body);
+    req.extensions_mut().insert(caller);
+    next.run(req).await
 }
 
 #[cfg(test)]
