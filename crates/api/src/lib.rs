@@ -9,7 +9,7 @@
 //! - `GET /v1/stats`: the worker's counters; `POST /v1/floor`: time one bare VMM start-up.
 //! - `GET /v1/functions/{name}/logs?since=SEQ&request_id=ID`: invocation logs.
 //! - `GET /metrics`: Prometheus metrics.
-//! - Lambda's control plane under `/2015-03-31/functions` ([`lambda`]), and asynchronous
+//! - Lambda's control plane under `/2015-03-31/functions` (module `lambda`), and asynchronous
 //!   invocations (`X-Amz-Invocation-Type: Event`, [`events`]) with their failure destination at
 //!   `GET /v1/functions/{name}/failed-events`.
 //!

@@ -41,7 +41,7 @@ pub(crate) enum FnCommand {
         /// fresh VM each time.
         #[arg(long)]
         reuse: bool,
-        /// Allow connections to CIDR:PORT[-PORT][/tcp|/udp] (repeatable). Without it the
+        /// Allow connections to `CIDR:PORT[-PORT][/tcp|/udp]` (repeatable). Without it the
         /// function has no egress at all.
         #[arg(long = "egress", value_parser = parse_egress)]
         egress: Vec<String>,

@@ -6,7 +6,7 @@
 //! from the VM. cgroup v1 (one hierarchy per controller, as on this project's machines) and v2
 //! (one unified hierarchy) are both handled; the cgroups are made under the server's own cgroup.
 //!
-//! The VMM also gets a PID namespace of its own ([`confine`]).
+//! The VMM also gets a PID namespace of its own, as PID 1 of it (see `confine`).
 //!
 //! Not yet: a chroot and an unprivileged uid (issue #6).
 

@@ -2,7 +2,7 @@
 //! project's development machines, whose KVM is nested and emulating; see the README for where
 //! each path is exercised).
 //!
-//! One `firecracker` process per VM, configured over its API socket ([`api`], [`client`]). The
+//! One `firecracker` process per VM, configured over its API socket (modules `api` and `client`). The
 //! agent channel is vsock: the host listens on `{vsock.sock}_{AGENT_VSOCK_PORT}` before the
 //! process starts and the guest agent connects out, as it does to QEMU's virtio-serial socket,
 //! so a VMM that dies at start is an early exit, never a hang. Snapshots reset vsock
