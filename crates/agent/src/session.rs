@@ -112,7 +112,8 @@ fn load(
         &Launch {
             runtime: spec.runtime,
             handler: &spec.handler,
-            function_name: &spec.name,
+            function_name: &spec.display_name,
+            version: &spec.version,
             memory_mib: spec.memory_mib,
             env: &spec.env,
         },
@@ -120,7 +121,10 @@ fn load(
     )?;
     *slot = Some(pid);
     Ok(Loaded {
-        function_arn: format!("arn:aws:lambda:local:000000000000:function:{}", spec.name),
+        function_arn: format!(
+            "arn:aws:lambda:local:000000000000:function:{}",
+            spec.display_name
+        ),
         runtime: spec.runtime,
     })
 }

@@ -78,6 +78,7 @@ pub(crate) struct Launch<'a> {
     pub(crate) runtime: Runtime,
     pub(crate) handler: &'a str,
     pub(crate) function_name: &'a str,
+    pub(crate) version: &'a str,
     pub(crate) memory_mib: u32,
     pub(crate) env: &'a [(String, String)],
 }
@@ -103,7 +104,7 @@ pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, S
         .env("LAMBDA_TASK_ROOT", TASK_ROOT)
         .env("LAMBDA_RUNTIME_DIR", "/opt/ignition")
         .env("AWS_LAMBDA_FUNCTION_NAME", launch.function_name)
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", launch.version)
         .env(
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
             launch.memory_mib.to_string(),

@@ -270,6 +270,8 @@ pub(crate) async fn load_target(
             memory_mib: config.memory_mib,
             env: config.env.into_iter().collect(),
             code_tar,
+            display_name: display_name(&name),
+            version: executed.clone(),
         }),
         code_sha256: record.code_sha256,
         reuse: config.reuse,
@@ -283,6 +285,14 @@ pub(crate) async fn load_target(
         timeout: Duration::from_secs(u64::from(config.timeout_s)),
     };
     Ok((job, executed))
+}
+
+/// The owner's name of the stored function `stored` (`TENANT.NAME` → `NAME`).
+fn display_name(stored: &str) -> String {
+    stored
+        .split_once('.')
+        .map_or(stored, |(_, name)| name)
+        .to_owned()
 }
 
 fn error_json(e: &ErrorBody) -> serde_json::Value {

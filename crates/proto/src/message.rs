@@ -38,6 +38,11 @@ pub struct FunctionSpec {
     /// The code: an uncompressed tar of regular files and directories, validated by the host.
     #[serde(with = "serde_bytes")]
     pub code_tar: Vec<u8>,
+    /// The name the function's owner knows it by (`AWS_LAMBDA_FUNCTION_NAME`, the ARN);
+    /// `name` is the host's key for it, which carries a tenant and a version.
+    pub display_name: String,
+    /// `$LATEST` or a published version number (`AWS_LAMBDA_FUNCTION_VERSION`).
+    pub version: String,
 }
 
 /// One invocation.

@@ -46,6 +46,8 @@ impl FunctionRef {
         crate::snapshot::key(&[
             image_id.as_bytes(),
             s.name.as_bytes(),
+            s.display_name.as_bytes(),
+            s.version.as_bytes(),
             s.runtime.as_str().as_bytes(),
             s.handler.as_bytes(),
             &s.memory_mib.to_le_bytes(),

@@ -81,6 +81,8 @@ fn job(handler: &str, timeout: Duration) -> Job {
             memory_mib: 128,
             env: Vec::new(),
             code_tar,
+            display_name: "victim".into(),
+            version: "$LATEST".into(),
         }),
         code_sha256: format!("test-{handler}"),
         reuse: false,
