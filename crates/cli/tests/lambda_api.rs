@@ -208,20 +208,20 @@ fn async_invocations_retry_then_land_in_failed_events_and_metrics_count_them() {
             .contains("ValueError: nope 1"),
         "{failed}"
     );
-    assert!(
-        server.get_json("/v1/functions/fine/failed-events")["events"]
-            .as_array()
+    let scrape = || {
+        server
+            .http()
+            .get(format!("{}/metrics", server.url))
+            .send()
             .unwrap()
-            .is_empty()
-    );
-
-    let metrics = server
-        .http()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+            .text()
+            .unwrap()
+    };
+    // The other event runs on its own schedule (its first invocation builds a snapshot).
+    wait_for("the good event to run", Duration::from_secs(120), || {
+        scrape().contains("function=\"fine\",start=")
+    });
+    let metrics = scrape();
     let count = |needle: &str| -> f64 {
         metrics
             .lines()
@@ -238,6 +238,12 @@ fn async_invocations_retry_then_land_in_failed_events_and_metrics_count_them() {
     assert!(
         metrics.contains("ignition_node{name=\"events_failed\"} 1"),
         "{metrics}"
+    );
+    assert!(
+        server.get_json("/v1/functions/fine/failed-events")["events"]
+            .as_array()
+            .unwrap()
+            .is_empty()
     );
     server.stop_and_check_clean();
 }
@@ -256,15 +262,16 @@ fn queued_events_survive_a_server_restart() {
         invoke_typed(&server, "later", "Event", r#"{"k": 1}"#).status(),
         202
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    let m = server
-        .http()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert!(m.contains("outcome=\"throttled\""), "{m}");
+    wait_for("the event to be throttled", Duration::from_secs(30), || {
+        server
+            .http()
+            .get(format!("{}/metrics", server.url))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+            .contains("outcome=\"throttled\"")
+    });
     server.stop_and_check_clean();
 
     let server = TestServer::start(&["--data-dir", dir.as_str()]);
@@ -405,7 +412,8 @@ fn over_a_concurrency_limit_invokes_get_429() {
         })
     };
     let first = background("slow");
-    std::thread::sleep(Duration::from_millis(500));
+    // The first invocation holds its place for its whole run (a VM start and 3 s).
+    std::thread::sleep(Duration::from_millis(1500));
     let (status, headers, e) = json(server.invoke("slow", "{}"));
     assert_eq!(status, 429, "{e}");
     assert_eq!(headers["x-amzn-errortype"], "TooManyRequestsException");
@@ -420,7 +428,7 @@ fn over_a_concurrency_limit_invokes_get_429() {
     // The node's own limit: 2, one of them held back for `slow`.
     assert_eq!(create(&server, "other", slow).0, 201);
     let first = background("other");
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500));
     let (status, _, e) = json(server.invoke("other", "{}"));
     assert_eq!(
         (status, e["Reason"].as_str()),
