@@ -91,11 +91,17 @@ fn hostile_functions_end_within_their_limits() {
     );
     assert_still_serves(&server);
 
-    // Processes: the fork bomb stops at the guest's process limit; the deadline ends the VM.
+    // Processes: the fork bomb stops at the guest's process limit; the deadline ends the VM,
+    // unless the guest's OOM killer ends the runtime first (the processes it made before the
+    // limit hold the guest's memory). Either way it ends inside its VM, in time.
     let t = Instant::now();
     let (status, _, body, _) = invoke_with_logs(&server, "forkbomb");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["errorType"], "Sandbox.Timedout", "{body}");
+    let kind = body["errorType"].as_str().unwrap();
+    assert!(
+        kind == "Sandbox.Timedout" || kind == "Runtime.ExitError",
+        "{body}"
+    );
     assert!(t.elapsed() < Duration::from_secs(90));
     assert_still_serves(&server);
 
