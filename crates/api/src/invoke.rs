@@ -85,7 +85,7 @@ pub(crate) async fn invoke(
         "Event" => return enqueue(&state, &name, &request_id, &payload).await,
         "DryRun" => {
             // The caller may invoke: the function exists.
-            load_job(&state, &name, request_id.clone(), Vec::new()).await?;
+            resolve(&state, &name).await?;
             return Ok(with_ids(
                 StatusCode::NO_CONTENT.into_response(),
                 &request_id,
@@ -185,7 +185,8 @@ async fn enqueue(
             ),
         ));
     }
-    load_job(state, name, request_id.to_owned(), Vec::new()).await?;
+    // The target must exist; its code is not needed until the event runs.
+    resolve(state, name).await?;
     let (id, n) = (request_id.to_owned(), name.to_owned());
     let payload = if payload.is_empty() {
         b"{}".to_vec()
@@ -219,32 +220,7 @@ pub(crate) async fn load_target(
     request_id: String,
     payload: Vec<u8>,
 ) -> Result<(Job, String), ApiError> {
-    let (name, qualifier) = match target.split_once(':') {
-        Some((n, q)) => (n, Some(q)),
-        None => (target, None),
-    };
-    let n = name.to_owned();
-    let version: Option<u32> = match qualifier {
-        None | Some("$LATEST") => None,
-        Some(q) if q.bytes().all(|b| b.is_ascii_digit()) => Some(
-            q.parse()
-                .map_err(|_| ApiError::invalid(format!("Qualifier: {q:?} is not a version")))?,
-        ),
-        Some(alias) => {
-            let (n, a) = (n.clone(), alias.to_owned());
-            Some(
-                blocking(state, move |s| s.get_alias(&n, &a))
-                    .await?
-                    .ok_or_else(|| ApiError::not_found(target))?
-                    .version,
-            )
-        }
-    };
-    let record = match version {
-        None => blocking(state, move |s| s.get_function(&n)).await?,
-        Some(v) => blocking(state, move |s| s.get_version(&n, v)).await?,
-    }
-    .ok_or_else(|| ApiError::not_found(target))?;
+    let (name, record, version) = resolve(state, target).await?;
     let executed = version.map_or_else(|| "$LATEST".to_owned(), |v| v.to_string());
     // A version is a function of its own to the worker (its snapshot, its warm slots).
     let spec_name = version.map_or_else(|| name.to_owned(), |v| format!("{name}@{v}"));
@@ -285,6 +261,41 @@ pub(crate) async fn load_target(
         timeout: Duration::from_secs(u64::from(config.timeout_s)),
     };
     Ok((job, executed))
+}
+
+/// The stored function `target` names (`NAME[:QUALIFIER]`), without its code: its base name,
+/// its record, and the version a qualifier picked (`None`: `$LATEST`).
+pub(crate) async fn resolve<'a>(
+    state: &AppState,
+    target: &'a str,
+) -> Result<(&'a str, ignition_store::FunctionRecord, Option<u32>), ApiError> {
+    let (name, qualifier) = match target.split_once(':') {
+        Some((n, q)) => (n, Some(q)),
+        None => (target, None),
+    };
+    let n = name.to_owned();
+    let version: Option<u32> = match qualifier {
+        None | Some("$LATEST") => None,
+        Some(q) if q.bytes().all(|b| b.is_ascii_digit()) => Some(
+            q.parse()
+                .map_err(|_| ApiError::invalid(format!("Qualifier: {q:?} is not a version")))?,
+        ),
+        Some(alias) => {
+            let (n, a) = (n.clone(), alias.to_owned());
+            Some(
+                blocking(state, move |s| s.get_alias(&n, &a))
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(target))?
+                    .version,
+            )
+        }
+    };
+    let record = match version {
+        None => blocking(state, move |s| s.get_function(&n)).await?,
+        Some(v) => blocking(state, move |s| s.get_version(&n, v)).await?,
+    }
+    .ok_or_else(|| ApiError::not_found(target))?;
+    Ok((name, record, version))
 }
 
 /// The owner's name of the stored function `stored` (`TENANT.NAME` → `NAME`).
