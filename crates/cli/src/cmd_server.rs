@@ -197,10 +197,18 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
     // VMs of an earlier server on this data dir died with it (PDEATHSIG); their sockets did not.
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let vmm = match args.vmm {
-        VmmChoice::Qemu => "qemu",
-        VmmChoice::Firecracker => "firecracker",
-        VmmChoice::Auto => ignition_vmm::doctor::auto_vmm(&args.firecracker),
+    // Both `auto` choices rest on one measurement of KVM, taken once.
+    let kvm = (args.vmm == VmmChoice::Auto || args.accel == Accel::Auto)
+        .then(|| ignition_vmm::doctor::probe_kvm(Duration::from_secs(5)).kind);
+    let vmm = match (args.vmm, kvm) {
+        (VmmChoice::Qemu, _) => "qemu",
+        (VmmChoice::Firecracker, _) => "firecracker",
+        (VmmChoice::Auto, Some(kvm)) => ignition_vmm::doctor::auto_vmm(&args.firecracker, kvm),
+        (VmmChoice::Auto, None) => "qemu",
+    };
+    let accel = match (args.accel, kvm) {
+        (Accel::Auto, Some(kvm)) => ignition_vmm::doctor::auto_accel(kvm),
+        (accel, _) => accel,
     };
     if vmm == "firecracker" {
         let found = std::process::Command::new(&args.firecracker)
@@ -234,7 +242,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
     } else {
         let d = Arc::new(QemuDriver::new(QemuConfig {
             binary: args.qemu.clone(),
-            accel: args.accel,
+            accel,
             run_dir: run_dir.clone(),
             jail: !args.no_jail,
         }));

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::Accel;
+
 /// What the KVM probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -196,17 +198,29 @@ fn qemu_version(binary: &Path) -> Option<String> {
 }
 
 /// What `--vmm auto` picks: Firecracker where `firecracker` (a path, or a name on `PATH`) is
-/// installed and KVM runs at hardware speed; QEMU everywhere else.
-pub fn auto_vmm(firecracker: &Path) -> &'static str {
+/// installed and KVM (`kvm`, as [`probe_kvm`] measured it) runs at hardware speed; QEMU
+/// everywhere else.
+pub fn auto_vmm(firecracker: &Path, kvm: KvmKind) -> &'static str {
     let found = if firecracker.components().count() > 1 {
         firecracker.is_file()
     } else {
         which(&firecracker.to_string_lossy()).is_some()
     };
-    if found && probe_kvm(Duration::from_secs(5)).kind == KvmKind::Hardware {
+    if found && kvm == KvmKind::Hardware {
         "firecracker"
     } else {
         "qemu"
+    }
+}
+
+/// What `--accel auto` picks: KVM only when the CPU flags allow it *and* KVM (`kvm`, as
+/// [`probe_kvm`] measured it) runs at hardware speed; TCG otherwise.
+pub fn auto_accel(kvm: KvmKind) -> Accel {
+    let flags = Accel::Auto.resolve(crate::accel::HostVirt::probe());
+    if flags == Accel::Kvm && kvm == KvmKind::Hardware {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
     }
 }
 
@@ -220,10 +234,7 @@ pub fn inspect(qemu: &Path) -> HostReport {
     } else {
         which(&qemu.to_string_lossy())
     };
-    let vmm = match (kvm, &firecracker) {
-        (KvmKind::Hardware, Some(_)) => "firecracker",
-        _ => "qemu",
-    };
+    let vmm = auto_vmm(Path::new("firecracker"), kvm);
     HostReport {
         kvm,
         accel: if kvm == KvmKind::Hardware {

@@ -52,13 +52,8 @@ impl QemuDriver {
     /// flags allow it *and* a probe guest runs at hardware speed ([`crate::doctor::probe_kvm`]).
     pub fn new(mut config: QemuConfig) -> Self {
         if config.accel == Accel::Auto {
-            let flags = config.accel.resolve(crate::accel::HostVirt::probe());
             let measured = crate::doctor::probe_kvm(Duration::from_secs(5)).kind;
-            config.accel = if flags == Accel::Kvm && measured == crate::doctor::KvmKind::Hardware {
-                Accel::Kvm
-            } else {
-                Accel::Tcg
-            };
+            config.accel = crate::doctor::auto_accel(measured);
         }
         let driver = Self { config };
         driver.sweep();
