@@ -26,8 +26,11 @@ const THROTTLE_RETRY_MS: i64 = 1000;
 /// Largest asynchronous event (Lambda's limit).
 pub const MAX_EVENT_PAYLOAD: usize = 256 * 1024;
 
+/// How long an idle dispatcher sleeps at most before it looks at the store again.
+const IDLE_WAIT: Duration = Duration::from_secs(5);
+
 /// Retries of asynchronous invocations.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EventConfig {
     /// Retries after the first attempt (Lambda's default: 2).
     pub retries: u32,
@@ -35,6 +38,8 @@ pub struct EventConfig {
     pub retry_delay: Duration,
     /// Events running at once (they also wait for admission like any invocation).
     pub parallelism: usize,
+    /// Wakes the dispatcher: an event was stored or a running one finished.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Default for EventConfig {
@@ -43,6 +48,7 @@ impl Default for EventConfig {
             retries: 2,
             retry_delay: Duration::from_secs(1),
             parallelism: 4,
+            wake: Arc::default(),
         }
     }
 }
@@ -96,7 +102,7 @@ pub fn spawn_dispatcher(state: AppState) {
             ),
             Err(e) => tracing::warn!(error = %e, "cannot requeue events"),
         }
-        let config = state.events;
+        let config = state.events.clone();
         let slots = Arc::new(Semaphore::new(config.parallelism.max(1)));
         loop {
             let free = u32::try_from(slots.available_permits()).unwrap_or(0);
@@ -111,7 +117,20 @@ pub fn spawn_dispatcher(state: AppState) {
                     })
             };
             if due.is_empty() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Sleep until the next retry is due, or something wakes us (a new event, a
+                // freed slot); the store is not polled while nothing can happen.
+                let next = blocking(&state, |s| s.next_event_due())
+                    .await
+                    .ok()
+                    .flatten();
+                let wait = next.map_or(IDLE_WAIT, |at| {
+                    let ms = at.saturating_sub(now_ms()).max(0);
+                    Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(IDLE_WAIT)
+                });
+                tokio::select! {
+                    () = config.wake.notified() => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
                 continue;
             }
             for event in due {
@@ -145,6 +164,7 @@ pub fn spawn_dispatcher(state: AppState) {
                         tracing::warn!(request_id = %event.request_id, error = %e, "cannot record an event's attempt");
                     }
                     drop(permit);
+                    state.events.wake.notify_one();
                 });
             }
         }

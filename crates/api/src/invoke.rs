@@ -195,6 +195,7 @@ async fn enqueue(
     };
     let attempts = state.events.retries.saturating_add(1);
     blocking(state, move |s| s.enqueue_event(&id, &n, &payload, attempts)).await?;
+    state.events.wake.notify_one();
     Ok(with_ids(
         StatusCode::ACCEPTED.into_response(),
         request_id,

@@ -182,6 +182,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// When the earliest queued event is due (Unix ms), if any is queued.
+    pub fn next_event_due(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT MIN(next_at_ms) FROM events WHERE status = 'queued'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Events by status: (queued, running, failed).
     pub fn event_counts(&self) -> Result<(u64, u64, u64), StoreError> {
         let conn = self.conn();
@@ -217,6 +226,7 @@ mod tests {
             next_at_ms: at,
         };
         s.finish_event("r1", &fail(1000)).unwrap();
+        assert_eq!(s.next_event_due().unwrap(), Some(1000));
         assert!(
             s.claim_due_events(999, 10).unwrap().is_empty(),
             "not due yet"
@@ -233,6 +243,7 @@ mod tests {
             (3, Some("boom"))
         );
         assert_eq!(s.event_counts().unwrap(), (0, 0, 1));
+        assert_eq!(s.next_event_due().unwrap(), None);
     }
 
     #[test]
