@@ -67,7 +67,7 @@ async fn attempt(
     payload: Vec<u8>,
 ) -> Result<(), String> {
     let target = function;
-    let function = target.split(':').next().unwrap_or(target);
+    let function = crate::invoke::base_name(target);
     let job = load_job(state, target, request_id.to_owned(), payload)
         .await
         .map_err(|e| e.to_string())?;

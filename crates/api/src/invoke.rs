@@ -100,7 +100,7 @@ pub(crate) async fn invoke(
     }
     let (job, executed) = load_target(&state, &name, request_id.clone(), payload.to_vec()).await?;
     // Logs, metrics and limits are the function's, whichever version runs.
-    let function_name = name.split(':').next().unwrap_or(&name).to_owned();
+    let function_name = base_name(&name).to_owned();
     let _place = state.concurrency.acquire(&function_name).inspect_err(|_| {
         state.metrics.record_throttle(&function_name);
     })?;
@@ -264,16 +264,20 @@ pub(crate) async fn load_target(
     Ok((job, executed))
 }
 
+/// The stored function of a target `NAME[:QUALIFIER]`: logs, metrics and limits are the
+/// function's, whichever version runs.
+pub(crate) fn base_name(target: &str) -> &str {
+    target.split_once(':').map_or(target, |(name, _)| name)
+}
+
 /// The stored function `target` names (`NAME[:QUALIFIER]`), without its code: its base name,
 /// its record, and the version a qualifier picked (`None`: `$LATEST`).
 pub(crate) async fn resolve<'a>(
     state: &AppState,
     target: &'a str,
 ) -> Result<(&'a str, ignition_store::FunctionRecord, Option<u32>), ApiError> {
-    let (name, qualifier) = match target.split_once(':') {
-        Some((n, q)) => (n, Some(q)),
-        None => (target, None),
-    };
+    let name = base_name(target);
+    let qualifier = target.split_once(':').map(|(_, q)| q);
     let n = name.to_owned();
     let version: Option<u32> = match qualifier {
         None | Some("$LATEST") => None,
