@@ -75,7 +75,7 @@ pub(crate) struct Launcher {
     pub(crate) driver: Arc<dyn VmmDriver>,
     pub(crate) image: GuestImage,
     pub(crate) config: WorkerConfig,
-    pub(crate) snapshots: SnapshotStore,
+    pub(crate) snapshots: Arc<SnapshotStore>,
     pub(crate) stats: LaunchStats,
 }
 
@@ -215,7 +215,7 @@ impl Launcher {
         let name = &function.spec.name;
         let lock = self.snapshots.build_lock(&key);
         let _held = lock.lock().await;
-        match self.snapshots.load(name, &key) {
+        match self.snapshots.load_off_thread(name, &key).await {
             Ok(Some(s)) => return Ok((s, false)),
             Ok(None) => {}
             Err(e) => {
@@ -242,7 +242,10 @@ impl Launcher {
                 return Err(e);
             }
         };
-        let snap = self.snapshots.commit(name, &key, &staging, &kernel)?;
+        let snap = self
+            .snapshots
+            .commit_off_thread(name, &key, &staging, &kernel)
+            .await?;
         self.stats.snapshots_built.fetch_add(1, Ordering::Relaxed);
         tracing::info!(function = %name, key = %key, "snapshot built");
         Ok((snap, true))
@@ -321,7 +324,7 @@ impl Launcher {
         ]);
         let lock = self.snapshots.build_lock(&key);
         let _held = lock.lock().await;
-        match self.snapshots.load(BASE, &key) {
+        match self.snapshots.load_off_thread(BASE, &key).await {
             Ok(Some(s)) => return Ok(s),
             Ok(None) => {}
             Err(e) => {
@@ -356,7 +359,10 @@ impl Launcher {
         match built {
             Ok(kernel) => {
                 self.stats.boots.fetch_add(1, Ordering::Relaxed);
-                let snap = self.snapshots.commit(BASE, &key, &staging, &kernel)?;
+                let snap = self
+                    .snapshots
+                    .commit_off_thread(BASE, &key, &staging, &kernel)
+                    .await?;
                 self.stats
                     .base_snapshots_built
                     .fetch_add(1, Ordering::Relaxed);

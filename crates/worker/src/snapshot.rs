@@ -109,6 +109,39 @@ impl SnapshotStore {
         self.root.join(format!("{function}-{key}"))
     }
 
+    /// [`Self::load`] on a blocking thread: verifying reads and hashes the whole memory file,
+    /// seconds for a large guest, which must not stall the runtime's threads.
+    pub(crate) async fn load_off_thread(
+        self: &Arc<Self>,
+        function: &str,
+        key: &str,
+    ) -> Result<Option<Snapshot>, SnapshotError> {
+        let (me, f, k) = (Arc::clone(self), function.to_owned(), key.to_owned());
+        tokio::task::spawn_blocking(move || me.load(&f, &k))
+            .await
+            .unwrap_or_else(|e| Err(SnapshotError::Invalid(key.to_owned(), e.to_string())))
+    }
+
+    /// [`Self::commit`] on a blocking thread (it hashes the memory file).
+    pub(crate) async fn commit_off_thread(
+        self: &Arc<Self>,
+        function: &str,
+        key: &str,
+        staging: &Path,
+        kernel_release: &str,
+    ) -> Result<Snapshot, SnapshotError> {
+        let me = Arc::clone(self);
+        let (f, k, s, r) = (
+            function.to_owned(),
+            key.to_owned(),
+            staging.to_owned(),
+            kernel_release.to_owned(),
+        );
+        tokio::task::spawn_blocking(move || me.commit(&f, &k, &s, &r))
+            .await
+            .unwrap_or_else(|e| Err(SnapshotError::Invalid(key.to_owned(), e.to_string())))
+    }
+
     /// A lock held while the snapshot for `key` is looked up or built.
     pub(crate) fn build_lock(&self, key: &str) -> Arc<AsyncMutex<()>> {
         let mut b = self.building.lock().unwrap_or_else(|p| p.into_inner());

@@ -216,7 +216,7 @@ impl Worker {
         let launcher = Arc::new(Launcher {
             driver,
             image,
-            snapshots: SnapshotStore::new(config.snapshot_dir.clone()),
+            snapshots: Arc::new(SnapshotStore::new(config.snapshot_dir.clone())),
             config: config.clone(),
             stats: LaunchStats::default(),
         });
