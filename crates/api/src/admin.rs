@@ -55,6 +55,7 @@ pub(crate) async fn set_pool(
 pub(crate) async fn stats(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "node": state.node_id,
+        "cluster": state.node.stats().await,
         "worker": state.worker.stats(),
         "network": state.worker.network_stats(),
     }))

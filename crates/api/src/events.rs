@@ -75,7 +75,11 @@ async fn attempt(
         state.metrics.record_throttle(function);
         format!("{THROTTLED}{e}")
     })?;
-    let outcome = state.worker.run(job, StartMode::Auto).await;
+    let outcome = state
+        .node
+        .run(job, StartMode::Auto)
+        .await
+        .map(|ran| ran.execution);
     crate::invoke::keep_log(state, function, request_id, &outcome);
     if let Err(e) = &outcome {
         state.metrics.record_failure(function, e);

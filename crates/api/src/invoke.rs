@@ -89,7 +89,7 @@ pub(crate) async fn invoke(
             return Ok(with_ids(
                 StatusCode::NO_CONTENT.into_response(),
                 &request_id,
-                &state,
+                &state.node_id,
             ));
         }
         other => {
@@ -108,7 +108,11 @@ pub(crate) async fn invoke(
         .get("X-Amz-Log-Type")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Tail"));
     let started = std::time::Instant::now();
-    let outcome = state.worker.run(job, mode).await;
+    let outcome = state.node.run(job, mode).await;
+    let executor = outcome
+        .as_ref()
+        .map_or_else(|_| state.node_id.clone(), |ran| ran.node.clone());
+    let outcome = outcome.map(|ran| ran.execution);
     let elapsed = started.elapsed();
     tracing::info!(function = %function_name, %request_id, ms = elapsed.as_millis(), ok = outcome.is_ok(), "invoked");
     match &outcome {
@@ -138,7 +142,7 @@ pub(crate) async fn invoke(
             ))
         }
     };
-    let mut response = with_ids(response, &request_id, &state);
+    let mut response = with_ids(response, &request_id, &executor);
     if let Ok(v) = HeaderValue::from_str(&executed) {
         response.headers_mut().insert("X-Amz-Executed-Version", v);
     }
@@ -153,13 +157,14 @@ pub(crate) struct InvokeQuery {
     qualifier: Option<String>,
 }
 
-/// Adds the request id, the executed version and the node to a response.
-fn with_ids(mut response: Response, request_id: &str, state: &AppState) -> Response {
+/// Adds the request id, the executed version and the node (the one that ran the invocation,
+/// or this one) to a response.
+fn with_ids(mut response: Response, request_id: &str, node: &str) -> Response {
     let h = response.headers_mut();
     for (k, v) in [
         ("x-amzn-RequestId", request_id),
         ("X-Amz-Executed-Version", "$LATEST"),
-        ("x-ignition-node", state.node_id.as_str()),
+        ("x-ignition-node", node),
     ] {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(k, v);
@@ -199,7 +204,7 @@ async fn enqueue(
     Ok(with_ids(
         StatusCode::ACCEPTED.into_response(),
         request_id,
-        state,
+        &state.node_id,
     ))
 }
 

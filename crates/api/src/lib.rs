@@ -51,8 +51,10 @@ pub const MAX_INVOKE_PAYLOAD: usize = 6 * 1024 * 1024;
 pub struct AppState {
     /// Functions and bundles.
     pub store: Arc<Store>,
-    /// Runs invocations.
+    /// Runs invocations (pools, snapshots, VMs).
     pub worker: Arc<Worker>,
+    /// This node's queue and slots, and its cluster: every invocation goes through it.
+    pub node: Arc<ignition_cluster::Node>,
     /// This node's id (reported in `x-ignition-node`).
     pub node_id: String,
     /// Prometheus metrics.

@@ -149,6 +149,19 @@ pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
     ] {
         m.set(name, i(v));
     }
+    let n = state.node.stats().await;
+    for (name, v) in [
+        ("node_queued", n.queued as u64),
+        ("node_busy_slots", n.busy as u64),
+        ("node_peers", n.peers as u64),
+        ("node_ran_stolen", n.ran_stolen),
+        ("node_lent", n.lent),
+        ("node_stolen", n.stolen),
+        ("node_probes", n.probes),
+        ("node_reclaimed", n.reclaimed),
+    ] {
+        m.set(name, i(v));
+    }
     m.set("pool_charged_mib", state.worker.pool_charged_mib() as i64);
     let (ready, filling) = state.worker.pool_sizes();
     m.set("pool_ready", i64::try_from(ready).unwrap_or(i64::MAX));

@@ -62,9 +62,32 @@ pub(crate) struct ServerArgs {
     /// Directory for the VMs' sockets (default: a short per-data-dir path under the temp dir).
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// This node's id.
+    /// This node's id (unique in its cluster; default: the host name).
     #[arg(long)]
     node_id: Option<String>,
+    /// Executions this node runs at once; further invocations queue here, where idle nodes
+    /// of the cluster may take them (default: --max-vms).
+    #[arg(long)]
+    slots: Option<usize>,
+    /// Join a cluster through these members' cluster addresses (`HOST:PORT`, comma-separated
+    /// or repeated).
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// This node's cluster address: gossip on UDP and gRPC on TCP, same port; peers must be
+    /// able to reach it (default with --peers: the API's address, port + 1). Given alone, the
+    /// node founds a cluster that others join with `--peers` this address.
+    #[arg(long)]
+    cluster_addr: Option<SocketAddr>,
+    /// Do not steal from other nodes when idle (they may still take this node's queue).
+    #[arg(long)]
+    no_steal: bool,
+    /// Peers probed per steal attempt.
+    #[arg(long, default_value_t = 2)]
+    steal_probes: usize,
+    /// Milliseconds a stolen invocation's lease lasts without renewal; an origin that hears
+    /// nothing for this long queues the invocation again.
+    #[arg(long, default_value_t = 10_000)]
+    lease_ms: u64,
     /// VM networking: `builtin` (a namespace, tap and veth per VM, egress enforced with
     /// nftables; needs root), `cni` (the namespace's interface made by CNI plugins, see
     /// --cni-conf; egress still enforced by Ignition) or `none` (no network interface).
@@ -305,9 +328,33 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
     let reserved = store
         .reserved_concurrency()
         .context("reading reserved concurrency")?;
+    let store = Arc::new(store);
+    let cluster_addr = args.cluster_addr.or_else(|| {
+        (!args.peers.is_empty())
+            .then(|| SocketAddr::new(args.listen.ip(), args.listen.port().wrapping_add(1)))
+    });
+    let cluster = cluster_addr.map(|addr| {
+        let mut c = ignition_cluster::ClusterConfig::new(addr, args.peers.clone());
+        c.steal = !args.no_steal;
+        c.probes = args.steal_probes;
+        c.lease = Duration::from_millis(args.lease_ms.max(400));
+        c
+    });
+    let node = ignition_cluster::Node::start(
+        ignition_cluster::NodeConfig {
+            node_id: node_id.clone(),
+            slots: args.slots.unwrap_or(args.max_vms),
+            cluster,
+        },
+        Arc::clone(&worker),
+        Arc::clone(&store),
+    )
+    .await
+    .context("starting the node")?;
     let state = ignition_api::AppState {
-        store: Arc::new(store),
+        store,
         worker: Arc::clone(&worker),
+        node: Arc::clone(&node),
         node_id,
         metrics: Arc::new(ignition_api::Metrics::default()),
         concurrency: ignition_api::Concurrency::new(args.max_concurrency, reserved),
@@ -330,6 +377,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;
+    node.shutdown().await;
     worker.shutdown().await;
     // Destroys the pool spawned while shutting down get a moment to finish.
     tokio::time::sleep(Duration::from_millis(300)).await;

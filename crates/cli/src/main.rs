@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node: the HTTP API, the store and the microVM workers.
-    Server(cmd_server::ServerArgs),
+    Server(Box<cmd_server::ServerArgs>),
     /// Manage and invoke functions on a server.
     #[command(name = "fn", subcommand)]
     Function(cmd_fn::FnCommand),
@@ -71,7 +71,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Server(args) => cmd_server::run(args),
+        Command::Server(args) => cmd_server::run(*args),
         Command::Function(cmd) => cmd_fn::run(cmd),
         Command::Image(cmd) => cmd_image::run(cmd),
         Command::Bench(args) => cmd_bench::run(args),

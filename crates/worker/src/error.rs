@@ -45,4 +45,8 @@ pub enum ExecError {
     /// The worker is shutting down.
     #[error("the worker is shutting down")]
     ShuttingDown,
+    /// Another node of the cluster took the invocation and could not run it, or the
+    /// invocation could not be placed.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }

@@ -1,0 +1,436 @@
+//! A node: its queue of invocations, its slots, and the loop that feeds the slots from the
+//! queue, or, when the queue is empty, from other nodes' queues.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ignition_scheduler::policy::StealPolicy;
+use ignition_store::Store;
+use ignition_worker::{ExecError, Execution, Job, StartMode, Worker};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::bundles::BundleCache;
+use crate::ledger::Ledger;
+use crate::membership::Membership;
+use crate::peers::Clients;
+use crate::queue::LocalQueue;
+use crate::ClusterError;
+
+/// Hand-overs of one invocation before the origin gives up on it.
+pub(crate) const MAX_ATTEMPTS: u32 = 3;
+/// Bytes of stolen invocations' bundles a node keeps.
+const BUNDLE_CACHE_BYTES: usize = 512 * 1024 * 1024;
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's id, unique in its cluster.
+    pub node_id: String,
+    /// Executions the node runs at once (`--slots`).
+    pub slots: usize,
+    /// Cluster membership; `None`: a node of its own.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How a node takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Gossip (UDP) and gRPC (TCP) address: bound, and given to peers.
+    pub addr: SocketAddr,
+    /// Other members' addresses to join through.
+    pub peers: Vec<String>,
+    /// The cluster's name: nodes of another cluster are ignored.
+    pub cluster_id: String,
+    /// Whether this node steals when idle (others may still steal from it).
+    pub steal: bool,
+    /// Peers probed per steal attempt.
+    pub probes: usize,
+    /// How long a stolen invocation's lease lasts without renewal.
+    pub lease: Duration,
+    /// Pause between steal attempts that found nothing, doubling up to `idle_probe_max`.
+    pub idle_probe_min: Duration,
+    /// The longest pause between steal attempts of an idle node.
+    pub idle_probe_max: Duration,
+}
+
+impl ClusterConfig {
+    /// Defaults for a node at `addr` joining through `peers`.
+    pub fn new(addr: SocketAddr, peers: Vec<String>) -> Self {
+        Self {
+            addr,
+            peers,
+            cluster_id: "ignition".to_owned(),
+            steal: true,
+            probes: StealPolicy::default().probes,
+            lease: Duration::from_secs(10),
+            idle_probe_min: Duration::from_millis(20),
+            idle_probe_max: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A finished invocation and the node that ran it.
+#[derive(Debug)]
+pub struct Ran {
+    /// What happened.
+    pub execution: Execution,
+    /// The node whose VM ran it.
+    pub node: String,
+}
+
+/// An invocation accepted here, waiting for a slot here or elsewhere.
+#[derive(Debug)]
+pub(crate) struct Task {
+    pub(crate) id: String,
+    /// Hand-overs so far.
+    pub(crate) attempt: u32,
+    pub(crate) job: Job,
+    pub(crate) mode: StartMode,
+    pub(crate) enqueued: Instant,
+    pub(crate) reply: oneshot::Sender<Result<Ran, ExecError>>,
+}
+
+/// Counters since the node started.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) running: AtomicU64,
+    pub(crate) ran_local: AtomicU64,
+    pub(crate) ran_stolen: AtomicU64,
+    pub(crate) lent: AtomicU64,
+    pub(crate) returned: AtomicU64,
+    pub(crate) reclaimed: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+    pub(crate) probes: AtomicU64,
+    pub(crate) steal_requests: AtomicU64,
+    pub(crate) stolen: AtomicU64,
+    pub(crate) lease_lost: AtomicU64,
+    pub(crate) results_lost: AtomicU64,
+    pub(crate) bundles_fetched: AtomicU64,
+}
+
+/// What `/v1/stats` and `/metrics` show of a node.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct NodeStats {
+    /// The node's id.
+    pub node: String,
+    /// Its slots.
+    pub slots: usize,
+    /// Slots running an execution now.
+    pub busy: usize,
+    /// Invocations queued here, not started.
+    pub queued: usize,
+    /// Invocations of this node lent to thieves, running there now.
+    pub lent_now: usize,
+    /// Live peers (0 outside a cluster).
+    pub peers: usize,
+    /// Invocations accepted by this node.
+    pub accepted: u64,
+    /// Of those, run here.
+    pub ran_local: u64,
+    /// Invocations of other nodes run here.
+    pub ran_stolen: u64,
+    /// Invocations handed to thieves (attempts).
+    pub lent: u64,
+    /// Results thieves returned.
+    pub returned: u64,
+    /// Leases that expired unrenewed; the invocation was queued again.
+    pub reclaimed: u64,
+    /// Invocations failed after their last attempt's lease expired.
+    pub abandoned: u64,
+    /// Probes sent.
+    pub probes: u64,
+    /// Steal requests sent.
+    pub steal_requests: u64,
+    /// Invocations taken from other nodes.
+    pub stolen: u64,
+    /// Stolen invocations stopped because their lease could not be renewed.
+    pub lease_lost: u64,
+    /// Results that could not be returned to their origin.
+    pub results_lost: u64,
+    /// Bundles fetched from peers.
+    pub bundles_fetched: u64,
+}
+
+/// Stolen invocations running here, by (origin, id).
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) attempt: u32,
+    pub(crate) endpoint: String,
+    pub(crate) renewed: Instant,
+    pub(crate) abort: Option<tokio::task::AbortHandle>,
+}
+
+/// One node.
+#[derive(Debug)]
+pub struct Node {
+    pub(crate) id: String,
+    pub(crate) worker: Arc<Worker>,
+    pub(crate) store: Arc<Store>,
+    slots_total: usize,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) queue: LocalQueue<Task>,
+    pub(crate) ledger: Mutex<Ledger<Task>>,
+    pub(crate) held: Mutex<HashMap<(String, String), Held>>,
+    pub(crate) policy: StealPolicy,
+    pub(crate) cluster: Option<ClusterConfig>,
+    pub(crate) membership: tokio::sync::OnceCell<Membership>,
+    pub(crate) clients: Clients,
+    pub(crate) bundles: BundleCache,
+    pub(crate) counters: Counters,
+    pub(crate) stopping: AtomicBool,
+    pub(crate) stop: tokio::sync::Notify,
+}
+
+impl Node {
+    /// Starts the node: its dispatcher and, in a cluster, its gRPC service, gossip, lease
+    /// keeping and registry replication.
+    pub async fn start(
+        config: NodeConfig,
+        worker: Arc<Worker>,
+        store: Arc<Store>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let slots = config.slots.max(1);
+        let lease = config
+            .cluster
+            .as_ref()
+            .map_or(Duration::from_secs(10), |c| c.lease);
+        let node = Arc::new(Self {
+            id: config.node_id.clone(),
+            worker,
+            store,
+            slots_total: slots,
+            slots: Arc::new(Semaphore::new(slots)),
+            queue: LocalQueue::default(),
+            ledger: Mutex::new(Ledger::new(lease)),
+            held: Mutex::new(HashMap::new()),
+            policy: StealPolicy {
+                probes: config.cluster.as_ref().map_or(2, |c| c.probes.max(1)),
+            },
+            cluster: config.cluster.clone(),
+            membership: tokio::sync::OnceCell::new(),
+            clients: Clients::default(),
+            bundles: BundleCache::new(BUNDLE_CACHE_BYTES),
+            counters: Counters::default(),
+            stopping: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
+        });
+        if let Some(c) = &config.cluster {
+            crate::service::serve(Arc::clone(&node), c.addr).await?;
+            let m = Membership::join(&c.cluster_id, &node.id, c.addr, &c.peers).await?;
+            let _ = node.membership.set(m);
+            tokio::spawn(Arc::clone(&node).keep_leases());
+            tokio::spawn(crate::steal::give_up_unrenewed(Arc::clone(&node), c.lease));
+            tokio::spawn(crate::registry::replicate(Arc::clone(&node)));
+            tracing::info!(node = %node.id, addr = %c.addr, peers = ?c.peers, steal = c.steal, "joined the cluster");
+        }
+        tokio::spawn(Arc::clone(&node).dispatch());
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Runs `job` here or, if another node is idle first, there; answers when it finished.
+    pub async fn run(&self, job: Job, mode: StartMode) -> Result<Ran, ExecError> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(ExecError::ShuttingDown);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        self.queue.push(Task {
+            id: uuid::Uuid::new_v4().to_string(),
+            attempt: 0,
+            job,
+            mode,
+            enqueued: Instant::now(),
+            reply,
+        });
+        answer.await.unwrap_or(Err(ExecError::ShuttingDown))
+    }
+
+    /// The node's counters.
+    pub async fn stats(&self) -> NodeStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let peers = match self.membership.get() {
+            Some(m) => m.peers().await.len(),
+            None => 0,
+        };
+        NodeStats {
+            node: self.id.clone(),
+            slots: self.slots_total,
+            busy: usize::try_from(get(&c.running)).unwrap_or(usize::MAX),
+            queued: self.queue.len(),
+            lent_now: self.ledger.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            peers,
+            accepted: get(&c.accepted),
+            ran_local: get(&c.ran_local),
+            ran_stolen: get(&c.ran_stolen),
+            lent: get(&c.lent),
+            returned: get(&c.returned),
+            reclaimed: get(&c.reclaimed),
+            abandoned: get(&c.abandoned),
+            probes: get(&c.probes),
+            steal_requests: get(&c.steal_requests),
+            stolen: get(&c.stolen),
+            lease_lost: get(&c.lease_lost),
+            results_lost: get(&c.results_lost),
+            bundles_fetched: get(&c.bundles_fetched),
+        }
+    }
+
+    /// Stops taking work: queued invocations fail with "shutting down", lent ones are no
+    /// longer waited for, and the node leaves the cluster.
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.stop.notify_waiters();
+        let lent = self
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain();
+        for t in lent
+            .into_iter()
+            .chain(std::iter::from_fn(|| self.queue.pop()))
+        {
+            let _ = t.reply.send(Err(ExecError::ShuttingDown));
+        }
+        let held: Vec<_> = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .filter_map(|(_, h)| h.abort)
+            .collect();
+        for a in held {
+            a.abort();
+        }
+        if let Some(m) = self.membership.get() {
+            m.leave();
+        }
+    }
+
+    /// Feeds slots: a free slot takes the oldest local invocation, or, with none, steals.
+    async fn dispatch(self: Arc<Self>) {
+        let mut pause = self
+            .cluster
+            .as_ref()
+            .map_or(Duration::from_secs(1), |c| c.idle_probe_min);
+        loop {
+            let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await else {
+                return;
+            };
+            loop {
+                if self.stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Some(task) = self.queue.pop() {
+                    tokio::spawn(Arc::clone(&self).run_local(task, permit));
+                    break;
+                }
+                let free = 1 + self.slots.available_permits();
+                if let Some(c) = self.cluster.as_ref().filter(|c| c.steal) {
+                    if self.policy.wants_work(free, self.queue.len()) {
+                        match self.steal(free).await {
+                            Ok(mut stolen) if !stolen.is_empty() => {
+                                pause = c.idle_probe_min;
+                                let (origin, first) = stolen.remove(0);
+                                tokio::spawn(Arc::clone(&self).run_stolen(origin, first, permit));
+                                for (origin, inv) in stolen {
+                                    match Arc::clone(&self.slots).try_acquire_owned() {
+                                        Ok(p) => {
+                                            tokio::spawn(
+                                                Arc::clone(&self).run_stolen(origin, inv, p),
+                                            );
+                                        }
+                                        // Only this loop takes slots, so the free ones counted
+                                        // above are still free; this is a guard, not a path.
+                                        Err(_) => {
+                                            tracing::warn!(id = %inv.id, "no slot for a stolen invocation; its lease will expire");
+                                        }
+                                    }
+                                }
+                                break;
+                            }
+                            Ok(_) => pause = (pause * 2).min(c.idle_probe_max),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "steal attempt failed");
+                                pause = (pause * 2).min(c.idle_probe_max);
+                            }
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = self.queue.pushed() => {}
+                    () = tokio::time::sleep(pause) => {}
+                    () = self.stop.notified() => return,
+                }
+            }
+        }
+    }
+
+    /// Runs one of this node's invocations here.
+    async fn run_local(self: Arc<Self>, task: Task, permit: OwnedSemaphorePermit) {
+        let waited = ms(task.enqueued.elapsed());
+        self.counters.running.fetch_add(1, Ordering::Relaxed);
+        let out = self.worker.run(task.job, task.mode).await;
+        self.counters.running.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
+        self.counters.ran_local.fetch_add(1, Ordering::Relaxed);
+        let _ = task.reply.send(out.map(|mut execution| {
+            execution.timings.queued_ms += waited;
+            execution.timings.total_ms += waited;
+            Ran {
+                execution,
+                node: self.id.clone(),
+            }
+        }));
+    }
+
+    /// Takes back leases that expired: the invocation is queued again as a new attempt, or
+    /// fails after [`MAX_ATTEMPTS`]. Also renews the leases of invocations stolen by this node.
+    async fn keep_leases(self: Arc<Self>) {
+        let lease = self
+            .cluster
+            .as_ref()
+            .map_or(Duration::from_secs(10), |c| c.lease);
+        let mut tick = tokio::time::interval(lease / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.stop.notified() => return,
+            }
+            let expired = self
+                .ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .expired(Instant::now().into_std());
+            for (id, attempt, thief, task) in expired {
+                if task.attempt >= MAX_ATTEMPTS {
+                    self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%id, attempt, %thief, "invocation abandoned: its lease expired on its last attempt");
+                    let _ = task.reply.send(Err(ExecError::Cluster(format!(
+                        "the invocation was handed to other nodes {attempt} times and none returned a result (last: {thief})"
+                    ))));
+                } else {
+                    self.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%id, attempt, %thief, "lease expired; the invocation is queued again");
+                    self.queue.push(task);
+                }
+            }
+            crate::steal::renew_held(&self, lease).await;
+        }
+    }
+}
+
+pub(crate) fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

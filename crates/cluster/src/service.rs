@@ -1,0 +1,182 @@
+//! The gRPC service every node of a cluster runs: the victim's and the origin's side of
+//! stealing, and the code and registry a peer may need.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::node::Node;
+use crate::pb::node_server::{Node as NodeService, NodeServer};
+use crate::{convert, pb, ClusterError, MAX_MESSAGE};
+
+/// The service of one node.
+#[derive(Debug)]
+struct Service {
+    node: Arc<Node>,
+}
+
+/// Serves `node` on `addr` (TCP) until the node stops.
+pub(crate) async fn serve(node: Arc<Node>, addr: SocketAddr) -> Result<(), ClusterError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ClusterError::Bind(addr, e))?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let service = NodeServer::new(Service {
+        node: Arc::clone(&node),
+    })
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
+    tokio::spawn(async move {
+        let stop = async move {
+            while !node.stopping.load(Ordering::Relaxed) {
+                node.stop.notified().await;
+            }
+        };
+        let served = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the cluster service stopped");
+        }
+    });
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl NodeService for Service {
+    async fn probe(
+        &self,
+        _: Request<pb::ProbeRequest>,
+    ) -> Result<Response<pb::ProbeReply>, Status> {
+        let n = &self.node;
+        Ok(Response::new(pb::ProbeReply {
+            node: n.id.clone(),
+            queued: u32::try_from(n.queue.len()).unwrap_or(u32::MAX),
+            free_slots: u32::try_from(n.slots.available_permits()).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn steal(
+        &self,
+        r: Request<pb::StealRequest>,
+    ) -> Result<Response<pb::StealReply>, Status> {
+        let r = r.into_inner();
+        let n = &self.node;
+        if n.stopping.load(Ordering::Relaxed) || r.thief.is_empty() || r.thief == n.id {
+            return Ok(Response::new(pb::StealReply::default()));
+        }
+        let lease = n.cluster.as_ref().map(|c| c.lease).unwrap_or_default();
+        let grant = n.policy.grant(n.queue.len(), r.max as usize);
+        let tasks = n.queue.take(grant);
+        let now = tokio::time::Instant::now().into_std();
+        let mut invocations = Vec::with_capacity(tasks.len());
+        let mut ledger = n.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        for mut task in tasks {
+            task.attempt += 1;
+            invocations.push(convert::invocation(
+                &task.id,
+                task.attempt,
+                &n.id,
+                &task.job,
+                task.mode,
+                lease,
+            ));
+            ledger.lend(task.id.clone(), task.attempt, &r.thief, task, now);
+        }
+        drop(ledger);
+        n.counters
+            .lent
+            .fetch_add(invocations.len() as u64, Ordering::Relaxed);
+        if !invocations.is_empty() {
+            tracing::debug!(thief = %r.thief, n = invocations.len(), "lent invocations");
+        }
+        Ok(Response::new(pb::StealReply { invocations }))
+    }
+
+    async fn complete(
+        &self,
+        r: Request<pb::CompleteRequest>,
+    ) -> Result<Response<pb::CompleteReply>, Status> {
+        let r = r.into_inner();
+        let n = &self.node;
+        let task = n.ledger.lock().unwrap_or_else(|p| p.into_inner()).complete(
+            &r.id,
+            r.attempt,
+            &r.executor,
+        );
+        let Some(task) = task else {
+            return Ok(Response::new(pb::CompleteReply { accepted: false }));
+        };
+        n.counters.returned.fetch_add(1, Ordering::Relaxed);
+        let outcome = convert::outcome(r.result, &task.job.request_id, &r.executor);
+        let _ = task.reply.send(outcome.map(|execution| crate::Ran {
+            execution,
+            node: r.executor,
+        }));
+        Ok(Response::new(pb::CompleteReply { accepted: true }))
+    }
+
+    async fn renew(
+        &self,
+        r: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewReply>, Status> {
+        let r = r.into_inner();
+        let now = tokio::time::Instant::now().into_std();
+        let mut ledger = self.node.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let leased = r
+            .held
+            .iter()
+            .map(|h| ledger.renew(&h.id, h.attempt, &r.thief, now))
+            .collect();
+        Ok(Response::new(pb::RenewReply { leased }))
+    }
+
+    async fn fetch_bundle(
+        &self,
+        r: Request<pb::BundleRequest>,
+    ) -> Result<Response<pb::BundleReply>, Status> {
+        let sha = r.into_inner().sha256;
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument("sha256 must be 64 hex digits"));
+        }
+        if let Some(tar) = self.node.bundles.get(&sha) {
+            return Ok(Response::new(pb::BundleReply {
+                tar: tar.as_ref().clone(),
+            }));
+        }
+        let store = Arc::clone(&self.node.store);
+        let h = sha.clone();
+        let found = tokio::task::spawn_blocking(move || store.get_bundle(&h))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match found {
+            Some(tar) => Ok(Response::new(pb::BundleReply { tar })),
+            None => Err(Status::not_found(format!("no bundle {sha}"))),
+        }
+    }
+
+    async fn get_function(
+        &self,
+        r: Request<pb::FunctionRequest>,
+    ) -> Result<Response<pb::FunctionReply>, Status> {
+        let name = r.into_inner().name;
+        let store = Arc::clone(&self.node.store);
+        let n = name.clone();
+        let record = tokio::task::spawn_blocking(move || store.get_function(&n))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no function {name}")))?;
+        let config_json =
+            serde_json::to_string(&record.config).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::FunctionReply {
+            config_json,
+            code_sha256: record.code_sha256,
+        }))
+    }
+}
