@@ -1,0 +1,245 @@
+//! Clusters of real `ignition server` processes on loopback, each with its own store, running
+//! real microVMs: skewed load spreads by stealing, results come back to the node the caller
+//! asked, the registry is the same everywhere, a node killed mid-run loses nothing, and a node
+//! that joins later takes work.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{code_dir, wait_for, TestServer};
+
+/// Sleeps as long as the event says and echoes its index.
+const SLEEPER: &str = "import time\n\ndef handler(event, context):\n    time.sleep(event.get('sleep', 1))\n    return {'i': event.get('i')}\n";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node with 2 slots at a fresh cluster address, joining through `seed` if given.
+fn node(id: &str, seed: Option<u16>, extra: &[&str]) -> (TestServer, u16) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let seed = seed.map(|p| format!("127.0.0.1:{p}"));
+    let mut args = vec![
+        "--node-id",
+        id,
+        "--cluster-addr",
+        &addr,
+        "--slots",
+        "2",
+        "--max-vms",
+        "2",
+        // A short lease, so that a killed thief's invocations come back within the test.
+        "--lease-ms",
+        "4000",
+    ];
+    if let Some(s) = &seed {
+        args.extend(["--peers", s.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    (TestServer::start(&args), port)
+}
+
+fn cluster_stats(n: &TestServer) -> serde_json::Value {
+    n.get_json("/v1/stats")["cluster"].clone()
+}
+
+fn wait_for_peers(nodes: &[&TestServer], peers: u64) {
+    wait_for("the cluster to form", Duration::from_secs(60), || {
+        nodes
+            .iter()
+            .all(|n| cluster_stats(n)["peers"].as_u64() == Some(peers))
+    });
+}
+
+fn wait_for_function(n: &TestServer, name: &str) {
+    wait_for(
+        &format!("{name} to reach {}", n.url),
+        Duration::from_secs(60),
+        || {
+            n.http()
+                .get(format!("{}/v1/functions/{name}", n.url))
+                .send()
+                .unwrap()
+                .status()
+                .is_success()
+        },
+    );
+}
+
+/// `n` concurrent invocations of `function` at the node at `base`, each sleeping `sleep`
+/// seconds: for each, the executing node (`x-ignition-node`); asserts each answered 200 with
+/// its own index.
+fn burst(base: &str, function: &str, n: usize, sleep: f64) -> Vec<String> {
+    let url = Arc::new(format!(
+        "{base}/2015-03-31/functions/{function}/invocations"
+    ));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let url = Arc::clone(&url);
+            std::thread::spawn(move || {
+                let r = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(300))
+                    .build()
+                    .unwrap()
+                    .post(url.as_str())
+                    .body(serde_json::json!({"i": i, "sleep": sleep}).to_string())
+                    .send()
+                    .unwrap();
+                let status = r.status();
+                let executor = r
+                    .headers()
+                    .get("x-ignition-node")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let body: serde_json::Value = r.json().unwrap_or_default();
+                assert_eq!(status, 200, "invocation {i}: {body}");
+                assert_eq!(body["i"], i, "invocation {i} got another's result: {body}");
+                executor.expect("x-ignition-node")
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn counts(executors: &[String]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for e in executors {
+        *m.entry(e.clone()).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn skewed_load_spreads_and_every_result_returns_to_its_caller() {
+    let (n1, seed) = node("n1", None, &[]);
+    let (n2, _) = node("n2", Some(seed), &[]);
+    let (n3, _) = node("n3", Some(seed), &[]);
+    wait_for_peers(&[&n1, &n2, &n3], 2);
+
+    // Deployed at one node, the function reaches every node's registry...
+    let code = code_dir(&[("app.py", SLEEPER)]);
+    n1.deploy(
+        "sleeper",
+        "python3",
+        "app.handler",
+        code.path(),
+        &["--timeout", "30"],
+    );
+    wait_for_function(&n2, "sleeper");
+    wait_for_function(&n3, "sleeper");
+    // ...and any node accepts its invocations.
+    let via_n3 = burst(&n3.url, "sleeper", 1, 0.0);
+    assert_eq!(via_n3.len(), 1);
+
+    // All the load at n1, 2 slots per node: 12 one-second invocations.
+    let executors = burst(&n1.url, "sleeper", 12, 1.0);
+    let by_node = counts(&executors);
+    let elsewhere = executors.iter().filter(|e| *e != "n1").count();
+    assert!(
+        elsewhere >= 4,
+        "the other nodes ran at least a third of the work: {by_node:?}"
+    );
+    let s1 = cluster_stats(&n1);
+    assert!(s1["lent"].as_u64().unwrap() >= 4, "{s1}");
+    assert_eq!(
+        s1["returned"].as_u64().unwrap() + s1["reclaimed"].as_u64().unwrap(),
+        s1["lent"].as_u64().unwrap(),
+        "every lent invocation came back or was reclaimed: {s1}"
+    );
+    let thieves: u64 = [&n2, &n3]
+        .iter()
+        .map(|n| cluster_stats(n)["ran_stolen"].as_u64().unwrap())
+        .sum();
+    assert!(thieves >= 4, "thieves counted what they ran");
+
+    // A deletion anywhere reaches every node.
+    let out = n2.cli(&["fn", "rm", "sleeper"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in [&n1, &n3] {
+        wait_for("the deletion to replicate", Duration::from_secs(60), || {
+            n.http()
+                .get(format!("{}/v1/functions/sleeper", n.url))
+                .send()
+                .unwrap()
+                .status()
+                == 404
+        });
+    }
+    for n in [n1, n2, n3] {
+        n.stop_and_check_clean();
+    }
+}
+
+#[test]
+fn a_node_killed_mid_run_loses_nothing() {
+    let (n1, seed) = node("n1", None, &["--no-steal"]);
+    let (n2, _) = node("n2", Some(seed), &[]);
+    wait_for_peers(&[&n1, &n2], 1);
+    let code = code_dir(&[("app.py", SLEEPER)]);
+    n1.deploy(
+        "sleeper",
+        "python3",
+        "app.handler",
+        code.path(),
+        &["--timeout", "60"],
+    );
+    wait_for_function(&n2, "sleeper");
+
+    let n1_url = n1.url.clone();
+    let load = std::thread::spawn(move || burst(&n1_url, "sleeper", 8, 4.0));
+    // Kill the thief once it runs stolen invocations.
+    wait_for("n2 to run stolen work", Duration::from_secs(120), || {
+        cluster_stats(&n2)["stolen"].as_u64().unwrap() > 0
+    });
+    drop(n2);
+    let executors = load.join().unwrap();
+    assert_eq!(executors.len(), 8, "every invocation answered");
+    let s1 = cluster_stats(&n1);
+    assert!(
+        s1["reclaimed"].as_u64().unwrap() >= 1,
+        "the dead thief's leases expired and their invocations ran again: {s1}"
+    );
+    assert_eq!(s1["abandoned"].as_u64(), Some(0), "{s1}");
+    assert_eq!(s1["lent_now"].as_u64(), Some(0), "{s1}");
+    n1.stop_and_check_clean();
+}
+
+#[test]
+fn a_node_joining_later_starts_stealing() {
+    let (n1, seed) = node("n1", None, &["--no-steal"]);
+    let code = code_dir(&[("app.py", SLEEPER)]);
+    n1.deploy(
+        "sleeper",
+        "python3",
+        "app.handler",
+        code.path(),
+        &["--timeout", "60"],
+    );
+    let before = counts(&burst(&n1.url, "sleeper", 2, 0.0));
+    assert_eq!(before.keys().collect::<Vec<_>>(), ["n1"]);
+
+    let (n2, _) = node("n2", Some(seed), &[]);
+    wait_for_peers(&[&n1, &n2], 1);
+    wait_for_function(&n2, "sleeper");
+    let by_node = counts(&burst(&n1.url, "sleeper", 8, 2.0));
+    assert!(
+        by_node.get("n2").copied().unwrap_or(0) >= 2,
+        "the newcomer took work: {by_node:?}"
+    );
+    for n in [n1, n2] {
+        n.stop_and_check_clean();
+    }
+}
