@@ -260,3 +260,55 @@ fn reuse_keeps_a_vm_for_the_same_function_only() {
     assert_eq!(invoke_mode(&server, "count", "auto", "{}").0, 1);
     server.stop_and_check_clean();
 }
+
+const CLOCK_FN: &str = concat!(
+    "import time\n",
+    "def handler(event, context):\n",
+    "    m0 = time.monotonic()\n",
+    "    time.sleep(2)\n",
+    "    return {'wall': time.time(), 'slept': time.monotonic() - m0}\n",
+);
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn a_restored_guest_reads_the_hosts_time_and_its_clock_runs_at_the_hosts_rate() {
+    let server = TestServer::start(&[]);
+    let code = code_dir(&[("clock.py", CLOCK_FN)]);
+    server.deploy(
+        "clock",
+        "python3",
+        "clock.handler",
+        code.path(),
+        &["--timeout", "30"],
+    );
+    for mode in ["boot", "restore", "restore"] {
+        let before = unix_now();
+        let t = std::time::Instant::now();
+        let (body, started) = invoke_mode(&server, "clock", mode, "{}");
+        let host_elapsed = t.elapsed().as_secs_f64();
+        let after = unix_now();
+        assert_eq!(started, mode);
+        let wall = body["wall"].as_f64().unwrap();
+        assert!(
+            wall > before - 1.0 && wall < after + 1.0,
+            "{mode}: the guest's time {wall} is the host's ({before}..{after})"
+        );
+        // Two seconds by the guest's clock are two seconds by the host's: a guest told the
+        // wrong TSC frequency sleeps 1.5 s here (its clock runs fast).
+        assert!(
+            (1.9..2.5).contains(&body["slept"].as_f64().unwrap()),
+            "{body}"
+        );
+        assert!(
+            host_elapsed >= 1.9,
+            "{mode}: the guest's 2 s sleep took {host_elapsed:.2} s of host time"
+        );
+    }
+    server.stop_and_check_clean();
+}

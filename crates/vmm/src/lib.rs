@@ -16,6 +16,7 @@ pub mod jail;
 mod process;
 pub mod qemu;
 mod rundir;
+pub mod tsc;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -176,6 +177,12 @@ pub trait MicroVm: Send + std::fmt::Debug {
 pub trait VmmDriver: Send + Sync + std::fmt::Debug {
     /// The backend's name (`qemu`, `firecracker`).
     fn name(&self) -> &'static str;
+    /// What of this driver's set-up a snapshot depends on (the backend, the accelerator, what
+    /// the guest kernel was told about the host): snapshots are keyed by it, so one made under
+    /// another set-up is never restored.
+    fn snapshot_compat(&self) -> String {
+        self.name().to_owned()
+    }
     /// Starts a VM and waits until its guest has connected the agent channel. A restored VM is
     /// returned paused, with its snapshot loaded.
     async fn start(&self, spec: &VmSpec) -> Result<Box<dyn MicroVm>, VmmError>;

@@ -105,12 +105,15 @@ impl Launcher {
     }
 
     /// What VMs' device configuration depends on besides the image: snapshots made with a
-    /// network interface restore only into VMs with one.
+    /// network interface restore only into VMs with one, and only under the driver set-up
+    /// (accelerator, guest clock) they were made with.
     pub(crate) fn device_key(&self) -> String {
-        match self.config.network {
-            Some(_) => format!("{}+net", self.image.id),
-            None => self.image.id.clone(),
-        }
+        let net = if self.config.network.is_some() {
+            "+net"
+        } else {
+            ""
+        };
+        format!("{}{net}+{}", self.image.id, self.driver.snapshot_compat())
     }
 
     /// The key of `function`'s snapshot and warm slots on this node.

@@ -15,11 +15,13 @@ pub(crate) struct Sockets<'a> {
     pub(crate) qmp: &'a Path,
 }
 
-/// The kernel command line. `tsc_early_khz` avoids a calibration against the PIT that hung about
-/// half the boots under TCG; `panic=-1` with QEMU's `-no-reboot` turns a guest panic into a VMM
-/// exit the host sees at once.
-pub(crate) const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2000000 tsc=reliable quiet loglevel=4";
+/// The kernel command line for a host whose TSC runs at `tsc_khz`. `tsc_early_khz` avoids a
+/// calibration against the PIT that hung about half the boots under TCG, and must be the host's
+/// frequency or the guest's clock runs at the wrong rate ([`crate::tsc`]); `panic=-1` with
+/// QEMU's `-no-reboot` turns a guest panic into a VMM exit the host sees at once.
+pub(crate) fn base_cmdline(tsc_khz: u32) -> String {
+    format!("console=ttyS0 reboot=t panic=-1 tsc_early_khz={tsc_khz} tsc=reliable quiet loglevel=4")
+}
 
 fn push(args: &mut Vec<OsString>, items: &[&str]) {
     args.extend(items.iter().map(OsString::from));
@@ -37,12 +39,12 @@ fn escape_commas(path: &Path) -> OsString {
     path.to_string_lossy().replace(',', ",,").into()
 }
 
-fn boot_args(a: &mut Vec<OsString>, image: &BootImage) {
+fn boot_args(a: &mut Vec<OsString>, image: &BootImage, tsc_khz: u32) {
     push(a, &["-kernel"]);
     a.push(image.kernel.clone().into());
     push(a, &["-initrd"]);
     a.push(image.initramfs.clone().into());
-    let mut cmdline = BASE_CMDLINE.to_owned();
+    let mut cmdline = base_cmdline(tsc_khz);
     for w in &image.extra_cmdline {
         cmdline.push(' ');
         cmdline.push_str(w);
@@ -75,7 +77,12 @@ pub(crate) fn floor(accel: Accel, memory_mib: u32, qmp: &Path) -> Vec<OsString> 
 }
 
 /// Builds the argument list (without the binary).
-pub(crate) fn build(spec: &VmSpec, accel: Accel, sockets: &Sockets<'_>) -> Vec<OsString> {
+pub(crate) fn build(
+    spec: &VmSpec,
+    accel: Accel,
+    tsc_khz: u32,
+    sockets: &Sockets<'_>,
+) -> Vec<OsString> {
     let mut a = Vec::new();
     machine(&mut a, accel, spec.memory_mib);
     let cpu = if accel == Accel::Kvm {
@@ -157,7 +164,7 @@ pub(crate) fn build(spec: &VmSpec, accel: Accel, sockets: &Sockets<'_>) -> Vec<O
         let machine = a.iter().position(|x| x == "microvm").unwrap_or(1);
         a[machine] = "microvm,memory-backend=mem".into();
     }
-    boot_args(&mut a, image);
+    boot_args(&mut a, image, tsc_khz);
     a
 }
 
@@ -199,7 +206,7 @@ mod tests {
             console: Path::new("/r/console.sock"),
             qmp: Path::new("/r/qmp.sock"),
         };
-        let args: Vec<String> = build(&spec(), Accel::Tcg, &s)
+        let args: Vec<String> = build(&spec(), Accel::Tcg, 2_596_000, &s)
             .into_iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
@@ -215,7 +222,7 @@ mod tests {
             !joined.contains("memory-backend"),
             "plain boots use anonymous memory"
         );
-        let kvm = build(&spec(), Accel::Kvm, &s);
+        let kvm = build(&spec(), Accel::Kvm, 2_596_000, &s);
         assert!(kvm.iter().any(|a| a == "host"), "KVM runs with -cpu host");
     }
 
@@ -225,7 +232,7 @@ mod tests {
             console: Path::new("/r/console.sock"),
             qmp: Path::new("/r/qmp.sock"),
         };
-        build(spec, Accel::Tcg, &s)
+        build(spec, Accel::Tcg, 2_596_000, &s)
             .into_iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()

@@ -45,6 +45,8 @@ pub struct QemuConfig {
 #[derive(Debug)]
 pub struct QemuDriver {
     config: QemuConfig,
+    /// The host's TSC frequency, which guests are told ([`crate::tsc`]).
+    tsc_khz: u32,
 }
 
 impl QemuDriver {
@@ -55,7 +57,10 @@ impl QemuDriver {
             let measured = crate::doctor::probe_kvm(Duration::from_secs(5)).kind;
             config.accel = crate::doctor::auto_accel(measured);
         }
-        let driver = Self { config };
+        let driver = Self {
+            config,
+            tsc_khz: crate::tsc::host_tsc_khz(),
+        };
         driver.sweep();
         driver
     }
@@ -96,6 +101,14 @@ pub struct QemuVm {
 impl VmmDriver for QemuDriver {
     fn name(&self) -> &'static str {
         "qemu"
+    }
+
+    fn snapshot_compat(&self) -> String {
+        format!(
+            "qemu/{}/tsc_khz={}",
+            self.config.accel.qemu_name(),
+            self.tsc_khz
+        )
     }
 
     async fn probe_floor(&self) -> Result<Duration, VmmError> {
@@ -174,7 +187,7 @@ impl VmmDriver for QemuDriver {
             None
         };
         let mut cmd = Command::new(&self.config.binary);
-        cmd.args(args::build(spec, self.config.accel, &sockets));
+        cmd.args(args::build(spec, self.config.accel, self.tsc_khz, &sockets));
         if self.config.jail {
             cmd.args(["-sandbox", crate::jail::QEMU_SANDBOX]);
         }
