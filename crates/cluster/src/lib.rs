@@ -25,6 +25,7 @@ mod peers;
 mod queue;
 mod registry;
 mod service;
+mod share;
 mod steal;
 
 /// The generated gRPC messages and service.

@@ -10,15 +10,15 @@ use std::time::Duration;
 use ignition_scheduler::policy::StealPolicy;
 use ignition_store::Store;
 use ignition_worker::{ExecError, Execution, Job, StartMode, Worker};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::bundles::BundleCache;
 use crate::ledger::Ledger;
-use crate::membership::Membership;
+use crate::membership::{Membership, Peer};
 use crate::peers::Clients;
 use crate::queue::LocalQueue;
-use crate::ClusterError;
+use crate::{pb, ClusterError};
 
 /// Hand-overs of one invocation before the origin gives up on it.
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
@@ -99,6 +99,9 @@ pub(crate) struct Task {
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
     pub(crate) running: AtomicU64,
+    pub(crate) offers_pending: AtomicU64,
+    pub(crate) offered: AtomicU64,
+    pub(crate) offers_accepted: AtomicU64,
     pub(crate) ran_local: AtomicU64,
     pub(crate) ran_stolen: AtomicU64,
     pub(crate) lent: AtomicU64,
@@ -134,8 +137,12 @@ pub struct NodeStats {
     pub ran_local: u64,
     /// Invocations of other nodes run here.
     pub ran_stolen: u64,
-    /// Invocations handed to thieves (attempts).
+    /// Invocations handed to thieves or to peers that took an offer (attempts).
     pub lent: u64,
+    /// Arrivals offered to a peer because this node was saturated.
+    pub offered: u64,
+    /// Offers from peers this node took.
+    pub offers_accepted: u64,
     /// Results thieves returned.
     pub returned: u64,
     /// Leases that expired unrenewed; the invocation was queued again.
@@ -171,7 +178,7 @@ pub struct Node {
     pub(crate) id: String,
     pub(crate) worker: Arc<Worker>,
     pub(crate) store: Arc<Store>,
-    slots_total: usize,
+    pub(crate) slots_total: usize,
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) queue: LocalQueue<Task>,
     pub(crate) ledger: Mutex<Ledger<Task>>,
@@ -184,6 +191,9 @@ pub struct Node {
     pub(crate) counters: Counters,
     pub(crate) stopping: AtomicBool,
     pub(crate) stop: tokio::sync::Notify,
+    /// Offers this node accepted, for the dispatcher to start.
+    pub(crate) offers: mpsc::UnboundedSender<(Peer, pb::Invocation)>,
+    offers_in: Mutex<Option<mpsc::UnboundedReceiver<(Peer, pb::Invocation)>>>,
 }
 
 impl Node {
@@ -195,6 +205,7 @@ impl Node {
         store: Arc<Store>,
     ) -> Result<Arc<Self>, ClusterError> {
         let slots = config.slots.max(1);
+        let (offers, offers_in) = mpsc::unbounded_channel();
         let lease = config
             .cluster
             .as_ref()
@@ -210,6 +221,9 @@ impl Node {
             held: Mutex::new(HashMap::new()),
             policy: StealPolicy {
                 probes: config.cluster.as_ref().map_or(2, |c| c.probes.max(1)),
+                // A node that does not steal does not push its work onto others either.
+                share_on_arrival: config.cluster.as_ref().is_some_and(|c| c.steal),
+                ..StealPolicy::default()
             },
             cluster: config.cluster.clone(),
             membership: tokio::sync::OnceCell::new(),
@@ -218,6 +232,8 @@ impl Node {
             counters: Counters::default(),
             stopping: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
+            offers,
+            offers_in: Mutex::new(Some(offers_in)),
         });
         if let Some(c) = &config.cluster {
             crate::service::serve(Arc::clone(&node), c.addr).await?;
@@ -244,14 +260,22 @@ impl Node {
         }
         let (reply, answer) = oneshot::channel();
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-        self.queue.push(Task {
+        let task = Task {
             id: uuid::Uuid::new_v4().to_string(),
             attempt: 0,
             job,
             mode,
             enqueued: Instant::now(),
             reply,
-        });
+        };
+        let task = if self.policy.share_on_arrival && self.saturated() {
+            self.offer_to_peers(task).await
+        } else {
+            Some(task)
+        };
+        if let Some(task) = task {
+            self.queue.push(task);
+        }
         answer.await.unwrap_or(Err(ExecError::ShuttingDown))
     }
 
@@ -274,6 +298,8 @@ impl Node {
             ran_local: get(&c.ran_local),
             ran_stolen: get(&c.ran_stolen),
             lent: get(&c.lent),
+            offered: get(&c.offered),
+            offers_accepted: get(&c.offers_accepted),
             returned: get(&c.returned),
             reclaimed: get(&c.reclaimed),
             abandoned: get(&c.abandoned),
@@ -317,8 +343,25 @@ impl Node {
         }
     }
 
-    /// Feeds slots: a free slot takes the oldest local invocation, or, with none, steals.
+    /// Slots free for an arrival or an offer now.
+    pub(crate) fn free_slots(&self) -> usize {
+        let taken = self.counters.running.load(Ordering::Relaxed)
+            + self.counters.offers_pending.load(Ordering::Relaxed);
+        self.slots_total
+            .saturating_sub(usize::try_from(taken).unwrap_or(usize::MAX))
+    }
+
+    /// Feeds slots: a free slot takes an offer this node accepted, else the oldest local
+    /// invocation, or, with none, steals.
     async fn dispatch(self: Arc<Self>) {
+        let Some(mut offers) = self
+            .offers_in
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
         let mut pause = self
             .cluster
             .as_ref()
@@ -330,6 +373,11 @@ impl Node {
             loop {
                 if self.stopping.load(Ordering::Relaxed) {
                     return;
+                }
+                if let Ok((origin, inv)) = offers.try_recv() {
+                    self.counters.offers_pending.fetch_sub(1, Ordering::Relaxed);
+                    tokio::spawn(Arc::clone(&self).run_stolen(origin, inv, permit));
+                    break;
                 }
                 if let Some(task) = self.queue.pop() {
                     tokio::spawn(Arc::clone(&self).run_local(task, permit));
@@ -369,6 +417,11 @@ impl Node {
                 }
                 tokio::select! {
                     () = self.queue.pushed() => {}
+                    Some((origin, inv)) = offers.recv() => {
+                        self.counters.offers_pending.fetch_sub(1, Ordering::Relaxed);
+                        tokio::spawn(Arc::clone(&self).run_stolen(origin, inv, permit));
+                        break;
+                    }
                     () = tokio::time::sleep(pause) => {}
                     () = self.stop.notified() => return,
                 }

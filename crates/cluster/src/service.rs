@@ -56,7 +56,7 @@ impl NodeService for Service {
         Ok(Response::new(pb::ProbeReply {
             node: n.id.clone(),
             queued: u32::try_from(n.queue.len()).unwrap_or(u32::MAX),
-            free_slots: u32::try_from(n.slots.available_permits()).unwrap_or(u32::MAX),
+            free_slots: u32::try_from(n.free_slots()).unwrap_or(u32::MAX),
         }))
     }
 
@@ -95,6 +95,11 @@ impl NodeService for Service {
             tracing::debug!(thief = %r.thief, n = invocations.len(), "lent invocations");
         }
         Ok(Response::new(pb::StealReply { invocations }))
+    }
+
+    async fn offer(&self, r: Request<pb::Invocation>) -> Result<Response<pb::OfferReply>, Status> {
+        let accepted = self.node.accept_offer(r.into_inner()).await;
+        Ok(Response::new(pb::OfferReply { accepted }))
     }
 
     async fn complete(

@@ -68,6 +68,7 @@ impl Node {
                 loads.push(PeerLoad {
                     node: i,
                     queued: reply.queued as usize,
+                    free: reply.free_slots as usize,
                 });
             }
         }

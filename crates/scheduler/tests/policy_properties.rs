@@ -17,9 +17,12 @@ proptest! {
         net_ms in 0.0f64..5.0,
         probes in 1usize..4,
         seed in any::<u64>(),
+        share in any::<bool>(),
+        rounds in 1u32..4,
     ) {
         let cfg = Config { nodes, slots, load, service_ms: 50.0, net_ms, tasks, retry_ms: 1.0, seed };
-        for policy in [Policy::Central, Policy::Random, Policy::Steal(StealPolicy { probes })] {
+        let steal = StealPolicy { probes, share_on_arrival: share, placement_rounds: rounds, ..StealPolicy::default() };
+        for policy in [Policy::Central, Policy::Random, Policy::Steal(steal)] {
             let r = simulate(&cfg, policy);
             prop_assert_eq!(r.completed, tasks, "{:?}", policy);
             prop_assert_eq!(r.duplicates, 0);
@@ -38,7 +41,7 @@ proptest! {
     ) {
         let p = StealPolicy::default();
         let loads: Vec<_> = queued.iter().enumerate()
-            .map(|(node, &q)| ignition_scheduler::policy::PeerLoad { node, queued: q })
+            .map(|(node, &q)| ignition_scheduler::policy::PeerLoad { node, queued: q, free: 0 })
             .collect();
         match p.choose_victim(&loads, free) {
             Some((node, n)) => {

@@ -1,7 +1,9 @@
 //! `ignition-sim`: the scheduling policies on a simulated cluster (see `ignition_scheduler::sim`).
 //!
 //! `ignition-sim --nodes 10000 --load 0.9 --json` prints
-//! `{"central": {"p50_ms": .., "p99_ms": .., ...}, "random": {...}, "steal": {...}}`.
+//! `{"central": {"p50_ms": .., "p99_ms": .., ...}, "random": {...}, "steal": {...},
+//! "steal_only": {...}}`: `steal` is the policy the servers run (stealing, and arrivals at a
+//! saturated node offered to the freest of `d` peers); `steal_only` is stealing alone.
 
 use anyhow::{bail, Result};
 use clap::Parser;
@@ -34,9 +36,16 @@ struct Args {
     /// Invocations per node.
     #[arg(long, default_value_t = 50)]
     tasks_per_node: usize,
-    /// Back-off after a fruitless probe round, ms.
-    #[arg(long, default_value_t = 1.0)]
+    /// An idle node's pause after a fruitless probe round, ms; it doubles with each further
+    /// fruitless round, up to --max-backoff-doublings times (the server's defaults).
+    #[arg(long, default_value_t = 20.0)]
     retry_ms: f64,
+    /// Probe rounds for an arrival at a saturated node before it queues there.
+    #[arg(long, default_value_t = StealPolicy::default().placement_rounds)]
+    placement_rounds: u32,
+    /// How many times an idle node's pause may double.
+    #[arg(long, default_value_t = StealPolicy::default().max_backoff_doublings)]
+    max_backoff_doublings: u32,
     /// RNG seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -48,7 +57,7 @@ struct Args {
     json: bool,
 }
 
-fn run(args: &Args, load: f64) -> Result<[(&'static str, Report); 3]> {
+fn run(args: &Args, load: f64) -> Result<[(&'static str, Report); 4]> {
     if !(0.0..1.0).contains(&load) || load <= 0.0 {
         bail!("--load must be in (0, 1), got {load}");
     }
@@ -65,13 +74,21 @@ fn run(args: &Args, load: f64) -> Result<[(&'static str, Report); 3]> {
         retry_ms: args.retry_ms,
         seed: args.seed,
     };
-    let steal = Policy::Steal(StealPolicy {
+    let ours = StealPolicy {
         probes: args.probes,
-    });
+        share_on_arrival: true,
+        placement_rounds: args.placement_rounds,
+        max_backoff_doublings: args.max_backoff_doublings,
+    };
+    let stealing_only = StealPolicy {
+        share_on_arrival: false,
+        ..ours
+    };
     Ok([
         ("central", simulate(&cfg, Policy::Central)),
         ("random", simulate(&cfg, Policy::Random)),
-        ("steal", simulate(&cfg, steal)),
+        ("steal", simulate(&cfg, Policy::Steal(ours))),
+        ("steal_only", simulate(&cfg, Policy::Steal(stealing_only))),
     ])
 }
 
@@ -95,12 +112,12 @@ fn main() -> Result<()> {
         } else {
             println!("nodes {} load {load}", args.nodes);
             println!(
-                "{:<8} {:>9} {:>9} {:>9} {:>10}",
+                "{:<10} {:>9} {:>9} {:>9} {:>10}",
                 "policy", "p50 ms", "p99 ms", "mean ms", "msgs/task"
             );
             for (name, r) in &reports {
                 println!(
-                    "{name:<8} {:>9.1} {:>9.1} {:>9.1} {:>10.2}",
+                    "{name:<10} {:>9.1} {:>9.1} {:>9.1} {:>10.2}",
                     r.p50_ms, r.p99_ms, r.mean_ms, r.messages_per_task
                 );
             }
