@@ -107,5 +107,5 @@ ratio = statistics.median(walls["nosteal"]) / statistics.median(walls["steal"])
 print(f"no-steal / steal burst wall time: {ratio:.2f}x")
 PY
 for p in 7301 7302 7303; do
-  curl -fs "http://127.0.0.1:$p/v1/stats" | python3 -c 'import json,sys; c=json.load(sys.stdin)["cluster"]; print(c["node"], {k: c[k] for k in ("accepted","ran_local","ran_stolen","lent","returned","reclaimed","probes","steal_requests","stolen")})'
+  curl -fs "http://127.0.0.1:$p/v1/stats" | python3 -c 'import json,sys; c=json.load(sys.stdin)["cluster"]; print(c["node"], {k: c[k] for k in ("accepted","ran_local","ran_stolen","lent","offered","offers_accepted","returned","reclaimed","probes","steal_requests","stolen")})'
 done

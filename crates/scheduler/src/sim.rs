@@ -144,6 +144,8 @@ struct Node {
     running: usize,
     probing: bool,
     backoff: u32,
+    /// A retry is scheduled: one chain of retries per node, however many slots free up.
+    retry_pending: bool,
     round: u32,
     peers: Vec<NodeId>,
 }
@@ -210,6 +212,12 @@ impl Sim {
         self.maybe_probe(node);
     }
 
+    fn schedule_retry(&mut self, node: NodeId, wait: f64) {
+        if !std::mem::replace(&mut self.nodes[node].retry_pending, true) {
+            self.push(wait, Kind::Retry { node });
+        }
+    }
+
     fn maybe_probe(&mut self, node: NodeId) {
         let Policy::Steal(p) = self.policy else {
             return;
@@ -272,7 +280,7 @@ impl Sim {
                 n.probing = false;
                 n.backoff = n.backoff.saturating_add(1);
                 let wait = self.cfg.retry_ms * f64::from(p.pause_factor(n.backoff));
-                self.push(wait, Kind::Retry { node: thief });
+                self.schedule_retry(thief, wait);
             }
         }
     }
@@ -312,7 +320,7 @@ impl Sim {
         } else {
             n.backoff = n.backoff.saturating_add(1);
             let wait = self.cfg.retry_ms * f64::from(p.pause_factor(n.backoff));
-            self.push(wait, Kind::Retry { node: thief });
+            self.schedule_retry(thief, wait);
         }
     }
 
@@ -437,7 +445,10 @@ impl Sim {
                     asked,
                 } => self.on_steal(thief, victim, asked),
                 Kind::Transfer { thief, count_from } => self.on_transfer(thief, count_from),
-                Kind::Retry { node } => self.maybe_probe(node),
+                Kind::Retry { node } => {
+                    self.nodes[node].retry_pending = false;
+                    self.maybe_probe(node);
+                }
                 Kind::PlaceReplies {
                     origin,
                     task,

@@ -93,7 +93,10 @@ fn run(args: &Args, load: f64) -> Result<[(&'static str, Report); 4]> {
 }
 
 fn main() -> Result<()> {
+    use std::io::Write;
     let args = Args::parse();
+    // Written, not printed: a closed pipe (`| head`) ends the program with an error, not a panic.
+    let mut out = std::io::stdout().lock();
     let loads = if args.sweep.is_empty() {
         vec![args.load]
     } else {
@@ -108,18 +111,20 @@ fn main() -> Result<()> {
             for (name, r) in &reports {
                 obj.insert((*name).into(), serde_json::to_value(r)?);
             }
-            println!("{}", serde_json::Value::Object(obj));
+            writeln!(out, "{}", serde_json::Value::Object(obj))?;
         } else {
-            println!("nodes {} load {load}", args.nodes);
-            println!(
+            writeln!(out, "nodes {} load {load}", args.nodes)?;
+            writeln!(
+                out,
                 "{:<10} {:>9} {:>9} {:>9} {:>10}",
                 "policy", "p50 ms", "p99 ms", "mean ms", "msgs/task"
-            );
+            )?;
             for (name, r) in &reports {
-                println!(
+                writeln!(
+                    out,
                     "{name:<10} {:>9.1} {:>9.1} {:>9.1} {:>10.2}",
                     r.p50_ms, r.p99_ms, r.mean_ms, r.messages_per_task
-                );
+                )?;
             }
         }
     }
