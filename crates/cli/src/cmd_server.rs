@@ -88,6 +88,18 @@ pub(crate) struct ServerArgs {
     /// nothing for this long queues the invocation again.
     #[arg(long, default_value_t = 10_000)]
     lease_ms: u64,
+    /// The cluster's CA certificate (PEM): with --cluster-cert and --cluster-key, nodes speak
+    /// mutual TLS and accept only peers with a certificate from this CA
+    /// (`ignition cluster certs` makes them). Without, cluster traffic is plaintext and
+    /// unauthenticated: keep --cluster-addr on a network only the nodes reach.
+    #[arg(long, requires_all = ["cluster_cert", "cluster_key"])]
+    cluster_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by --cluster-ca.
+    #[arg(long, requires = "cluster_ca")]
+    cluster_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, requires = "cluster_ca")]
+    cluster_key: Option<PathBuf>,
     /// VM networking: `builtin` (a namespace, tap and veth per VM, egress enforced with
     /// nftables; needs root), `cni` (the namespace's interface made by CNI plugins, see
     /// --cni-conf; egress still enforced by Ignition) or `none` (no network interface).
@@ -333,11 +345,27 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         (!args.peers.is_empty())
             .then(|| SocketAddr::new(args.listen.ip(), args.listen.port().wrapping_add(1)))
     });
+    let tls = match (&args.cluster_ca, &args.cluster_cert, &args.cluster_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let read =
+                |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            Some(ignition_cluster::ClusterTls {
+                ca: read(ca)?,
+                cert: read(cert)?,
+                key: read(key)?,
+            })
+        }
+        _ => None,
+    };
+    if cluster_addr.is_some() && tls.is_none() {
+        tracing::warn!("cluster traffic is neither authenticated nor encrypted (no --cluster-ca): keep --cluster-addr on a network only the nodes reach");
+    }
     let cluster = cluster_addr.map(|addr| {
         let mut c = ignition_cluster::ClusterConfig::new(addr, args.peers.clone());
         c.steal = !args.no_steal;
         c.probes = args.steal_probes;
         c.lease = Duration::from_millis(args.lease_ms.max(400));
+        c.tls = tls.clone();
         c
     });
     let node = ignition_cluster::Node::start(

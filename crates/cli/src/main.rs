@@ -4,6 +4,7 @@ mod bench_plot;
 mod bench_stats;
 mod client;
 mod cmd_bench;
+mod cmd_cluster;
 mod cmd_doctor;
 mod cmd_fn;
 mod cmd_image;
@@ -40,6 +41,9 @@ enum Command {
     /// Manage access keys (operators: works on the data directory directly).
     #[command(subcommand)]
     Key(cmd_key::KeyCommand),
+    /// Cluster set-up: certificates for mutual TLS between nodes.
+    #[command(subcommand)]
+    Cluster(cmd_cluster::ClusterCommand),
 }
 
 /// Options shared by commands that use the image cache.
@@ -77,6 +81,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => cmd_bench::run(args),
         Command::Doctor(args) => cmd_doctor::run(args),
         Command::Key(cmd) => cmd_key::run(cmd),
+        Command::Cluster(cmd) => cmd_cluster::run(cmd),
     };
     match result {
         Ok(code) => code,

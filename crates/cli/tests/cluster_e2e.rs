@@ -243,3 +243,85 @@ fn a_node_joining_later_starts_stealing() {
         n.stop_and_check_clean();
     }
 }
+
+/// `ignition cluster certs` into `dir` for `nodes`; the flags a node needs.
+fn certs(dir: &std::path::Path, nodes: &[&str]) {
+    let mut args = vec!["cluster", "certs", "--dir", dir.to_str().unwrap()];
+    for n in nodes {
+        args.extend(["--node", n]);
+    }
+    let out = std::process::Command::new(common::BIN)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn tls_args(dir: &std::path::Path, node: &str) -> Vec<String> {
+    let f = |name: String| dir.join(name).to_str().unwrap().to_owned();
+    vec![
+        "--cluster-ca".into(),
+        f("ca.pem".into()),
+        "--cluster-cert".into(),
+        f(format!("{node}.pem")),
+        "--cluster-key".into(),
+        f(format!("{node}-key.pem")),
+    ]
+}
+
+#[test]
+fn with_mutual_tls_only_members_get_work_or_functions() {
+    let ours = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    certs(ours.path(), &["n1", "n2"]);
+    certs(theirs.path(), &["n3"]);
+    let a1 = tls_args(ours.path(), "n1");
+    let a2 = tls_args(ours.path(), "n2");
+    let a3 = tls_args(theirs.path(), "n3");
+    let (n1, seed) = node("n1", None, &refs(&a1));
+    let (n2, _) = node("n2", Some(seed), &refs(&a2));
+    // An outsider with a certificate from another CA gossips its way in, but no member
+    // accepts its calls, and it accepts none of theirs.
+    let (n3, _) = node("n3", Some(seed), &refs(&a3));
+    wait_for_peers(&[&n1, &n2, &n3], 2);
+
+    let code = code_dir(&[("app.py", SLEEPER)]);
+    n1.deploy(
+        "sleeper",
+        "python3",
+        "app.handler",
+        code.path(),
+        &["--timeout", "30"],
+    );
+    wait_for_function(&n2, "sleeper");
+    let by_node = counts(&burst(&n1.url, "sleeper", 8, 1.0));
+    assert!(by_node.get("n2").copied().unwrap_or(0) >= 1, "{by_node:?}");
+    assert!(
+        !by_node.contains_key("n3"),
+        "the outsider ran nothing: {by_node:?}"
+    );
+    let s3 = cluster_stats(&n3);
+    assert_eq!(
+        (s3["ran_stolen"].as_u64(), s3["offers_accepted"].as_u64()),
+        (Some(0), Some(0)),
+        "{s3}"
+    );
+    let status = n3
+        .http()
+        .get(format!("{}/v1/functions/sleeper", n3.url))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 404, "the registry never reached the outsider");
+    for n in [n1, n2, n3] {
+        n.stop_and_check_clean();
+    }
+}

@@ -41,7 +41,11 @@ pub mod pb {
 }
 
 pub use membership::Peer;
-pub use node::{ClusterConfig, Node, NodeConfig, NodeStats, Ran};
+pub use node::{ClusterConfig, ClusterTls, Node, NodeConfig, NodeStats, Ran};
+
+/// The name every node's certificate carries and every node checks, whatever its address:
+/// membership says which addresses are nodes, the CA says which certificates are.
+pub const TLS_SERVER_NAME: &str = "ignition-cluster";
 
 /// The largest message between nodes: a 64 MiB bundle or a 6 MiB event with room to spare.
 pub(crate) const MAX_MESSAGE: usize = 96 * 1024 * 1024;
@@ -61,4 +65,7 @@ pub enum ClusterError {
     /// The local store failed.
     #[error("store: {0}")]
     Store(String),
+    /// The TLS certificates are unusable.
+    #[error("cluster TLS: {0}")]
+    Tls(String),
 }

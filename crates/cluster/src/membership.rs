@@ -32,7 +32,7 @@ const GOSSIP_INTERVAL: Duration = Duration::from_millis(250);
 pub struct Peer {
     /// Its node id.
     pub id: String,
-    /// Its gRPC endpoint, `http://HOST:PORT`.
+    /// Its gRPC endpoint, `http://HOST:PORT` or `https://HOST:PORT`.
     pub endpoint: String,
 }
 
@@ -55,6 +55,7 @@ impl Membership {
         cluster_id: &str,
         node_id: &str,
         addr: SocketAddr,
+        scheme: &str,
         seeds: &[String],
     ) -> Result<Self, ClusterError> {
         // A restarted node is a new generation: peers drop what its predecessor said.
@@ -77,7 +78,7 @@ impl Membership {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
         };
-        let kvs = vec![(GRPC_KEY.to_owned(), format!("http://{addr}"))];
+        let kvs = vec![(GRPC_KEY.to_owned(), format!("{scheme}://{addr}"))];
         let handle = spawn_chitchat(config, kvs, &UdpTransport)
             .await
             .map_err(|e| ClusterError::Gossip(format!("{e:#}")))?;

@@ -55,6 +55,26 @@ pub struct ClusterConfig {
     pub idle_probe_min: Duration,
     /// The longest pause between steal attempts of an idle node.
     pub idle_probe_max: Duration,
+    /// Mutual TLS between nodes; `None`: plaintext, for a network only the nodes reach.
+    pub tls: Option<ClusterTls>,
+}
+
+/// The certificates of mutual TLS between nodes (PEM): every node presents a certificate signed
+/// by the cluster's CA for the name [`crate::TLS_SERVER_NAME`], and accepts only peers that do.
+#[derive(Clone)]
+pub struct ClusterTls {
+    /// The cluster's CA certificate.
+    pub ca: Vec<u8>,
+    /// This node's certificate.
+    pub cert: Vec<u8>,
+    /// This node's private key.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClusterTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterTls { .. }")
+    }
 }
 
 impl ClusterConfig {
@@ -69,6 +89,7 @@ impl ClusterConfig {
             lease: Duration::from_secs(10),
             idle_probe_min: Duration::from_millis(20),
             idle_probe_max: Duration::from_millis(500),
+            tls: None,
         }
     }
 }
@@ -187,6 +208,8 @@ pub struct Node {
     pub(crate) cluster: Option<ClusterConfig>,
     pub(crate) membership: tokio::sync::OnceCell<Membership>,
     pub(crate) clients: Clients,
+    /// The registry's view: the version of each function this node holds ([`crate::registry`]).
+    pub(crate) registry: Mutex<HashMap<String, crate::registry::Version>>,
     pub(crate) bundles: BundleCache,
     pub(crate) counters: Counters,
     pub(crate) stopping: AtomicBool,
@@ -227,8 +250,9 @@ impl Node {
             },
             cluster: config.cluster.clone(),
             membership: tokio::sync::OnceCell::new(),
-            clients: Clients::default(),
+            clients: Clients::new(config.cluster.as_ref().and_then(|c| c.tls.clone())),
             bundles: BundleCache::new(BUNDLE_CACHE_BYTES),
+            registry: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             stopping: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
@@ -237,7 +261,8 @@ impl Node {
         });
         if let Some(c) = &config.cluster {
             crate::service::serve(Arc::clone(&node), c.addr).await?;
-            let m = Membership::join(&c.cluster_id, &node.id, c.addr, &c.peers).await?;
+            let scheme = if c.tls.is_some() { "https" } else { "http" };
+            let m = Membership::join(&c.cluster_id, &node.id, c.addr, scheme, &c.peers).await?;
             let _ = node.membership.set(m);
             tokio::spawn(Arc::clone(&node).keep_leases());
             tokio::spawn(crate::steal::give_up_unrenewed(Arc::clone(&node), c.lease));

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::pb::node_client::NodeClient;
-use crate::{ClusterError, MAX_MESSAGE};
+use crate::{ClusterError, ClusterTls, MAX_MESSAGE, TLS_SERVER_NAME};
 
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -16,20 +16,48 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 #[derive(Debug, Default)]
 pub(crate) struct Clients {
     by_endpoint: Mutex<HashMap<String, NodeClient<Channel>>>,
+    tls: Option<ClusterTls>,
 }
 
 impl Clients {
+    /// Clients that speak mutual TLS with `tls`, or plaintext.
+    pub(crate) fn new(tls: Option<ClusterTls>) -> Self {
+        Self {
+            by_endpoint: Mutex::new(HashMap::new()),
+            tls,
+        }
+    }
+
     /// The client of the node at `endpoint` (`http://HOST:PORT`).
     pub(crate) fn get(&self, endpoint: &str) -> Result<NodeClient<Channel>, ClusterError> {
         let mut map = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(endpoint) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(endpoint.to_owned())
+        let mut ep = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| ClusterError::Peer(format!("{endpoint}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        match (&self.tls, endpoint.starts_with("https://")) {
+            (Some(tls), true) => {
+                let config = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&tls.ca))
+                    .identity(Identity::from_pem(&tls.cert, &tls.key))
+                    .domain_name(TLS_SERVER_NAME);
+                ep = ep
+                    .tls_config(config)
+                    .map_err(|e| ClusterError::Tls(e.to_string()))?;
+            }
+            (None, false) => {}
+            // Never send what a TLS cluster carries in the clear, nor trust a peer that
+            // speaks it without a certificate.
+            _ => {
+                return Err(ClusterError::Peer(format!(
+                    "{endpoint}: this node and the peer disagree on cluster TLS"
+                )))
+            }
+        }
+        let channel = ep.connect_lazy();
         let client = NodeClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);

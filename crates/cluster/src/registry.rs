@@ -37,7 +37,7 @@ pub(crate) struct Version {
 }
 
 impl Version {
-    fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         format!(
             "{}/{}",
             self.stamp_ms,
@@ -81,6 +81,10 @@ pub(crate) async fn replicate(node: Arc<Node>) {
             tracing::warn!(error = %e, "registry replication round failed");
         }
         first = false;
+        node.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone_from(&held);
         tokio::select! {
             () = tokio::time::sleep(SCAN_EVERY) => {}
             () = node.stop.notified() => return,
@@ -174,6 +178,15 @@ async fn round(
         if !same_content {
             match &v.digest {
                 None => {
+                    // Gossip is a hint: the deletion is applied only once the node that
+                    // advertised it confirms it over the (authenticated) cluster channel.
+                    let Some(endpoint) = endpoints.get(&peer) else {
+                        continue;
+                    };
+                    if !confirms(node, endpoint, &name, &v).await {
+                        tracing::warn!(function = %name, from = %peer, "a deletion advertised by gossip was not confirmed; ignored");
+                        continue;
+                    }
                     let n = name.clone();
                     blocking(&node.store, move |s| s.delete_function(&n)).await?;
                     node.worker.invalidate(&name).await;
@@ -207,6 +220,23 @@ async fn round(
         m.set(&format!("{PREFIX}{name}"), &v.encode()).await;
     }
     Ok(())
+}
+
+/// Whether the node at `endpoint` holds version `v` of `name`.
+async fn confirms(node: &Arc<Node>, endpoint: &str, name: &str, v: &Version) -> bool {
+    let Ok(mut client) = node.clients.get(endpoint) else {
+        return false;
+    };
+    let reply = call(
+        endpoint,
+        "get version",
+        FETCH_TIMEOUT,
+        client.get_version(pb::FunctionRequest {
+            name: name.to_owned(),
+        }),
+    )
+    .await;
+    reply.is_ok_and(|r| Version::decode(&r.version).as_ref() == Some(v))
 }
 
 /// Fetches `name` from `from` and stores it, if it is the content `digest` names.

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
@@ -23,6 +24,17 @@ pub(crate) async fn serve(node: Arc<Node>, addr: SocketAddr) -> Result<(), Clust
         .await
         .map_err(|e| ClusterError::Bind(addr, e))?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let tls = node.cluster.as_ref().and_then(|c| c.tls.as_ref()).map(|t| {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&t.cert, &t.key))
+            .client_ca_root(Certificate::from_pem(&t.ca))
+    });
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| ClusterError::Tls(e.to_string()))?;
+    }
     let service = NodeServer::new(Service {
         node: Arc::clone(&node),
     })
@@ -34,8 +46,7 @@ pub(crate) async fn serve(node: Arc<Node>, addr: SocketAddr) -> Result<(), Clust
                 node.stop.notified().await;
             }
         };
-        let served = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let served = builder
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, stop)
             .await;
@@ -163,6 +174,22 @@ impl NodeService for Service {
             Some(tar) => Ok(Response::new(pb::BundleReply { tar })),
             None => Err(Status::not_found(format!("no bundle {sha}"))),
         }
+    }
+
+    async fn get_version(
+        &self,
+        r: Request<pb::FunctionRequest>,
+    ) -> Result<Response<pb::VersionReply>, Status> {
+        let name = r.into_inner().name;
+        let version = self
+            .node
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name)
+            .map(crate::registry::Version::encode)
+            .unwrap_or_default();
+        Ok(Response::new(pb::VersionReply { version }))
     }
 
     async fn get_function(
