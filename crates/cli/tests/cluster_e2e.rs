@@ -24,8 +24,16 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A node with 2 slots at a fresh cluster address, joining through `seed` if given.
+/// A node with 2 slots at a fresh cluster address, joining through `seed` if given, in
+/// development mode (no authentication).
 fn node(id: &str, seed: Option<u16>, extra: &[&str]) -> (TestServer, u16) {
+    let mut args = vec!["--dev"];
+    args.extend_from_slice(extra);
+    node_secure(id, seed, &args)
+}
+
+/// As [`node`], authenticating every request.
+fn node_secure(id: &str, seed: Option<u16>, extra: &[&str]) -> (TestServer, u16) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let seed = seed.map(|p| format!("127.0.0.1:{p}"));
@@ -46,7 +54,7 @@ fn node(id: &str, seed: Option<u16>, extra: &[&str]) -> (TestServer, u16) {
         args.extend(["--peers", s.as_str()]);
     }
     args.extend_from_slice(extra);
-    (TestServer::start(&args), port)
+    (TestServer::start_secure(&args), port)
 }
 
 fn cluster_stats(n: &TestServer) -> serde_json::Value {
@@ -322,6 +330,72 @@ fn with_mutual_tls_only_members_get_work_or_functions() {
         .status();
     assert_eq!(status, 404, "the registry never reached the outsider");
     for n in [n1, n2, n3] {
+        n.stop_and_check_clean();
+    }
+}
+
+#[test]
+fn keys_made_at_one_node_authenticate_at_every_node_until_removed() {
+    let (n1, seed) = node_secure("n1", None, &[]);
+    let (n2, _) = node_secure("n2", Some(seed), &[]);
+    wait_for_peers(&[&n1, &n2], 1);
+    let (id, secret) = n1.create_key("acme");
+    let token = format!("{id}:{secret}");
+    let code = common::repo_root().join("examples/hello-python");
+    let out = n1.cli_as(
+        &token,
+        &[
+            "fn",
+            "deploy",
+            "hello",
+            "--runtime",
+            "python3",
+            "--handler",
+            "app.handler",
+            "--code",
+            code.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The key and acme's function reach n2, which then serves acme.
+    wait_for(
+        "acme's key and function at n2",
+        Duration::from_secs(60),
+        || {
+            n2.cli_as(&token, &["fn", "ls"]).status.success()
+                && String::from_utf8_lossy(&n2.cli_as(&token, &["fn", "ls"]).stdout)
+                    .contains("hello")
+        },
+    );
+    let out = n2.cli_as(
+        &token,
+        &["fn", "invoke", "hello", "--data", r#"{"name": "acme"}"#],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("acme"));
+    // Removed at n1, the key stops working at n2 too.
+    let rm = std::process::Command::new(common::BIN)
+        .args(["key", "rm", &id, "--data-dir"])
+        .arg(n1.data_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    wait_for("the key's removal at n2", Duration::from_secs(60), || {
+        !n2.cli_as(&token, &["fn", "ls"]).status.success()
+    });
+    for n in [n1, n2] {
         n.stop_and_check_clean();
     }
 }

@@ -1,6 +1,7 @@
-//! The function registry, the same on every node: each node keeps the functions in its own
-//! store and says, by gossip, which version of each it holds; a node that sees a newer version
-//! elsewhere fetches it (configuration, then code by hash) and stores it.
+//! The registry, the same on every node: functions (`fn:NAME`) and access keys (`key:ID`).
+//! Each node keeps them in its own store and says, by gossip, which version of each it holds; a
+//! node that sees a newer version elsewhere fetches it over gRPC (a function's configuration,
+//! then its code by hash; a key's tenant and secret) and stores it.
 //!
 //! A version is `(stamp, digest)`: the stamp is the time of the change in milliseconds at the
 //! node where it was made, the digest a hash of the configuration and the code's hash, and a
@@ -9,21 +10,75 @@
 //! the version it holds, so what a node deployed outlives that node.
 //!
 //! Local changes are found by comparing the store with what was last advertised, twice a
-//! second, so the API's handlers need not know about the cluster. Only `$LATEST` is replicated:
-//! published versions, aliases and access keys stay on the node where they were made.
+//! second, so the API's handlers and `ignition key` need not know about the cluster. Gossip is
+//! a hint: content comes only from the node that advertised it, over the cluster's gRPC (mutual
+//! TLS when configured), and a deletion is applied once that node confirms it. Published
+//! versions and aliases are not replicated (they stay on the node where they were made).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ignition_store::{FunctionConfig, FunctionRecord, Store};
+use ignition_store::{FunctionConfig, Store};
 
 use crate::membership::Peer;
 use crate::node::Node;
 use crate::peers::call;
 use crate::{pb, ClusterError};
 
-const PREFIX: &str = "fn:";
+/// What the registry replicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Function,
+    Key,
+}
+
+impl Kind {
+    const ALL: [Self; 2] = [Self::Function, Self::Key];
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Function => "fn:",
+            Self::Key => "key:",
+        }
+    }
+
+    fn of(entry: &str) -> Option<(Self, &str)> {
+        Self::ALL
+            .into_iter()
+            .find_map(|k| entry.strip_prefix(k.prefix()).map(|name| (k, name)))
+    }
+}
+
+/// Everything the registry holds here: entry (`fn:NAME`, `key:ID`) → (digest, written at, ms).
+async fn local(node: &Arc<Node>) -> Result<Vec<(String, String, u64)>, ClusterError> {
+    let functions = blocking(&node.store, Store::list_functions).await?;
+    let keys = blocking(&node.store, Store::list_keys).await?;
+    let ms = |secs: i64| u64::try_from(secs).unwrap_or(0).saturating_mul(1000);
+    let mut out: Vec<(String, String, u64)> = functions
+        .iter()
+        .map(|r| {
+            (
+                format!("fn:{}", r.config.name),
+                digest(&r.config, &r.code_sha256),
+                ms(r.updated_at),
+            )
+        })
+        .collect();
+    out.extend(keys.iter().map(|(k, created)| {
+        (
+            format!("key:{}", k.access_key_id),
+            key_digest(&k.tenant, &k.secret_access_key),
+            ms(*created),
+        )
+    }));
+    Ok(out)
+}
+
+/// What identifies a key's content without revealing its secret (a 40-character random string).
+fn key_digest(tenant: &str, secret: &str) -> String {
+    ignition_store::sha256_hex(format!("{tenant}\n{secret}").as_bytes())
+}
 const TOMBSTONE: &str = "-";
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -112,40 +167,36 @@ async fn round(
         return Ok(());
     };
     // 1. What changed here since the last round.
-    let records = blocking(&node.store, Store::list_functions).await?;
+    let entries = local(node).await?;
     let mut present = std::collections::HashSet::new();
-    for r in &records {
-        present.insert(r.config.name.clone());
-        let d = digest(&r.config, &r.code_sha256);
-        if held.get(&r.config.name).and_then(|v| v.digest.as_ref()) != Some(&d) {
-            // At start-up a record is as old as its write, so a node that was down does not
+    for (entry, d, written_ms) in entries {
+        if held.get(&entry).and_then(|v| v.digest.as_ref()) != Some(&d) {
+            // At start-up an entry is as old as its write, so a node that was down does not
             // override what changed meanwhile; later, a change is as old as this round.
-            let stamp_ms = if first {
-                u64::try_from(r.updated_at)
-                    .unwrap_or(0)
-                    .saturating_mul(1000)
-            } else {
-                now_ms()
-            };
+            let stamp_ms = if first { written_ms } else { now_ms() };
             held.insert(
-                r.config.name.clone(),
+                entry.clone(),
                 Version {
                     stamp_ms,
                     digest: Some(d),
                 },
             );
         }
+        present.insert(entry);
     }
-    for (name, v) in held.iter_mut() {
-        if v.digest.is_some() && !present.contains(name) {
+    for (entry, v) in held.iter_mut() {
+        if v.digest.is_some() && !present.contains(entry) {
             *v = Version {
                 stamp_ms: now_ms(),
                 digest: None,
             };
         }
     }
-    // 2. The newest version of each function anywhere, and who has it.
-    let advertised = m.values(PREFIX).await;
+    // 2. The newest version of each entry anywhere, and who has it.
+    let mut advertised = m.values(Kind::Function.prefix()).await;
+    for (peer, kvs) in m.values(Kind::Key.prefix()).await {
+        advertised.entry(peer).or_default().extend(kvs);
+    }
     let endpoints: HashMap<String, String> = m
         .peers()
         .await
@@ -157,119 +208,160 @@ async fn round(
         if peer == node.id {
             continue;
         }
-        for (key, value) in kvs {
-            let (Some(name), Some(v)) = (key.strip_prefix(PREFIX), Version::decode(&value)) else {
+        for (entry, value) in kvs {
+            let (Some(_), Some(v)) = (Kind::of(&entry), Version::decode(&value)) else {
                 continue;
             };
-            match newest.get(name) {
+            match newest.get(&entry) {
                 Some((best, _)) if *best >= v => {}
                 _ => {
-                    newest.insert(name.to_owned(), (v, peer.clone()));
+                    newest.insert(entry, (v, peer.clone()));
                 }
             }
         }
     }
     // 3. Adopt what is newer than what this node holds.
-    for (name, (v, peer)) in newest {
-        if held.get(&name).is_some_and(|mine| *mine >= v) {
+    for (entry, (v, peer)) in newest {
+        if held.get(&entry).is_some_and(|mine| *mine >= v) {
             continue;
         }
-        let same_content = held.get(&name).map(|h| &h.digest) == Some(&v.digest);
+        let same_content = held.get(&entry).map(|h| &h.digest) == Some(&v.digest);
         if !same_content {
-            match &v.digest {
-                None => {
-                    // Gossip is a hint: the deletion is applied only once the node that
-                    // advertised it confirms it over the (authenticated) cluster channel.
-                    let Some(endpoint) = endpoints.get(&peer) else {
-                        continue;
-                    };
-                    if !confirms(node, endpoint, &name, &v).await {
-                        tracing::warn!(function = %name, from = %peer, "a deletion advertised by gossip was not confirmed; ignored");
-                        continue;
-                    }
-                    let n = name.clone();
-                    blocking(&node.store, move |s| s.delete_function(&n)).await?;
-                    node.worker.invalidate(&name).await;
-                    tracing::info!(function = %name, from = %peer, "replicated a deletion");
-                }
-                Some(d) => {
-                    let Some(endpoint) = endpoints.get(&peer) else {
-                        continue;
-                    };
-                    let from = Peer {
-                        id: peer.clone(),
-                        endpoint: endpoint.clone(),
-                    };
-                    match fetch(node, &from, &name, d).await {
-                        Ok(record) => {
-                            node.worker.invalidate(&name).await;
-                            tracing::info!(function = %name, from = %peer, code = %record.code_sha256, "replicated a function");
-                        }
-                        Err(e) => {
-                            tracing::warn!(function = %name, from = %peer, error = %e, "cannot replicate a function");
-                            continue;
-                        }
-                    }
-                }
+            let (Some((kind, name)), Some(endpoint)) = (Kind::of(&entry), endpoints.get(&peer))
+            else {
+                continue;
+            };
+            let from = Peer {
+                id: peer.clone(),
+                endpoint: endpoint.clone(),
+            };
+            let applied = match &v.digest {
+                None => delete(node, &from, kind, name, &entry, &v).await,
+                Some(d) => fetch(node, &from, kind, name, d).await,
+            };
+            if let Err(e) = applied {
+                tracing::warn!(entry = %redact(&entry), from = %peer, error = %e, "cannot replicate");
+                continue;
             }
+            tracing::info!(entry = %redact(&entry), from = %peer, deleted = v.digest.is_none(), "replicated");
         }
-        held.insert(name, v);
+        held.insert(entry, v);
     }
     // 4. Advertise what this node holds.
-    for (name, v) in held.iter() {
-        m.set(&format!("{PREFIX}{name}"), &v.encode()).await;
+    for (entry, v) in held.iter() {
+        m.set(entry, &v.encode()).await;
     }
     Ok(())
 }
 
-/// Whether the node at `endpoint` holds version `v` of `name`.
-async fn confirms(node: &Arc<Node>, endpoint: &str, name: &str, v: &Version) -> bool {
-    let Ok(mut client) = node.clients.get(endpoint) else {
-        return false;
-    };
-    let reply = call(
-        endpoint,
-        "get version",
-        FETCH_TIMEOUT,
-        client.get_version(pb::FunctionRequest {
-            name: name.to_owned(),
-        }),
-    )
-    .await;
-    reply.is_ok_and(|r| Version::decode(&r.version).as_ref() == Some(v))
+/// An entry's name for logs: a key's id is not a secret, but there is no need to spread it.
+fn redact(entry: &str) -> &str {
+    match Kind::of(entry) {
+        Some((Kind::Key, _)) => "key:…",
+        _ => entry,
+    }
 }
 
-/// Fetches `name` from `from` and stores it, if it is the content `digest` names.
-async fn fetch(
+/// Applies a deletion of `entry` that `from` advertised, once `from` confirms it holds it.
+async fn delete(
     node: &Arc<Node>,
     from: &Peer,
+    kind: Kind,
     name: &str,
-    want: &str,
-) -> Result<FunctionRecord, ClusterError> {
+    entry: &str,
+    v: &Version,
+) -> Result<(), ClusterError> {
     let mut client = node.clients.get(&from.endpoint)?;
     let reply = call(
         &from.endpoint,
-        "get function",
+        "get version",
         FETCH_TIMEOUT,
-        client.get_function(pb::FunctionRequest {
-            name: name.to_owned(),
+        client.get_version(pb::VersionRequest {
+            key: entry.to_owned(),
         }),
     )
     .await?;
-    let config: FunctionConfig = serde_json::from_str(&reply.config_json)
-        .map_err(|e| ClusterError::Peer(format!("{}: {name}'s configuration: {e}", from.id)))?;
-    if config.name != name || digest(&config, &reply.code_sha256) != want {
-        // It changed again since it was advertised; a later round gets the newer one.
+    if Version::decode(&reply.version).as_ref() != Some(v) {
         return Err(ClusterError::Peer(format!(
-            "{}: {name} is no longer the advertised version",
+            "{} does not confirm the deletion it advertised",
             from.id
         )));
     }
-    config
-        .validate()
-        .map_err(|e| ClusterError::Peer(format!("{}: {name}: {e}", from.id)))?;
-    let code = node.bundle(from, &reply.code_sha256).await?;
-    blocking(&node.store, move |s| s.put_function(&config, &code)).await
+    let n = name.to_owned();
+    match kind {
+        Kind::Function => {
+            blocking(&node.store, move |s| s.delete_function(&n)).await?;
+            node.worker.invalidate(name).await;
+        }
+        Kind::Key => {
+            blocking(&node.store, move |s| s.delete_key(&n)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Fetches `name` from `from` and stores it, if it is the content `want` names.
+async fn fetch(
+    node: &Arc<Node>,
+    from: &Peer,
+    kind: Kind,
+    name: &str,
+    want: &str,
+) -> Result<(), ClusterError> {
+    let stale = || {
+        ClusterError::Peer(format!(
+            "{}: {name} is no longer the advertised version",
+            from.id
+        ))
+    };
+    let mut client = node.clients.get(&from.endpoint)?;
+    match kind {
+        Kind::Function => {
+            let reply = call(
+                &from.endpoint,
+                "get function",
+                FETCH_TIMEOUT,
+                client.get_function(pb::FunctionRequest {
+                    name: name.to_owned(),
+                }),
+            )
+            .await?;
+            let config: FunctionConfig = serde_json::from_str(&reply.config_json).map_err(|e| {
+                ClusterError::Peer(format!("{}: {name}'s configuration: {e}", from.id))
+            })?;
+            // It may have changed again since it was advertised; a later round gets that.
+            if config.name != name || digest(&config, &reply.code_sha256) != want {
+                return Err(stale());
+            }
+            config
+                .validate()
+                .map_err(|e| ClusterError::Peer(format!("{}: {name}: {e}", from.id)))?;
+            let code = node.bundle(from, &reply.code_sha256).await?;
+            blocking(&node.store, move |s| s.put_function(&config, &code)).await?;
+            node.worker.invalidate(name).await;
+        }
+        Kind::Key => {
+            let reply = call(
+                &from.endpoint,
+                "get key",
+                FETCH_TIMEOUT,
+                client.get_key(pb::KeyRequest {
+                    access_key_id: name.to_owned(),
+                }),
+            )
+            .await?;
+            if key_digest(&reply.tenant, &reply.secret_access_key) != want {
+                return Err(stale());
+            }
+            let key = ignition_store::AccessKey {
+                access_key_id: name.to_owned(),
+                secret_access_key: reply.secret_access_key,
+                tenant: reply.tenant,
+            };
+            blocking(&node.store, move |s| s.put_key(&key)).await?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -178,18 +178,33 @@ impl NodeService for Service {
 
     async fn get_version(
         &self,
-        r: Request<pb::FunctionRequest>,
+        r: Request<pb::VersionRequest>,
     ) -> Result<Response<pb::VersionReply>, Status> {
-        let name = r.into_inner().name;
+        let key = r.into_inner().key;
         let version = self
             .node
             .registry
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&name)
+            .get(&key)
             .map(crate::registry::Version::encode)
             .unwrap_or_default();
         Ok(Response::new(pb::VersionReply { version }))
+    }
+
+    async fn get_key(&self, r: Request<pb::KeyRequest>) -> Result<Response<pb::KeyReply>, Status> {
+        let id = r.into_inner().access_key_id;
+        let store = Arc::clone(&self.node.store);
+        let i = id.clone();
+        let key = tokio::task::spawn_blocking(move || store.key(&i))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no access key {id}")))?;
+        Ok(Response::new(pb::KeyReply {
+            tenant: key.tenant,
+            secret_access_key: key.secret_access_key,
+        }))
     }
 
     async fn get_function(
