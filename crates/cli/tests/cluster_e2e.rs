@@ -169,6 +169,37 @@ fn skewed_load_spreads_and_every_result_returns_to_its_caller() {
         .sum();
     assert!(thieves >= 4, "thieves counted what they ran");
 
+    // A version published and an alias made at one node serve at another.
+    let published = n1
+        .http()
+        .post(format!("{}/2015-03-31/functions/sleeper/versions", n1.url))
+        .json(&serde_json::json!({}))
+        .send()
+        .unwrap();
+    assert!(published.status().is_success(), "{:?}", published.text());
+    let alias = n1
+        .http()
+        .post(format!("{}/2015-03-31/functions/sleeper/aliases", n1.url))
+        .json(&serde_json::json!({"Name": "live", "FunctionVersion": "1"}))
+        .send()
+        .unwrap();
+    assert!(alias.status().is_success(), "{:?}", alias.text());
+    wait_for("the alias to serve at n3", Duration::from_secs(60), || {
+        let r = n3
+            .http()
+            .post(format!(
+                "{}/2015-03-31/functions/sleeper/invocations?Qualifier=live",
+                n3.url
+            ))
+            .body(r#"{"i": 7, "sleep": 0}"#)
+            .send()
+            .unwrap();
+        r.status() == 200
+            && r.headers()
+                .get("X-Amz-Executed-Version")
+                .is_some_and(|v| v == "1")
+    });
+
     // A deletion anywhere reaches every node.
     let out = n2.cli(&["fn", "rm", "sleeper"]);
     assert!(

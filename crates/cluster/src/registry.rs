@@ -12,8 +12,10 @@
 //! Local changes are found by comparing the store with what was last advertised, twice a
 //! second, so the API's handlers and `ignition key` need not know about the cluster. Gossip is
 //! a hint: content comes only from the node that advertised it, over the cluster's gRPC (mutual
-//! TLS when configured), and a deletion is applied once that node confirms it. Published
-//! versions and aliases are not replicated (they stay on the node where they were made).
+//! TLS when configured), and a deletion is applied once that node confirms it. Versions
+//! (`ver:NAME@N`) and aliases (`alias:NAME:ALIAS`) replicate the same way; a version number is
+//! assigned by the node that publishes it, so two nodes publishing one function's versions at
+//! the same moment can both make `N`, and then the later wins.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -29,16 +31,24 @@ use crate::{pb, ClusterError};
 /// What the registry replicates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// `fn:NAME`: a function's `$LATEST`.
     Function,
+    /// `ver:NAME@N`: a published version.
+    Version,
+    /// `alias:NAME:ALIAS`.
+    Alias,
+    /// `key:ID`: an access key.
     Key,
 }
 
 impl Kind {
-    const ALL: [Self; 2] = [Self::Function, Self::Key];
+    const ALL: [Self; 4] = [Self::Function, Self::Version, Self::Alias, Self::Key];
 
     fn prefix(self) -> &'static str {
         match self {
             Self::Function => "fn:",
+            Self::Version => "ver:",
+            Self::Alias => "alias:",
             Self::Key => "key:",
         }
     }
@@ -54,6 +64,8 @@ impl Kind {
 async fn local(node: &Arc<Node>) -> Result<Vec<(String, String, u64)>, ClusterError> {
     let functions = blocking(&node.store, Store::list_functions).await?;
     let keys = blocking(&node.store, Store::list_keys).await?;
+    let versions = blocking(&node.store, Store::all_versions).await?;
+    let aliases = blocking(&node.store, Store::all_aliases).await?;
     let ms = |secs: i64| u64::try_from(secs).unwrap_or(0).saturating_mul(1000);
     let mut out: Vec<(String, String, u64)> = functions
         .iter()
@@ -65,6 +77,21 @@ async fn local(node: &Arc<Node>) -> Result<Vec<(String, String, u64)>, ClusterEr
             )
         })
         .collect();
+    out.extend(versions.iter().map(|(f, n, r)| {
+        (
+            format!("ver:{f}@{n}"),
+            digest(&r.config, &r.code_sha256),
+            ms(r.created_at),
+        )
+    }));
+    // An alias carries no time of its own: a change found here is stamped when found.
+    out.extend(aliases.iter().map(|(f, a)| {
+        (
+            format!("alias:{f}:{}", a.name),
+            alias_digest(a.version, &a.description),
+            0,
+        )
+    }));
     out.extend(keys.iter().map(|(k, created)| {
         (
             format!("key:{}", k.access_key_id),
@@ -73,6 +100,16 @@ async fn local(node: &Arc<Node>) -> Result<Vec<(String, String, u64)>, ClusterEr
         )
     }));
     Ok(out)
+}
+
+fn alias_digest(version: u32, description: &str) -> String {
+    ignition_store::sha256_hex(format!("{version}\n{description}").as_bytes())
+}
+
+/// `NAME@N` → (NAME, N).
+fn version_of(name: &str) -> Option<(&str, u32)> {
+    let (f, n) = name.rsplit_once('@')?;
+    Some((f, n.parse().ok().filter(|n| *n > 0)?))
 }
 
 /// What identifies a key's content without revealing its secret (a 40-character random string).
@@ -194,8 +231,10 @@ async fn round(
     }
     // 2. The newest version of each entry anywhere, and who has it.
     let mut advertised = m.values(Kind::Function.prefix()).await;
-    for (peer, kvs) in m.values(Kind::Key.prefix()).await {
-        advertised.entry(peer).or_default().extend(kvs);
+    for kind in [Kind::Version, Kind::Alias, Kind::Key] {
+        for (peer, kvs) in m.values(kind.prefix()).await {
+            advertised.entry(peer).or_default().extend(kvs);
+        }
     }
     let endpoints: HashMap<String, String> = m
         .peers()
@@ -296,8 +335,22 @@ async fn delete(
         Kind::Key => {
             blocking(&node.store, move |s| s.delete_key(&n)).await?;
         }
+        Kind::Version => {
+            let (f, v) = version_of(name).ok_or_else(|| bad_entry(entry))?;
+            let f = f.to_owned();
+            blocking(&node.store, move |s| s.delete_version(&f, v)).await?;
+        }
+        Kind::Alias => {
+            let (f, a) = name.split_once(':').ok_or_else(|| bad_entry(entry))?;
+            let (f, a) = (f.to_owned(), a.to_owned());
+            blocking(&node.store, move |s| s.delete_alias(&f, &a)).await?;
+        }
     }
     Ok(())
+}
+
+fn bad_entry(entry: &str) -> ClusterError {
+    ClusterError::Peer(format!("malformed registry entry {entry:?}"))
 }
 
 /// Fetches `name` from `from` and stores it, if it is the content `want` names.
@@ -323,6 +376,7 @@ async fn fetch(
                 FETCH_TIMEOUT,
                 client.get_function(pb::FunctionRequest {
                     name: name.to_owned(),
+                    version: 0,
                 }),
             )
             .await?;
@@ -339,6 +393,51 @@ async fn fetch(
             let code = node.bundle(from, &reply.code_sha256).await?;
             blocking(&node.store, move |s| s.put_function(&config, &code)).await?;
             node.worker.invalidate(name).await;
+        }
+        Kind::Version => {
+            let (f, v) = version_of(name).ok_or_else(|| bad_entry(name))?;
+            let reply = call(
+                &from.endpoint,
+                "get version",
+                FETCH_TIMEOUT,
+                client.get_function(pb::FunctionRequest {
+                    name: f.to_owned(),
+                    version: v,
+                }),
+            )
+            .await?;
+            let config: FunctionConfig = serde_json::from_str(&reply.config_json).map_err(|e| {
+                ClusterError::Peer(format!("{}: {name}'s configuration: {e}", from.id))
+            })?;
+            if config.name != f || digest(&config, &reply.code_sha256) != want {
+                return Err(stale());
+            }
+            let code = node.bundle(from, &reply.code_sha256).await?;
+            let f = f.to_owned();
+            blocking(&node.store, move |s| s.put_version(&f, v, &config, &code)).await?;
+        }
+        Kind::Alias => {
+            let (f, a) = name.split_once(':').ok_or_else(|| bad_entry(name))?;
+            let reply = call(
+                &from.endpoint,
+                "get alias",
+                FETCH_TIMEOUT,
+                client.get_alias(pb::AliasRequest {
+                    function: f.to_owned(),
+                    name: a.to_owned(),
+                }),
+            )
+            .await?;
+            if alias_digest(reply.version, &reply.description) != want {
+                return Err(stale());
+            }
+            let alias = ignition_store::Alias {
+                name: a.to_owned(),
+                version: reply.version,
+                description: reply.description,
+            };
+            let f = f.to_owned();
+            blocking(&node.store, move |s| s.replace_alias(&f, &alias)).await?;
         }
         Kind::Key => {
             let reply = call(

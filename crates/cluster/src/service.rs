@@ -192,6 +192,24 @@ impl NodeService for Service {
         Ok(Response::new(pb::VersionReply { version }))
     }
 
+    async fn get_alias(
+        &self,
+        r: Request<pb::AliasRequest>,
+    ) -> Result<Response<pb::AliasReply>, Status> {
+        let r = r.into_inner();
+        let store = Arc::clone(&self.node.store);
+        let (f, a) = (r.function.clone(), r.name.clone());
+        let alias = tokio::task::spawn_blocking(move || store.get_alias(&f, &a))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no alias {}:{}", r.function, r.name)))?;
+        Ok(Response::new(pb::AliasReply {
+            version: alias.version,
+            description: alias.description,
+        }))
+    }
+
     async fn get_key(&self, r: Request<pb::KeyRequest>) -> Result<Response<pb::KeyReply>, Status> {
         let id = r.into_inner().access_key_id;
         let store = Arc::clone(&self.node.store);
@@ -211,14 +229,18 @@ impl NodeService for Service {
         &self,
         r: Request<pb::FunctionRequest>,
     ) -> Result<Response<pb::FunctionReply>, Status> {
-        let name = r.into_inner().name;
+        let r = r.into_inner();
+        let (name, version) = (r.name, r.version);
         let store = Arc::clone(&self.node.store);
         let n = name.clone();
-        let record = tokio::task::spawn_blocking(move || store.get_function(&n))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::not_found(format!("no function {name}")))?;
+        let record = tokio::task::spawn_blocking(move || match version {
+            0 => store.get_function(&n),
+            v => store.get_version(&n, v),
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?
+        .ok_or_else(|| Status::not_found(format!("no function {name}")))?;
         let config_json =
             serde_json::to_string(&record.config).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::FunctionReply {

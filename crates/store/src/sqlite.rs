@@ -305,7 +305,7 @@ const SELECT: &str = "SELECT f.name, f.runtime, f.handler, f.memory_mib, f.timeo
     f.code_sha256, b.size, f.created_at, f.updated_at, f.reuse, f.egress
     FROM functions f JOIN bundles b ON b.sha256 = f.code_sha256";
 
-fn gc_bundle(tx: &rusqlite::Transaction<'_>, hash: &str) -> Result<(), StoreError> {
+pub(crate) fn gc_bundle(tx: &rusqlite::Transaction<'_>, hash: &str) -> Result<(), StoreError> {
     tx.execute(
         "DELETE FROM bundles WHERE sha256 = ?1
          AND NOT EXISTS (SELECT 1 FROM functions WHERE code_sha256 = ?1)

@@ -168,6 +168,115 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every published version of every function: (function, version, record).
+    pub fn all_versions(&self) -> Result<Vec<(String, u32, FunctionRecord)>, StoreError> {
+        let pairs: Vec<(String, u32)> = {
+            let conn = self.conn();
+            let mut stmt =
+                conn.prepare("SELECT function, version FROM versions ORDER BY function, version")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(pairs.len());
+        for (f, n) in pairs {
+            if let Some(r) = self.get_version(&f, n)? {
+                out.push((f, n, r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores version `n` of `function` as another node of the cluster published it, with its
+    /// code; replaces what this node had under that number.
+    pub fn put_version(
+        &self,
+        function: &str,
+        n: u32,
+        config: &FunctionConfig,
+        code_tar: &[u8],
+    ) -> Result<(), StoreError> {
+        config
+            .validate()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let hash = crate::sha256_hex(code_tar);
+        let json =
+            serde_json::to_string(config).map_err(|_| StoreError::Corrupt(function.to_owned()))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let old: Option<String> = tx
+            .query_row(
+                "SELECT code_sha256 FROM versions WHERE function = ?1 AND version = ?2",
+                params![function, n],
+                |r| r.get(0),
+            )
+            .optional()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO bundles (sha256, size, data, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, code_tar.len() as i64, code_tar, now()],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO versions (function, version, config, code_sha256, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![function, n, json, hash, now()],
+        )?;
+        if let Some(old) = old {
+            crate::sqlite::gc_bundle(&tx, &old)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes version `n` of `function` (and its code if nothing else uses it); whether it
+    /// existed.
+    pub fn delete_version(&self, function: &str, n: u32) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let old: Option<String> = tx
+            .query_row(
+                "SELECT code_sha256 FROM versions WHERE function = ?1 AND version = ?2",
+                params![function, n],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(old) = old else { return Ok(false) };
+        tx.execute(
+            "DELETE FROM versions WHERE function = ?1 AND version = ?2",
+            params![function, n],
+        )?;
+        crate::sqlite::gc_bundle(&tx, &old)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Every alias of every function: (function, alias).
+    pub fn all_aliases(&self) -> Result<Vec<(String, Alias)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT function, name, version, description FROM aliases ORDER BY function, name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                Alias {
+                    name: r.get(1)?,
+                    version: r.get(2)?,
+                    description: r.get(3)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Creates or replaces an alias (as another node of the cluster has it).
+    pub fn replace_alias(&self, function: &str, alias: &Alias) -> Result<(), StoreError> {
+        validate_alias(&alias.name).map_err(StoreError::Invalid)?;
+        self.conn().execute(
+            "INSERT OR REPLACE INTO aliases (function, name, version, description) VALUES (?1, ?2, ?3, ?4)",
+            params![function, alias.name, alias.version, alias.description],
+        )?;
+        Ok(())
+    }
+
     /// Deletes an alias; whether it existed.
     pub fn delete_alias(&self, function: &str, name: &str) -> Result<bool, StoreError> {
         Ok(self.conn().execute(
@@ -192,6 +301,38 @@ mod tests {
             reuse: false,
             egress: Vec::new(),
         }
+    }
+
+    #[test]
+    fn versions_and_aliases_made_elsewhere_are_stored_listed_and_removed() {
+        let s = Store::in_memory().unwrap();
+        s.put_version("f", 3, &config("a.x"), b"remote code")
+            .unwrap();
+        let all = s.all_versions().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].0.as_str(), all[0].1), ("f", 3));
+        assert_eq!(
+            s.get_bundle(&all[0].2.code_sha256).unwrap().unwrap(),
+            b"remote code"
+        );
+        let alias = Alias {
+            name: "live".into(),
+            version: 3,
+            description: "d".into(),
+        };
+        s.replace_alias("f", &alias).unwrap();
+        s.replace_alias("f", &alias).unwrap();
+        assert_eq!(s.all_aliases().unwrap(), vec![("f".to_owned(), alias)]);
+        let hash = all[0].2.code_sha256.clone();
+        assert!(s.delete_version("f", 3).unwrap());
+        assert!(!s.delete_version("f", 3).unwrap());
+        assert!(
+            s.get_bundle(&hash).unwrap().is_none(),
+            "its code went with it"
+        );
+        let mut bad = config("a.x");
+        bad.memory_mib = 1;
+        assert!(s.put_version("f", 4, &bad, b"x").is_err());
     }
 
     #[test]
