@@ -17,6 +17,7 @@
 //! replicated through both ([`registry`]).
 
 mod bundles;
+mod config;
 mod convert;
 mod ledger;
 mod membership;
@@ -26,6 +27,7 @@ mod queue;
 mod registry;
 mod service;
 mod share;
+mod stats;
 mod steal;
 
 /// The generated gRPC messages and service.
@@ -40,8 +42,10 @@ pub mod pb {
     tonic::include_proto!("ignition.cluster.v1");
 }
 
+pub use config::{ClusterConfig, ClusterTls, NodeConfig};
 pub use membership::Peer;
-pub use node::{ClusterConfig, ClusterTls, Node, NodeConfig, NodeStats, Ran};
+pub use node::{Node, Ran};
+pub use stats::NodeStats;
 
 /// The name every node's certificate carries and every node checks, whatever its address:
 /// membership says which addresses are nodes, the CA says which certificates are.

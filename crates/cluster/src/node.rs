@@ -2,7 +2,6 @@
 //! queue, or, when the queue is empty, from other nodes' queues.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,85 +13,18 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::bundles::BundleCache;
+use crate::config::{ClusterConfig, NodeConfig};
 use crate::ledger::Ledger;
 use crate::membership::{Membership, Peer};
 use crate::peers::Clients;
 use crate::queue::LocalQueue;
+use crate::stats::{Counters, NodeStats};
 use crate::{pb, ClusterError};
 
 /// Hand-overs of one invocation before the origin gives up on it.
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
 /// Bytes of stolen invocations' bundles a node keeps.
 const BUNDLE_CACHE_BYTES: usize = 512 * 1024 * 1024;
-
-/// How a node runs.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// The node's id, unique in its cluster.
-    pub node_id: String,
-    /// Executions the node runs at once (`--slots`).
-    pub slots: usize,
-    /// Cluster membership; `None`: a node of its own.
-    pub cluster: Option<ClusterConfig>,
-}
-
-/// How a node takes part in a cluster.
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    /// Gossip (UDP) and gRPC (TCP) address: bound, and given to peers.
-    pub addr: SocketAddr,
-    /// Other members' addresses to join through.
-    pub peers: Vec<String>,
-    /// The cluster's name: nodes of another cluster are ignored.
-    pub cluster_id: String,
-    /// Whether this node steals when idle (others may still steal from it).
-    pub steal: bool,
-    /// Peers probed per steal attempt.
-    pub probes: usize,
-    /// How long a stolen invocation's lease lasts without renewal.
-    pub lease: Duration,
-    /// Pause between steal attempts that found nothing, doubling up to `idle_probe_max`.
-    pub idle_probe_min: Duration,
-    /// The longest pause between steal attempts of an idle node.
-    pub idle_probe_max: Duration,
-    /// Mutual TLS between nodes; `None`: plaintext, for a network only the nodes reach.
-    pub tls: Option<ClusterTls>,
-}
-
-/// The certificates of mutual TLS between nodes (PEM): every node presents a certificate signed
-/// by the cluster's CA for the name [`crate::TLS_SERVER_NAME`], and accepts only peers that do.
-#[derive(Clone)]
-pub struct ClusterTls {
-    /// The cluster's CA certificate.
-    pub ca: Vec<u8>,
-    /// This node's certificate.
-    pub cert: Vec<u8>,
-    /// This node's private key.
-    pub key: Vec<u8>,
-}
-
-impl std::fmt::Debug for ClusterTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClusterTls { .. }")
-    }
-}
-
-impl ClusterConfig {
-    /// Defaults for a node at `addr` joining through `peers`.
-    pub fn new(addr: SocketAddr, peers: Vec<String>) -> Self {
-        Self {
-            addr,
-            peers,
-            cluster_id: "ignition".to_owned(),
-            steal: true,
-            probes: StealPolicy::default().probes,
-            lease: Duration::from_secs(10),
-            idle_probe_min: Duration::from_millis(20),
-            idle_probe_max: Duration::from_millis(500),
-            tls: None,
-        }
-    }
-}
 
 /// A finished invocation and the node that ran it.
 #[derive(Debug)]
@@ -113,75 +45,6 @@ pub(crate) struct Task {
     pub(crate) mode: StartMode,
     pub(crate) enqueued: Instant,
     pub(crate) reply: oneshot::Sender<Result<Ran, ExecError>>,
-}
-
-/// Counters since the node started.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) accepted: AtomicU64,
-    pub(crate) running: AtomicU64,
-    pub(crate) offers_pending: AtomicU64,
-    pub(crate) offered: AtomicU64,
-    pub(crate) offers_accepted: AtomicU64,
-    pub(crate) ran_local: AtomicU64,
-    pub(crate) ran_stolen: AtomicU64,
-    pub(crate) lent: AtomicU64,
-    pub(crate) returned: AtomicU64,
-    pub(crate) reclaimed: AtomicU64,
-    pub(crate) abandoned: AtomicU64,
-    pub(crate) probes: AtomicU64,
-    pub(crate) steal_requests: AtomicU64,
-    pub(crate) stolen: AtomicU64,
-    pub(crate) lease_lost: AtomicU64,
-    pub(crate) results_lost: AtomicU64,
-    pub(crate) bundles_fetched: AtomicU64,
-}
-
-/// What `/v1/stats` and `/metrics` show of a node.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct NodeStats {
-    /// The node's id.
-    pub node: String,
-    /// Its slots.
-    pub slots: usize,
-    /// Slots running an execution now.
-    pub busy: usize,
-    /// Invocations queued here, not started.
-    pub queued: usize,
-    /// Invocations of this node lent to thieves, running there now.
-    pub lent_now: usize,
-    /// Live peers (0 outside a cluster).
-    pub peers: usize,
-    /// Invocations accepted by this node.
-    pub accepted: u64,
-    /// Of those, run here.
-    pub ran_local: u64,
-    /// Invocations of other nodes run here.
-    pub ran_stolen: u64,
-    /// Invocations handed to thieves or to peers that took an offer (attempts).
-    pub lent: u64,
-    /// Arrivals offered to a peer because this node was saturated.
-    pub offered: u64,
-    /// Offers from peers this node took.
-    pub offers_accepted: u64,
-    /// Results thieves returned.
-    pub returned: u64,
-    /// Leases that expired unrenewed; the invocation was queued again.
-    pub reclaimed: u64,
-    /// Invocations failed after their last attempt's lease expired.
-    pub abandoned: u64,
-    /// Probes sent.
-    pub probes: u64,
-    /// Steal requests sent.
-    pub steal_requests: u64,
-    /// Invocations taken from other nodes.
-    pub stolen: u64,
-    /// Stolen invocations stopped because their lease could not be renewed.
-    pub lease_lost: u64,
-    /// Results that could not be returned to their origin.
-    pub results_lost: u64,
-    /// Bundles fetched from peers.
-    pub bundles_fetched: u64,
 }
 
 /// Stolen invocations running here, by (origin, id).
@@ -387,12 +250,16 @@ impl Node {
         else {
             return;
         };
-        let mut pause = self
-            .cluster
-            .as_ref()
-            .map_or(Duration::from_secs(1), |c| c.idle_probe_min);
+        // After `fruitless` steal attempts in a row found nothing, the next waits
+        // `idle_probe_min x policy.pause_factor(fruitless)` (the simulator's rule too). A node
+        // that does not steal has nothing to do until work arrives or it stops.
+        let mut fruitless = 0u32;
+        let pause = |fruitless: u32| match &self.cluster {
+            Some(c) if c.steal => c.idle_probe_min * self.policy.pause_factor(fruitless),
+            _ => Duration::from_secs(3600),
+        };
         loop {
-            let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await else {
+            let Ok(mut permit) = Arc::clone(&self.slots).acquire_owned().await else {
                 return;
             };
             loop {
@@ -409,34 +276,16 @@ impl Node {
                     break;
                 }
                 let free = 1 + self.slots.available_permits();
-                if let Some(c) = self.cluster.as_ref().filter(|c| c.steal) {
-                    if self.policy.wants_work(free, self.queue.len()) {
-                        match self.steal(free).await {
-                            Ok(mut stolen) if !stolen.is_empty() => {
-                                pause = c.idle_probe_min;
-                                let (origin, first) = stolen.remove(0);
-                                tokio::spawn(Arc::clone(&self).run_stolen(origin, first, permit));
-                                for (origin, inv) in stolen {
-                                    match Arc::clone(&self.slots).try_acquire_owned() {
-                                        Ok(p) => {
-                                            tokio::spawn(
-                                                Arc::clone(&self).run_stolen(origin, inv, p),
-                                            );
-                                        }
-                                        // Only this loop takes slots, so the free ones counted
-                                        // above are still free; this is a guard, not a path.
-                                        Err(_) => {
-                                            tracing::warn!(id = %inv.id, "no slot for a stolen invocation; its lease will expire");
-                                        }
-                                    }
-                                }
-                                break;
-                            }
-                            Ok(_) => pause = (pause * 2).min(c.idle_probe_max),
-                            Err(e) => {
-                                tracing::debug!(error = %e, "steal attempt failed");
-                                pause = (pause * 2).min(c.idle_probe_max);
-                            }
+                let stealing = self.cluster.as_ref().is_some_and(|c| c.steal);
+                if stealing && self.policy.wants_work(free, self.queue.len()) {
+                    match Arc::clone(&self).steal_and_start(free, permit).await {
+                        Ok(()) => {
+                            fruitless = 0;
+                            break;
+                        }
+                        Err(p) => {
+                            permit = p;
+                            fruitless = fruitless.saturating_add(1);
                         }
                     }
                 }
@@ -447,11 +296,43 @@ impl Node {
                         tokio::spawn(Arc::clone(&self).run_stolen(origin, inv, permit));
                         break;
                     }
-                    () = tokio::time::sleep(pause) => {}
+                    () = tokio::time::sleep(pause(fruitless)) => {}
                     () = self.stop.notified() => return,
                 }
             }
         }
+    }
+
+    /// One steal attempt for `free` slots, `permit` being one of them: starts what it took
+    /// (`Ok`), or gives the permit back when it took nothing.
+    async fn steal_and_start(
+        self: Arc<Self>,
+        free: usize,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), OwnedSemaphorePermit> {
+        let mut stolen = match self.steal(free).await {
+            Ok(stolen) if !stolen.is_empty() => stolen,
+            Ok(_) => return Err(permit),
+            Err(e) => {
+                tracing::debug!(error = %e, "steal attempt failed");
+                return Err(permit);
+            }
+        };
+        let (origin, first) = stolen.remove(0);
+        tokio::spawn(Arc::clone(&self).run_stolen(origin, first, permit));
+        for (origin, inv) in stolen {
+            match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(p) => {
+                    tokio::spawn(Arc::clone(&self).run_stolen(origin, inv, p));
+                }
+                // Only the dispatcher takes slots, so the free ones counted before the steal
+                // are still free; this is a guard, not a path.
+                Err(_) => {
+                    tracing::warn!(id = %inv.id, "no slot for a stolen invocation; its lease will expire");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs one of this node's invocations here.
