@@ -57,6 +57,19 @@ fn node_secure(id: &str, seed: Option<u16>, extra: &[&str]) -> (TestServer, u16)
     (TestServer::start_secure(&args), port)
 }
 
+/// Deploys [`SLEEPER`] as `sleeper` at `n`.
+fn deploy_sleeper(n: &TestServer, timeout_s: u32) {
+    let code = code_dir(&[("app.py", SLEEPER)]);
+    let timeout = timeout_s.to_string();
+    n.deploy(
+        "sleeper",
+        "python3",
+        "app.handler",
+        code.path(),
+        &["--timeout", &timeout],
+    );
+}
+
 fn cluster_stats(n: &TestServer) -> serde_json::Value {
     n.get_json("/v1/stats")["cluster"].clone()
 }
@@ -134,14 +147,7 @@ fn skewed_load_spreads_and_every_result_returns_to_its_caller() {
     wait_for_peers(&[&n1, &n2, &n3], 2);
 
     // Deployed at one node, the function reaches every node's registry...
-    let code = code_dir(&[("app.py", SLEEPER)]);
-    n1.deploy(
-        "sleeper",
-        "python3",
-        "app.handler",
-        code.path(),
-        &["--timeout", "30"],
-    );
+    deploy_sleeper(&n1, 30);
     wait_for_function(&n2, "sleeper");
     wait_for_function(&n3, "sleeper");
     // ...and any node accepts its invocations.
@@ -227,14 +233,7 @@ fn a_node_killed_mid_run_loses_nothing() {
     let (n1, seed) = node("n1", None, &["--no-steal"]);
     let (n2, _) = node("n2", Some(seed), &[]);
     wait_for_peers(&[&n1, &n2], 1);
-    let code = code_dir(&[("app.py", SLEEPER)]);
-    n1.deploy(
-        "sleeper",
-        "python3",
-        "app.handler",
-        code.path(),
-        &["--timeout", "60"],
-    );
+    deploy_sleeper(&n1, 60);
     wait_for_function(&n2, "sleeper");
 
     let n1_url = n1.url.clone();
@@ -259,14 +258,7 @@ fn a_node_killed_mid_run_loses_nothing() {
 #[test]
 fn a_node_joining_later_starts_stealing() {
     let (n1, seed) = node("n1", None, &["--no-steal"]);
-    let code = code_dir(&[("app.py", SLEEPER)]);
-    n1.deploy(
-        "sleeper",
-        "python3",
-        "app.handler",
-        code.path(),
-        &["--timeout", "60"],
-    );
+    deploy_sleeper(&n1, 60);
     let before = counts(&burst(&n1.url, "sleeper", 2, 0.0));
     assert_eq!(before.keys().collect::<Vec<_>>(), ["n1"]);
 
@@ -332,14 +324,7 @@ fn with_mutual_tls_only_members_get_work_or_functions() {
     let (n3, _) = node("n3", Some(seed), &refs(&a3));
     wait_for_peers(&[&n1, &n2, &n3], 2);
 
-    let code = code_dir(&[("app.py", SLEEPER)]);
-    n1.deploy(
-        "sleeper",
-        "python3",
-        "app.handler",
-        code.path(),
-        &["--timeout", "30"],
-    );
+    deploy_sleeper(&n1, 30);
     wait_for_function(&n2, "sleeper");
     let by_node = counts(&burst(&n1.url, "sleeper", 8, 1.0));
     assert!(by_node.get("n2").copied().unwrap_or(0) >= 1, "{by_node:?}");

@@ -349,6 +349,37 @@ async fn delete(
     Ok(())
 }
 
+/// `function`'s `$LATEST` (`version` 0) or published `version` from `from`, configuration and
+/// code, if it is the content `want` names.
+async fn fetch_record(
+    node: &Arc<Node>,
+    from: &Peer,
+    function: &str,
+    version: u32,
+    want: &str,
+) -> Result<(FunctionConfig, Vec<u8>), ClusterError> {
+    let mut client = node.clients.get(&from.endpoint)?;
+    let request = client.get_function(pb::FunctionRequest {
+        name: function.to_owned(),
+        version,
+    });
+    let reply = call(&from.endpoint, "get function", FETCH_TIMEOUT, request).await?;
+    let config: FunctionConfig = serde_json::from_str(&reply.config_json)
+        .map_err(|e| ClusterError::Peer(format!("{}: {function}'s configuration: {e}", from.id)))?;
+    // It may have changed again since it was advertised; a later round gets that.
+    if config.name != function || digest(&config, &reply.code_sha256) != want {
+        return Err(ClusterError::Peer(format!(
+            "{}: {function} is no longer the advertised version",
+            from.id
+        )));
+    }
+    config
+        .validate()
+        .map_err(|e| ClusterError::Peer(format!("{}: {function}: {e}", from.id)))?;
+    let code = node.bundle(from, &reply.code_sha256).await?;
+    Ok((config, code))
+}
+
 fn bad_entry(entry: &str) -> ClusterError {
     ClusterError::Peer(format!("malformed registry entry {entry:?}"))
 }
@@ -370,49 +401,13 @@ async fn fetch(
     let mut client = node.clients.get(&from.endpoint)?;
     match kind {
         Kind::Function => {
-            let reply = call(
-                &from.endpoint,
-                "get function",
-                FETCH_TIMEOUT,
-                client.get_function(pb::FunctionRequest {
-                    name: name.to_owned(),
-                    version: 0,
-                }),
-            )
-            .await?;
-            let config: FunctionConfig = serde_json::from_str(&reply.config_json).map_err(|e| {
-                ClusterError::Peer(format!("{}: {name}'s configuration: {e}", from.id))
-            })?;
-            // It may have changed again since it was advertised; a later round gets that.
-            if config.name != name || digest(&config, &reply.code_sha256) != want {
-                return Err(stale());
-            }
-            config
-                .validate()
-                .map_err(|e| ClusterError::Peer(format!("{}: {name}: {e}", from.id)))?;
-            let code = node.bundle(from, &reply.code_sha256).await?;
+            let (config, code) = fetch_record(node, from, name, 0, want).await?;
             blocking(&node.store, move |s| s.put_function(&config, &code)).await?;
             node.worker.invalidate(name).await;
         }
         Kind::Version => {
             let (f, v) = version_of(name).ok_or_else(|| bad_entry(name))?;
-            let reply = call(
-                &from.endpoint,
-                "get version",
-                FETCH_TIMEOUT,
-                client.get_function(pb::FunctionRequest {
-                    name: f.to_owned(),
-                    version: v,
-                }),
-            )
-            .await?;
-            let config: FunctionConfig = serde_json::from_str(&reply.config_json).map_err(|e| {
-                ClusterError::Peer(format!("{}: {name}'s configuration: {e}", from.id))
-            })?;
-            if config.name != f || digest(&config, &reply.code_sha256) != want {
-                return Err(stale());
-            }
-            let code = node.bundle(from, &reply.code_sha256).await?;
+            let (config, code) = fetch_record(node, from, f, v, want).await?;
             let f = f.to_owned();
             blocking(&node.store, move |s| s.put_version(&f, v, &config, &code)).await?;
         }

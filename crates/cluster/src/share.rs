@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ignition_scheduler::policy::PeerLoad;
 use tokio::time::Instant;
 
 use crate::membership::Peer;
@@ -15,7 +14,6 @@ use crate::node::{Node, Task};
 use crate::peers::call;
 use crate::{convert, pb};
 
-const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 const OFFER_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Node {
@@ -93,37 +91,7 @@ impl Node {
 
     /// Probes `d` random peers; the one the policy places an arrival on, if any.
     async fn freest_of_probed(&self, peers: &[Peer]) -> Option<Peer> {
-        let picked = {
-            let mut rng = rand::thread_rng();
-            self.policy.pick_peers(0, peers.len() + 1, &mut rng)
-        };
-        let mut probes = tokio::task::JoinSet::new();
-        for i in picked {
-            let peer = peers.get(i - 1)?.clone();
-            let mut client = self.clients.get(&peer.endpoint).ok()?;
-            let from = self.id.clone();
-            self.counters.probes.fetch_add(1, Ordering::Relaxed);
-            probes.spawn(async move {
-                let r = call(
-                    &peer.endpoint,
-                    "probe",
-                    PROBE_TIMEOUT,
-                    client.probe(pb::ProbeRequest { from }),
-                )
-                .await;
-                (i, r)
-            });
-        }
-        let mut loads = Vec::new();
-        while let Some(done) = probes.join_next().await {
-            if let Ok((i, Ok(reply))) = done {
-                loads.push(PeerLoad {
-                    node: i,
-                    queued: reply.queued as usize,
-                    free: reply.free_slots as usize,
-                });
-            }
-        }
+        let loads = self.probe_random_peers(peers).await;
         let chosen = self.policy.place(&loads)?;
         peers.get(chosen - 1).cloned()
     }

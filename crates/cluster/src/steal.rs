@@ -37,41 +37,7 @@ impl Node {
         if peers.is_empty() {
             return Ok(Vec::new());
         }
-        // Index 0 is this node; peers are 1..=n, as the policy numbers a cluster.
-        let picked = {
-            let mut rng = rand::thread_rng();
-            self.policy.pick_peers(0, peers.len() + 1, &mut rng)
-        };
-        let mut probes = tokio::task::JoinSet::new();
-        for i in picked {
-            let Some(peer) = peers.get(i - 1).cloned() else {
-                continue;
-            };
-            let client = self.clients.get(&peer.endpoint)?;
-            let from = self.id.clone();
-            self.counters.probes.fetch_add(1, Ordering::Relaxed);
-            probes.spawn(async move {
-                let mut client = client;
-                let r = call(
-                    &peer.endpoint,
-                    "probe",
-                    PROBE_TIMEOUT,
-                    client.probe(pb::ProbeRequest { from }),
-                )
-                .await;
-                (i, r)
-            });
-        }
-        let mut loads = Vec::new();
-        while let Some(done) = probes.join_next().await {
-            if let Ok((i, Ok(reply))) = done {
-                loads.push(PeerLoad {
-                    node: i,
-                    queued: reply.queued as usize,
-                    free: reply.free_slots as usize,
-                });
-            }
-        }
+        let loads = self.probe_random_peers(&peers).await;
         let Some((victim, n)) = self.policy.choose_victim(&loads, free) else {
             return Ok(Vec::new());
         };
@@ -99,6 +65,42 @@ impl Node {
             tracing::debug!(from = %peer.id, n = taken.len(), "stole invocations");
         }
         Ok(taken.into_iter().map(|i| (peer.clone(), i)).collect())
+    }
+
+    /// Probes `d` random peers of `peers` at once: what each that answered in time has.
+    /// `PeerLoad::node` is the peer's index in `peers` plus one (0 is this node, as the policy
+    /// numbers a cluster).
+    pub(crate) async fn probe_random_peers(&self, peers: &[Peer]) -> Vec<PeerLoad> {
+        let picked = {
+            let mut rng = rand::thread_rng();
+            self.policy.pick_peers(0, peers.len() + 1, &mut rng)
+        };
+        let mut probes = tokio::task::JoinSet::new();
+        for i in picked {
+            let Some(peer) = peers.get(i - 1) else {
+                continue;
+            };
+            let Ok(mut client) = self.clients.get(&peer.endpoint) else {
+                continue;
+            };
+            let (endpoint, from) = (peer.endpoint.clone(), self.id.clone());
+            self.counters.probes.fetch_add(1, Ordering::Relaxed);
+            probes.spawn(async move {
+                let request = client.probe(pb::ProbeRequest { from });
+                (i, call(&endpoint, "probe", PROBE_TIMEOUT, request).await)
+            });
+        }
+        let mut loads = Vec::new();
+        while let Some(done) = probes.join_next().await {
+            if let Ok((node, Ok(reply))) = done {
+                loads.push(PeerLoad {
+                    node,
+                    queued: reply.queued as usize,
+                    free: reply.free_slots as usize,
+                });
+            }
+        }
+        loads
     }
 
     /// Runs an invocation taken from `origin`, holding its lease, and returns the result.
