@@ -261,6 +261,33 @@ fn the_vmm_runs_jailed() {
     assert!(vm_cgroups >= 1, "the VMM is in its own cgroup: {cgroups}");
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     assert!(environ.is_empty(), "the VMM inherits no environment");
+    // Chrooted into a root of its own holding only what it needs...
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    assert!(
+        root.starts_with(&server.run_dir) && root.ends_with("root"),
+        "the VMM's root is its jail: {}",
+        root.display()
+    );
+    let seen = |p: &str| std::path::Path::new(&format!("/proc/{pid}/root{p}")).exists();
+    assert!(seen("/usr/bin") && seen("/dev/null"));
+    for hidden in ["/etc/passwd", "/home", "/proc/1", "/var", "/sys/kernel"] {
+        assert!(!seen(hidden), "the jail shows {hidden}");
+    }
+    // ...as root without a single capability, and unable to gain one.
+    for field in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with(field) && l.trim_end().ends_with("0000000000000000")),
+            "{field} is empty: {status}"
+        );
+    }
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NoNewPrivs:") && l.trim_end().ends_with('1')),
+        "{status}"
+    );
     server.stop_and_check_clean();
 }
 

@@ -38,5 +38,11 @@ pub(crate) fn create_persistent(name: &str) -> Result<(), NetError> {
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
         return Err(err("TUNSETPERSIST", std::io::Error::last_os_error()));
     }
+    // Owned by uid 0: a jailed VMM runs as root without capabilities, and the tun driver lets
+    // it attach only to a tap it owns (without an owner, attaching needs CAP_NET_ADMIN).
+    // SAFETY: TUNSETOWNER takes a uid by value; `fd` is attached to the tap.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOWNER, 0 as libc::c_ulong) } < 0 {
+        return Err(err("TUNSETOWNER", std::io::Error::last_os_error()));
+    }
     Ok(())
 }

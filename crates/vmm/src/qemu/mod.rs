@@ -8,7 +8,7 @@ mod args;
 mod qmp;
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::process::Command;
 
 use crate::console::ConsoleRing;
-use crate::jail::{CgroupLimits, VmCgroup};
+use crate::jail::{Access, CgroupLimits, JailRoot, VmCgroup};
 use crate::process::{accept_or_exit, VmmProcess};
 use crate::rundir::RunDir;
 use crate::{Accel, MicroVm, SnapshotFiles, VmSource, VmSpec, VmmDriver, VmmError};
@@ -186,7 +186,14 @@ impl VmmDriver for QemuDriver {
         } else {
             None
         };
-        let mut cmd = Command::new(&self.config.binary);
+        let binary = resolve_binary(&self.config.binary);
+        let root = if self.config.jail {
+            let paths = jail_paths(spec, &run_dir.join(""), &binary);
+            Some(JailRoot::prepare(&run_dir.join("root"), &paths)?)
+        } else {
+            None
+        };
+        let mut cmd = Command::new(&binary);
         cmd.args(args::build(spec, self.config.accel, self.tsc_khz, &sockets));
         if self.config.jail {
             cmd.args(["-sandbox", crate::jail::QEMU_SANDBOX]);
@@ -202,7 +209,7 @@ impl VmmDriver for QemuDriver {
             .as_ref()
             .map(VmCgroup::procs_files)
             .unwrap_or_default();
-        crate::jail::confine(&mut cmd, self.config.jail, netns, procs);
+        crate::jail::confine(&mut cmd, self.config.jail, netns, procs, root);
         let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
             binary: self.config.binary.display().to_string(),
             source,
@@ -385,4 +392,55 @@ impl MicroVm for QemuVm {
         self.process.destroy().await;
         self.qmp = None;
     }
+}
+
+/// The VMM binary as an absolute path: it is looked up on the server's `PATH` here, since the
+/// jailed VMM has neither the environment nor the host's directories to search.
+fn resolve_binary(binary: &Path) -> PathBuf {
+    if binary.is_absolute() || binary.components().count() > 1 {
+        return binary.to_owned();
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(binary))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| binary.to_owned())
+}
+
+/// What a jailed QEMU needs of the host for `spec`, besides `/usr` and device nodes: its run
+/// directory (sockets), its image (read-only), its binary if it lives outside `/usr`, and its
+/// snapshot files: the directory a snapshot is written to read-write; a snapshot restored from
+/// read-only but for its memory file, which QEMU opens for writing even to map it privately.
+fn jail_paths(spec: &VmSpec, run_dir: &Path, binary: &Path) -> Vec<(PathBuf, Access)> {
+    let mut paths = vec![(run_dir.to_owned(), Access::ReadWrite)];
+    let image = match &spec.source {
+        VmSource::Boot { image, .. } | VmSource::Restore { image, .. } => image,
+    };
+    for file in [&image.kernel, &image.initramfs, &image.rootfs] {
+        paths.push((file.clone(), Access::ReadOnly));
+    }
+    if !binary.starts_with("/usr") && binary.is_absolute() {
+        paths.push((binary.to_owned(), Access::ReadOnly));
+    }
+    let parent = |p: &Path| p.parent().map(Path::to_owned);
+    match &spec.source {
+        VmSource::Boot {
+            snapshot_memory: Some(memory),
+            ..
+        } => paths.extend(parent(memory).map(|d| (d, Access::ReadWrite))),
+        VmSource::Boot { .. } => {}
+        VmSource::Restore {
+            snapshot,
+            derive_into,
+            ..
+        } => {
+            paths.extend(parent(&snapshot.state).map(|d| (d, Access::ReadOnly)));
+            match derive_into {
+                Some(copy) => paths.extend(parent(copy).map(|d| (d, Access::ReadWrite))),
+                None => paths.push((snapshot.memory.clone(), Access::ReadWrite)),
+            }
+        }
+    }
+    paths
 }
