@@ -13,6 +13,15 @@ use rcgen::{
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ClusterCommand {
+    /// What a node knows of its cluster: its slots and queue, its live peers, and what it has
+    /// lent, offered, stolen and reclaimed.
+    Status {
+        #[command(flatten)]
+        server: crate::cmd_fn::ServerUrl,
+        /// Print the node's `cluster` object as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Makes a cluster CA and a certificate and key for each node (`ca.pem`, `ca-key.pem`,
     /// `NODE.pem`, `NODE-key.pem`); start each server with `--cluster-ca ca.pem
     /// --cluster-cert NODE.pem --cluster-key NODE-key.pem`. Keep `ca-key.pem` away from the
@@ -30,8 +39,60 @@ pub(crate) enum ClusterCommand {
 pub(crate) fn run(cmd: ClusterCommand) -> Result<ExitCode> {
     match cmd {
         ClusterCommand::Certs { dir, nodes } => certs(&dir, &nodes)?,
+        ClusterCommand::Status { server, json } => status(&server, json)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn status(server: &crate::cmd_fn::ServerUrl, json: bool) -> Result<()> {
+    let client = crate::client::Client::new(server.url.as_deref())?;
+    let r = client
+        .http()
+        .get(client.url("/v1/stats"))
+        .send()
+        .context("asking the server")?;
+    let status = r.status();
+    let body = r.bytes().context("reading the answer")?;
+    if !status.is_success() {
+        bail!("{}", crate::client::api_error(status, &body));
+    }
+    let stats: serde_json::Value = serde_json::from_slice(&body).context("decoding /v1/stats")?;
+    let c = &stats["cluster"];
+    if json {
+        println!("{c}");
+        return Ok(());
+    }
+    let n = |k: &str| c[k].as_u64().unwrap_or(0);
+    let members: Vec<&str> = c["members"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    println!(
+        "node {}: {} of {} slots busy, {} queued",
+        c["node"].as_str().unwrap_or("?"),
+        n("busy"),
+        n("slots"),
+        n("queued")
+    );
+    if members.is_empty() {
+        println!("peers: none (not in a cluster, or alone in it)");
+    } else {
+        println!("peers ({}): {}", members.len(), members.join(", "));
+    }
+    println!(
+        "accepted {}, ran here {}, ran for others {}; lent {} (offered {}), returned {}, reclaimed {}, abandoned {}; stole {}, probes {}",
+        n("accepted"),
+        n("ran_local"),
+        n("ran_stolen"),
+        n("lent"),
+        n("offered"),
+        n("returned"),
+        n("reclaimed"),
+        n("abandoned"),
+        n("stolen"),
+        n("probes")
+    );
+    Ok(())
 }
 
 fn certs(dir: &Path, nodes: &[String]) -> Result<()> {

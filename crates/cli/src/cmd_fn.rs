@@ -90,7 +90,7 @@ pub(crate) enum FnCommand {
 pub(crate) struct ServerUrl {
     /// The server's URL (default: the local server).
     #[arg(long, env = "IGNITION_URL")]
-    url: Option<String>,
+    pub(crate) url: Option<String>,
 }
 
 /// Parses `K=V`.

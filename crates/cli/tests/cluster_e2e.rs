@@ -145,6 +145,13 @@ fn skewed_load_spreads_and_every_result_returns_to_its_caller() {
     let (n2, _) = node("n2", Some(seed), &[]);
     let (n3, _) = node("n3", Some(seed), &[]);
     wait_for_peers(&[&n1, &n2, &n3], 2);
+    let status = n1.cli(&["cluster", "status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && text.contains("peers (2): n2, n3"),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
 
     // Deployed at one node, the function reaches every node's registry...
     deploy_sleeper(&n1, 30);

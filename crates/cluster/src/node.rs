@@ -171,17 +171,19 @@ impl Node {
     pub async fn stats(&self) -> NodeStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let peers = match self.membership.get() {
-            Some(m) => m.peers().await.len(),
-            None => 0,
+        let mut members: Vec<String> = match self.membership.get() {
+            Some(m) => m.peers().await.into_iter().map(|p| p.id).collect(),
+            None => Vec::new(),
         };
+        members.sort();
         NodeStats {
             node: self.id.clone(),
             slots: self.slots_total,
             busy: usize::try_from(get(&c.running)).unwrap_or(usize::MAX),
             queued: self.queue.len(),
             lent_now: self.ledger.lock().unwrap_or_else(|p| p.into_inner()).len(),
-            peers,
+            peers: members.len(),
+            members,
             accepted: get(&c.accepted),
             ran_local: get(&c.ran_local),
             ran_stolen: get(&c.ran_stolen),

@@ -39,6 +39,8 @@ pub struct NodeStats {
     pub lent_now: usize,
     /// Live peers (0 outside a cluster).
     pub peers: usize,
+    /// Their ids, sorted.
+    pub members: Vec<String>,
     /// Invocations accepted by this node.
     pub accepted: u64,
     /// Of those, run here.
