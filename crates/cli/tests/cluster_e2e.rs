@@ -13,6 +13,15 @@ use std::time::Duration;
 
 use common::{code_dir, wait_for, TestServer};
 
+/// Each test runs two or three servers and up to a dozen microVMs; side by side on a 2-core
+/// machine they starve each other's guests (a 1-second handler once took over 30 s), so the
+/// tests of this file run one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Sleeps as long as the event says and echoes its index.
 const SLEEPER: &str = "import time\n\ndef handler(event, context):\n    time.sleep(event.get('sleep', 1))\n    return {'i': event.get('i')}\n";
 
@@ -141,6 +150,7 @@ fn counts(executors: &[String]) -> BTreeMap<String, usize> {
 
 #[test]
 fn skewed_load_spreads_and_every_result_returns_to_its_caller() {
+    let _serial = one_at_a_time();
     let (n1, seed) = node("n1", None, &[]);
     let (n2, _) = node("n2", Some(seed), &[]);
     let (n3, _) = node("n3", Some(seed), &[]);
@@ -154,7 +164,7 @@ fn skewed_load_spreads_and_every_result_returns_to_its_caller() {
     );
 
     // Deployed at one node, the function reaches every node's registry...
-    deploy_sleeper(&n1, 30);
+    deploy_sleeper(&n1, 120);
     wait_for_function(&n2, "sleeper");
     wait_for_function(&n3, "sleeper");
     // ...and any node accepts its invocations.
@@ -237,6 +247,7 @@ fn skewed_load_spreads_and_every_result_returns_to_its_caller() {
 
 #[test]
 fn a_node_killed_mid_run_loses_nothing() {
+    let _serial = one_at_a_time();
     let (n1, seed) = node("n1", None, &["--no-steal"]);
     let (n2, _) = node("n2", Some(seed), &[]);
     wait_for_peers(&[&n1, &n2], 1);
@@ -264,6 +275,7 @@ fn a_node_killed_mid_run_loses_nothing() {
 
 #[test]
 fn a_node_joining_later_starts_stealing() {
+    let _serial = one_at_a_time();
     let (n1, seed) = node("n1", None, &["--no-steal"]);
     deploy_sleeper(&n1, 60);
     let before = counts(&burst(&n1.url, "sleeper", 2, 0.0));
@@ -317,6 +329,7 @@ fn tls_args(dir: &std::path::Path, node: &str) -> Vec<String> {
 
 #[test]
 fn with_mutual_tls_only_members_get_work_or_functions() {
+    let _serial = one_at_a_time();
     let ours = tempfile::tempdir().unwrap();
     let theirs = tempfile::tempdir().unwrap();
     certs(ours.path(), &["n1", "n2"]);
@@ -331,7 +344,7 @@ fn with_mutual_tls_only_members_get_work_or_functions() {
     let (n3, _) = node("n3", Some(seed), &refs(&a3));
     wait_for_peers(&[&n1, &n2, &n3], 2);
 
-    deploy_sleeper(&n1, 30);
+    deploy_sleeper(&n1, 120);
     wait_for_function(&n2, "sleeper");
     let by_node = counts(&burst(&n1.url, "sleeper", 8, 1.0));
     assert!(by_node.get("n2").copied().unwrap_or(0) >= 1, "{by_node:?}");
@@ -359,6 +372,7 @@ fn with_mutual_tls_only_members_get_work_or_functions() {
 
 #[test]
 fn keys_made_at_one_node_authenticate_at_every_node_until_removed() {
+    let _serial = one_at_a_time();
     let (n1, seed) = node_secure("n1", None, &[]);
     let (n2, _) = node_secure("n2", Some(seed), &[]);
     wait_for_peers(&[&n1, &n2], 1);
