@@ -34,6 +34,21 @@ pub fn validate_alias(name: &str) -> Result<(), String> {
     }
 }
 
+/// The code hash of version `n` of `function`, if it exists.
+fn version_code(
+    tx: &rusqlite::Transaction<'_>,
+    function: &str,
+    n: u32,
+) -> Result<Option<String>, StoreError> {
+    Ok(tx
+        .query_row(
+            "SELECT code_sha256 FROM versions WHERE function = ?1 AND version = ?2",
+            params![function, n],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 fn decode(function: &str, config: &str) -> Result<FunctionConfig, StoreError> {
     serde_json::from_str(config).map_err(|_| StoreError::Corrupt(function.to_owned()))
 }
@@ -168,22 +183,37 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every published version of every function: (function, version, record).
+    /// Every published version of every function: (function, version, record), in one query
+    /// (the cluster's registry reads this twice a second).
     pub fn all_versions(&self) -> Result<Vec<(String, u32, FunctionRecord)>, StoreError> {
-        let pairs: Vec<(String, u32)> = {
-            let conn = self.conn();
-            let mut stmt =
-                conn.prepare("SELECT function, version FROM versions ORDER BY function, version")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        let mut out = Vec::with_capacity(pairs.len());
-        for (f, n) in pairs {
-            if let Some(r) = self.get_version(&f, n)? {
-                out.push((f, n, r));
-            }
-        }
-        Ok(out)
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT v.function, v.version, v.config, v.code_sha256, b.size, v.created_at
+             FROM versions v JOIN bundles b ON b.sha256 = v.code_sha256
+             ORDER BY v.function, v.version",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (function, n, config, sha, size, at) = row?;
+            let record = FunctionRecord {
+                config: decode(&function, &config)?,
+                code_sha256: sha,
+                code_size: u64::try_from(size).unwrap_or(0),
+                created_at: at,
+                updated_at: at,
+            };
+            Ok((function, n, record))
+        })
+        .collect()
     }
 
     /// Stores version `n` of `function` as another node of the cluster published it, with its
@@ -203,13 +233,7 @@ impl Store {
             serde_json::to_string(config).map_err(|_| StoreError::Corrupt(function.to_owned()))?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let old: Option<String> = tx
-            .query_row(
-                "SELECT code_sha256 FROM versions WHERE function = ?1 AND version = ?2",
-                params![function, n],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let old = version_code(&tx, function, n)?;
         tx.execute(
             "INSERT OR IGNORE INTO bundles (sha256, size, data, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![hash, code_tar.len() as i64, code_tar, now()],
@@ -231,13 +255,7 @@ impl Store {
     pub fn delete_version(&self, function: &str, n: u32) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let old: Option<String> = tx
-            .query_row(
-                "SELECT code_sha256 FROM versions WHERE function = ?1 AND version = ?2",
-                params![function, n],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let old = version_code(&tx, function, n)?;
         let Some(old) = old else { return Ok(false) };
         tx.execute(
             "DELETE FROM versions WHERE function = ?1 AND version = ?2",
