@@ -75,11 +75,7 @@ async fn attempt(
         state.metrics.record_throttle(function);
         format!("{THROTTLED}{e}")
     })?;
-    let outcome = state
-        .node
-        .run(job, StartMode::Auto)
-        .await
-        .map(|ran| ran.execution);
+    let outcome = state.node.run(job, StartMode::Auto).await.outcome;
     crate::invoke::keep_log(state, function, request_id, &outcome);
     if let Err(e) = &outcome {
         state.metrics.record_failure(function, e);

@@ -108,11 +108,8 @@ pub(crate) async fn invoke(
         .get("X-Amz-Log-Type")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Tail"));
     let started = std::time::Instant::now();
-    let outcome = state.node.run(job, mode).await;
-    let executor = outcome
-        .as_ref()
-        .map_or_else(|_| state.node_id.clone(), |ran| ran.node.clone());
-    let outcome = outcome.map(|ran| ran.execution);
+    let ran = state.node.run(job, mode).await;
+    let (outcome, executor) = (ran.outcome, ran.node);
     let elapsed = started.elapsed();
     tracing::info!(function = %function_name, %request_id, ms = elapsed.as_millis(), ok = outcome.is_ok(), "invoked");
     match &outcome {
@@ -138,7 +135,7 @@ pub(crate) async fn invoke(
             return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "ServiceException",
-                format!("the microVM for {function_name} failed: {e}"),
+                format!("the microVM for {function_name} failed on node {executor}: {e}"),
             ))
         }
     };

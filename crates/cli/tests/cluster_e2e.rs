@@ -131,8 +131,11 @@ fn burst(base: &str, function: &str, n: usize, sleep: f64) -> Vec<String> {
                     .get("x-ignition-node")
                     .map(|v| v.to_str().unwrap().to_owned());
                 let body: serde_json::Value = r.json().unwrap_or_default();
-                assert_eq!(status, 200, "invocation {i}: {body}");
-                assert_eq!(body["i"], i, "invocation {i} got another's result: {body}");
+                assert_eq!(status, 200, "invocation {i} (node {executor:?}): {body}");
+                assert_eq!(
+                    body["i"], i,
+                    "invocation {i} (node {executor:?}) got another's result: {body}"
+                );
                 executor.expect("x-ignition-node")
             })
         })

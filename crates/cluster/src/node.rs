@@ -26,12 +26,13 @@ pub(crate) const MAX_ATTEMPTS: u32 = 3;
 /// Bytes of stolen invocations' bundles a node keeps.
 const BUNDLE_CACHE_BYTES: usize = 512 * 1024 * 1024;
 
-/// A finished invocation and the node that ran it.
+/// How an invocation ended and the node where it did: the node whose VM ran it, or, when it
+/// failed before any did, the node that gave up on it.
 #[derive(Debug)]
 pub struct Ran {
     /// What happened.
-    pub execution: Execution,
-    /// The node whose VM ran it.
+    pub outcome: Result<Execution, ExecError>,
+    /// Where.
     pub node: String,
 }
 
@@ -44,7 +45,7 @@ pub(crate) struct Task {
     pub(crate) job: Job,
     pub(crate) mode: StartMode,
     pub(crate) enqueued: Instant,
-    pub(crate) reply: oneshot::Sender<Result<Ran, ExecError>>,
+    pub(crate) reply: oneshot::Sender<Ran>,
 }
 
 /// Stolen invocations running here, by (origin, id).
@@ -142,9 +143,9 @@ impl Node {
     }
 
     /// Runs `job` here or, if another node is idle first, there; answers when it finished.
-    pub async fn run(&self, job: Job, mode: StartMode) -> Result<Ran, ExecError> {
+    pub async fn run(&self, job: Job, mode: StartMode) -> Ran {
         if self.stopping.load(Ordering::Relaxed) {
-            return Err(ExecError::ShuttingDown);
+            return self.failed(ExecError::ShuttingDown);
         }
         let (reply, answer) = oneshot::channel();
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
@@ -164,7 +165,17 @@ impl Node {
         if let Some(task) = task {
             self.queue.push(task);
         }
-        answer.await.unwrap_or(Err(ExecError::ShuttingDown))
+        answer
+            .await
+            .unwrap_or_else(|_| self.failed(ExecError::ShuttingDown))
+    }
+
+    /// `error`, from this node.
+    pub(crate) fn failed(&self, error: ExecError) -> Ran {
+        Ran {
+            outcome: Err(error),
+            node: self.id.clone(),
+        }
     }
 
     /// The node's counters.
@@ -216,7 +227,7 @@ impl Node {
             .into_iter()
             .chain(std::iter::from_fn(|| self.queue.pop()))
         {
-            let _ = t.reply.send(Err(ExecError::ShuttingDown));
+            let _ = t.reply.send(self.failed(ExecError::ShuttingDown));
         }
         let held: Vec<_> = self
             .held
@@ -345,14 +356,14 @@ impl Node {
         self.counters.running.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
         self.counters.ran_local.fetch_add(1, Ordering::Relaxed);
-        let _ = task.reply.send(out.map(|mut execution| {
-            execution.timings.queued_ms += waited;
-            execution.timings.total_ms += waited;
-            Ran {
-                execution,
-                node: self.id.clone(),
-            }
-        }));
+        let _ = task.reply.send(Ran {
+            outcome: out.map(|mut execution| {
+                execution.timings.queued_ms += waited;
+                execution.timings.total_ms += waited;
+                execution
+            }),
+            node: self.id.clone(),
+        });
     }
 
     /// Takes back leases that expired: the invocation is queued again as a new attempt, or
@@ -378,7 +389,7 @@ impl Node {
                 if task.attempt >= MAX_ATTEMPTS {
                     self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%id, attempt, %thief, "invocation abandoned: its lease expired on its last attempt");
-                    let _ = task.reply.send(Err(ExecError::Cluster(format!(
+                    let _ = task.reply.send(self.failed(ExecError::Cluster(format!(
                         "the invocation was handed to other nodes {attempt} times and none returned a result (last: {thief})"
                     ))));
                 } else {

@@ -129,10 +129,10 @@ impl NodeService for Service {
         };
         n.counters.returned.fetch_add(1, Ordering::Relaxed);
         let outcome = convert::outcome(r.result, &task.job.request_id, &r.executor);
-        let _ = task.reply.send(outcome.map(|execution| crate::Ran {
-            execution,
+        let _ = task.reply.send(crate::Ran {
+            outcome,
             node: r.executor,
-        }));
+        });
         Ok(Response::new(pb::CompleteReply { accepted: true }))
     }
 

@@ -161,6 +161,11 @@ pub trait MicroVm: Send + std::fmt::Debug {
     async fn pause(&mut self) -> Result<(), VmmError>;
     /// Resumes the vCPUs.
     async fn resume(&mut self) -> Result<(), VmmError>;
+    /// What the VMM says its VM is doing (`running`, `paused`, ...), for diagnosing a guest
+    /// that stopped answering; `None` when the VMM cannot say.
+    async fn run_state(&mut self) -> Option<String> {
+        None
+    }
     /// Pauses the VM and writes its device state to `state`; guest memory stays in the file the
     /// VM was booted with ([`VmSource::Boot::snapshot_memory`]). The VM must be destroyed after:
     /// running on would change the snapshot's memory.

@@ -91,7 +91,8 @@ impl Guest {
         })
     }
 
-    fn console(&self) -> String {
+    /// The end of the VM's console, as quoted in errors and logs.
+    pub(crate) fn console(&self) -> String {
         tail(&self.vm.console_tail(), CONSOLE_QUOTE)
     }
 

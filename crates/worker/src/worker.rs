@@ -421,7 +421,20 @@ impl Worker {
                     });
             }
             // A failed VM (timeout, crash, protocol error) is gone before the caller hears of it.
-            (Err(_), _) => guest.destroy().await,
+            (Err(e), _) => {
+                // What the guest printed, and what its VMM says it is doing, are the operator's
+                // only view of why it failed.
+                let state = guest.vm.run_state().await;
+                let console = guest.console();
+                // A function running past its timeout is the function's doing; anything else is
+                // the VM's.
+                if matches!(e, ExecError::Timeout(_)) {
+                    tracing::info!(request_id = %job.request_id, error = %e, vm_state = ?state, %console, "invocation timed out; its VM is destroyed");
+                } else {
+                    tracing::warn!(request_id = %job.request_id, error = %e, vm_state = ?state, %console, "invocation failed; its VM is destroyed");
+                }
+                guest.destroy().await;
+            }
             (Ok(_), false) => {
                 // The caller has its answer; the VM goes in the background, still holding its
                 // admission permit so that VMs being torn down count against --max-vms.

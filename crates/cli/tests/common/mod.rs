@@ -168,6 +168,25 @@ impl TestServer {
         panic!("server not ready: {}", self.log());
     }
 
+    /// A failing test shows the end of each of its servers' logs; with `IGNITION_TEST_LOGS=DIR`
+    /// every server's whole log is also copied there, named by its port.
+    fn keep_log(&self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            eprintln!("--- last lines of the server at {} ---\n{tail}", self.url);
+        }
+        if let Some(dir) = std::env::var_os("IGNITION_TEST_LOGS") {
+            let port = self.url.rsplit(':').next().unwrap_or("server");
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(
+                self.data_dir.path().join("server.log"),
+                std::path::Path::new(&dir).join(format!("{port}.log")),
+            );
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
     }
@@ -309,6 +328,7 @@ impl TestServer {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.keep_log();
         let deadline = Instant::now() + Duration::from_secs(5);
         while !self.vmm_processes().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -355,6 +375,7 @@ impl Drop for TestServer {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            self.keep_log();
             // The VMMs die with the server (PDEATHSIG); their empty cgroups do not.
             std::thread::sleep(Duration::from_millis(300));
             let scope = self

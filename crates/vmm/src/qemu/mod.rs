@@ -362,6 +362,19 @@ impl MicroVm for QemuVm {
         self.qmp("cont").await
     }
 
+    async fn run_state(&mut self) -> Option<String> {
+        let qmp = self.qmp.as_mut()?;
+        let status =
+            tokio::time::timeout(Duration::from_secs(2), qmp.execute("query-status", None))
+                .await
+                .ok()?
+                .ok()?;
+        status
+            .get("status")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned)
+    }
+
     async fn snapshot(&mut self, state: &std::path::Path) -> Result<SnapshotFiles, VmmError> {
         let qmp = self
             .qmp
