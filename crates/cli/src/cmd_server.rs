@@ -59,6 +59,15 @@ pub(crate) struct ServerArgs {
     /// cannot create them).
     #[arg(long)]
     no_jail: bool,
+    /// Jailed VMMs run as users FIRST.. of --vmm-uids, one per VM in turn.
+    #[arg(long, default_value_t = ignition_vmm::jail::DEFAULT_FIRST_UID, value_parser = clap::value_parser!(u32).range(1..))]
+    vmm_uid_base: u32,
+    /// How many users jailed VMMs take in turn.
+    #[arg(long, default_value_t = ignition_vmm::jail::DEFAULT_UID_COUNT, value_parser = clap::value_parser!(u32).range(1..))]
+    vmm_uids: u32,
+    /// The group of jailed VMMs (it may attach to VMs' tap devices and open snapshots' memory).
+    #[arg(long, default_value_t = ignition_vmm::jail::DEFAULT_GID)]
+    vmm_gid: u32,
     /// Directory for the VMs' sockets (default: a short per-data-dir path under the temp dir).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -280,6 +289,11 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
             accel,
             run_dir: run_dir.clone(),
             jail: !args.no_jail,
+            users: Arc::new(ignition_vmm::jail::VmmUsers::new(
+                args.vmm_uid_base,
+                args.vmm_uids,
+                args.vmm_gid,
+            )),
         }));
         tracing::info!(vmm, accel = d.accel().qemu_name(), image = %image.id, "microVM driver ready");
         let s = Arc::clone(&d);
@@ -302,6 +316,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
                 cni,
                 tag: network_tag(&run_dir),
                 dns: args.dns.clone(),
+                tap_group: args.vmm_gid,
             })
             .await
             .context("setting up VM networking (needs root and nftables; --network none runs VMs without a network)")?,

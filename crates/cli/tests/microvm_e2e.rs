@@ -221,21 +221,45 @@ fn the_vmm_runs_jailed() {
         &code,
         &["--timeout", "30"],
     );
-    // A warm slot keeps a VMM process alive to look at.
-    server.set_min_ready("echo", 1);
-    // Wait for the slot to be ready: then its VMM is fully started (seccomp is installed during
-    // QEMU's start-up) and the only one left.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let pid = loop {
+    // Warm slots keep VMM processes alive to look at.
+    server.set_min_ready("echo", 2);
+    // Wait for the slots to be ready: then their VMMs are fully started (seccomp is installed
+    // during QEMU's start-up) and the only ones left.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (pid, other) = loop {
         let pool = server.pool("echo");
         let vmms = server.vmm_processes();
-        if pool["ready"] == 1 && vmms.len() == 1 {
-            break vmms[0];
+        if pool["ready"] == 2 && vmms.len() == 2 {
+            break (vmms[0], vmms[1]);
         }
-        assert!(Instant::now() < deadline, "no warm slot appeared: {pool}");
+        assert!(Instant::now() < deadline, "no warm slots appeared: {pool}");
         std::thread::sleep(Duration::from_millis(100));
     };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    // An unprivileged user of its own, in the VMMs' group and no other.
+    let ids = |status: &str, field: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    let uids = ids(&status, "Uid:");
+    assert_eq!(uids.len(), 4, "{status}");
+    assert!(
+        uids.iter().all(|u| *u == uids[0] && *u >= 2_000_000_000),
+        "the VMM runs as an unprivileged user (real, effective, saved, fs): {status}"
+    );
+    assert_eq!(ids(&status, "Gid:"), vec![2_000_000_000; 4], "{status}");
+    assert_eq!(ids(&status, "Groups:"), Vec::<u32>::new(), "{status}");
+    let other_status = std::fs::read_to_string(format!("/proc/{other}/status")).unwrap();
+    assert_ne!(
+        ids(&other_status, "Uid:")[0],
+        uids[0],
+        "two VMMs run as two users"
+    );
     assert!(
         status
             .lines()
@@ -273,7 +297,7 @@ fn the_vmm_runs_jailed() {
     for hidden in ["/etc/passwd", "/home", "/proc/1", "/var", "/sys/kernel"] {
         assert!(!seen(hidden), "the jail shows {hidden}");
     }
-    // ...as root without a single capability, and unable to gain one.
+    // ...without a single capability, and unable to gain one.
     for field in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
         assert!(
             status

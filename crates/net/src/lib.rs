@@ -82,6 +82,8 @@ pub struct NetConfig {
     /// DNS resolvers offered to guests whose policy reaches them; empty: the host's own
     /// (from `/etc/resolv.conf`, loopback resolvers left out).
     pub dns: Vec<Ipv4Addr>,
+    /// The group whose processes (the jailed VMMs) may attach to VMs' tap devices.
+    pub tap_group: u32,
 }
 
 /// The address configuration a guest applies to its interface.
@@ -144,6 +146,7 @@ pub struct Network {
     host: Handle,
     host_ns: OwnedFd,
     resolvers: Vec<Ipv4Addr>,
+    tap_group: u32,
     attached: AtomicU64,
     released: AtomicU64,
     last_setup_us: AtomicU64,
@@ -226,6 +229,7 @@ impl Network {
             host,
             host_ns,
             resolvers,
+            tap_group: config.tap_group,
             attached: AtomicU64::new(0),
             released: AtomicU64::new(0),
             last_setup_us: AtomicU64::new(0),
@@ -328,10 +332,10 @@ impl Network {
         egress: &[EgressRule],
     ) -> Result<VmNet, NetError> {
         let host_if = format!("{}{}", self.if_prefix, slot.index);
-        let host_ns = self.host_ns.as_raw_fd();
+        let (host_ns, group) = (self.host_ns.as_raw_fd(), self.tap_group);
         let made = {
             let host_if = host_if.clone();
-            netns::create(move || build_vm_side(&host_if, host_ns)).await
+            netns::create(move || build_vm_side(&host_if, host_ns, group)).await
         };
         let netns = match made {
             Ok((fd, ())) => Arc::new(fd),
@@ -368,7 +372,8 @@ impl Network {
         index: u32,
         egress: &[EgressRule],
     ) -> Result<VmNet, NetError> {
-        let (fd, ()) = netns::create(|| tap::create_persistent(TAP_NAME)).await?;
+        let group = self.tap_group;
+        let (fd, ()) = netns::create(move || tap::create_persistent(TAP_NAME, group)).await?;
         let netns = Arc::new(fd);
         let id = format!("ignition-{}-{index}", self.tag);
         let path = format!("/proc/{}/fd/{}", std::process::id(), netns.as_raw_fd());

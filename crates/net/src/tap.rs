@@ -8,9 +8,10 @@ use nix::sys::stat::Mode;
 
 use crate::NetError;
 
-/// Creates a persistent tap device `name` in the calling thread's network namespace. It stays
-/// after this returns (the VMM attaches to it by name) and goes with its namespace.
-pub(crate) fn create_persistent(name: &str) -> Result<(), NetError> {
+/// Creates a persistent tap device `name` in the calling thread's network namespace, which
+/// processes of group `group` may attach to. It stays after this returns (the VMM attaches to it
+/// by name) and goes with its namespace.
+pub(crate) fn create_persistent(name: &str, group: u32) -> Result<(), NetError> {
     let err = |what: &str, e: std::io::Error| NetError::Link(format!("tap {name}: {what}: {e}"));
     let fd = open(
         "/dev/net/tun",
@@ -38,11 +39,19 @@ pub(crate) fn create_persistent(name: &str) -> Result<(), NetError> {
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
         return Err(err("TUNSETPERSIST", std::io::Error::last_os_error()));
     }
-    // Owned by uid 0: a jailed VMM runs as root without capabilities, and the tun driver lets
-    // it attach only to a tap it owns (without an owner, attaching needs CAP_NET_ADMIN).
-    // SAFETY: TUNSETOWNER takes a uid by value; `fd` is attached to the tap.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOWNER, 0 as libc::c_ulong) } < 0 {
-        return Err(err("TUNSETOWNER", std::io::Error::last_os_error()));
+    // A jailed VMM runs as an unprivileged user of the VMMs' group, and the tun driver lets it
+    // attach only to a tap of its group (with neither owner nor group, attaching needs
+    // CAP_NET_ADMIN). Only a process in the VM's network namespace sees this tap at all.
+    // SAFETY: TUNSETGROUP takes a gid by value; `fd` is attached to the tap.
+    if unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETGROUP,
+            libc::c_ulong::from(group),
+        )
+    } < 0
+    {
+        return Err(err("TUNSETGROUP", std::io::Error::last_os_error()));
     }
     Ok(())
 }

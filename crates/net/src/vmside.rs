@@ -81,10 +81,10 @@ pub(crate) fn join_tap_to_eth0() -> Result<(), NetError> {
     })
 }
 
-/// Inside a new VM namespace: the tap, a bridge, and a veth pair whose far end goes to the
-/// host's namespace.
-pub(crate) fn build_vm_side(host_if: &str, host_ns: RawFd) -> Result<(), NetError> {
-    tap::create_persistent(TAP_NAME)?;
+/// Inside a new VM namespace: the tap (for VMMs of group `tap_group`), a bridge, and a veth
+/// pair whose far end goes to the host's namespace.
+pub(crate) fn build_vm_side(host_if: &str, host_ns: RawFd, tap_group: u32) -> Result<(), NetError> {
+    tap::create_persistent(TAP_NAME, tap_group)?;
     with_netlink(|handle| async move {
         let links = handle.link();
         links

@@ -30,6 +30,7 @@ async fn a_vm_network_is_made_whole_and_removed_without_a_trace() {
         cni: None,
         tag: "nt1".into(),
         dns: vec!["198.18.9.53".parse().unwrap()],
+        tap_group: ignition_vmm_gid(),
     })
     .await
     .expect("VM networking needs root and nftables");
@@ -107,6 +108,7 @@ async fn bad_configuration_is_refused_with_a_reason() {
         cni: None,
         tag: "nt2".into(),
         dns: vec![],
+        tap_group: 0,
     })
     .await
     .unwrap_err();
@@ -116,8 +118,14 @@ async fn bad_configuration_is_refused_with_a_reason() {
         cni: None,
         tag: "Bad-Tag".into(),
         dns: vec![],
+        tap_group: 0,
     })
     .await
     .unwrap_err();
     assert!(err.to_string().contains("[a-z0-9]"), "{err}");
+}
+
+/// The group jailed VMMs run in by default (what the server passes).
+fn ignition_vmm_gid() -> u32 {
+    2_000_000_000
 }

@@ -10,12 +10,14 @@
 //! root of its own ([`JailRoot`]): `/usr` and the dynamic loader's cache read-only, a handful of
 //! device nodes, and exactly the files of its VM (kernel, initramfs and root disk read-only,
 //! its sockets, its snapshot files), bind-mounted at their own paths inside a directory it is
-//! chrooted into, and it runs as root with no capabilities at all (the bounding set emptied
-//! before exec, `no_new_privs`): it cannot mount, chroot again, trace or signal outside its
-//! namespaces, or open devices it was not given.
-//!
-//! Not yet: an unprivileged uid (issue #6; QEMU 7.2 opens a snapshot's memory file for writing,
-//! so that needs the file passed as a descriptor).
+//! chrooted into. It runs as an unprivileged user of its own ([`VmmUsers`]: a uid per VM from
+//! a range, one group for all VMMs) with no capabilities at all (the bounding set emptied before
+//! exec, `no_new_privs`): it cannot mount, chroot again, trace or signal another VMM, or open
+//! devices or files it was not given. What it must write is made its own before it starts (its
+//! run directory and sockets, the directory a snapshot is written to); a snapshot's memory file,
+//! which QEMU 7.2 opens for writing even to map it privately, is made writable by the VMM group
+//! (a VMM that wrote to it anyway changes the file's modification time, and the snapshot store
+//! verifies the checksum again on the next restore).
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -29,6 +31,84 @@ use crate::VmmError;
 /// migration (a shell running `cat`).
 pub(crate) const QEMU_SANDBOX: &str =
     "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny";
+
+/// The first uid of jailed VMMs by default: far above the ids of real users and of the usual
+/// subordinate-id ranges, below 2^31 for tools that read ids as signed.
+pub const DEFAULT_FIRST_UID: u32 = 2_000_000_000;
+/// How many uids jailed VMMs take in turn by default.
+pub const DEFAULT_UID_COUNT: u32 = 65_536;
+/// The group of jailed VMMs by default (it owns nothing else on the host).
+pub const DEFAULT_GID: u32 = 2_000_000_000;
+
+/// The user and group a jailed VMM process runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmmIdentity {
+    /// Its own user id.
+    pub uid: u32,
+    /// The VMMs' group.
+    pub gid: u32,
+}
+
+/// Identities for jailed VMMs: each VM takes the next uid of `count` starting at `first_uid`
+/// (so two VMMs running at once have different users unless `count` VMs are running), all in
+/// group `gid`.
+#[derive(Debug)]
+pub struct VmmUsers {
+    first_uid: u32,
+    count: u32,
+    gid: u32,
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl Default for VmmUsers {
+    fn default() -> Self {
+        Self::new(DEFAULT_FIRST_UID, DEFAULT_UID_COUNT, DEFAULT_GID)
+    }
+}
+
+impl VmmUsers {
+    /// `count` uids from `first_uid` (at least one; uid 0 is never handed out), group `gid`.
+    pub fn new(first_uid: u32, count: u32, gid: u32) -> Self {
+        // Neither root nor (uid_t)-1, which means "no change" to the kernel.
+        let first_uid = first_uid.clamp(1, u32::MAX - 1);
+        Self {
+            first_uid,
+            count: count.clamp(1, u32::MAX - first_uid),
+            gid,
+            next: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// The group every VMM runs in.
+    pub fn gid(&self) -> u32 {
+        self.gid
+    }
+
+    /// The identity for the next VMM.
+    pub fn next(&self) -> VmmIdentity {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        VmmIdentity {
+            uid: self.first_uid + n % self.count,
+            gid: self.gid,
+        }
+    }
+}
+
+/// Makes `path` belong to `who` (user and group), so that a VMM running as it may write there.
+pub(crate) fn give(path: &Path, who: VmmIdentity) -> Result<(), VmmError> {
+    std::os::unix::fs::chown(path, Some(who.uid), Some(who.gid))
+        .map_err(VmmError::io(format!("chown {}", path.display())))
+}
+
+/// Makes `file` readable and writable by the VMMs' group, and root's: a VMM may then write it
+/// but, not owning it, cannot set its modification time back (which the snapshot store relies
+/// on to notice a change).
+pub(crate) fn share_with_group(file: &Path, gid: u32) -> Result<(), VmmError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = || VmmError::io(format!("share {} with the VMM group", file.display()));
+    std::os::unix::fs::chown(file, Some(0), Some(gid)).map_err(io())?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o660)).map_err(io())
+}
 
 /// Namespaces a VMM process is moved into before it executes.
 pub(crate) const NAMESPACES: libc::c_int =
@@ -51,6 +131,16 @@ struct BindMount {
     read_only: bool,
 }
 
+/// A device node made in a jail's `/dev`.
+#[derive(Debug)]
+struct DeviceNode {
+    path: CString,
+    rdev: libc::dev_t,
+    mode: libc::mode_t,
+    /// The group it is given to (the VMMs'), for nodes not open to everyone.
+    group: Option<libc::gid_t>,
+}
+
 /// A root directory for one VMM, holding only what it needs; the mounts are made in the VMM's
 /// own mount namespace (see [`confine`]), so the host sees only empty mount points, removed
 /// with the directory.
@@ -58,16 +148,23 @@ struct BindMount {
 pub(crate) struct JailRoot {
     root: CString,
     mounts: Vec<BindMount>,
+    /// The jail's `/dev` (a tmpfs in the VMM's mount namespace) and `/dev/net`.
+    dev: CString,
+    dev_net: CString,
+    devices: Vec<DeviceNode>,
 }
 
-/// Device nodes a VMM may open (those that exist on the host).
-const DEVICES: &[&str] = &[
-    "/dev/null",
-    "/dev/zero",
-    "/dev/random",
-    "/dev/urandom",
-    "/dev/net/tun",
-    "/dev/kvm",
+/// Device nodes a VMM may open (those that exist on the host): the first four by anyone, the
+/// tun and KVM devices by the VMMs' group. They are made afresh in the jail rather than bound
+/// from the host, whose nodes for the latter two may be root's alone (they are, here) and whose
+/// run directory may be on a file system that ignores device nodes (`nodev`).
+const DEVICES: &[(&str, bool)] = &[
+    ("/dev/null", true),
+    ("/dev/zero", true),
+    ("/dev/random", true),
+    ("/dev/urandom", true),
+    ("/dev/net/tun", false),
+    ("/dev/kvm", false),
 ];
 
 fn cstring(p: &Path) -> Result<CString, VmmError> {
@@ -81,8 +178,12 @@ fn cstring(p: &Path) -> Result<CString, VmmError> {
 impl JailRoot {
     /// Makes `dir` (it must not exist) the root for a VMM that needs `paths`, each at its own
     /// absolute path, plus the system's `/usr` (with Debian's `/bin`, `/lib`, ... links into
-    /// it), the loader cache and [`DEVICES`].
-    pub(crate) fn prepare(dir: &Path, paths: &[(PathBuf, Access)]) -> Result<Self, VmmError> {
+    /// it), the loader cache and [`DEVICES`] (the restricted ones for group `group`).
+    pub(crate) fn prepare(
+        dir: &Path,
+        paths: &[(PathBuf, Access)],
+        group: libc::gid_t,
+    ) -> Result<Self, VmmError> {
         let io = |what: &Path| VmmError::io(format!("jail root: {}", what.display()));
         std::fs::create_dir(dir).map_err(io(dir))?;
         let mut binds: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
@@ -98,8 +199,20 @@ impl JailRoot {
         if Path::new("/etc/ld.so.cache").exists() {
             binds.push(("/etc/ld.so.cache".into(), "/etc/ld.so.cache".into(), true));
         }
-        for dev in DEVICES.iter().map(Path::new).filter(|d| d.exists()) {
-            binds.push((dev.to_owned(), dev.to_owned(), false));
+        let dev = dir.join("dev");
+        std::fs::create_dir(&dev).map_err(io(&dev))?;
+        let mut devices = Vec::new();
+        for (path, public) in DEVICES {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            devices.push(DeviceNode {
+                path: cstring(&dir.join(path.trim_start_matches('/')))?,
+                rdev: meta.rdev(),
+                mode: libc::S_IFCHR | if *public { 0o666 } else { 0o660 },
+                group: (!public).then_some(group),
+            });
         }
         for (p, access) in paths {
             binds.push((p.clone(), p.clone(), *access == Access::ReadOnly));
@@ -128,6 +241,9 @@ impl JailRoot {
         Ok(Self {
             root: cstring(dir)?,
             mounts,
+            dev_net: cstring(&dev.join("net"))?,
+            dev: cstring(&dev)?,
+            devices,
         })
     }
 }
@@ -145,15 +261,18 @@ impl JailRoot {
 /// The caller keeps `netns` open until the spawn returns.
 ///
 /// With `root` (and `jail`), the VMM's mount namespace gets the root's bind mounts, the VMM is
-/// chrooted into it, and it execs with an empty capability bounding set and `no_new_privs`.
+/// chrooted into it, and it execs with an empty capability bounding set and `no_new_privs`;
+/// with `user` too, as that user, without supplementary groups.
 pub(crate) fn confine(
     cmd: &mut tokio::process::Command,
     jail: bool,
     netns: Option<RawFd>,
     cgroup_procs: Vec<CString>,
     root: Option<JailRoot>,
+    user: Option<VmmIdentity>,
 ) {
     let root = root.filter(|_| jail);
+    let user = user.filter(|_| root.is_some());
     let namespaces = match (netns, jail) {
         (Some(_), true) => (NAMESPACES & !libc::CLONE_NEWNET) | libc::CLONE_NEWPID,
         (None, true) => NAMESPACES | libc::CLONE_NEWPID,
@@ -201,12 +320,17 @@ pub(crate) fn confine(
                 return Err(std::io::Error::last_os_error());
             }
             if pid == 0 {
-                // PID 1 of the new namespace: dies with its parent, then execs the VMM.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                // PID 1 of the new namespace: becomes the VMM's user, dies with its parent,
+                // then execs the VMM.
                 if root.is_some() {
                     drop_capabilities()?;
+                }
+                if let Some(u) = user {
+                    become_user(u)?;
+                }
+                // After the change of user, which clears the parent-death signal.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
                 return Ok(());
             }
@@ -236,7 +360,8 @@ pub(crate) fn confine(
     }
 }
 
-/// Mounts `root`'s binds in the (new, unshared) mount namespace and chroots into it. Runs
+/// Mounts a `/dev` with `root`'s device nodes and `root`'s binds in the (new, unshared) mount
+/// namespace, and chroots into it. Runs
 /// between fork and exec: system calls only, on strings made before the fork.
 ///
 /// # Safety
@@ -256,6 +381,31 @@ unsafe fn enter_root(root: &JailRoot) -> std::io::Result<()> {
         ) != 0
         {
             return fail();
+        }
+        // A /dev of its own, holding only the nodes the VMM may open.
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            root.dev.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            c"mode=755,size=64k".as_ptr().cast(),
+        ) != 0
+            || libc::mkdir(root.dev_net.as_ptr(), 0o755) != 0
+        {
+            return fail();
+        }
+        for d in &root.devices {
+            // mknod applies the umask; chmod sets the mode exactly.
+            if libc::mknod(d.path.as_ptr(), d.mode, d.rdev) != 0
+                || libc::chmod(d.path.as_ptr(), d.mode & 0o777) != 0
+            {
+                return fail();
+            }
+            if let Some(gid) = d.group {
+                if libc::chown(d.path.as_ptr(), 0, gid) != 0 {
+                    return fail();
+                }
+            }
         }
         for m in &root.mounts {
             if libc::mount(
@@ -282,6 +432,25 @@ unsafe fn enter_root(root: &JailRoot) -> std::io::Result<()> {
         }
         if libc::chroot(root.root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
             return fail();
+        }
+    }
+    Ok(())
+}
+
+/// Switches to `who` without supplementary groups (real, effective and saved ids alike, so there
+/// is no way back); the kernel drops every capability with the change from uid 0. Raw system
+/// calls: glibc's wrappers signal other threads, and after a fork there are none.
+///
+/// # Safety
+/// Call only in a forked child, before exec.
+unsafe fn become_user(who: VmmIdentity) -> std::io::Result<()> {
+    // SAFETY: integer arguments; setgroups with a count of 0 reads no memory.
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0
+            || libc::syscall(libc::SYS_setresgid, who.gid, who.gid, who.gid) != 0
+            || libc::syscall(libc::SYS_setresuid, who.uid, who.uid, who.uid) != 0
+        {
+            return Err(std::io::Error::last_os_error());
         }
     }
     Ok(())
@@ -494,6 +663,21 @@ impl Drop for VmCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vmms_take_the_users_of_their_range_in_turn_never_root() {
+        let users = VmmUsers::new(500, 3, 77);
+        let uids: Vec<u32> = (0..7).map(|_| users.next().uid).collect();
+        assert_eq!(uids, [500, 501, 502, 500, 501, 502, 500]);
+        assert!((0..3).all(|_| users.next().gid == 77));
+        let from_zero = VmmUsers::new(0, 2, 9);
+        assert!((0..4).all(|_| from_zero.next().uid != 0));
+        // A range that would run past the last uid is cut short rather than wrapping to root.
+        let top = VmmUsers::new(u32::MAX - 2, 10, 9);
+        assert!((0..20).all(|_| (u32::MAX - 2..u32::MAX).contains(&top.next().uid)));
+        let last = VmmUsers::new(u32::MAX, 5, 9);
+        assert_eq!(last.next().uid, u32::MAX - 1);
+    }
 
     #[test]
     fn limits_follow_the_vm() {

@@ -43,6 +43,7 @@ fn worker(image: GuestImage, run_dir: &Path, snapshots: &Path) -> Arc<Worker> {
         accel: Accel::Auto,
         run_dir: run_dir.to_path_buf(),
         jail: true,
+        users: Default::default(),
     });
     Worker::new(
         Arc::new(driver),

@@ -110,7 +110,7 @@ impl FirecrackerDriver {
             .as_ref()
             .map(VmCgroup::procs_files)
             .unwrap_or_default();
-        crate::jail::confine(&mut cmd, self.config.jail, netns, procs, None);
+        crate::jail::confine(&mut cmd, self.config.jail, netns, procs, None, None);
         let child = cmd.spawn().map_err(|source| VmmError::Spawn {
             binary: self.config.binary.display().to_string(),
             source,

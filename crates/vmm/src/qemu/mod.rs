@@ -10,6 +10,7 @@ mod qmp;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +19,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::process::Command;
 
 use crate::console::ConsoleRing;
-use crate::jail::{Access, CgroupLimits, JailRoot, VmCgroup};
+use crate::jail::{Access, CgroupLimits, JailRoot, VmCgroup, VmmIdentity, VmmUsers};
 use crate::process::{accept_or_exit, VmmProcess};
 use crate::rundir::RunDir;
 use crate::{Accel, MicroVm, SnapshotFiles, VmSource, VmSpec, VmmDriver, VmmError};
@@ -37,8 +38,11 @@ pub struct QemuConfig {
     /// Where per-VM run directories are made. Unix socket paths are limited to 107 bytes, so
     /// keep this short.
     pub run_dir: PathBuf,
-    /// Confine each QEMU process ([`crate::jail`]): namespaces, seccomp, a cgroup.
+    /// Confine each QEMU process ([`crate::jail`]): namespaces, seccomp, a cgroup, a root of
+    /// its own, an unprivileged user from `users`.
     pub jail: bool,
+    /// Who jailed QEMU processes run as.
+    pub users: Arc<VmmUsers>,
 }
 
 /// Starts microVMs with QEMU.
@@ -187,11 +191,14 @@ impl VmmDriver for QemuDriver {
             None
         };
         let binary = resolve_binary(&self.config.binary);
-        let root = if self.config.jail {
+        let (root, user) = if self.config.jail {
             let paths = jail_paths(spec, &run_dir.join(""), &binary);
-            Some(JailRoot::prepare(&run_dir.join("root"), &paths)?)
+            let root = JailRoot::prepare(&run_dir.join("root"), &paths, self.config.users.gid())?;
+            let user = self.config.users.next();
+            hand_over(spec, &run_dir, user)?;
+            (Some(root), Some(user))
         } else {
-            None
+            (None, None)
         };
         let mut cmd = Command::new(&binary);
         cmd.args(args::build(spec, self.config.accel, self.tsc_khz, &sockets));
@@ -209,7 +216,7 @@ impl VmmDriver for QemuDriver {
             .as_ref()
             .map(VmCgroup::procs_files)
             .unwrap_or_default();
-        crate::jail::confine(&mut cmd, self.config.jail, netns, procs, root);
+        crate::jail::confine(&mut cmd, self.config.jail, netns, procs, root, user);
         let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
             binary: self.config.binary.display().to_string(),
             source,
@@ -419,6 +426,43 @@ fn resolve_binary(binary: &Path) -> PathBuf {
         .map(|dir| dir.join(binary))
         .find(|p| p.is_file())
         .unwrap_or_else(|| binary.to_owned())
+}
+
+/// Gives a jailed QEMU running as `user` what it must write: its run directory (it makes its QMP
+/// socket there) and the sockets the host made in it, and the directory a snapshot is written
+/// to; and lets it open a restored snapshot's memory file, through the VMMs' group.
+fn hand_over(spec: &VmSpec, run_dir: &RunDir, user: VmmIdentity) -> Result<(), VmmError> {
+    for path in [
+        run_dir.join(""),
+        run_dir.join("agent.sock"),
+        run_dir.join("console.sock"),
+    ] {
+        crate::jail::give(&path, user)?;
+    }
+    match &spec.source {
+        VmSource::Boot {
+            snapshot_memory: Some(memory),
+            ..
+        } => {
+            if let Some(dir) = memory.parent() {
+                crate::jail::give(dir, user)?;
+            }
+        }
+        VmSource::Boot { .. } => {}
+        VmSource::Restore {
+            derive_into: Some(copy),
+            ..
+        } => {
+            if let Some(dir) = copy.parent() {
+                crate::jail::give(dir, user)?;
+            }
+            crate::jail::give(copy, user)?;
+        }
+        VmSource::Restore { snapshot, .. } => {
+            crate::jail::share_with_group(&snapshot.memory, user.gid)?;
+        }
+    }
+    Ok(())
 }
 
 /// What a jailed QEMU needs of the host for `spec`, besides `/usr` and device nodes: its run
