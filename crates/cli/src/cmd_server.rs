@@ -271,6 +271,11 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
             anyhow::bail!("--vmm firecracker needs KVM, and this host has no /dev/kvm");
         }
     }
+    let users = Arc::new(ignition_vmm::jail::VmmUsers::new(
+        args.vmm_uid_base,
+        args.vmm_uids,
+        args.vmm_gid,
+    ));
     let (driver, sweep): (
         Arc<dyn ignition_vmm::VmmDriver>,
         Box<dyn Fn() + Send + Sync>,
@@ -279,6 +284,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
             binary: args.firecracker.clone(),
             run_dir: run_dir.clone(),
             jail: !args.no_jail,
+            users: Arc::clone(&users),
         }));
         tracing::info!(vmm, image = %image.id, "microVM driver ready");
         let s = Arc::clone(&d);
@@ -289,11 +295,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
             accel,
             run_dir: run_dir.clone(),
             jail: !args.no_jail,
-            users: Arc::new(ignition_vmm::jail::VmmUsers::new(
-                args.vmm_uid_base,
-                args.vmm_uids,
-                args.vmm_gid,
-            )),
+            users,
         }));
         tracing::info!(vmm, accel = d.accel().qemu_name(), image = %image.id, "microVM driver ready");
         let s = Arc::clone(&d);

@@ -22,9 +22,10 @@
 use std::ffi::CString;
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use crate::VmmError;
+use crate::{VmSource, VmSpec, VmmError};
 
 /// QEMU's seccomp options: its default filter plus denial of obsolete system calls, privilege
 /// changes and resource control. `spawn` stays allowed because snapshots go through `exec:`
@@ -108,6 +109,82 @@ pub(crate) fn share_with_group(file: &Path, gid: u32) -> Result<(), VmmError> {
     let io = || VmmError::io(format!("share {} with the VMM group", file.display()));
     std::os::unix::fs::chown(file, Some(0), Some(gid)).map_err(io())?;
     std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o660)).map_err(io())
+}
+
+/// Gives a jailed VMM running as `user` what it must write: its run directory (where it makes its
+/// own sockets) and the sockets and files the host made there for it before it starts (not the
+/// directories: its jail root stays root's), and the directory a snapshot is written to; and
+/// lets it open a restored snapshot's memory file, through the VMMs' group.
+pub(crate) fn hand_over(spec: &VmSpec, run_dir: &Path, user: VmmIdentity) -> Result<(), VmmError> {
+    give(run_dir, user)?;
+    let entries =
+        std::fs::read_dir(run_dir).map_err(VmmError::io(format!("read {}", run_dir.display())))?;
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_socket() || t.is_file()) {
+            give(&e.path(), user)?;
+        }
+    }
+    match &spec.source {
+        VmSource::Boot {
+            snapshot_memory: Some(memory),
+            ..
+        } => {
+            if let Some(dir) = memory.parent() {
+                give(dir, user)?;
+            }
+        }
+        VmSource::Boot { .. } => {}
+        VmSource::Restore {
+            derive_into: Some(copy),
+            ..
+        } => {
+            if let Some(dir) = copy.parent() {
+                give(dir, user)?;
+            }
+            give(copy, user)?;
+        }
+        VmSource::Restore { snapshot, .. } => {
+            share_with_group(&snapshot.memory, user.gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a jailed VMM needs of the host for `spec`, besides `/usr` and device nodes: its run
+/// directory (sockets), its image (read-only), its binary if it lives outside `/usr`, and its
+/// snapshot files: the directory a snapshot is written to read-write; a snapshot restored from
+/// read-only but for its memory file, which QEMU 7.2 opens for writing even to map it privately.
+pub(crate) fn vm_paths(spec: &VmSpec, run_dir: &Path, binary: &Path) -> Vec<(PathBuf, Access)> {
+    let mut paths = vec![(run_dir.to_owned(), Access::ReadWrite)];
+    let image = match &spec.source {
+        VmSource::Boot { image, .. } | VmSource::Restore { image, .. } => image,
+    };
+    for file in [&image.kernel, &image.initramfs, &image.rootfs] {
+        paths.push((file.clone(), Access::ReadOnly));
+    }
+    if !binary.starts_with("/usr") && binary.is_absolute() {
+        paths.push((binary.to_owned(), Access::ReadOnly));
+    }
+    let parent = |p: &Path| p.parent().map(Path::to_owned);
+    match &spec.source {
+        VmSource::Boot {
+            snapshot_memory: Some(memory),
+            ..
+        } => paths.extend(parent(memory).map(|d| (d, Access::ReadWrite))),
+        VmSource::Boot { .. } => {}
+        VmSource::Restore {
+            snapshot,
+            derive_into,
+            ..
+        } => {
+            paths.extend(parent(&snapshot.state).map(|d| (d, Access::ReadOnly)));
+            match derive_into {
+                Some(copy) => paths.extend(parent(copy).map(|d| (d, Access::ReadWrite))),
+                None => paths.push((snapshot.memory.clone(), Access::ReadWrite)),
+            }
+        }
+    }
+    paths
 }
 
 /// Namespaces a VMM process is moved into before it executes.

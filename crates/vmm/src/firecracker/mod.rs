@@ -26,7 +26,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
 use crate::console::ConsoleRing;
-use crate::jail::{CgroupLimits, VmCgroup};
+use crate::jail::{CgroupLimits, JailRoot, VmCgroup};
 use crate::process::{accept_or_exit, VmmProcess};
 use crate::rundir::RunDir;
 use crate::{MicroVm, SnapshotFiles, VmSource, VmSpec, VmmDriver, VmmError};
@@ -47,9 +47,11 @@ pub struct FirecrackerConfig {
     pub binary: PathBuf,
     /// Where per-VM run directories are made (short: Unix socket paths are limited).
     pub run_dir: PathBuf,
-    /// Confine each process ([`crate::jail`]): namespaces and a cgroup; Firecracker installs
-    /// its own seccomp filters.
+    /// Confine each process ([`crate::jail`]) as QEMU's are: namespaces, a cgroup, a root of its
+    /// own, an unprivileged user from `users`; Firecracker installs its own seccomp filters.
     pub jail: bool,
+    /// Who jailed Firecracker processes run as.
+    pub users: std::sync::Arc<crate::jail::VmmUsers>,
 }
 
 /// Starts microVMs with Firecracker.
@@ -96,7 +98,20 @@ impl FirecrackerDriver {
         } else {
             None
         };
-        let mut cmd = Command::new(&self.config.binary);
+        // The same jail as QEMU's (tested there): every path the API is given is an absolute
+        // host path, and the root binds each at its own path.
+        let binary = crate::qemu::resolve_binary(&self.config.binary);
+        let (root, user) = if self.config.jail {
+            let run_dir = api_sock.parent().unwrap_or(api_sock);
+            let paths = crate::jail::vm_paths(spec, run_dir, &binary);
+            let root = JailRoot::prepare(&run_dir.join("root"), &paths, self.config.users.gid())?;
+            let user = self.config.users.next();
+            crate::jail::hand_over(spec, run_dir, user)?;
+            (Some(root), Some(user))
+        } else {
+            (None, None)
+        };
+        let mut cmd = Command::new(&binary);
         cmd.arg("--api-sock")
             .arg(api_sock)
             .args(["--id", &spec.id])
@@ -110,7 +125,7 @@ impl FirecrackerDriver {
             .as_ref()
             .map(VmCgroup::procs_files)
             .unwrap_or_default();
-        crate::jail::confine(&mut cmd, self.config.jail, netns, procs, None, None);
+        crate::jail::confine(&mut cmd, self.config.jail, netns, procs, root, user);
         let child = cmd.spawn().map_err(|source| VmmError::Spawn {
             binary: self.config.binary.display().to_string(),
             source,
@@ -187,6 +202,14 @@ impl VmmDriver for FirecrackerDriver {
         ));
         let agent = UnixListener::bind(&agent_path)
             .map_err(VmmError::io(format!("bind {}", agent_path.display())))?;
+        let (log, metrics) = (
+            run_dir.join("firecracker.log"),
+            run_dir.join("metrics.json"),
+        );
+        // Made before the process starts, so that a jailed one gets them as its own.
+        for f in [&log, &metrics] {
+            std::fs::File::create(f).map_err(VmmError::io(format!("create {}", f.display())))?;
+        }
         let (mut child, cgroup) = self.spawn(spec, &api_sock)?;
         let console = ConsoleRing::default();
         let console_task = match child.stdout.take() {
@@ -206,13 +229,6 @@ impl VmmDriver for FirecrackerDriver {
                 (image, spec.network.as_ref().map(|n| n.tap.as_str()))
             }
         };
-        let (log, metrics) = (
-            run_dir.join("firecracker.log"),
-            run_dir.join("metrics.json"),
-        );
-        for f in [&log, &metrics] {
-            std::fs::File::create(f).map_err(VmmError::io(format!("create {}", f.display())))?;
-        }
         let mut boot_args = BASE_CMDLINE.to_owned();
         for w in &image.extra_cmdline {
             boot_args.push(' ');

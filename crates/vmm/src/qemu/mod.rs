@@ -19,7 +19,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::process::Command;
 
 use crate::console::ConsoleRing;
-use crate::jail::{Access, CgroupLimits, JailRoot, VmCgroup, VmmIdentity, VmmUsers};
+use crate::jail::{CgroupLimits, JailRoot, VmCgroup, VmmUsers};
 use crate::process::{accept_or_exit, VmmProcess};
 use crate::rundir::RunDir;
 use crate::{Accel, MicroVm, SnapshotFiles, VmSource, VmSpec, VmmDriver, VmmError};
@@ -192,10 +192,10 @@ impl VmmDriver for QemuDriver {
         };
         let binary = resolve_binary(&self.config.binary);
         let (root, user) = if self.config.jail {
-            let paths = jail_paths(spec, &run_dir.join(""), &binary);
+            let paths = crate::jail::vm_paths(spec, &run_dir.join(""), &binary);
             let root = JailRoot::prepare(&run_dir.join("root"), &paths, self.config.users.gid())?;
             let user = self.config.users.next();
-            hand_over(spec, &run_dir, user)?;
+            crate::jail::hand_over(spec, &run_dir.join(""), user)?;
             (Some(root), Some(user))
         } else {
             (None, None)
@@ -416,7 +416,7 @@ impl MicroVm for QemuVm {
 
 /// The VMM binary as an absolute path: it is looked up on the server's `PATH` here, since the
 /// jailed VMM has neither the environment nor the host's directories to search.
-fn resolve_binary(binary: &Path) -> PathBuf {
+pub(crate) fn resolve_binary(binary: &Path) -> PathBuf {
     if binary.is_absolute() || binary.components().count() > 1 {
         return binary.to_owned();
     }
@@ -426,78 +426,4 @@ fn resolve_binary(binary: &Path) -> PathBuf {
         .map(|dir| dir.join(binary))
         .find(|p| p.is_file())
         .unwrap_or_else(|| binary.to_owned())
-}
-
-/// Gives a jailed QEMU running as `user` what it must write: its run directory (it makes its QMP
-/// socket there) and the sockets the host made in it, and the directory a snapshot is written
-/// to; and lets it open a restored snapshot's memory file, through the VMMs' group.
-fn hand_over(spec: &VmSpec, run_dir: &RunDir, user: VmmIdentity) -> Result<(), VmmError> {
-    for path in [
-        run_dir.join(""),
-        run_dir.join("agent.sock"),
-        run_dir.join("console.sock"),
-    ] {
-        crate::jail::give(&path, user)?;
-    }
-    match &spec.source {
-        VmSource::Boot {
-            snapshot_memory: Some(memory),
-            ..
-        } => {
-            if let Some(dir) = memory.parent() {
-                crate::jail::give(dir, user)?;
-            }
-        }
-        VmSource::Boot { .. } => {}
-        VmSource::Restore {
-            derive_into: Some(copy),
-            ..
-        } => {
-            if let Some(dir) = copy.parent() {
-                crate::jail::give(dir, user)?;
-            }
-            crate::jail::give(copy, user)?;
-        }
-        VmSource::Restore { snapshot, .. } => {
-            crate::jail::share_with_group(&snapshot.memory, user.gid)?;
-        }
-    }
-    Ok(())
-}
-
-/// What a jailed QEMU needs of the host for `spec`, besides `/usr` and device nodes: its run
-/// directory (sockets), its image (read-only), its binary if it lives outside `/usr`, and its
-/// snapshot files: the directory a snapshot is written to read-write; a snapshot restored from
-/// read-only but for its memory file, which QEMU opens for writing even to map it privately.
-fn jail_paths(spec: &VmSpec, run_dir: &Path, binary: &Path) -> Vec<(PathBuf, Access)> {
-    let mut paths = vec![(run_dir.to_owned(), Access::ReadWrite)];
-    let image = match &spec.source {
-        VmSource::Boot { image, .. } | VmSource::Restore { image, .. } => image,
-    };
-    for file in [&image.kernel, &image.initramfs, &image.rootfs] {
-        paths.push((file.clone(), Access::ReadOnly));
-    }
-    if !binary.starts_with("/usr") && binary.is_absolute() {
-        paths.push((binary.to_owned(), Access::ReadOnly));
-    }
-    let parent = |p: &Path| p.parent().map(Path::to_owned);
-    match &spec.source {
-        VmSource::Boot {
-            snapshot_memory: Some(memory),
-            ..
-        } => paths.extend(parent(memory).map(|d| (d, Access::ReadWrite))),
-        VmSource::Boot { .. } => {}
-        VmSource::Restore {
-            snapshot,
-            derive_into,
-            ..
-        } => {
-            paths.extend(parent(&snapshot.state).map(|d| (d, Access::ReadOnly)));
-            match derive_into {
-                Some(copy) => paths.extend(parent(copy).map(|d| (d, Access::ReadWrite))),
-                None => paths.push((snapshot.memory.clone(), Access::ReadWrite)),
-            }
-        }
-    }
-    paths
 }
