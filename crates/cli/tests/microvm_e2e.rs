@@ -285,6 +285,26 @@ fn the_vmm_runs_jailed() {
     assert!(vm_cgroups >= 1, "the VMM is in its own cgroup: {cgroups}");
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     assert!(environ.is_empty(), "the VMM inherits no environment");
+    // Nor any descriptor but its standard streams (this test's own process, started by cargo,
+    // holds some without close-on-exec): every file it has open is one it opened in its root,
+    // and its only pipe is its standard error, which the server reads.
+    let root_link = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let fd = fd.unwrap();
+        let n: u32 = fd.file_name().to_string_lossy().parse().unwrap();
+        let target = std::fs::read_link(fd.path()).unwrap();
+        let t = target.to_string_lossy();
+        match n {
+            0 | 1 => assert_eq!(t, "/dev/null"),
+            2 => assert!(t.starts_with("pipe:"), "fd 2: {t}"),
+            _ => assert!(
+                target.starts_with(&root_link)
+                    || t.starts_with("socket:")
+                    || t.starts_with("anon_inode:"),
+                "fd {n} of the VMM is {t}, from outside its root"
+            ),
+        }
+    }
     // Chrooted into a root of its own holding only what it needs...
     let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
     assert!(

@@ -357,7 +357,8 @@ pub(crate) fn confine(
     };
     // SAFETY: the closure runs in the child between fork and exec and calls only
     // async-signal-safe functions (prctl, open, write, close, setns, unshare, fork, waitpid,
-    // syscall(close_range), _exit); it reads captured integers and C strings prepared before
+    // mount, mknod, chmod, chown, chroot, chdir, fcntl, getrlimit, raw syscalls: close_range,
+    // setgroups, setresgid, setresuid; _exit); it reads captured integers and C strings prepared before
     // the fork, and allocates nothing. The namespace descriptor is open in the parent for the
     // whole spawn, so it is valid in the child.
     unsafe {
@@ -390,6 +391,7 @@ pub(crate) fn confine(
                 enter_root(root)?;
             }
             if namespaces & libc::CLONE_NEWPID == 0 {
+                close_inherited_on_exec();
                 return Ok(());
             }
             let pid = libc::fork();
@@ -409,6 +411,7 @@ pub(crate) fn confine(
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                close_inherited_on_exec();
                 return Ok(());
             }
             // The waiting parent holds no descriptor (the spawn's error pipe included, so the
@@ -512,6 +515,34 @@ unsafe fn enter_root(root: &JailRoot) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Marks every descriptor above standard error close-on-exec, so the VMM starts with only its
+/// standard streams: the server may hold descriptors it did not open itself (inherited from
+/// whoever started it) without that flag. Runs between fork and exec.
+///
+/// # Safety
+/// Call only in a forked child, before exec.
+unsafe fn close_inherited_on_exec() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range and fcntl take integers only.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0 {
+            // Kernels before 5.11: one descriptor at a time, up to the limit of open files.
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                limit.rlim_cur.min(65_536) as libc::c_int
+            } else {
+                1024
+            };
+            for fd in 3..top {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
 }
 
 /// Switches to `who` without supplementary groups (real, effective and saved ids alike, so there
