@@ -37,6 +37,10 @@ pub(crate) struct ServerArgs {
     /// The Firecracker binary.
     #[arg(long, default_value = "firecracker")]
     firecracker: PathBuf,
+    /// Firecracker's jailer: `auto` (the `jailer` beside Firecracker or on PATH, if any), `none`
+    /// (the server's own jail, as for QEMU), or its path.
+    #[arg(long, default_value = "auto")]
+    jailer: String,
     /// MicroVMs that may run at once; further invocations wait.
     #[arg(long, default_value_t = 4)]
     max_vms: usize,
@@ -280,13 +284,19 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         Arc<dyn ignition_vmm::VmmDriver>,
         Box<dyn Fn() + Send + Sync>,
     ) = if vmm == "firecracker" {
+        let jailer = match args.jailer.as_str() {
+            "none" => None,
+            "auto" => ignition_vmm::firecracker::jailer::find(&args.firecracker),
+            path => Some(PathBuf::from(path)),
+        };
         let d = Arc::new(FirecrackerDriver::new(FirecrackerConfig {
             binary: args.firecracker.clone(),
             run_dir: run_dir.clone(),
             jail: !args.no_jail,
             users: Arc::clone(&users),
+            jailer: jailer.clone(),
         }));
-        tracing::info!(vmm, image = %image.id, "microVM driver ready");
+        tracing::info!(vmm, image = %image.id, jailer = ?jailer, "microVM driver ready");
         let s = Arc::clone(&d);
         (d, Box::new(move || s.sweep()))
     } else {

@@ -225,7 +225,13 @@ struct DeviceNode {
 pub(crate) struct JailRoot {
     root: CString,
     mounts: Vec<BindMount>,
-    /// The jail's `/dev` (a tmpfs in the VMM's mount namespace) and `/dev/net`.
+    /// The jail's `/dev`, for a root this process enters itself.
+    dev: Option<DevDir>,
+}
+
+/// A jail's `/dev` (a tmpfs in the VMM's mount namespace), `/dev/net` and their nodes.
+#[derive(Debug)]
+struct DevDir {
     dev: CString,
     dev_net: CString,
     devices: Vec<DeviceNode>,
@@ -294,35 +300,69 @@ impl JailRoot {
         for (p, access) in paths {
             binds.push((p.clone(), p.clone(), *access == Access::ReadOnly));
         }
-        // Parents before what lies inside them.
-        binds.sort_by_key(|(_, target, _)| target.components().count());
-        let mut mounts = Vec::with_capacity(binds.len());
-        for (source, target, read_only) in binds {
-            let inside = dir.join(target.strip_prefix("/").unwrap_or(&target));
-            if source.is_dir() {
-                std::fs::create_dir_all(&inside).map_err(io(&inside))?;
-            } else {
-                if let Some(parent) = inside.parent() {
-                    std::fs::create_dir_all(parent).map_err(io(parent))?;
-                }
-                if !inside.exists() {
-                    std::fs::File::create(&inside).map_err(io(&inside))?;
-                }
-            }
-            mounts.push(BindMount {
-                source: cstring(&source)?,
-                target: cstring(&inside)?,
-                read_only,
-            });
-        }
         Ok(Self {
             root: cstring(dir)?,
-            mounts,
-            dev_net: cstring(&dev.join("net"))?,
-            dev: cstring(&dev)?,
-            devices,
+            mounts: mount_points(dir, binds)?,
+            dev: Some(DevDir {
+                dev_net: cstring(&dev.join("net"))?,
+                dev: cstring(&dev)?,
+                devices,
+            }),
         })
     }
+
+    /// Makes `dir` (made if missing) a root that another program enters itself (Firecracker's
+    /// jailer, which adds its device nodes and its binary): just `paths`, each bound at its own
+    /// absolute path inside, in the VMM's mount namespace. The process is neither chrooted nor
+    /// stripped of its capabilities here: the jailer needs them to do the same.
+    pub(crate) fn binds_only(dir: &Path, paths: &[(PathBuf, Access)]) -> Result<Self, VmmError> {
+        std::fs::create_dir_all(dir)
+            .map_err(VmmError::io(format!("jail root: {}", dir.display())))?;
+        let binds = paths
+            .iter()
+            .map(|(p, access)| (p.clone(), p.clone(), *access == Access::ReadOnly))
+            .collect();
+        Ok(Self {
+            root: cstring(dir)?,
+            mounts: mount_points(dir, binds)?,
+            dev: None,
+        })
+    }
+
+    /// Whether the process enters this root itself (chroot, no capabilities, its user).
+    fn entered(&self) -> bool {
+        self.dev.is_some()
+    }
+}
+
+/// Mount points in `dir` for `binds` (source, target, read-only), parents first.
+fn mount_points(
+    dir: &Path,
+    mut binds: Vec<(PathBuf, PathBuf, bool)>,
+) -> Result<Vec<BindMount>, VmmError> {
+    let io = |what: &Path| VmmError::io(format!("jail root: {}", what.display()));
+    // Parents before what lies inside them.
+    binds.sort_by_key(|(_, target, _)| target.components().count());
+    let mut mounts = Vec::with_capacity(binds.len());
+    for (source, target, read_only) in binds {
+        let inside = dir.join(target.strip_prefix("/").unwrap_or(&target));
+        if source.is_dir() {
+            std::fs::create_dir_all(&inside).map_err(io(&inside))?;
+        } else {
+            if let Some(parent) = inside.parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            if !inside.exists() {
+                std::fs::File::create(&inside).map_err(io(&inside))?;
+            }
+        }
+        mounts.push(BindMount {
+            source: cstring(&source)?,
+            target: cstring(&inside)?,
+            read_only,
+        });
+    }
+    Ok(mounts)
 }
 
 /// Makes `cmd` (a VMM about to be spawned) die with the server, join its cgroup (the
@@ -349,7 +389,8 @@ pub(crate) fn confine(
     user: Option<VmmIdentity>,
 ) {
     let root = root.filter(|_| jail);
-    let user = user.filter(|_| root.is_some());
+    let entered = root.as_ref().is_some_and(JailRoot::entered);
+    let user = user.filter(|_| entered);
     let namespaces = match (netns, jail) {
         (Some(_), true) => (NAMESPACES & !libc::CLONE_NEWNET) | libc::CLONE_NEWPID,
         (None, true) => NAMESPACES | libc::CLONE_NEWPID,
@@ -401,7 +442,7 @@ pub(crate) fn confine(
             if pid == 0 {
                 // PID 1 of the new namespace: becomes the VMM's user, dies with its parent,
                 // then execs the VMM.
-                if root.is_some() {
+                if entered {
                     drop_capabilities()?;
                 }
                 if let Some(u) = user {
@@ -417,7 +458,7 @@ pub(crate) fn confine(
             // The waiting parent holds no descriptor (the spawn's error pipe included, so the
             // spawner hears of the exec from the VMM alone), and no capability either.
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            if root.is_some() && drop_capabilities().is_err() {
+            if entered && drop_capabilities().is_err() {
                 libc::_exit(127);
             }
             let mut status = 0;
@@ -463,18 +504,21 @@ unsafe fn enter_root(root: &JailRoot) -> std::io::Result<()> {
             return fail();
         }
         // A /dev of its own, holding only the nodes the VMM may open.
-        if libc::mount(
-            c"tmpfs".as_ptr(),
-            root.dev.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            c"mode=755,size=64k".as_ptr().cast(),
-        ) != 0
-            || libc::mkdir(root.dev_net.as_ptr(), 0o755) != 0
-        {
-            return fail();
+        let no_devices = Vec::new();
+        if let Some(dev) = &root.dev {
+            if libc::mount(
+                c"tmpfs".as_ptr(),
+                dev.dev.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                c"mode=755,size=64k".as_ptr().cast(),
+            ) != 0
+                || libc::mkdir(dev.dev_net.as_ptr(), 0o755) != 0
+            {
+                return fail();
+            }
         }
-        for d in &root.devices {
+        for d in root.dev.as_ref().map_or(&no_devices, |d| &d.devices) {
             // mknod applies the umask; chmod sets the mode exactly.
             if libc::mknod(d.path.as_ptr(), d.mode, d.rdev) != 0
                 || libc::chmod(d.path.as_ptr(), d.mode & 0o777) != 0
@@ -510,7 +554,9 @@ unsafe fn enter_root(root: &JailRoot) -> std::io::Result<()> {
                 return fail();
             }
         }
-        if libc::chroot(root.root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+        if root.entered()
+            && (libc::chroot(root.root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0)
+        {
             return fail();
         }
     }
@@ -785,6 +831,36 @@ mod tests {
         assert!((0..20).all(|_| (u32::MAX - 2..u32::MAX).contains(&top.next().uid)));
         let last = VmmUsers::new(u32::MAX, 5, 9);
         assert_eq!(last.next().uid, u32::MAX - 1);
+    }
+
+    /// What Firecracker's jailer is handed (no jailer here: a shell stands in for it, and the
+    /// test is about the binds, not a VM): the VM's files at their own paths inside the chroot
+    /// directory, read-only where asked, seen only in the process's own mount namespace, and the
+    /// capabilities the jailer needs to do the rest still there.
+    #[tokio::test]
+    async fn a_root_for_the_jailer_binds_the_files_and_keeps_the_capabilities() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("kernel");
+        std::fs::write(&image, "KERNEL").unwrap();
+        let chroot = dir.path().join("jail/firecracker/vm-1/root");
+        let root = JailRoot::binds_only(&chroot, &[(image.clone(), Access::ReadOnly)]).unwrap();
+        let inside = chroot.join(image.strip_prefix("/").unwrap());
+        let script = format!(
+            "cat {0}; echo; echo changed > {0} 2>/dev/null && echo writable; grep CapEff /proc/self/status",
+            inside.display()
+        );
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.args(["-c", &script])
+            .stdout(std::process::Stdio::piped());
+        confine(&mut cmd, true, None, Vec::new(), Some(root), None);
+        let out = cmd.output().await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("KERNEL\n"), "{text}");
+        assert!(!text.contains("writable"), "{text}");
+        assert!(!text.contains("CapEff:\t0000000000000000"), "{text}");
+        // The host sees only the empty mount point, and the file unchanged.
+        assert_eq!(std::fs::read_to_string(&inside).unwrap(), "");
+        assert_eq!(std::fs::read_to_string(&image).unwrap(), "KERNEL");
     }
 
     #[test]

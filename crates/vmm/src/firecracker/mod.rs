@@ -12,6 +12,7 @@
 
 mod api;
 mod client;
+pub mod jailer;
 #[cfg(test)]
 mod schema_tests;
 
@@ -52,6 +53,8 @@ pub struct FirecrackerConfig {
     pub jail: bool,
     /// Who jailed Firecracker processes run as.
     pub users: std::sync::Arc<crate::jail::VmmUsers>,
+    /// Firecracker's `jailer` ([`jailer`]); `None`: the server's own jail, as for QEMU.
+    pub jailer: Option<PathBuf>,
 }
 
 /// Starts microVMs with Firecracker.
@@ -101,21 +104,38 @@ impl FirecrackerDriver {
         // The same jail as QEMU's (tested there): every path the API is given is an absolute
         // host path, and the root binds each at its own path.
         let binary = crate::qemu::resolve_binary(&self.config.binary);
-        let (root, user) = if self.config.jail {
-            let run_dir = api_sock.parent().unwrap_or(api_sock);
-            let paths = crate::jail::vm_paths(spec, run_dir, &binary);
-            let root = JailRoot::prepare(&run_dir.join("root"), &paths, self.config.users.gid())?;
-            let user = self.config.users.next();
-            crate::jail::hand_over(spec, run_dir, user)?;
-            (Some(root), Some(user))
-        } else {
-            (None, None)
+        let run_dir = api_sock.parent().unwrap_or(api_sock);
+        let mut cmd;
+        let (root, user) = match (&self.config.jailer, self.config.jail) {
+            (Some(jailer_bin), true) => {
+                let user = self.config.users.next();
+                let base = run_dir.join("jail");
+                let chroot = jailer::chroot_dir(&base, &binary, &spec.id);
+                let paths = crate::jail::vm_paths(spec, run_dir, &binary);
+                let root = JailRoot::binds_only(&chroot, &paths)?;
+                crate::jail::hand_over(spec, run_dir, user)?;
+                cmd = Command::new(jailer_bin);
+                cmd.args(jailer::args(&binary, &spec.id, user, &base, api_sock));
+                // The jailer switches to the user itself.
+                (Some(root), None)
+            }
+            (None, true) => {
+                let paths = crate::jail::vm_paths(spec, run_dir, &binary);
+                let root =
+                    JailRoot::prepare(&run_dir.join("root"), &paths, self.config.users.gid())?;
+                let user = self.config.users.next();
+                crate::jail::hand_over(spec, run_dir, user)?;
+                cmd = Command::new(&binary);
+                cmd.arg("--api-sock").arg(api_sock).args(["--id", &spec.id]);
+                (Some(root), Some(user))
+            }
+            (_, false) => {
+                cmd = Command::new(&binary);
+                cmd.arg("--api-sock").arg(api_sock).args(["--id", &spec.id]);
+                (None, None)
+            }
         };
-        let mut cmd = Command::new(&binary);
-        cmd.arg("--api-sock")
-            .arg(api_sock)
-            .args(["--id", &spec.id])
-            .env_clear()
+        cmd.env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
