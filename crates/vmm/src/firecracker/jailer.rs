@@ -1,10 +1,10 @@
 //! Firecracker's own jailer, used where it is installed ([`super::FirecrackerConfig::jailer`]).
 //!
 //! The server still does for a jailed Firecracker what it does for every VMM
-//! ([`crate::jail::confine`]): its cgroup (joined before the jailer runs), the VM's network
+//! (`crate::jail::confine`): its cgroup (joined before the jailer runs), the VM's network
 //! namespace, new mount, IPC, UTS and PID namespaces, no environment and no inherited
 //! descriptors; and it binds the VM's files into the jailer's chroot at their own absolute paths
-//! ([`crate::jail::JailRoot::binds_only`]), so every path given to Firecracker's API means the
+//! (`JailRoot::binds_only`), so every path given to Firecracker's API means the
 //! same inside. The jailer then does the rest its own, production-proven way: it enters that
 //! directory, makes `/dev/kvm` and `/dev/net/tun` there, copies Firecracker in, switches to the
 //! VM's user and group, and execs Firecracker, whose seccomp filters follow.
