@@ -38,6 +38,22 @@ impl Client {
     pub(crate) fn http(&self) -> &reqwest::blocking::Client {
         &self.http
     }
+
+    /// Sends `req` and decodes its JSON answer; a refusal is an error naming `what` and the
+    /// server's reason.
+    pub(crate) fn json(
+        &self,
+        req: reqwest::blocking::RequestBuilder,
+        what: &str,
+    ) -> Result<serde_json::Value> {
+        let resp = req.send().context("contacting the server")?;
+        let status = resp.status();
+        let bytes = resp.bytes().context("reading the answer")?;
+        if !status.is_success() {
+            anyhow::bail!("{what} failed: {}", api_error(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).with_context(|| format!("decoding the {what} answer"))
+    }
 }
 
 /// `Authorization: Bearer ACCESS_KEY_ID:SECRET` from `IGNITION_TOKEN` (printed by

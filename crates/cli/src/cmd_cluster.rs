@@ -46,17 +46,7 @@ pub(crate) fn run(cmd: ClusterCommand) -> Result<ExitCode> {
 
 fn status(server: &crate::cmd_fn::ServerUrl, json: bool) -> Result<()> {
     let client = crate::client::Client::new(server.url.as_deref())?;
-    let r = client
-        .http()
-        .get(client.url("/v1/stats"))
-        .send()
-        .context("asking the server")?;
-    let status = r.status();
-    let body = r.bytes().context("reading the answer")?;
-    if !status.is_success() {
-        bail!("{}", crate::client::api_error(status, &body));
-    }
-    let stats: serde_json::Value = serde_json::from_slice(&body).context("decoding /v1/stats")?;
+    let stats = client.json(client.http().get(client.url("/v1/stats")), "status")?;
     let c = &stats["cluster"];
     if json {
         println!("{c}");

@@ -242,13 +242,7 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
                 if let Some(id) = &request_id {
                     req = req.query(&[("request_id", id)]);
                 }
-                let resp = req.send().context("contacting the server")?;
-                let status = resp.status();
-                let bytes = resp.bytes()?;
-                if !status.is_success() {
-                    bail!("logs failed: {}", api_error(status, &bytes));
-                }
-                let doc: serde_json::Value = serde_json::from_slice(&bytes)?;
+                let doc = client.json(req, "logs")?;
                 let mut out = std::io::stdout().lock();
                 for e in doc["logs"].as_array().into_iter().flatten() {
                     out.write_all(e["log"].as_str().unwrap_or_default().as_bytes())?;
@@ -263,17 +257,7 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
         }
         FnCommand::Ls { server } => {
             let client = Client::new(server.url.as_deref())?;
-            let resp = client
-                .http()
-                .get(client.url("/v1/functions"))
-                .send()
-                .context("contacting the server")?;
-            let status = resp.status();
-            let bytes = resp.bytes()?;
-            if !status.is_success() {
-                bail!("list failed: {}", api_error(status, &bytes));
-            }
-            let doc: serde_json::Value = serde_json::from_slice(&bytes)?;
+            let doc = client.json(client.http().get(client.url("/v1/functions")), "list")?;
             println!(
                 "{:<32} {:<9} {:<24} {:>6} {:>7}",
                 "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT"
