@@ -180,7 +180,8 @@ pub struct HostReport {
     pub cpus: usize,
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+/// `name` on `PATH` (or, when that lacks them, the system's sbin directories).
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])

@@ -112,3 +112,12 @@ pub(crate) async fn accept_or_exit(
         }
     }
 }
+
+/// A VMM binary as an absolute path: a bare name is looked up on the server's `PATH` here,
+/// since a jailed VMM has neither the environment nor the host's directories to search.
+pub(crate) fn resolve_binary(binary: &std::path::Path) -> std::path::PathBuf {
+    if binary.is_absolute() || binary.components().count() > 1 {
+        return binary.to_owned();
+    }
+    crate::doctor::which(&binary.to_string_lossy()).unwrap_or_else(|| binary.to_owned())
+}

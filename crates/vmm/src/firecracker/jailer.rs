@@ -62,11 +62,9 @@ pub fn find(firecracker: &Path) -> Option<PathBuf> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .map(|d| d.join("jailer"));
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("jailer"));
-    beside.into_iter().chain(on_path).find(|p| p.is_file())
+    beside
+        .filter(|p| p.is_file())
+        .or_else(|| crate::doctor::which("jailer"))
 }
 
 #[cfg(test)]

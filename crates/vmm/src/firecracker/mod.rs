@@ -103,7 +103,7 @@ impl FirecrackerDriver {
         };
         // The same jail as QEMU's (tested there): every path the API is given is an absolute
         // host path, and the root binds each at its own path.
-        let binary = crate::qemu::resolve_binary(&self.config.binary);
+        let binary = crate::process::resolve_binary(&self.config.binary);
         let run_dir = api_sock.parent().unwrap_or(api_sock);
         let mut cmd;
         let (root, user) = match (&self.config.jailer, self.config.jail) {

@@ -8,7 +8,7 @@ mod args;
 mod qmp;
 
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,7 +190,7 @@ impl VmmDriver for QemuDriver {
         } else {
             None
         };
-        let binary = resolve_binary(&self.config.binary);
+        let binary = crate::process::resolve_binary(&self.config.binary);
         let (root, user) = if self.config.jail {
             let paths = crate::jail::vm_paths(spec, &run_dir.join(""), &binary);
             let root = JailRoot::prepare(&run_dir.join("root"), &paths, self.config.users.gid())?;
@@ -412,18 +412,4 @@ impl MicroVm for QemuVm {
         self.process.destroy().await;
         self.qmp = None;
     }
-}
-
-/// The VMM binary as an absolute path: it is looked up on the server's `PATH` here, since the
-/// jailed VMM has neither the environment nor the host's directories to search.
-pub(crate) fn resolve_binary(binary: &Path) -> PathBuf {
-    if binary.is_absolute() || binary.components().count() > 1 {
-        return binary.to_owned();
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(binary))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| binary.to_owned())
 }
