@@ -127,6 +127,10 @@ pub(crate) struct ServerArgs {
     /// Where VM addresses come from, a /30 per VM. Must not overlap the host's networks.
     #[arg(long, default_value = "10.200.0.0/16")]
     vm_subnet: ignition_net::Ipv4Net,
+    /// VM networks (namespace, tap, links) kept made ahead, so that a VM restored from a
+    /// snapshot does not wait for its own; each holds one address. 0: made on each VM's path.
+    #[arg(long, default_value_t = 2)]
+    spare_networks: usize,
     /// Local development mode: no authentication, every request acts as the default tenant.
     /// Without it, every request but `GET /` needs an access key (`ignition key create`).
     #[arg(long)]
@@ -329,6 +333,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
                 tag: network_tag(&run_dir),
                 dns: args.dns.clone(),
                 tap_group: args.vmm_gid,
+                spares: args.spare_networks,
             })
             .await
             .context("setting up VM networking (needs root and nftables; --network none runs VMs without a network)")?,

@@ -67,6 +67,7 @@ impl AddressPool {
     }
 
     /// Slots handed out and not given back.
+    #[cfg(test)]
     pub(crate) fn in_use(&self) -> u32 {
         self.total - u32::try_from(self.free.len()).unwrap_or(self.total)
     }

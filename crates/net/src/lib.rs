@@ -1,14 +1,21 @@
 //! A network of its own for every microVM, and the egress policy that bounds it.
 //!
 //! This crate owns the host side of VM networking: the node's address pool, one network
-//! namespace per VM holding the VM's tap device bridged to one end of a veth pair, the other
-//! end in the host's namespace with the VM's gateway address, and the nftables rules that
-//! decide what the VM may reach ([`nft`] says which). The VMM process joins the VM's namespace,
-//! so the tap it opens exists nowhere else.
+//! namespace per VM holding the VM's tap device and one end of a veth pair, the other end in
+//! the host's namespace with the VM's gateway address, and the nftables rules that decide what
+//! the VM may reach ([`nft`] says which). The VMM process joins the VM's namespace, so the tap
+//! it opens exists nowhere else.
+//!
+//! Every guest has the same address ([`GUEST_SIDE`]): its namespace routes between the tap and
+//! the veth and translates that address to and from the VM's own (tc's stateless `nat`). So the
+//! guest's interface is configured once, when the base snapshot is booted, and a VM restored
+//! from a snapshot starts with a working network instead of configuring one (under TCG that
+//! took a restored guest ~0.1-0.2 s of first-use code translation). The host, its rules and
+//! other VMs see only the VM's own address.
 //!
 //! ```text
-//!  guest eth0 ── tap0 ─┐  VM netns            host netns
-//!                      br0 ── veth0 ═══ ig<tag>-<n> (gateway .1/30) ── nftables ── routing/NAT
+//!  guest eth0 ── tap0 (169.254.0.1/30)   VM netns                 host netns
+//!  169.254.0.2   veth0 (.2/30, nat 169.254.0.2 <-> .2) ═══ ig<tag>-<n> (.1/30) ── nftables ── NAT
 //! ```
 //!
 //! Links are made over rtnetlink ([`rtnetlink`]); the tap with the tun driver's ioctls. In CNI
@@ -22,6 +29,7 @@ pub mod cni;
 mod netns;
 pub mod nft;
 pub mod policy;
+mod spares;
 mod tap;
 mod vmside;
 
@@ -40,6 +48,7 @@ pub use policy::{parse_rules, EgressRule, Ipv4Net, PolicyError, Protocol};
 
 use addresses::AddressPool;
 use nft::{Ruleset, VmPolicy};
+use spares::{Spare, Spares};
 use vmside::{build_vm_side, join_tap_to_eth0, link_err, link_index};
 
 /// The tap device's name inside every VM's namespace (the same everywhere, so that VMs
@@ -84,7 +93,30 @@ pub struct NetConfig {
     pub dns: Vec<Ipv4Addr>,
     /// The group whose processes (the jailed VMMs) may attach to VMs' tap devices.
     pub tap_group: u32,
+    /// Built-in networks kept made ahead of need (see [`spares`]); 0: each is made on its VM's
+    /// path. Unused in CNI mode.
+    pub spares: usize,
 }
+
+/// The address side of a guest's interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestSide {
+    /// The guest's address.
+    pub address: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// Its gateway.
+    pub gateway: Ipv4Addr,
+}
+
+/// The guest side of every built-in VM network, the same in every VM. Link-local: it never
+/// leaves the VM's namespace, so it collides with no destination a function may want (and
+/// metadata services' 169.254.169.254 is outside it).
+pub const GUEST_SIDE: GuestSide = GuestSide {
+    address: Ipv4Addr::new(169, 254, 0, 2),
+    prefix_len: 30,
+    gateway: Ipv4Addr::new(169, 254, 0, 1),
+};
 
 /// The address configuration a guest applies to its interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +125,7 @@ pub struct GuestNetwork {
     pub address: Ipv4Addr,
     /// Its prefix length.
     pub prefix_len: u8,
-    /// The default gateway (the host end of the VM's link).
+    /// The default gateway (in a built-in network, the VM namespace's end of the tap).
     pub gateway: Ipv4Addr,
     /// Resolvers the guest's policy allows it to reach.
     pub dns: Vec<Ipv4Addr>,
@@ -108,6 +140,8 @@ pub struct NetStats {
     pub interface_prefix: String,
     /// VM networks that exist now.
     pub active: u32,
+    /// Spare networks ready for a VM (made ahead, not yet used).
+    pub spares: u32,
     /// Networks made since start.
     pub attached: u64,
     /// Networks removed since start.
@@ -147,6 +181,8 @@ pub struct Network {
     host_ns: OwnedFd,
     resolvers: Vec<Ipv4Addr>,
     tap_group: u32,
+    spare_target: usize,
+    spares: Mutex<Spares>,
     attached: AtomicU64,
     released: AtomicU64,
     last_setup_us: AtomicU64,
@@ -162,6 +198,8 @@ pub struct VmNet {
     host_if: String,
     netns: Arc<OwnedFd>,
     guest: GuestNetwork,
+    /// The VM's address as the host and other VMs see it.
+    address: Ipv4Addr,
     released: bool,
     setup_us: u64,
 }
@@ -230,6 +268,8 @@ impl Network {
             host_ns,
             resolvers,
             tap_group: config.tap_group,
+            spare_target: config.spares,
+            spares: Mutex::new(Spares::default()),
             attached: AtomicU64::new(0),
             released: AtomicU64::new(0),
             last_setup_us: AtomicU64::new(0),
@@ -239,6 +279,7 @@ impl Network {
         tokio::task::spawn_blocking(move || nft::apply(&base))
             .await
             .map_err(|e| NetError::Nft(format!("nft task: {e}")))??;
+        net.refill_spares();
         Ok(net)
     }
 
@@ -258,9 +299,15 @@ impl Network {
             table: self.rules.table.clone(),
             interface_prefix: self.if_prefix.clone(),
             active: match &self.mode {
-                Mode::Builtin(pool) => pool.lock().unwrap_or_else(|p| p.into_inner()).in_use(),
+                Mode::Builtin(_) => u32::try_from(
+                    self.attached
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(self.released.load(Ordering::Relaxed)),
+                )
+                .unwrap_or(u32::MAX),
                 Mode::Cni { active, .. } => active.load(Ordering::Relaxed),
             },
+            spares: u32::try_from(self.lock_spares().ready()).unwrap_or(u32::MAX),
             attached: self.attached.load(Ordering::Relaxed),
             released: self.released.load(Ordering::Relaxed),
             last_setup_us: self.last_setup_us.load(Ordering::Relaxed),
@@ -290,13 +337,19 @@ impl Network {
     pub async fn attach(self: &Arc<Self>, egress: &[EgressRule]) -> Result<VmNet, NetError> {
         let started = Instant::now();
         let mut vm = match &self.mode {
-            Mode::Builtin(pool) => {
-                let slot = pool
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                    .ok_or_else(|| NetError::Exhausted(self.rules.subnet.unwrap_or(ZERO_NET)))?;
-                self.attach_builtin(slot, egress).await?
+            Mode::Builtin(_) => {
+                let spare = self.lock_spares().take();
+                self.refill_spares();
+                let spare = match spare {
+                    Some(s) => s,
+                    None => {
+                        let slot = self.take_address().ok_or_else(|| {
+                            NetError::Exhausted(self.rules.subnet.unwrap_or(ZERO_NET))
+                        })?;
+                        self.make_links(slot).await?
+                    }
+                };
+                self.builtin_vm(spare, egress)
             }
             Mode::Cni { config, next, .. } => {
                 let index = next.fetch_add(1, Ordering::Relaxed);
@@ -313,6 +366,21 @@ impl Network {
         Ok(vm)
     }
 
+    /// What a guest of a built-in network configures, with `egress` as its policy. `None` in
+    /// CNI mode, where each guest takes the address its plugins give it.
+    pub fn shared_guest_network(&self, egress: &[EgressRule]) -> Option<GuestNetwork> {
+        matches!(self.mode, Mode::Builtin(_)).then(|| self.guest_network(egress))
+    }
+
+    fn guest_network(&self, egress: &[EgressRule]) -> GuestNetwork {
+        GuestNetwork {
+            address: GUEST_SIDE.address,
+            prefix_len: GUEST_SIDE.prefix_len,
+            gateway: GUEST_SIDE.gateway,
+            dns: self.guest_dns(&[], egress),
+        }
+    }
+
     fn guest_dns(&self, offered: &[Ipv4Addr], egress: &[EgressRule]) -> Vec<Ipv4Addr> {
         let candidates = if offered.is_empty() {
             &self.resolvers
@@ -326,16 +394,53 @@ impl Network {
             .collect()
     }
 
-    async fn attach_builtin(
-        self: &Arc<Self>,
-        slot: SlotAddrs,
-        egress: &[EgressRule],
-    ) -> Result<VmNet, NetError> {
+    fn lock_spares(&self) -> std::sync::MutexGuard<'_, Spares> {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_address(&self) -> Option<SlotAddrs> {
+        match &self.mode {
+            Mode::Builtin(pool) => pool.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            Mode::Cni { .. } => None,
+        }
+    }
+
+    /// Starts making spares up to the target, in the background.
+    fn refill_spares(self: &Arc<Self>) {
+        if !matches!(self.mode, Mode::Builtin(_)) {
+            return;
+        }
+        let missing = self.lock_spares().start_making(self.spare_target);
+        for _ in 0..missing {
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                let made = match me.take_address() {
+                    Some(slot) => match me.make_links(slot).await {
+                        Ok(spare) => Some(spare),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "making a spare VM network");
+                            None
+                        }
+                    },
+                    // Every address is in use: VMs need them more than spares do.
+                    None => None,
+                };
+                let late = me.lock_spares().made(made);
+                if let Some(spare) = late {
+                    me.remove_links(&spare.host_if, spare.slot.index).await;
+                }
+            });
+        }
+    }
+
+    /// A namespace with the tap, veth, addresses, route and translation, and the host end
+    /// configured; no policy yet.
+    async fn make_links(self: &Arc<Self>, slot: SlotAddrs) -> Result<Spare, NetError> {
         let host_if = format!("{}{}", self.if_prefix, slot.index);
         let (host_ns, group) = (self.host_ns.as_raw_fd(), self.tap_group);
         let made = {
             let host_if = host_if.clone();
-            netns::create(move || build_vm_side(&host_if, host_ns, group)).await
+            netns::create(move || build_vm_side(&host_if, host_ns, group, slot)).await
         };
         let netns = match made {
             Ok((fd, ())) => Arc::new(fd),
@@ -344,26 +449,42 @@ impl Network {
                 return Err(e);
             }
         };
-        let mut vm = VmNet {
-            network: Arc::clone(self),
-            index: slot.index,
-            link: Link::Builtin,
-            host_if,
-            netns,
-            guest: GuestNetwork {
-                address: slot.guest,
-                prefix_len: 30,
-                gateway: slot.host,
-                dns: self.guest_dns(&[], egress),
-            },
-            released: false,
-            setup_us: 0,
-        };
-        if let Err(e) = self.configure_host_side(&vm, slot.host).await {
-            vm.release().await;
+        if let Err(e) = self.configure_host_side(&host_if, slot.host).await {
+            self.remove_links(&host_if, slot.index).await;
             return Err(e);
         }
-        Ok(vm)
+        Ok(Spare {
+            slot,
+            host_if,
+            netns,
+        })
+    }
+
+    /// Deletes a built-in network's host link (its namespace goes with its last descriptor)
+    /// and frees its address.
+    async fn remove_links(&self, host_if: &str, index: u32) {
+        // Deleting one end of a veth pair deletes both; the namespace (tap, veth end) goes when
+        // its last holder (the caller's descriptor, the VMM) does.
+        if let Ok(link) = link_index(&self.host, host_if).await {
+            if let Err(e) = self.host.link().del(link).execute().await {
+                tracing::warn!(vm_if = %host_if, error = %e, "deleting the VM link");
+            }
+        }
+        self.give_back(index);
+    }
+
+    fn builtin_vm(self: &Arc<Self>, spare: Spare, egress: &[EgressRule]) -> VmNet {
+        VmNet {
+            network: Arc::clone(self),
+            index: spare.slot.index,
+            link: Link::Builtin,
+            host_if: spare.host_if,
+            netns: spare.netns,
+            guest: self.guest_network(egress),
+            address: spare.slot.guest,
+            released: false,
+            setup_us: 0,
+        }
     }
 
     async fn attach_cni(
@@ -397,6 +518,7 @@ impl Network {
                 gateway: added.gateway,
                 dns: self.guest_dns(&added.dns, egress),
             },
+            address: added.address,
             link: Link::Cni(Arc::new(added)),
             released: false,
             setup_us: 0,
@@ -422,11 +544,11 @@ impl Network {
         Ok(vm)
     }
 
-    async fn configure_host_side(&self, vm: &VmNet, gateway: Ipv4Addr) -> Result<(), NetError> {
-        let index = link_index(&self.host, &vm.host_if).await?;
+    async fn configure_host_side(&self, host_if: &str, gateway: Ipv4Addr) -> Result<(), NetError> {
+        let index = link_index(&self.host, host_if).await?;
         // No IPv6 on the host end: no link-local address for a guest to talk to.
         let _ = std::fs::write(
-            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", vm.host_if),
+            format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6"),
             "1",
         );
         self.host
@@ -447,7 +569,7 @@ impl Network {
         let script = self.rules.add_vm(&VmPolicy {
             index: vm.index,
             host_if: &vm.host_if,
-            guest: vm.guest.address,
+            guest: vm.address,
             rules: egress,
         });
         tokio::task::spawn_blocking(move || nft::apply(&script))
@@ -463,8 +585,20 @@ impl Network {
         }
     }
 
-    /// Removes this node's links and table. Call after every VM is gone.
+    /// Removes this node's spares, links and table. Call after every VM is gone.
     pub async fn shutdown(&self) {
+        let spares = self.lock_spares().close();
+        for spare in spares {
+            self.remove_links(&spare.host_if, spare.slot.index).await;
+        }
+        // Spares still being made are removed by their makers; wait for them (bounded: the
+        // sweep below removes their links if they take longer).
+        for _ in 0..200 {
+            if self.lock_spares().making() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         self.sweep_links().await;
         let script = self.rules.teardown();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || nft::apply(&script)).await {
@@ -489,6 +623,12 @@ impl VmNet {
         self.setup_us
     }
 
+    /// The VM's address as the host and other VMs see it (in a built-in network, the guest's
+    /// own address is [`GUEST_SIDE`]'s, translated to this one in the VM's namespace).
+    pub fn address(&self) -> Ipv4Addr {
+        self.address
+    }
+
     /// The host end of the VM's link.
     pub fn host_interface(&self) -> &str {
         &self.host_if
@@ -500,25 +640,14 @@ impl VmNet {
             return;
         }
         let net = Arc::clone(&self.network);
-        let script = net
-            .rules
-            .remove_vm(self.index, &self.host_if, self.guest.address);
+        let script = net.rules.remove_vm(self.index, &self.host_if, self.address);
         match tokio::task::spawn_blocking(move || nft::apply(&script)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(vm_if = %self.host_if, error = %e, "removing VM rules"),
             Err(e) => tracing::warn!(error = %e, "nft task"),
         }
         match (&self.link, &net.mode) {
-            (Link::Builtin, _) => {
-                // Deleting one end of a veth pair deletes both; the namespace (tap, bridge)
-                // goes when its last holder (this descriptor, the VMM) does.
-                if let Ok(index) = link_index(&net.host, &self.host_if).await {
-                    if let Err(e) = net.host.link().del(index).execute().await {
-                        tracing::warn!(vm_if = %self.host_if, error = %e, "deleting the VM link");
-                    }
-                }
-                net.give_back(self.index);
-            }
+            (Link::Builtin, _) => net.remove_links(&self.host_if, self.index).await,
             (Link::Cni(link), Mode::Cni { config, active, .. }) => {
                 let id = format!("ignition-{}-{}", net.tag, self.index);
                 let path = format!("/proc/{}/fd/{}", std::process::id(), self.netns.as_raw_fd());
@@ -566,6 +695,7 @@ impl Drop for VmNet {
             host_if: std::mem::take(&mut self.host_if),
             netns: Arc::clone(&self.netns),
             guest: self.guest.clone(),
+            address: self.address,
             released: false,
             setup_us: self.setup_us,
         };

@@ -188,6 +188,25 @@ delete chain inet {t} vmx-{index}
     }
 }
 
+/// The rules of a built-in VM namespace (not the host's): connections the guest opens leave
+/// with the VM's address `vm` instead of the shared guest address, and connections to `vm`
+/// reach the guest; replies are translated back by connection tracking. Policy is not here:
+/// the host's rules see only `vm` and decide.
+pub(crate) fn vm_side_nat(vm: Ipv4Addr) -> String {
+    let guest = crate::GUEST_SIDE.address;
+    format!(
+        "table ip ignition_vm {{
+  chain prerouting {{ type nat hook prerouting priority dstnat; policy accept;
+    iifname \"veth0\" ip daddr {vm} dnat to {guest}
+  }}
+  chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;
+    oifname \"veth0\" ip saddr {guest} snat to {vm}
+  }}
+}}
+"
+    )
+}
+
 /// Runs `script` as one `nft` transaction.
 pub(crate) fn apply(script: &str) -> Result<(), NetError> {
     let mut child = Command::new("nft")

@@ -1,13 +1,16 @@
 //! The VM's side of its network, set up from a thread inside the VM's namespace: the tap, and
-//! either Ignition's bridge and veth pair or (CNI) tc redirects to the plugin's interface.
+//! either Ignition's routed veth pair with address translation or (CNI) tc redirects to the
+//! plugin's interface.
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
 
 use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use crate::{tap, NetError, TAP_NAME};
+use crate::addresses::SlotAddrs;
+use crate::{nft, tap, NetError, GUEST_SIDE, TAP_NAME};
 
 pub(crate) fn link_err(what: &str) -> impl FnOnce(rtnetlink::Error) -> NetError + '_ {
     move |e| NetError::Link(format!("{what}: {e}"))
@@ -81,33 +84,78 @@ pub(crate) fn join_tap_to_eth0() -> Result<(), NetError> {
     })
 }
 
-/// Inside a new VM namespace: the tap (for VMMs of group `tap_group`), a bridge, and a veth
-/// pair whose far end goes to the host's namespace.
-pub(crate) fn build_vm_side(host_if: &str, host_ns: RawFd, tap_group: u32) -> Result<(), NetError> {
+/// Writes a sysctl of the calling thread's network namespace (`/proc/sys/net` shows the
+/// namespace of the thread that opens it).
+fn sysctl(path: &str, value: &str) -> Result<(), NetError> {
+    std::fs::write(format!("/proc/sys/net/{path}"), value)
+        .map_err(|e| NetError::Namespace(format!("set {path}: {e}")))
+}
+
+/// Inside a new VM namespace: the tap (for VMMs of group `tap_group`) with the gateway of the
+/// guest side ([`GUEST_SIDE`]), and a veth pair whose far end goes to the host's namespace; the
+/// near end holds the VM's address `slot.guest` and translates it to and from the guest side's
+/// address, so every guest can have the same address (the one in the snapshot) while the host
+/// sees each VM at its own (the translation is connection tracking's, in the namespace: see
+/// [`nft::vm_side_nat`]).
+pub(crate) fn build_vm_side(
+    host_if: &str,
+    host_ns: RawFd,
+    tap_group: u32,
+    slot: SlotAddrs,
+) -> Result<(), NetError> {
     tap::create_persistent(TAP_NAME, tap_group)?;
-    with_netlink(|handle| async move {
+    // A router between the tap and the veth, for IPv4 only.
+    sysctl("ipv4/ip_forward", "1")?;
+    for scope in ["all", "default"] {
+        sysctl(&format!("ipv6/conf/{scope}/disable_ipv6"), "1")?;
+    }
+    // `nft` runs in this thread's namespace: a child inherits it.
+    nft::apply(&nft::vm_side_nat(slot.guest))?;
+    let host_if = host_if.to_owned();
+    with_netlink(move |handle| async move {
         let links = handle.link();
-        links
-            .add(LinkBridge::new("br0").up().build())
+        let addresses = handle.address();
+        let tap = link_index(&handle, TAP_NAME).await?;
+        addresses
+            .add(tap, IpAddr::V4(GUEST_SIDE.gateway), GUEST_SIDE.prefix_len)
             .execute()
             .await
-            .map_err(link_err("add bridge"))?;
-        let br = link_index(&handle, "br0").await?;
+            .map_err(link_err("address the tap"))?;
         links
-            .add(LinkVeth::new("veth0", host_if).build())
+            .set(LinkUnspec::new_with_index(tap).up().build())
+            .execute()
+            .await
+            .map_err(link_err("set the tap up"))?;
+        links
+            .add(LinkVeth::new("veth0", &host_if).build())
             .execute()
             .await
             .map_err(link_err("add veth pair"))?;
-        for port in [TAP_NAME, "veth0"] {
-            links
-                .set(LinkUnspec::new_with_name(port).controller(br).up().build())
-                .execute()
-                .await
-                .map_err(link_err("attach to bridge"))?;
-        }
+        let veth = link_index(&handle, "veth0").await?;
+        addresses
+            .add(veth, IpAddr::V4(slot.guest), 30)
+            .execute()
+            .await
+            .map_err(link_err("address the veth"))?;
+        links
+            .set(LinkUnspec::new_with_index(veth).up().build())
+            .execute()
+            .await
+            .map_err(link_err("set the veth up"))?;
+        handle
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(slot.host)
+                    .output_interface(veth)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(link_err("add the default route"))?;
         links
             .set(
-                LinkUnspec::new_with_name(host_if)
+                LinkUnspec::new_with_name(&host_if)
                     .setns_by_fd(host_ns)
                     .build(),
             )

@@ -31,6 +31,7 @@ async fn a_vm_network_is_made_whole_and_removed_without_a_trace() {
         tag: "nt1".into(),
         dns: vec!["198.18.9.53".parse().unwrap()],
         tap_group: ignition_vmm_gid(),
+        spares: 0,
     })
     .await
     .expect("VM networking needs root and nftables");
@@ -48,9 +49,14 @@ async fn a_vm_network_is_made_whole_and_removed_without_a_trace() {
         "a /28 holds four VMs"
     );
     let vm = &vms[0];
+    assert_eq!(vm.address().to_string(), "10.251.0.2");
     let g = vm.guest();
-    assert_eq!(g.address.to_string(), "10.251.0.2");
-    assert_eq!(g.gateway.to_string(), "10.251.0.1");
+    assert_eq!(
+        g.address.to_string(),
+        "169.254.0.2",
+        "every guest shares one address"
+    );
+    assert_eq!(g.gateway.to_string(), "169.254.0.1");
     assert_eq!(g.prefix_len, 30);
     assert_eq!(
         g.dns,
@@ -60,19 +66,35 @@ async fn a_vm_network_is_made_whole_and_removed_without_a_trace() {
     let host = sh(&format!("ip -o addr show dev {}", vm.host_interface()));
     assert!(host.contains("inet 10.251.0.1/30"), "{host}");
     assert!(!host.contains("inet6"), "no IPv6 on the host end: {host}");
-    // Inside the VM's namespace: the tap and the veth, both ports of the bridge.
+    // Inside the VM's namespace: the tap with the guest's gateway, the veth with the VM's
+    // address and the default route to the host, and the translation between the two.
     let fd = vm.netns().as_raw_fd();
-    let inside = sh(&format!(
-        "nsenter --net=/proc/{}/fd/{fd} ip -o link show",
-        std::process::id()
-    ));
-    for want in ["tap0", "br0", "veth0"] {
-        assert!(
-            inside.contains(&format!(": {want}")),
-            "{want} missing: {inside}"
-        );
-    }
-    assert!(inside.contains("master br0"), "{inside}");
+    let enter = format!("nsenter --net=/proc/{}/fd/{fd}", std::process::id());
+    let inside = sh(&format!("{enter} ip -o addr show"));
+    assert!(inside.contains("tap0    inet 169.254.0.1/30"), "{inside}");
+    assert!(inside.contains("veth0    inet 10.251.0.2/30"), "{inside}");
+    assert!(
+        !inside.contains("inet6"),
+        "no IPv6 in the VM's namespace: {inside}"
+    );
+    let routes = sh(&format!("{enter} ip route show default"));
+    assert!(
+        routes.contains("default via 10.251.0.1 dev veth0"),
+        "{routes}"
+    );
+    let nat = sh(&format!("{enter} nft list ruleset"));
+    assert!(
+        nat.contains("ip saddr 169.254.0.2 snat to 10.251.0.2"),
+        "{nat}"
+    );
+    assert!(
+        nat.contains("ip daddr 10.251.0.2 dnat to 169.254.0.2"),
+        "{nat}"
+    );
+    assert_eq!(
+        sh(&format!("{enter} cat /proc/sys/net/ipv4/ip_forward")).trim(),
+        "1"
+    );
     let table = sh("nft list table inet ignition_nt1");
     assert!(table.contains("chain vm-0"), "{table}");
     assert!(
@@ -109,6 +131,7 @@ async fn bad_configuration_is_refused_with_a_reason() {
         tag: "nt2".into(),
         dns: vec![],
         tap_group: 0,
+        spares: 0,
     })
     .await
     .unwrap_err();
@@ -119,10 +142,74 @@ async fn bad_configuration_is_refused_with_a_reason() {
         tag: "Bad-Tag".into(),
         dns: vec![],
         tap_group: 0,
+        spares: 0,
     })
     .await
     .unwrap_err();
     assert!(err.to_string().contains("[a-z0-9]"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spare_networks_are_made_ahead_used_once_and_removed() {
+    let net = Network::start(NetConfig {
+        subnet: "10.251.2.0/27".parse().unwrap(),
+        cni: None,
+        tag: "nt3".into(),
+        dns: vec![],
+        tap_group: ignition_vmm_gid(),
+        spares: 2,
+    })
+    .await
+    .expect("VM networking needs root and nftables");
+    let until_spares = |n: u32| {
+        let net = &net;
+        async move {
+            for _ in 0..500 {
+                if net.stats().spares == n {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("{n} spares never came: {:?}", net.stats());
+        }
+    };
+    until_spares(2).await;
+    let made_ahead = host_links("ignt3-");
+    assert_eq!(made_ahead.len(), 2, "{made_ahead:?}");
+    assert_eq!(net.stats().active, 0, "spares are not VM networks");
+    let rules = parse_rules(&["198.18.9.0/24:8080/tcp"]).unwrap();
+    let mut vm = net.attach(&rules).await.unwrap();
+    assert!(
+        made_ahead.contains(&vm.host_interface().to_owned()),
+        "a VM takes a spare: {} not in {made_ahead:?}",
+        vm.host_interface()
+    );
+    let table = sh("nft list table inet ignition_nt3");
+    assert!(
+        table.contains(&format!("\"{}\" : jump vmx-", vm.host_interface())),
+        "the policy is installed when the spare is taken: {table}"
+    );
+    // It is replaced, by a new network: no spare is ever handed out twice.
+    until_spares(2).await;
+    let now = host_links("ignt3-");
+    assert_eq!(now.len(), 3, "{now:?}");
+    let mut second = net.attach(&rules).await.unwrap();
+    assert_ne!(second.host_interface(), vm.host_interface());
+    assert_ne!(second.address(), vm.address());
+    vm.release().await;
+    second.release().await;
+    until_spares(2).await;
+    assert_eq!(net.stats().active, 0);
+    assert_eq!(host_links("ignt3-").len(), 2, "only the spares are left");
+    net.shutdown().await;
+    assert!(
+        host_links("ignt3-").is_empty(),
+        "shutdown removes the spares: {:?}",
+        host_links("ignt3-")
+    );
+    assert!(sh("nft list tables")
+        .lines()
+        .all(|l| !l.contains("ignition_nt3")));
 }
 
 /// The group jailed VMMs run in by default (what the server passes).
