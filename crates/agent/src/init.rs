@@ -16,6 +16,7 @@ use crate::channel::Channel;
 pub struct Guest {
     pub(crate) channel: Channel,
     pub(crate) kernel_release: String,
+    pub(crate) network: crate::network::NetState,
 }
 
 /// Writes one line to the console (the host captures it into the VM's log).
@@ -159,6 +160,7 @@ pub fn prepare_guest() -> Result<Guest, String> {
     switch_root(scratch_mib)?;
     mount_kernel_filesystems()?;
     bring_up_loopback()?;
+    let network = crate::network::configure_at_boot(cmdline_option("net").as_deref())?;
     let kernel_release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .map_err(|e| format!("uname: {e}"))?;
@@ -168,5 +170,6 @@ pub fn prepare_guest() -> Result<Guest, String> {
     Ok(Guest {
         channel,
         kernel_release,
+        network,
     })
 }

@@ -1,10 +1,12 @@
 //! The guest's network interface, configured from the host's [`NetworkConfig`] over rtnetlink.
 //!
-//! The host hands the configuration with each invocation; a slot restored from a snapshot has
-//! an interface with no address, so its first invocation brings the interface up, sets the
-//! address and the default route, and writes `/etc/resolv.conf`. Later invocations with the
-//! same configuration cost nothing. The host's firewall, not this code, decides what the guest
-//! can reach: nothing here is trusted for isolation.
+//! With Ignition's own networking every guest has the same address, given on the kernel command
+//! line (`ignition.net=ADDRESS/PREFIX,GATEWAY`) and configured while the guest boots, so the
+//! snapshots carry a configured interface; the function's snapshot also carries its
+//! `/etc/resolv.conf`. The host still hands the configuration with each invocation: when it is
+//! the one in force that costs nothing, and anything else (a CNI plugin's address) is applied
+//! then: interface up, address, default route, resolvers. The host's firewall, not this code,
+//! decides what the guest can reach: nothing here is trusted for isolation.
 
 use std::net::Ipv4Addr;
 
@@ -30,8 +32,23 @@ pub(crate) struct NetState {
     applied: Option<NetworkConfig>,
 }
 
-/// The first interface that is not loopback: the VM has one.
-fn interface_index() -> Result<u32, String> {
+/// Parses the boot-time configuration `ADDRESS/PREFIX,GATEWAY`.
+fn parse_boot_config(value: &str) -> Result<NetworkConfig, String> {
+    let bad = || format!("ignition.net={value:?} is not ADDRESS/PREFIX,GATEWAY");
+    let (net, gateway) = value.split_once(',').ok_or_else(bad)?;
+    let (address, prefix) = net.split_once('/').ok_or_else(bad)?;
+    let cfg = NetworkConfig {
+        address: address.parse::<Ipv4Addr>().map_err(|_| bad())?.octets(),
+        prefix_len: prefix.parse().map_err(|_| bad())?,
+        gateway: gateway.parse::<Ipv4Addr>().map_err(|_| bad())?.octets(),
+        dns: Vec::new(),
+    };
+    validate(&cfg)?;
+    Ok(cfg)
+}
+
+/// The first interface that is not loopback, if the VM has one.
+fn find_interface() -> Result<Option<u32>, String> {
     let entries =
         std::fs::read_dir("/sys/class/net").map_err(|e| format!("read /sys/class/net: {e}"))?;
     for e in entries.flatten() {
@@ -43,9 +60,42 @@ fn interface_index() -> Result<u32, String> {
         return index
             .trim()
             .parse()
+            .map(Some)
             .map_err(|_| format!("bad ifindex {index:?}"));
     }
-    Err("the VM has no network interface (is virtio_net loaded?)".to_owned())
+    Ok(None)
+}
+
+/// The first interface that is not loopback: the VM has one.
+fn interface_index() -> Result<u32, String> {
+    find_interface()?
+        .ok_or_else(|| "the VM has no network interface (is virtio_net loaded?)".to_owned())
+}
+
+fn set_up(rtnl: &mut Rtnl, index: u32) -> Result<(), String> {
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    rtnl.request(RouteNetlinkMessage::SetLink(link), 0)
+        .map_err(|e| format!("bring the interface up: {e}"))
+}
+
+/// While the guest boots: brings the VM's interface up (opening a virtio-net device, its rings
+/// and receive buffers, is costly, and done here it lands in the snapshot) and, given a
+/// configuration (`ignition.net`), sets its address and route. Returns what is in force.
+/// Without a configuration the interface has no address until an invocation brings one.
+pub(crate) fn configure_at_boot(option: Option<&str>) -> Result<NetState, String> {
+    let Some(index) = find_interface()? else {
+        return Ok(NetState::default());
+    };
+    let Some(value) = option else {
+        set_up(&mut Rtnl::open()?, index)?;
+        return Ok(NetState::default());
+    };
+    let cfg = parse_boot_config(value)?;
+    configure(&cfg, None)?;
+    Ok(NetState { applied: Some(cfg) })
 }
 
 struct Rtnl {
@@ -113,12 +163,7 @@ fn configure(cfg: &NetworkConfig, old: Option<&NetworkConfig>) -> Result<(), Str
     validate(cfg)?;
     let index = interface_index()?;
     let mut rtnl = Rtnl::open()?;
-    let mut link = LinkMessage::default();
-    link.header.index = index;
-    link.header.flags = LinkFlags::Up;
-    link.header.change_mask = LinkFlags::Up;
-    rtnl.request(RouteNetlinkMessage::SetLink(link), 0)
-        .map_err(|e| format!("bring the interface up: {e}"))?;
+    set_up(&mut rtnl, index)?;
     let address_message = |c: &NetworkConfig| {
         let mut m = AddressMessage::default();
         m.header.family = AddressFamily::Inet;
@@ -154,6 +199,10 @@ fn configure(cfg: &NetworkConfig, old: Option<&NetworkConfig>) -> Result<(), Str
         NLM_F_CREATE | NLM_F_REPLACE,
     )
     .map_err(|e| format!("set the default route: {e}"))?;
+    write_resolvers(cfg)
+}
+
+fn write_resolvers(cfg: &NetworkConfig) -> Result<(), String> {
     let resolv: String = cfg
         .dns
         .iter()
@@ -170,7 +219,15 @@ impl NetState {
             return Ok(0);
         }
         let started = std::time::Instant::now();
-        configure(cfg, self.applied.as_ref())?;
+        let same_interface = self.applied.as_ref().is_some_and(|a| {
+            (a.address, a.prefix_len, a.gateway) == (cfg.address, cfg.prefix_len, cfg.gateway)
+        });
+        if same_interface {
+            validate(cfg)?;
+            write_resolvers(cfg)?;
+        } else {
+            configure(cfg, self.applied.as_ref())?;
+        }
         self.applied = Some(cfg.clone());
         Ok(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX))
     }
@@ -186,6 +243,23 @@ mod tests {
             prefix_len,
             gateway,
             dns: vec![],
+        }
+    }
+
+    #[test]
+    fn the_boot_configuration_is_parsed_strictly() {
+        let c = parse_boot_config("169.254.0.2/30,169.254.0.1").unwrap();
+        assert_eq!(c, cfg([169, 254, 0, 2], 30, [169, 254, 0, 1]));
+        for bad in [
+            "",
+            "169.254.0.2/30",
+            "169.254.0.2,169.254.0.1",
+            "169.254.0.2/x,169.254.0.1",
+            "169.254.0.2/30,gw",
+            "169.254.0.2/30,169.254.0.9",
+            "1.2.3.4.5/30,1.2.3.4",
+        ] {
+            assert!(parse_boot_config(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -22,6 +22,7 @@ pub fn serve(guest: Guest) -> String {
     let Guest {
         mut channel,
         kernel_release,
+        network: mut net,
     } = guest;
     let broker = Arc::new(Broker::default());
     let logs = Arc::new(LogBuffer::default());
@@ -39,7 +40,6 @@ pub fn serve(guest: Guest) -> String {
     }
     console("ready");
     let mut loaded: Option<Loaded> = None;
-    let mut net = NetState::default();
     loop {
         let msg = match channel.recv() {
             Ok(Some(m)) => m,

@@ -15,6 +15,8 @@ use crate::ExecError;
 
 /// Console bytes quoted in an error about a guest that failed to come up.
 const CONSOLE_QUOTE: usize = 2048;
+/// How long a warm-up may take: it runs no user code.
+pub(crate) const WARMUP_LIMIT: Duration = Duration::from_secs(10);
 /// Fresh host randomness given to the guest with every invocation.
 const ENTROPY_BYTES: usize = 64;
 
@@ -53,6 +55,16 @@ fn kind(msg: &GuestMessage) -> &'static str {
         GuestMessage::Result(_) => "Result",
         GuestMessage::Warmed => "Warmed",
         GuestMessage::Fatal { .. } => "Fatal",
+    }
+}
+
+/// The protocol's form of a guest's interface configuration.
+pub(crate) fn network_config(g: &ignition_net::GuestNetwork) -> NetworkConfig {
+    NetworkConfig {
+        address: g.address.octets(),
+        prefix_len: g.prefix_len,
+        gateway: g.gateway.octets(),
+        dns: g.dns.iter().map(|d| d.octets()).collect(),
     }
 }
 
@@ -156,10 +168,31 @@ impl Guest {
     /// Resumes the VM, runs the agent's warm-up (the invocation path without the handler), and
     /// pauses it again.
     pub(crate) async fn warm_up(&mut self, limit: Duration) -> Result<(), ExecError> {
+        let network = self.network_config();
+        self.warm_up_with(network, limit).await
+    }
+
+    /// The warm-up before a function's snapshot is saved: the runtime's first pass through the
+    /// invocation path (its lazy initialization), so that every VM restored from it starts past
+    /// it, with `network` (the configuration every VM restored from it shares, if any) in
+    /// force. Never this VM's own network: a snapshot must carry no one VM's configuration.
+    pub(crate) async fn warm_up_runtime(
+        &mut self,
+        network: Option<NetworkConfig>,
+        limit: Duration,
+    ) -> Result<(), ExecError> {
+        self.warm_up_with(network, limit).await
+    }
+
+    async fn warm_up_with(
+        &mut self,
+        network: Option<NetworkConfig>,
+        limit: Duration,
+    ) -> Result<(), ExecError> {
         self.resume().await?;
         let deadline = Instant::now() + limit;
         self.chan
-            .send(&HostMessage::Warmup(self.network_config()), deadline)
+            .send(&HostMessage::Warmup(network), deadline)
             .await
             .map_err(|e| ExecError::Protocol(e.to_string()))?;
         match self.chan.recv(deadline).await {
@@ -221,15 +254,7 @@ impl Guest {
 
     /// What the guest configures its interface with (`None`: the VM has no network).
     fn network_config(&self) -> Option<NetworkConfig> {
-        self.net.as_ref().map(|n| {
-            let g = n.guest();
-            NetworkConfig {
-                address: g.address.octets(),
-                prefix_len: g.prefix_len,
-                gateway: g.gateway.octets(),
-                dns: g.dns.iter().map(|d| d.octets()).collect(),
-            }
-        })
+        self.net.as_ref().map(|n| network_config(n.guest()))
     }
 
     /// How long the host took to make this VM's network, µs (0 without one).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ignition_image::GuestImage;
 use ignition_net::{EgressRule, VmNet};
-use ignition_proto::FunctionSpec;
+use ignition_proto::{FunctionSpec, NetworkConfig};
 use ignition_vmm::{BootImage, NetAttach, SnapshotFiles, VmSource, VmSpec, VmmDriver};
 use tokio::time::Instant;
 
@@ -100,25 +100,57 @@ impl Launcher {
             },
             initramfs: self.image.initramfs.clone(),
             rootfs: self.image.rootfs.clone(),
-            extra_cmdline: vec![format!("ignition.scratch_mib={}", scratch_mib(memory_mib))],
+            extra_cmdline: [format!("ignition.scratch_mib={}", scratch_mib(memory_mib))]
+                .into_iter()
+                .chain(self.boot_network().map(|n| format!("ignition.net={n}")))
+                .collect(),
         }
+    }
+
+    /// The interface configuration every guest of a built-in network boots with (see
+    /// `ignition_net::GUEST_SIDE`): `ADDRESS/PREFIX,GATEWAY`. `None` without a network and in
+    /// CNI mode, where each guest is configured with its own address when it runs.
+    fn boot_network(&self) -> Option<String> {
+        let n = self.config.network.as_ref()?.shared_guest_network(&[])?;
+        Some(format!("{}/{},{}", n.address, n.prefix_len, n.gateway))
+    }
+
+    /// The network configuration a function's snapshot is made with: the shared guest side and
+    /// the resolvers its policy reaches. Restored VMs are handed the same, so they apply nothing.
+    fn snapshot_network(&self, function: &FunctionRef) -> Option<NetworkConfig> {
+        let n = self
+            .config
+            .network
+            .as_ref()?
+            .shared_guest_network(&function.egress)?;
+        Some(crate::guest::network_config(&n))
     }
 
     /// What VMs' device configuration depends on besides the image: snapshots made with a
     /// network interface restore only into VMs with one, and only under the driver set-up
     /// (accelerator, guest clock) they were made with.
     pub(crate) fn device_key(&self) -> String {
-        let net = if self.config.network.is_some() {
-            "+net"
-        } else {
-            ""
+        let net = match (&self.config.network, self.boot_network()) {
+            (Some(_), Some(configured)) => format!("+net={configured}"),
+            (Some(_), None) => "+net".to_owned(),
+            (None, _) => String::new(),
         };
         format!("{}{net}+{}", self.image.id, self.driver.snapshot_compat())
     }
 
-    /// The key of `function`'s snapshot and warm slots on this node.
+    /// The key of `function`'s snapshot and warm slots on this node: its snapshot holds the
+    /// resolvers it was given, which follow the node's configuration too.
     pub(crate) fn function_key(&self, function: &FunctionRef) -> String {
-        function.snapshot_key(&self.device_key())
+        let dns: String = self
+            .snapshot_network(function)
+            .map(|n| {
+                n.dns
+                    .iter()
+                    .map(|d| format!("+dns={}", std::net::Ipv4Addr::from(*d)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        function.snapshot_key(&format!("{}{dns}", self.device_key()))
     }
 
     /// A VM spec, with a network of its own (allowed `egress`) when the node has networking.
@@ -261,7 +293,18 @@ impl Launcher {
         files: &SnapshotFiles,
     ) -> Result<String, ExecError> {
         let (mut guest, _) = self.boot(function, Some(files.memory.clone())).await?;
-        let saved = guest.vm.snapshot(&files.state).await;
+        let network = self.snapshot_network(function);
+        let saved = match guest
+            .warm_up_runtime(network, crate::guest::WARMUP_LIMIT)
+            .await
+        {
+            Ok(()) => guest
+                .vm
+                .snapshot(&files.state)
+                .await
+                .map_err(ExecError::from),
+            Err(e) => Err(e),
+        };
         let kernel = guest.kernel_release.clone();
         // The snapshotted VM must never run again: its memory is the snapshot.
         guest.destroy().await;
@@ -305,6 +348,9 @@ impl Launcher {
             guest.resume().await?;
             guest
                 .load((*function.spec).clone(), self.config.load_timeout)
+                .await?;
+            guest
+                .warm_up_runtime(self.snapshot_network(function), crate::guest::WARMUP_LIMIT)
                 .await?;
             guest.vm.snapshot(&files.state).await?;
             Ok::<_, ExecError>(())

@@ -33,8 +33,6 @@ use crate::launcher::{FunctionRef, Launcher};
 
 /// Window over which the arrival rate is counted.
 pub(crate) const RATE_WINDOW: Duration = Duration::from_secs(10);
-/// How long a slot's warm-up may take.
-const WARMUP_LIMIT: Duration = Duration::from_secs(10);
 /// Cost assumed for a slot before any was measured, MiB.
 const INITIAL_SLOT_MIB: f64 = 32.0;
 
@@ -382,7 +380,7 @@ impl WarmPool {
         let started = Instant::now();
         let restored = match self.launcher.snapshot(&function).await {
             Ok((snap, _)) => match self.launcher.restore(&function, &snap).await {
-                Ok(mut guest) => match guest.warm_up(WARMUP_LIMIT).await {
+                Ok(mut guest) => match guest.warm_up(crate::guest::WARMUP_LIMIT).await {
                     Ok(()) => Some(guest),
                     Err(e) => {
                         tracing::warn!(function = %function.spec.name, error = %e, "pool refill: warm-up failed");
