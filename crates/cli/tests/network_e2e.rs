@@ -305,15 +305,39 @@ fn a_vm_reaches_only_what_its_policy_allows() {
 
 #[test]
 fn vm_networks_are_removed_with_their_vms() {
-    let server = TestServer::start(&["--keep-alive", "2"]);
+    let server = TestServer::start(&["--keep-alive", "2", "--dns", "198.18.0.53"]);
     let (_, prefix) = server.network.clone().expect("networking is on by default");
-    server.deploy("probe", "python3", "app.handler", &fixture(), &[]);
+    server.deploy(
+        "probe",
+        "python3",
+        "app.handler",
+        &fixture(),
+        &["--egress", "198.18.0.53/32:53/udp"],
+    );
     for i in 0..12 {
         let mode = ["restore", "pool", "auto"][i % 3];
         let (status, headers, body) =
             json(server.invoke_with("probe", &[("x-ignition-start", mode)], "{}"));
         assert_eq!(status, 200, "{body}");
         assert!(headers.get("x-amz-function-error").is_none(), "{body}");
+        // Restored and warm VMs start with the network their snapshot carries: the shared
+        // guest address and the function's resolvers, nothing applied on the way.
+        assert_eq!(body["gateway"], "169.254.0.1", "{body}");
+        assert_eq!(body["resolv"], "nameserver 198.18.0.53\n", "{body}");
+        if mode != "auto" {
+            assert_eq!(headers["x-ignition-start"], mode);
+            let timing = headers["server-timing"].to_str().unwrap();
+            let attach: f64 = timing
+                .split(", ")
+                .find_map(|p| p.strip_prefix("net_attach;dur="))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(
+                attach, 0.0,
+                "{mode}: the guest configured nothing: {timing}"
+            );
+        }
     }
     // Warm slots keep their networks until the keep-alive passes; then nothing is left.
     common::wait_for("idle VMs to go", Duration::from_secs(60), || {

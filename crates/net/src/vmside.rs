@@ -91,6 +91,27 @@ fn sysctl(path: &str, value: &str) -> Result<(), NetError> {
         .map_err(|e| NetError::Namespace(format!("set {path}: {e}")))
 }
 
+/// Gives link `index` the address `addr/prefix_len` and sets it up.
+async fn address_and_up(
+    handle: &Handle,
+    index: u32,
+    addr: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<(), NetError> {
+    handle
+        .address()
+        .add(index, IpAddr::V4(addr), prefix_len)
+        .execute()
+        .await
+        .map_err(link_err("add an address"))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(link_err("set a link up"))
+}
+
 /// Inside a new VM namespace: the tap (for VMMs of group `tap_group`) with the gateway of the
 /// guest side ([`GUEST_SIDE`]), and a veth pair whose far end goes to the host's namespace; the
 /// near end holds the VM's address `slot.guest` and translates it to and from the guest side's
@@ -113,35 +134,16 @@ pub(crate) fn build_vm_side(
     nft::apply(&nft::vm_side_nat(slot.guest))?;
     let host_if = host_if.to_owned();
     with_netlink(move |handle| async move {
-        let links = handle.link();
-        let addresses = handle.address();
         let tap = link_index(&handle, TAP_NAME).await?;
-        addresses
-            .add(tap, IpAddr::V4(GUEST_SIDE.gateway), GUEST_SIDE.prefix_len)
-            .execute()
-            .await
-            .map_err(link_err("address the tap"))?;
-        links
-            .set(LinkUnspec::new_with_index(tap).up().build())
-            .execute()
-            .await
-            .map_err(link_err("set the tap up"))?;
+        address_and_up(&handle, tap, GUEST_SIDE.gateway, GUEST_SIDE.prefix_len).await?;
+        let links = handle.link();
         links
             .add(LinkVeth::new("veth0", &host_if).build())
             .execute()
             .await
             .map_err(link_err("add veth pair"))?;
         let veth = link_index(&handle, "veth0").await?;
-        addresses
-            .add(veth, IpAddr::V4(slot.guest), 30)
-            .execute()
-            .await
-            .map_err(link_err("address the veth"))?;
-        links
-            .set(LinkUnspec::new_with_index(veth).up().build())
-            .execute()
-            .await
-            .map_err(link_err("set the veth up"))?;
+        address_and_up(&handle, veth, slot.guest, 30).await?;
         handle
             .route()
             .add(
