@@ -312,3 +312,76 @@ fn a_restored_guest_reads_the_hosts_time_and_its_clock_runs_at_the_hosts_rate() 
     }
     server.stop_and_check_clean();
 }
+
+/// The CPU share of process `pid`'s cgroup: v1 `cpu.shares` (default 1024), v2 `cpu.weight`
+/// (default 100).
+fn cpu_share(pid: u32) -> u32 {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let file = cgroups
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if controllers.split(',').any(|c| c == "cpu") {
+                Some(format!("/sys/fs/cgroup/cpu{path}/cpu.shares"))
+            } else if controllers.is_empty() {
+                Some(format!("/sys/fs/cgroup{path}/cpu.weight"))
+            } else {
+                None
+            }
+        })
+        .unwrap_or_else(|| panic!("no CPU cgroup: {cgroups}"));
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn warm_slots_fill_in_the_background_and_run_in_the_foreground() {
+    let server = TestServer::start(&[]);
+    let code = common::repo_root().join("examples/sleep-python");
+    server.deploy(
+        "sleeper",
+        "python3",
+        "app.handler",
+        &code,
+        &["--timeout", "30"],
+    );
+    set_min_ready(&server, "sleeper", 1);
+    let mut vmm = 0;
+    wait_for("a warm slot", Duration::from_secs(180), || {
+        let vmms = server.vmm_processes();
+        vmm = vmms.first().copied().unwrap_or(0);
+        pool(&server, "sleeper")["ready"] == 1 && vmms.len() == 1
+    });
+    let background = cpu_share(vmm);
+    assert!(
+        background == 64 || background == 6,
+        "a slot made ahead yields the CPU to running invocations: share {background}"
+    );
+    let running = {
+        let url = server.url.clone();
+        std::thread::spawn(move || {
+            reqwest::blocking::Client::new()
+                .post(format!("{url}/2015-03-31/functions/sleeper/invocations"))
+                .header("x-ignition-start", "pool")
+                .body(r#"{"sleep": 4, "i": 1}"#)
+                .timeout(Duration::from_secs(60))
+                .send()
+                .unwrap()
+                .status()
+        })
+    };
+    wait_for(
+        "the taken slot to run in the foreground",
+        Duration::from_secs(3),
+        || {
+            let share = cpu_share(vmm);
+            share == 1024 || share == 100
+        },
+    );
+    assert_eq!(running.join().unwrap(), 200);
+    server.stop_and_check_clean();
+}

@@ -146,6 +146,9 @@ pub struct VmSpec {
     /// The VM's network interface; `None`: the VM has none. A snapshot and the VMs restored
     /// from it must agree on this.
     pub network: Option<NetAttach>,
+    /// Its share of the CPU against other VMs, from the start (see
+    /// [`MicroVm::set_priority`]); without a jail (no cgroup) every VM shares alike.
+    pub priority: jail::CpuPriority,
 }
 
 /// A running microVM.
@@ -172,6 +175,11 @@ pub trait MicroVm: Send + std::fmt::Debug {
     async fn snapshot(&mut self, state: &std::path::Path) -> Result<SnapshotFiles, VmmError>;
     /// The VMM process id, for accounting (memory, CPU).
     fn pid(&self) -> Option<u32>;
+    /// Changes the VM's share of the CPU: a warm slot made in the background becomes a
+    /// foreground VM when an invocation takes it.
+    fn set_priority(&self, _priority: jail::CpuPriority) -> Result<(), VmmError> {
+        Ok(())
+    }
     /// Stops the VM and removes everything it left on the host: process, sockets, files.
     /// Idempotent; also done, without waiting, when the VM is dropped.
     async fn destroy(&mut self);

@@ -41,6 +41,13 @@ impl VmmProcess {
         }
     }
 
+    /// Changes the VMM's share of the CPU (nothing without a cgroup).
+    pub(crate) fn set_priority(&self, priority: crate::jail::CpuPriority) -> Result<(), VmmError> {
+        self.cgroup
+            .as_ref()
+            .map_or(Ok(()), |c| c.set_priority(priority))
+    }
+
     /// The VMM's pid. Under a jail the process spawned waits for the VMM, its only child (in
     /// a PID namespace of its own), so the VMM is that child.
     pub(crate) fn pid(&self) -> Option<u32> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ignition_image::GuestImage;
 use ignition_net::{EgressRule, VmNet};
 use ignition_proto::{FunctionSpec, NetworkConfig};
+use ignition_vmm::jail::CpuPriority;
 use ignition_vmm::{BootImage, NetAttach, SnapshotFiles, VmSource, VmSpec, VmmDriver};
 use tokio::time::Instant;
 
@@ -174,6 +175,7 @@ impl Launcher {
                 netns: n.netns(),
                 tap: ignition_net::TAP_NAME.to_owned(),
             }),
+            priority: CpuPriority::Foreground,
         };
         Ok((spec, net))
     }
@@ -425,10 +427,12 @@ impl Launcher {
     }
 
     /// A VM restored from `snapshot`, paused, with the function already initialized in it.
+    /// `priority`: `Background` for a warm slot made ahead of need.
     pub(crate) async fn restore(
         &self,
         function: &FunctionRef,
         snapshot: &Snapshot,
+        priority: CpuPriority,
     ) -> Result<Guest, ExecError> {
         let memory_mib = function.spec.memory_mib;
         let (spec, net) = self
@@ -442,6 +446,7 @@ impl Launcher {
                 &function.egress,
             )
             .await?;
+        let spec = VmSpec { priority, ..spec };
         let (vm, net) = self.start(&spec, net).await?;
         self.stats.restores.fetch_add(1, Ordering::Relaxed);
         Guest::new(vm, true, snapshot.kernel_release.clone(), net).await

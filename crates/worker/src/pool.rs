@@ -30,6 +30,16 @@ use tokio::time::Instant;
 
 use crate::guest::Guest;
 use crate::launcher::{FunctionRef, Launcher};
+use ignition_vmm::jail::CpuPriority;
+
+/// A slot taken by an invocation: from now on the invocation waits for it, so it shares the
+/// CPU as a foreground VM (it was filled in the background).
+fn handed_over(guest: Guest) -> Guest {
+    if let Err(e) = guest.vm.set_priority(CpuPriority::Foreground) {
+        tracing::warn!(vm = %guest.vm.id(), error = %e, "raising a warm slot's CPU share");
+    }
+    guest
+}
 
 /// Window over which the arrival rate is counted.
 pub(crate) const RATE_WINDOW: Duration = Duration::from_secs(10);
@@ -215,7 +225,7 @@ impl WarmPool {
         }
         drop(st);
         self.wake.notify_one();
-        slot.map(|s| s.guest)
+        slot.map(|s| handed_over(s.guest))
     }
 
     /// Waits up to `limit` for a ready slot of `function` (the refiller makes one).
@@ -250,7 +260,7 @@ impl WarmPool {
         if let Some(p) = st.fns.get_mut(&function.spec.name) {
             p.waiting = p.waiting.saturating_sub(1);
         }
-        got
+        got.map(handed_over)
     }
 
     /// Sets the slots kept for `function` regardless of demand (provisioned concurrency).
@@ -379,7 +389,11 @@ impl WarmPool {
     async fn fill(self: Arc<Self>, function: FunctionRef, key: String, estimate: f64) {
         let started = Instant::now();
         let restored = match self.launcher.snapshot(&function).await {
-            Ok((snap, _)) => match self.launcher.restore(&function, &snap).await {
+            Ok((snap, _)) => match self
+                .launcher
+                .restore(&function, &snap, CpuPriority::Background)
+                .await
+            {
                 Ok(mut guest) => match guest.warm_up(crate::guest::WARMUP_LIMIT).await {
                     Ok(()) => Some(guest),
                     Err(e) => {

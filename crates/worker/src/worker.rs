@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ignition_image::GuestImage;
 use ignition_proto::{FunctionSpec, InvokeResult};
+use ignition_vmm::jail::CpuPriority;
 use ignition_vmm::VmmDriver;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -503,7 +504,9 @@ impl Worker {
                 if built {
                     timings.snapshot_ms = ms(t.elapsed());
                 }
-                launcher.restore(function, &snap).await
+                launcher
+                    .restore(function, &snap, CpuPriority::Foreground)
+                    .await
             }
             Err(e) => Err(e),
         };

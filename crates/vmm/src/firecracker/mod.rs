@@ -94,7 +94,7 @@ impl FirecrackerDriver {
             VmCgroup::create(
                 &self.scope(),
                 &spec.id,
-                CgroupLimits::for_vm(spec.memory_mib, spec.vcpus),
+                CgroupLimits::for_vm(spec.memory_mib, spec.vcpus).with_priority(spec.priority),
             )
             .map_err(|e| tracing::warn!(vm = %spec.id, error = %e, "no cgroup for this VM"))
             .ok()
@@ -369,6 +369,10 @@ impl MicroVm for FirecrackerVm {
 
     fn pid(&self) -> Option<u32> {
         self.process.pid()
+    }
+
+    fn set_priority(&self, priority: crate::jail::CpuPriority) -> Result<(), VmmError> {
+        self.process.set_priority(priority)
     }
 
     async fn destroy(&mut self) {

@@ -5,6 +5,35 @@ use std::path::{Path, PathBuf};
 
 use crate::VmmError;
 
+/// How a VMM shares the CPU with the others when the host is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuPriority {
+    /// A VM an invocation is waiting for.
+    #[default]
+    Foreground,
+    /// A VM made ahead of need (a warm slot being filled): on a busy host it gets a sixteenth
+    /// of a foreground VM's share, so refills do not slow the invocations they are made for.
+    Background,
+}
+
+impl CpuPriority {
+    /// cgroup v1 `cpu.shares` (the kernel's default is 1024).
+    fn shares(self) -> u32 {
+        match self {
+            Self::Foreground => 1024,
+            Self::Background => 64,
+        }
+    }
+
+    /// cgroup v2 `cpu.weight` (the kernel's default is 100).
+    fn weight(self) -> u32 {
+        match self {
+            Self::Foreground => 100,
+            Self::Background => 6,
+        }
+    }
+}
+
 /// Limits for one VM's cgroup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CgroupLimits {
@@ -14,9 +43,16 @@ pub struct CgroupLimits {
     pub cpu_quota_us: u64,
     /// Processes and threads.
     pub pids: u64,
+    /// Its share of the CPU against other VMs.
+    pub priority: CpuPriority,
 }
 
 impl CgroupLimits {
+    /// These limits with `priority`.
+    pub fn with_priority(self, priority: CpuPriority) -> Self {
+        Self { priority, ..self }
+    }
+
     /// Limits for a VM with `memory_mib` of guest memory and `vcpus` vCPUs: the guest's memory
     /// plus 256 MiB for the VMM (device model, TCG's translation buffers), the vCPUs plus a fifth
     /// of a core for I/O threads, 64 tasks.
@@ -25,6 +61,7 @@ impl CgroupLimits {
             memory_bytes: (u64::from(memory_mib) + 256) * 1024 * 1024,
             cpu_quota_us: u64::from(vcpus) * 100_000 + 20_000,
             pids: 64,
+            priority: CpuPriority::Foreground,
         }
     }
 }
@@ -33,6 +70,8 @@ impl CgroupLimits {
 #[derive(Debug)]
 pub(crate) struct VmCgroup {
     dirs: Vec<PathBuf>,
+    /// The file that sets its CPU share, and whether it is v2's `cpu.weight`.
+    cpu_share: Option<(PathBuf, bool)>,
 }
 
 /// This process's cgroup path for `controller` (v1), or its unified path (v2, `controller` "").
@@ -65,7 +104,10 @@ impl VmCgroup {
         if root.join("cgroup.controllers").exists() {
             return Self::create_v2(root, scope, vm_id, limits);
         }
-        let mut made = Self { dirs: Vec::new() };
+        let mut made = Self {
+            dirs: Vec::new(),
+            cpu_share: None,
+        };
         for (controller, files) in [
             (
                 "memory",
@@ -76,6 +118,7 @@ impl VmCgroup {
                 vec![
                     ("cpu.cfs_period_us", "100000".to_owned()),
                     ("cpu.cfs_quota_us", limits.cpu_quota_us.to_string()),
+                    ("cpu.shares", limits.priority.shares().to_string()),
                 ],
             ),
             ("pids", vec![("pids.max", limits.pids.to_string())]),
@@ -90,6 +133,9 @@ impl VmCgroup {
             std::fs::create_dir_all(&dir)
                 .map_err(VmmError::io(format!("create cgroup {}", dir.display())))?;
             made.dirs.push(dir.clone());
+            if controller == "cpu" {
+                made.cpu_share = Some((dir.join("cpu.shares"), false));
+            }
             for (file, value) in files {
                 write(&dir.join(file), &value)?;
             }
@@ -117,6 +163,7 @@ impl VmCgroup {
             .map_err(VmmError::io(format!("create cgroup {}", dir.display())))?;
         let made = Self {
             dirs: vec![dir.clone()],
+            cpu_share: Some((dir.join("cpu.weight"), true)),
         };
         write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
         write(
@@ -124,7 +171,17 @@ impl VmCgroup {
             &format!("{} 100000", limits.cpu_quota_us),
         )?;
         write(&dir.join("pids.max"), &limits.pids.to_string())?;
+        made.set_priority(limits.priority)?;
         Ok(made)
+    }
+
+    /// Changes the VM's share of the CPU.
+    pub(crate) fn set_priority(&self, priority: CpuPriority) -> Result<(), VmmError> {
+        match &self.cpu_share {
+            Some((file, true)) => write(file, &priority.weight().to_string()),
+            Some((file, false)) => write(file, &priority.shares().to_string()),
+            None => Ok(()),
+        }
     }
 
     /// The `cgroup.procs` files a process writes to join the cgroup.

@@ -33,7 +33,7 @@ use std::ffi::CString;
 use std::os::fd::RawFd;
 
 pub(crate) use cgroup::VmCgroup;
-pub use cgroup::{sweep, CgroupLimits};
+pub use cgroup::{sweep, CgroupLimits, CpuPriority};
 pub(crate) use root::{vm_paths, JailRoot};
 pub(crate) use users::hand_over;
 pub use users::{VmmIdentity, VmmUsers, DEFAULT_FIRST_UID, DEFAULT_GID, DEFAULT_UID_COUNT};

@@ -196,6 +196,7 @@ mod tests {
             vcpus: 1,
             connect_timeout: Duration::from_secs(1),
             network: None,
+            priority: Default::default(),
         }
     }
 

@@ -179,7 +179,7 @@ impl VmmDriver for QemuDriver {
             match VmCgroup::create(
                 &self.scope(),
                 &spec.id,
-                CgroupLimits::for_vm(spec.memory_mib, spec.vcpus),
+                CgroupLimits::for_vm(spec.memory_mib, spec.vcpus).with_priority(spec.priority),
             ) {
                 Ok(c) => Some(c),
                 Err(e) => {
@@ -405,6 +405,10 @@ impl MicroVm for QemuVm {
 
     fn pid(&self) -> Option<u32> {
         self.process.pid()
+    }
+
+    fn set_priority(&self, priority: crate::jail::CpuPriority) -> Result<(), VmmError> {
+        self.process.set_priority(priority)
     }
 
     async fn destroy(&mut self) {
