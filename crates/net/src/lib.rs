@@ -7,11 +7,12 @@
 //! it opens exists nowhere else.
 //!
 //! Every guest has the same address ([`GUEST_SIDE`]): its namespace routes between the tap and
-//! the veth and translates that address to and from the VM's own (tc's stateless `nat`). So the
-//! guest's interface is configured once, when the base snapshot is booted, and a VM restored
-//! from a snapshot starts with a working network instead of configuring one (under TCG that
-//! took a restored guest ~0.1-0.2 s of first-use code translation). The host, its rules and
-//! other VMs see only the VM's own address.
+//! the veth and translates that address to and from the VM's own (connection tracking, with a
+//! NAT table of the namespace's own: `nft::vm_side_nat`). So the guest's interface is
+//! configured once, when the base snapshot is booted, and a VM restored from a snapshot starts
+//! with a working network instead of configuring one (under TCG that took a restored guest
+//! ~0.1-0.2 s of first-use code translation). The host, its rules and other VMs see only the
+//! VM's own address.
 //!
 //! ```text
 //!  guest eth0 ── tap0 (169.254.0.1/30)   VM netns                 host netns
@@ -93,7 +94,7 @@ pub struct NetConfig {
     pub dns: Vec<Ipv4Addr>,
     /// The group whose processes (the jailed VMMs) may attach to VMs' tap devices.
     pub tap_group: u32,
-    /// Built-in networks kept made ahead of need (see [`spares`]); 0: each is made on its VM's
+    /// Built-in networks kept made ahead of need (see the `spares` module); 0: each is made on its VM's
     /// path. Unused in CNI mode.
     pub spares: usize,
 }

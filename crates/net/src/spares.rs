@@ -2,8 +2,8 @@
 //!
 //! Making a VM's links costs ~30 ms here, most of it the kernel creating a network namespace,
 //! and a VM restored from a snapshot would otherwise wait for it. So the node keeps a few
-//! networks made in the background: namespace, tap, bridge, veth pair and the host end's
-//! address, but no policy (nftables rules) and no VM. A spare is taken by exactly one VM and
+//! networks made in the background: namespace, tap, veth pair, addresses, route and the
+//! namespace's address translation, but no policy (nftables rules) and no VM. A spare is taken by exactly one VM and
 //! released with it like any other network; nothing has ever run in it, so a VM that gets one
 //! is as sterile as one whose network was made on its path.
 
