@@ -39,10 +39,10 @@ pub(crate) use users::hand_over;
 pub use users::{VmmIdentity, VmmUsers, DEFAULT_FIRST_UID, DEFAULT_GID, DEFAULT_UID_COUNT};
 
 /// QEMU's seccomp options: its default filter plus denial of obsolete system calls, privilege
-/// changes and resource control. `spawn` stays allowed because snapshots go through `exec:`
-/// migration (a shell running `cat`).
+/// changes, process creation and resource control. Snapshots are written to and read from
+/// descriptors the server opens and hands over QMP, so QEMU never needs to start a process.
 pub(crate) const QEMU_SANDBOX: &str =
-    "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny";
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// Namespaces a VMM process is moved into before it executes.
 pub(crate) const NAMESPACES: libc::c_int =

@@ -13,11 +13,14 @@ use crate::{VmSource, VmSpec, VmmError};
 /// read-only but for its memory file, which QEMU 7.2 opens for writing even to map it privately.
 pub(crate) fn vm_paths(spec: &VmSpec, run_dir: &Path, binary: &Path) -> Vec<(PathBuf, Access)> {
     let mut paths = vec![(run_dir.to_owned(), Access::ReadWrite)];
-    let image = match &spec.source {
-        VmSource::Boot { image, .. } | VmSource::Restore { image, .. } => image,
-    };
-    for file in [&image.kernel, &image.initramfs, &image.rootfs] {
-        paths.push((file.clone(), Access::ReadOnly));
+    // A restored guest's kernel is in its memory: only a boot reads the kernel and initramfs.
+    match &spec.source {
+        VmSource::Boot { image, .. } => {
+            for file in [&image.kernel, &image.initramfs, &image.rootfs] {
+                paths.push((file.clone(), Access::ReadOnly));
+            }
+        }
+        VmSource::Restore { image, .. } => paths.push((image.rootfs.clone(), Access::ReadOnly)),
     }
     if !binary.starts_with("/usr") && binary.is_absolute() {
         paths.push((binary.to_owned(), Access::ReadOnly));

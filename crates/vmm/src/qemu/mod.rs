@@ -7,7 +7,7 @@
 mod args;
 mod qmp;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -109,9 +109,10 @@ impl VmmDriver for QemuDriver {
 
     fn snapshot_compat(&self) -> String {
         format!(
-            "qemu/{}/tsc_khz={}",
+            "qemu/{}/tsc_khz={}/devices={}",
             self.config.accel.qemu_name(),
-            self.tsc_khz
+            self.tsc_khz,
+            args::DEVICE_MODEL
         )
     }
 
@@ -284,18 +285,14 @@ impl VmmDriver for QemuDriver {
     }
 }
 
-/// `exec:` migration runs its argument through `/bin/sh -c`; the path is quoted, and a path that
-/// cannot be quoted safely is refused.
-fn shell_quote(path: &std::path::Path) -> Result<String, VmmError> {
-    let p = path
-        .to_str()
-        .ok_or_else(|| VmmError::Control("snapshot path is not UTF-8".into()))?;
-    if p.contains('\'') || p.contains('\n') {
-        return Err(VmmError::Control(format!(
-            "unsupported character in snapshot path {p:?}"
-        )));
-    }
-    Ok(format!("'{p}'"))
+/// The name under which a migration stream's descriptor is handed to QEMU (`fd:` URIs).
+const STREAM_FD: &str = "migration-stream";
+
+/// Hands QEMU the open snapshot state file as the migration stream: QEMU never opens a path or
+/// starts a process for it, so its sandbox denies spawning.
+async fn send_stream(qmp: &mut Qmp, file: &std::fs::File) -> Result<String, VmmError> {
+    qmp.send_fd(STREAM_FD, file.as_fd()).await?;
+    Ok(format!("fd:{STREAM_FD}"))
 }
 
 /// Waits for the current migration (either direction) to finish.
@@ -331,7 +328,11 @@ fn ignore_shared() -> serde_json::Value {
 async fn load_snapshot(qmp: &mut Qmp, state: &std::path::Path) -> Result<(), VmmError> {
     qmp.execute("migrate-set-capabilities", Some(ignore_shared()))
         .await?;
-    let uri = format!("exec:/bin/cat {}", shell_quote(state)?);
+    let file = std::fs::File::open(state).map_err(VmmError::io(format!(
+        "open snapshot state {}",
+        state.display()
+    )))?;
+    let uri = send_stream(qmp, &file).await?;
     qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
         .await?;
     wait_migration(qmp, Duration::from_secs(30)).await
@@ -390,7 +391,11 @@ impl MicroVm for QemuVm {
         qmp.execute("migrate-set-capabilities", Some(ignore_shared()))
             .await?;
         qmp.execute("stop", None).await?;
-        let uri = format!("exec:/bin/cat > {}", shell_quote(state)?);
+        let file = std::fs::File::create(state).map_err(VmmError::io(format!(
+            "create snapshot state {}",
+            state.display()
+        )))?;
+        let uri = send_stream(qmp, &file).await?;
         qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
             .await?;
         wait_migration(qmp, Duration::from_secs(60)).await?;

@@ -3,8 +3,11 @@
 //! QEMU runs guest-facing device emulation, so its replies are bounded like guest input: a line
 //! longer than [`MAX_LINE`] ends the session.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::time::Duration;
+
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -79,17 +82,61 @@ impl Qmp {
         command: &str,
         args: Option<Value>,
     ) -> Result<Value, VmmError> {
+        let bytes = Self::message(command, args);
+        self.stream
+            .get_mut()
+            .write_all(&bytes)
+            .await
+            .map_err(VmmError::io(format!("send QMP {command}")))?;
+        self.reply(command).await
+    }
+
+    /// Hands `fd` to QEMU under `name` (`getfd`), for commands that take `fd:NAME`. The
+    /// descriptor travels with the command's first byte (SCM_RIGHTS); QEMU keeps its own copy.
+    pub(crate) async fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), VmmError> {
+        let bytes = Self::message("getfd", Some(json!({ "fdname": name })));
+        let stream = self.stream.get_mut();
+        let sent = loop {
+            stream
+                .writable()
+                .await
+                .map_err(VmmError::io("send QMP getfd"))?;
+            let fds = [fd.as_raw_fd()];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            let iov = [std::io::IoSlice::new(&bytes)];
+            match stream.try_io(tokio::io::Interest::WRITABLE, || {
+                sendmsg::<UnixAddr>(
+                    stream.as_raw_fd(),
+                    &iov,
+                    &cmsg,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(VmmError::io("send QMP getfd")(e)),
+            }
+        };
+        stream
+            .write_all(&bytes[sent..])
+            .await
+            .map_err(VmmError::io("send QMP getfd"))?;
+        self.reply("getfd").await.map(|_| ())
+    }
+
+    fn message(command: &str, args: Option<Value>) -> Vec<u8> {
         let mut msg = json!({ "execute": command });
         if let Some(a) = args {
             msg["arguments"] = a;
         }
         let mut bytes = msg.to_string().into_bytes();
         bytes.push(b'\n');
-        self.stream
-            .get_mut()
-            .write_all(&bytes)
-            .await
-            .map_err(VmmError::io(format!("send QMP {command}")))?;
+        bytes
+    }
+
+    async fn reply(&mut self, command: &str) -> Result<Value, VmmError> {
         loop {
             let v = self.read_value().await?;
             if let Some(r) = v.get("return") {
