@@ -14,6 +14,7 @@
 
 pub mod channel;
 mod entropy;
+mod handlers;
 pub mod init;
 mod network;
 mod runtime_api;

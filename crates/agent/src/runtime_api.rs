@@ -11,6 +11,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use ignition_proto::{ErrorBody, MAX_RESULT_BYTES};
 use tiny_http::{Header, Method, Request, Response, Server};
 
+use crate::handlers::Handlers;
+
 /// Address the Runtime API listens on (`AWS_LAMBDA_RUNTIME_API`).
 pub(crate) const RUNTIME_API_ADDR: &str = "127.0.0.1:9001";
 const PREFIX: &str = "/2018-06-01/runtime";
@@ -146,12 +148,12 @@ impl Broker {
 /// Starts the Runtime API server on its own threads.
 pub(crate) fn serve(broker: Arc<Broker>) -> Result<(), String> {
     let server = Server::http(RUNTIME_API_ADDR).map_err(|e| format!("runtime API: {e}"))?;
+    // /next blocks until there is work; every request gets a thread of its own so that a
+    // runtime polling /next never stalls its own /response.
+    let handlers = Handlers::new(move |req| handle(&broker, req));
     std::thread::spawn(move || {
         for req in server.incoming_requests() {
-            let broker = Arc::clone(&broker);
-            // /next blocks until there is work; every request gets its own thread so that a
-            // runtime polling /next never stalls its own /response.
-            std::thread::spawn(move || handle(&broker, req));
+            handlers.dispatch(req);
         }
     });
     Ok(())
