@@ -108,7 +108,12 @@ fn pool_refills_to_its_minimum_and_shrinks_to_zero() {
         pool(&server, "echo")["ready"] == 2
     });
     let p = pool(&server, "echo");
-    for pss in p["slot_pss_mib"].as_array().unwrap() {
+    let (now, charged) = (
+        p["slot_pss_mib"].as_array().unwrap(),
+        p["slot_charged_mib"].as_array().unwrap(),
+    );
+    assert_eq!((now.len(), charged.len()), (2, 2), "{p}");
+    for pss in now.iter().chain(charged) {
         let pss = pss.as_f64().unwrap();
         assert!(
             pss > 1.0 && pss < 512.0,
@@ -155,7 +160,7 @@ fn pool_stays_within_its_memory_budget() {
     );
     std::thread::sleep(Duration::from_secs(2));
     let v = server.get_json("/v1/functions/echo/pool");
-    let total: f64 = v["pool"]["slot_pss_mib"]
+    let total: f64 = v["pool"]["slot_charged_mib"]
         .as_array()
         .unwrap()
         .iter()

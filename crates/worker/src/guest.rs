@@ -264,17 +264,12 @@ impl Guest {
 
     /// Proportional set size of the VMM process, MiB (what this VM costs the host).
     pub(crate) fn pss_mib(&self) -> Option<f64> {
-        let pid = self.vm.pid()?;
-        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-        let kb: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Pss:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb / 1024.0)
+        pss_mib_of(self.vm.pid()?)
+    }
+
+    /// The VMM's process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.vm.pid()
     }
 
     pub(crate) async fn destroy(mut self) {
@@ -308,4 +303,18 @@ fn validate(result: &InvokeResult, request_id: &str) -> Result<(), ExecError> {
         }
     }
     Ok(())
+}
+
+/// Proportional set size of process `pid`, MiB.
+pub(crate) fn pss_mib_of(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kb: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }

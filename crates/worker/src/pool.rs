@@ -72,8 +72,12 @@ pub struct PoolStatus {
     pub arrival_rate: f64,
     /// Moving average of the time a refill takes, ms.
     pub refill_ms: f64,
-    /// Measured PSS of each ready slot, MiB.
+    /// PSS of each ready slot measured now, MiB: its pages shared with the other VMs restored
+    /// from the same snapshot count divided among them.
     pub slot_pss_mib: Vec<f64>,
+    /// What each ready slot is charged against the memory budget, MiB: its PSS when it became
+    /// ready (slots made after it share its clean pages and lower its PSS).
+    pub slot_charged_mib: Vec<f64>,
 }
 
 struct Slot {
@@ -280,14 +284,26 @@ impl WarmPool {
             return PoolStatus::default();
         };
         let now = Instant::now();
-        PoolStatus {
+        let pids: Vec<Option<u32>> = p.ready.iter().map(|s| s.guest.pid()).collect();
+        let status = PoolStatus {
             ready: p.ready.len(),
             filling: p.filling,
             target: p.target(now, keep_alive),
             min_ready: p.min_ready,
             arrival_rate: p.rate(now),
             refill_ms: p.refill_ms,
-            slot_pss_mib: p.ready.iter().map(|s| s.pss_mib).collect(),
+            slot_pss_mib: Vec::new(),
+            slot_charged_mib: p.ready.iter().map(|s| s.pss_mib).collect(),
+        };
+        drop(st);
+        // Read outside the lock: each is a walk of a VMM's page tables.
+        let slot_pss_mib = pids
+            .into_iter()
+            .filter_map(|pid| pid.and_then(crate::guest::pss_mib_of))
+            .collect();
+        PoolStatus {
+            slot_pss_mib,
+            ..status
         }
     }
 
