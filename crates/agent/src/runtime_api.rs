@@ -6,6 +6,8 @@
 //! block the session except by not answering, which the host's deadline ends.
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use ignition_proto::{ErrorBody, MAX_RESULT_BYTES};
@@ -15,6 +17,10 @@ use crate::handlers::Handlers;
 
 /// Address the Runtime API listens on (`AWS_LAMBDA_RUNTIME_API`).
 pub(crate) const RUNTIME_API_ADDR: &str = "127.0.0.1:9001";
+/// The same API on a Unix socket (`IGNITION_RUNTIME_API_SOCKET`), which Ignition's own runtimes
+/// use: a VM restored from a snapshot runs the kernel's Unix-socket path for the first time
+/// instead of TCP/IP over loopback, a fraction of the code for an emulated CPU to translate.
+pub(crate) const RUNTIME_API_SOCKET: &str = "/opt/ignition/runtime-api.sock";
 const PREFIX: &str = "/2018-06-01/runtime";
 /// Error bodies are small JSON documents; more than this is refused.
 const MAX_ERROR_BODY: usize = 256 * 1024;
@@ -147,15 +153,26 @@ impl Broker {
 
 /// Starts the Runtime API server on its own threads.
 pub(crate) fn serve(broker: Arc<Broker>) -> Result<(), String> {
-    let server = Server::http(RUNTIME_API_ADDR).map_err(|e| format!("runtime API: {e}"))?;
+    let tcp = Server::http(RUNTIME_API_ADDR).map_err(|e| format!("runtime API: {e}"))?;
+    let socket = Path::new(RUNTIME_API_SOCKET);
+    // A socket left by an earlier agent would make the bind fail.
+    let _ = std::fs::remove_file(socket);
+    let unix = Server::http_unix(socket)
+        .map_err(|e| format!("runtime API on {RUNTIME_API_SOCKET}: {e}"))?;
+    // The runtime runs as another user.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| format!("chmod {RUNTIME_API_SOCKET}: {e}"))?;
     // /next blocks until there is work; every request gets a thread of its own so that a
     // runtime polling /next never stalls its own /response.
     let handlers = Handlers::new(move |req| handle(&broker, req));
-    std::thread::spawn(move || {
-        for req in server.incoming_requests() {
-            handlers.dispatch(req);
-        }
-    });
+    for server in [tcp, unix] {
+        let handlers = Arc::clone(&handlers);
+        std::thread::spawn(move || {
+            for req in server.incoming_requests() {
+                handlers.dispatch(req);
+            }
+        });
+    }
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use ignition_proto::{Runtime, MAX_LOG_BYTES};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::runtime_api::{Broker, RUNTIME_API_ADDR};
+use crate::runtime_api::{Broker, RUNTIME_API_ADDR, RUNTIME_API_SOCKET};
 
 /// Where the function's code is unpacked (`LAMBDA_TASK_ROOT`).
 pub(crate) const TASK_ROOT: &str = "/var/task";
@@ -100,6 +100,7 @@ pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, S
         .env("TZ", ":UTC")
         .env("HOME", "/tmp")
         .env("AWS_LAMBDA_RUNTIME_API", RUNTIME_API_ADDR)
+        .env("IGNITION_RUNTIME_API_SOCKET", RUNTIME_API_SOCKET)
         .env("_HANDLER", launch.handler)
         .env("LAMBDA_TASK_ROOT", TASK_ROOT)
         .env("LAMBDA_RUNTIME_DIR", "/opt/ignition")

@@ -24,15 +24,27 @@ class Api:
     emulator or the caches. This is the part of HTTP the Runtime API needs and no more.
     """
 
-    def __init__(self, address):
+    def __init__(self, address, unix_path=None):
         host, port = address.rsplit(":", 1)
         self.address = (host, int(port))
+        self.unix_path = unix_path
         self.sock = None
         self.buf = b""
 
     def _connect(self):
-        self.sock = socket.create_connection(self.address)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.unix_path:
+            # The same API on a Unix socket: far less kernel code than TCP over loopback to run
+            # cold in a VM just restored from a snapshot.
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.unix_path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+        else:
+            self.sock = socket.create_connection(self.address)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
 
     def _read_until(self, marker):
@@ -82,7 +94,7 @@ class Api:
                     raise
 
 
-API = Api(os.environ["AWS_LAMBDA_RUNTIME_API"])
+API = Api(os.environ["AWS_LAMBDA_RUNTIME_API"], os.environ.get("IGNITION_RUNTIME_API_SOCKET"))
 
 
 def request(method, path, body=b"", headers=None):
