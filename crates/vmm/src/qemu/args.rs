@@ -25,8 +25,17 @@ pub(crate) struct Sockets<'a> {
 /// frequency or the guest's clock runs at the wrong rate ([`crate::tsc`]); `panic=-1` with
 /// QEMU's `-no-reboot` turns a guest panic into a VMM exit the host sees at once.
 pub(crate) fn base_cmdline(tsc_khz: u32) -> String {
-    format!("console=ttyS0 reboot=t panic=-1 tsc_early_khz={tsc_khz} tsc=reliable quiet loglevel=4")
+    format!(
+        "console=ttyS0 reboot=t panic=-1 tsc_early_khz={tsc_khz} tsc=reliable quiet loglevel=4 {GUEST_QUIET}"
+    )
 }
+
+/// Kernel features a one-function guest has no use for, off: pressure-stall accounting, memory
+/// cgroups (nothing in the guest makes cgroups), transparent huge pages (a fault would zero and
+/// dirty a 2 MiB page of a snapshot's copy-on-write memory), the lockup watchdogs, audit. Each
+/// is periodic or per-event kernel work that a restored VM under TCG translates anew.
+const GUEST_QUIET: &str =
+    "psi=0 cgroup_disable=memory transparent_hugepage=never nowatchdog audit=0";
 
 fn push(args: &mut Vec<OsString>, items: &[&str]) {
     args.extend(items.iter().map(OsString::from));

@@ -108,11 +108,12 @@ impl VmmDriver for QemuDriver {
     }
 
     fn snapshot_compat(&self) -> String {
+        // A snapshot holds a guest booted with this command line, on these devices.
         format!(
-            "qemu/{}/tsc_khz={}/devices={}",
+            "qemu/{}/devices={}/cmdline={}",
             self.config.accel.qemu_name(),
-            self.tsc_khz,
-            args::DEVICE_MODEL
+            args::DEVICE_MODEL,
+            args::base_cmdline(self.tsc_khz)
         )
     }
 
