@@ -148,3 +148,85 @@ impl Qmp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{IoSliceMut, Read, Seek, Write};
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+
+    use super::*;
+
+    /// The QMP side of the test (no QEMU: this is about the protocol): reads one command with
+    /// the descriptors that came with it, answers `{"return": {}}`.
+    fn serve_one(peer: std::os::unix::net::UnixStream) -> (Value, Vec<OwnedFd>) {
+        let mut buf = [0u8; 4096];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<UnixAddr>(
+            peer.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                // SAFETY: the kernel just installed these descriptors in this process.
+                fds.extend(
+                    received
+                        .into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        let n = msg.bytes;
+        let line = std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .trim_end()
+            .to_owned();
+        (&peer).write_all(b"{\"return\": {}}\n").unwrap();
+        (serde_json::from_str(&line).unwrap(), fds)
+    }
+
+    #[tokio::test]
+    async fn send_fd_hands_over_the_open_file_with_getfd() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut qmp = Qmp {
+            stream: BufReader::new(UnixStream::from_std(ours).unwrap()),
+            timeout: Duration::from_secs(5),
+        };
+        let server = std::thread::spawn(move || serve_one(theirs));
+        let mut file = tempfile_in_tmp();
+        file.write_all(b"device state").unwrap();
+        qmp.send_fd("migration-stream", file.as_fd()).await.unwrap();
+        let (command, fds) = server.join().unwrap();
+        assert_eq!(
+            command,
+            json!({ "execute": "getfd", "arguments": { "fdname": "migration-stream" } })
+        );
+        assert_eq!(fds.len(), 1, "exactly one descriptor travels with getfd");
+        // The received descriptor is the same open file: it reads what was written through ours.
+        let mut theirs = std::fs::File::from(fds.into_iter().next().unwrap());
+        theirs.rewind().unwrap();
+        let mut text = String::new();
+        theirs.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "device state");
+    }
+
+    fn tempfile_in_tmp() -> std::fs::File {
+        let path = std::env::temp_dir().join(format!("qmp-fd-test-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file
+    }
+}
