@@ -3,12 +3,14 @@
 //!
 //! The runtime is the function's own code and is not trusted: request bodies are size-limited,
 //! answers for a request id that is not in flight are refused, and nothing the runtime does can
-//! block the session except by not answering, which the host's deadline ends.
+//! block the session past the invocation's timeout (and the host's deadline, a little later,
+//! ends a session that stops answering at all).
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use ignition_proto::{ErrorBody, MAX_RESULT_BYTES};
 use tiny_http::{Header, Method, Request, Response, Server};
@@ -44,6 +46,8 @@ pub(crate) enum Answer {
     Error(ErrorBody),
     InitError(ErrorBody),
     RuntimeExited(String),
+    /// No answer within the invocation's timeout.
+    TimedOut,
 }
 
 #[derive(Default)]
@@ -73,8 +77,11 @@ impl Broker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Offers `inv` to the runtime and waits for its answer.
-    pub(crate) fn invoke(&self, inv: Invocation) -> Answer {
+    /// Offers `inv` to the runtime and waits for its answer, at most `limit`. A runtime that
+    /// does not answer in time is left mid-call: later invocations fail at once (the host does
+    /// not use such a VM again).
+    pub(crate) fn invoke(&self, inv: Invocation, limit: Duration) -> Answer {
+        let deadline = Instant::now().checked_add(limit);
         let mut st = self.lock();
         if let Some(body) = &st.init_failure {
             return Answer::InitError(body.clone());
@@ -91,7 +98,20 @@ impl Broker {
                 st.in_flight = None;
                 return answer;
             }
-            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::MAX,
+            };
+            if left.is_zero() {
+                st.next = None;
+                st.in_flight = None;
+                st.dead = Some("the runtime was still running an invocation that timed out".into());
+                return Answer::TimedOut;
+            }
+            st = match self.changed.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
         }
     }
 
@@ -321,4 +341,65 @@ fn handle(broker: &Broker, mut req: Request) {
         _ => error_response(404, "NotFound", "unknown path"),
     };
     let _ = req.respond(resp);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invocation(id: &str) -> Invocation {
+        Invocation {
+            request_id: id.to_owned(),
+            payload: b"{}".to_vec(),
+            deadline_unix_ms: 0,
+            function_arn: String::new(),
+            vm_id: String::new(),
+            warmup: false,
+        }
+    }
+
+    /// A runtime that takes each invocation and answers after `delay` (or never, if `None`).
+    fn runtime(broker: &Arc<Broker>, delay: Option<Duration>) -> std::thread::JoinHandle<()> {
+        let broker = Arc::clone(broker);
+        std::thread::spawn(move || {
+            let inv = broker.next();
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+                broker.answer(&inv.request_id, Answer::Response(b"\"late\"".to_vec()));
+            }
+        })
+    }
+
+    #[test]
+    fn an_answer_within_the_limit_is_returned() {
+        let broker = Arc::new(Broker::default());
+        let rt = runtime(&broker, Some(Duration::from_millis(10)));
+        let answer = broker.invoke(invocation("r1"), Duration::from_secs(30));
+        assert!(matches!(answer, Answer::Response(b) if b == b"\"late\""));
+        rt.join().unwrap();
+    }
+
+    #[test]
+    fn a_runtime_past_the_limit_times_out_and_its_late_answer_is_refused() {
+        let broker = Arc::new(Broker::default());
+        let rt = runtime(&broker, Some(Duration::from_millis(400)));
+        let t = Instant::now();
+        let answer = broker.invoke(invocation("r1"), Duration::from_millis(100));
+        assert!(matches!(answer, Answer::TimedOut), "{answer:?}");
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        rt.join().unwrap();
+        // The runtime answered after the timeout: nothing is waiting for that answer.
+        assert!(broker.lock().answer.is_none());
+        // The runtime was left mid-call, so nothing more is handed to it.
+        let next = broker.invoke(invocation("r2"), Duration::from_secs(30));
+        assert!(matches!(next, Answer::RuntimeExited(_)), "{next:?}");
+    }
+
+    #[test]
+    fn a_runtime_that_never_takes_the_invocation_times_out_too() {
+        let broker = Arc::new(Broker::default());
+        let answer = broker.invoke(invocation("r1"), Duration::from_millis(50));
+        assert!(matches!(answer, Answer::TimedOut), "{answer:?}");
+        assert!(broker.lock().next.is_none(), "the invocation is withdrawn");
+    }
 }

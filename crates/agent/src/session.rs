@@ -139,6 +139,13 @@ fn set_clock(host_time_unix_ms: u64) {
     }
 }
 
+/// How long a warm-up may take before the agent stops waiting for the runtime.
+const WARMUP_LIMIT: Duration = Duration::from_secs(10);
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -157,14 +164,17 @@ fn warm_up(loaded: &Loaded, broker: &Broker, logs: &LogBuffer) {
     if loaded.runtime != ignition_proto::Runtime::Python3 {
         return;
     }
-    let _ = broker.invoke(Invocation {
-        request_id: format!("warmup-{}", now_unix_ms()),
-        payload: b"{}".to_vec(),
-        deadline_unix_ms: now_unix_ms().saturating_add(10_000),
-        function_arn: loaded.function_arn.clone(),
-        vm_id: String::new(),
-        warmup: true,
-    });
+    let _ = broker.invoke(
+        Invocation {
+            request_id: format!("warmup-{}", now_unix_ms()),
+            payload: b"{}".to_vec(),
+            deadline_unix_ms: now_unix_ms().saturating_add(ms(WARMUP_LIMIT)),
+            function_arn: loaded.function_arn.clone(),
+            vm_id: String::new(),
+            warmup: true,
+        },
+        WARMUP_LIMIT,
+    );
     logs.settle();
     let _ = logs.take();
 }
@@ -200,14 +210,20 @@ fn invoke(
         }
     };
     let started = Instant::now();
-    let answer = broker.invoke(Invocation {
-        request_id: req.request_id.clone(),
-        payload: req.payload,
-        deadline_unix_ms: now_unix_ms().saturating_add(req.timeout_ms),
-        function_arn: loaded.function_arn.clone(),
-        vm_id: req.vm_id,
-        warmup: false,
-    });
+    // The timeout runs here, by the guest's monotonic clock, so that what the function logged
+    // before it ran out reaches the host; the host's own deadline is a little later and only
+    // ends a guest that stopped answering altogether.
+    let answer = broker.invoke(
+        Invocation {
+            request_id: req.request_id.clone(),
+            payload: req.payload,
+            deadline_unix_ms: now_unix_ms().saturating_add(req.timeout_ms),
+            function_arn: loaded.function_arn.clone(),
+            vm_id: req.vm_id,
+            warmup: false,
+        },
+        Duration::from_millis(req.timeout_ms),
+    );
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     logs.settle();
     let outcome = match answer {
@@ -219,6 +235,9 @@ fn invoke(
             error_message: why,
             stack_trace: Vec::new(),
         }),
+        Answer::TimedOut => Outcome::Timeout {
+            after_ms: req.timeout_ms,
+        },
     };
     let (logs, logs_truncated) = logs.take();
     InvokeResult {

@@ -87,6 +87,9 @@ async fn attempt(
         Outcome::FunctionError(e) | Outcome::InitError(e) => {
             Err(format!("{}: {}", e.error_type, e.error_message))
         }
+        Outcome::Timeout { after_ms } => {
+            Err(ignition_worker::ExecError::Timeout(Duration::from_millis(after_ms)).to_string())
+        }
     }
 }
 

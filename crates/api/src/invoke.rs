@@ -120,10 +120,7 @@ pub(crate) async fn invoke(
     let response = match outcome {
         Ok(exec) => success_response(&exec, &request_id, want_tail),
         Err(ExecError::Timeout(after)) => {
-            let body = json!({
-                "errorType": "Sandbox.Timedout",
-                "errorMessage": format!("RequestId: {request_id} Error: Task timed out after {:.2} seconds", after.as_secs_f64()),
-            });
+            let body = timeout_body(&request_id, after);
             let mut r = (StatusCode::OK, axum::Json(body)).into_response();
             r.headers_mut().insert(
                 "X-Amz-Function-Error",
@@ -351,6 +348,13 @@ fn log_text(exec: &Execution, request_id: &str) -> Vec<u8> {
     if r.logs_truncated {
         text.extend_from_slice(b"\n[ignition: log truncated]\n");
     }
+    if let Outcome::Timeout { after_ms } = r.outcome {
+        let line = format!(
+            "[ignition] {}\n",
+            timeout_message(Duration::from_millis(after_ms))
+        );
+        text.extend_from_slice(line.as_bytes());
+    }
     text.extend_from_slice(
         format!(
             "END RequestId: {request_id}\nREPORT RequestId: {request_id}\tDuration: {} ms\tInit: {} ms\n",
@@ -362,12 +366,30 @@ fn log_text(exec: &Execution, request_id: &str) -> Vec<u8> {
     text
 }
 
+/// Lambda's answer for an invocation that ran out of time.
+fn timeout_body(request_id: &str, after: Duration) -> serde_json::Value {
+    json!({
+        "errorType": "Sandbox.Timedout",
+        "errorMessage": format!("RequestId: {request_id} Error: {}", timeout_message(after)),
+    })
+}
+
+fn timeout_message(after: Duration) -> String {
+    format!("Task timed out after {:.2} seconds", after.as_secs_f64())
+}
+
 fn success_response(exec: &Execution, request_id: &str, want_tail: bool) -> Response {
     let (body, function_error) = match &exec.result.outcome {
         Outcome::Success(body) => (body.clone(), None),
         Outcome::FunctionError(e) | Outcome::InitError(e) => {
             (error_json(e).to_string().into_bytes(), Some("Unhandled"))
         }
+        Outcome::Timeout { after_ms } => (
+            timeout_body(request_id, Duration::from_millis(*after_ms))
+                .to_string()
+                .into_bytes(),
+            Some("Unhandled"),
+        ),
     };
     let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();

@@ -95,6 +95,7 @@ impl Metrics {
     pub(crate) fn record(&self, function: &str, exec: &Execution) {
         let outcome = match exec.result.outcome {
             ignition_proto::Outcome::Success(_) => "success",
+            ignition_proto::Outcome::Timeout { .. } => "timeout",
             _ => "function_error",
         };
         self.count(function, exec.start.as_str(), outcome);

@@ -128,12 +128,12 @@ fn a_function_that_fails_to_initialize_reports_its_error() {
 }
 
 #[test]
-fn timeout_kills_the_vm_at_the_deadline() {
+fn timeout_kills_the_vm_at_the_deadline_and_keeps_what_it_logged() {
     // No warm pool here: the only VM is the one that timed out.
     let server = TestServer::start(&["--pool-memory-mib", "0"]);
     let code = code_dir(&[(
         "slow.py",
-        "import time\n\ndef handler(event, context):\n    time.sleep(120)\n    return 'never'\n",
+        "import time\n\ndef handler(event, context):\n    print('going to sleep', flush=True)\n    time.sleep(120)\n    return 'never'\n",
     )]);
     server.deploy(
         "slow",
@@ -143,7 +143,8 @@ fn timeout_kills_the_vm_at_the_deadline() {
         &["--timeout", "1"],
     );
     let t = Instant::now();
-    let (status, headers, body) = json(server.invoke("slow", "{}"));
+    let (status, headers, body) =
+        json(server.invoke_with("slow", &[("X-Amz-Log-Type", "Tail")], "{}"));
     assert!(
         t.elapsed() < Duration::from_secs(60),
         "took {:?}",
@@ -156,6 +157,13 @@ fn timeout_kills_the_vm_at_the_deadline() {
         .as_str()
         .unwrap()
         .contains("Task timed out after 1.00 seconds"));
+    // What the handler printed before its time ran out is the user's best clue: it is kept.
+    let tail = common::log_tail(&headers);
+    assert!(tail.contains("going to sleep"), "{tail}");
+    assert!(tail.contains("Task timed out after 1.00 seconds"), "{tail}");
+    let request_id = headers["x-amzn-requestid"].to_str().unwrap().to_owned();
+    let kept = wait_for_log(&server, "slow", &request_id, "going to sleep");
+    assert!(kept.contains("Task timed out"), "{kept}");
     assert!(
         server.vmm_processes().is_empty(),
         "the VM is gone when the caller hears of the timeout"
@@ -372,4 +380,19 @@ fn guest_that_is_not_ready_in_time_is_cleaned_up() {
     assert!(msg.contains("did not become ready"), "{msg}");
     assert!(server.vmm_processes().is_empty());
     server.stop_and_check_clean();
+}
+
+/// Waits until the function's kept log for `request_id` contains `needle` (logs are stored just
+/// after the answer); returns that log.
+fn wait_for_log(server: &TestServer, function: &str, request_id: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = server.cli(&["fn", "logs", function, "--request-id", request_id]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains(needle) || Instant::now() > deadline {
+            assert!(text.contains(needle), "kept log of {request_id}: {text}");
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -122,6 +122,9 @@ pub(crate) fn result(outcome: &Result<Execution, ExecError>) -> pb::complete_req
                         pb::execution::Outcome::FunctionError(error_body(e))
                     }
                     Outcome::InitError(e) => pb::execution::Outcome::InitError(error_body(e)),
+                    Outcome::Timeout { after_ms } => {
+                        pb::execution::Outcome::TimedOutAfterMs(*after_ms)
+                    }
                 }),
                 logs: r.logs.clone(),
                 logs_truncated: r.logs_truncated,
@@ -177,6 +180,9 @@ pub(crate) fn outcome(
                 }
                 Some(pb::execution::Outcome::InitError(b)) => {
                     Outcome::InitError(from_error_body(b))
+                }
+                Some(pb::execution::Outcome::TimedOutAfterMs(after_ms)) => {
+                    Outcome::Timeout { after_ms }
                 }
                 None => return Err(cluster("reported an execution without an outcome".into())),
             };
@@ -331,5 +337,16 @@ mod tests {
             outcome(Some(timeout), "r1", "n2"),
             Err(ExecError::Timeout(d)) if d == Duration::from_secs(3)
         ));
+        // A handler that ran out of time is an execution, with what it logged until then.
+        let timed_out = Execution {
+            result: InvokeResult {
+                outcome: Outcome::Timeout { after_ms: 3000 },
+                logs: b"before the timeout\n".to_vec(),
+                ..exec.result.clone()
+            },
+            ..exec
+        };
+        let back = outcome(Some(result(&Ok(timed_out.clone()))), "r1", "n2").unwrap();
+        assert_eq!(back.result, timed_out.result);
     }
 }

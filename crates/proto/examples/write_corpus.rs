@@ -47,6 +47,10 @@ fn main() -> std::io::Result<()> {
         ),
         ("result-error", result(Outcome::FunctionError(err.clone()))),
         ("result-init-error", result(Outcome::InitError(err))),
+        (
+            "result-timeout",
+            result(Outcome::Timeout { after_ms: 3000 }),
+        ),
     ];
     let mut all = Vec::new();
     for (name, msg) in &valid {

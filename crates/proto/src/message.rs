@@ -119,6 +119,13 @@ pub enum Outcome {
     FunctionError(ErrorBody),
     /// The runtime failed to initialize (`/init/error`, or it exited before asking for work).
     InitError(ErrorBody),
+    /// The handler was still running when the invocation's timeout ran out. The agent stops
+    /// waiting for it and reports what it logged until then; the runtime is left mid-call, so
+    /// the VM is not used again.
+    Timeout {
+        /// The timeout that ran out, ms (the host states it from the function's configuration).
+        after_ms: u64,
+    },
 }
 
 /// The result of one invocation.

@@ -17,6 +17,10 @@ use crate::ExecError;
 const CONSOLE_QUOTE: usize = 2048;
 /// How long a warm-up may take: it runs no user code.
 pub(crate) const WARMUP_LIMIT: Duration = Duration::from_secs(10);
+/// How long past an invocation's timeout the host waits for the agent's report of it (the
+/// agent's timer starts when the request arrives; its report carries up to the log limit)
+/// before it treats the guest as unresponsive.
+const UNRESPONSIVE_GRACE: Duration = Duration::from_secs(2);
 /// Fresh host randomness given to the guest with every invocation.
 const ENTROPY_BYTES: usize = 64;
 
@@ -219,7 +223,9 @@ impl Guest {
         timeout: Duration,
     ) -> Result<InvokeResult, ExecError> {
         self.resume().await?;
-        let deadline = Instant::now() + timeout;
+        // The agent ends the invocation at `timeout` itself and reports what was logged; this
+        // deadline only ends a guest that stopped answering.
+        let deadline = Instant::now() + timeout + UNRESPONSIVE_GRACE;
         let req = InvokeRequest {
             request_id: request_id.to_owned(),
             payload,
@@ -236,7 +242,7 @@ impl Guest {
                 ChannelError::Deadline => ExecError::Timeout(timeout),
                 other => ExecError::Protocol(other.to_string()),
             })?;
-        let result = match self.chan.recv(deadline).await {
+        let mut result = match self.chan.recv(deadline).await {
             Ok(GuestMessage::Result(r)) => r,
             Ok(GuestMessage::Fatal { message }) => return Err(ExecError::Guest(message)),
             Ok(other) => {
@@ -249,6 +255,10 @@ impl Guest {
             Err(e) => return Err(ExecError::Protocol(e.to_string())),
         };
         validate(&result, request_id)?;
+        if let Outcome::Timeout { after_ms } = &mut result.outcome {
+            // The guest's word is not taken for which timeout it was.
+            *after_ms = ms(timeout);
+        }
         Ok(result)
     }
 

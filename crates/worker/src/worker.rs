@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ignition_image::GuestImage;
-use ignition_proto::{FunctionSpec, InvokeResult};
+use ignition_proto::{FunctionSpec, InvokeResult, Outcome};
 use ignition_vmm::jail::CpuPriority;
 use ignition_vmm::VmmDriver;
 use tokio::sync::Semaphore;
@@ -411,6 +411,12 @@ impl Worker {
         }
         let kernel_release = guest.kernel_release.clone();
         match (&outcome, job.reuse) {
+            // The runtime is still inside the handler: the VM is never used again, and like a
+            // failed one it is gone before the caller hears of it.
+            (Ok(r), _) if matches!(r.outcome, Outcome::Timeout { .. }) => {
+                tracing::info!(request_id = %job.request_id, "invocation timed out; its VM is destroyed");
+                guest.destroy().await;
+            }
             (Ok(_), true) => {
                 let mut r = self.reused.lock().unwrap_or_else(|p| p.into_inner());
                 r.entry(function.spec.name.clone())
