@@ -285,7 +285,7 @@ impl WarmPool {
         };
         let now = Instant::now();
         let pids: Vec<Option<u32>> = p.ready.iter().map(|s| s.guest.pid()).collect();
-        let status = PoolStatus {
+        let mut status = PoolStatus {
             ready: p.ready.len(),
             filling: p.filling,
             target: p.target(now, keep_alive),
@@ -297,14 +297,11 @@ impl WarmPool {
         };
         drop(st);
         // Read outside the lock: each is a walk of a VMM's page tables.
-        let slot_pss_mib = pids
+        status.slot_pss_mib = pids
             .into_iter()
             .filter_map(|pid| pid.and_then(crate::guest::pss_mib_of))
             .collect();
-        PoolStatus {
-            slot_pss_mib,
-            ..status
-        }
+        status
     }
 
     /// MiB charged to the budget now.
