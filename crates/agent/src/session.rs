@@ -74,8 +74,11 @@ pub fn serve(guest: Guest) -> String {
                             console(&format!("network set-up during warm-up: {e}"));
                         }
                     }
-                    warm_up(l, &broker, &logs);
-                    GuestMessage::Warmed
+                    match warm_up(l, &broker, &logs) {
+                        Ok(()) => GuestMessage::Warmed,
+                        // A VM whose runtime is stuck in the warm-up must not become a slot.
+                        Err(message) => GuestMessage::Fatal { message },
+                    }
                 }
                 None => GuestMessage::Fatal {
                     message: "warm-up before any function was loaded".to_owned(),
@@ -139,8 +142,9 @@ fn set_clock(host_time_unix_ms: u64) {
     }
 }
 
-/// How long a warm-up may take before the agent stops waiting for the runtime.
-const WARMUP_LIMIT: Duration = Duration::from_secs(10);
+/// How long a warm-up may take before the agent stops waiting for the runtime: under the host's
+/// own limit (10 s), so that the host hears why rather than only that time ran out.
+const WARMUP_LIMIT: Duration = Duration::from_secs(8);
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -156,15 +160,17 @@ fn now_unix_ms() -> u64 {
 /// Runs a synthetic invocation marked as a warm-up through the Runtime API. Only Ignition's own
 /// Python bootstrap knows the mark (it answers without calling the handler); a `provided`
 /// bootstrap is the user's code, so for it nothing is run.
-fn warm_up(loaded: &Loaded, broker: &Broker, logs: &LogBuffer) {
+fn warm_up(loaded: &Loaded, broker: &Broker, logs: &LogBuffer) -> Result<(), String> {
     // The guest-side steps of a real invocation, with nothing secret or credited: the clock as
     // it is, and the pool mixed with bytes that carry no claimed entropy.
     set_clock(now_unix_ms());
     let _ = crate::entropy::reseed(&now_unix_ms().to_le_bytes(), false);
     if loaded.runtime != ignition_proto::Runtime::Python3 {
-        return;
+        return Ok(());
     }
-    let _ = broker.invoke(
+    // The runtime's own errors are left for the first real invocation to report (an init
+    // failure is its result); only a runtime that never answered spoils the VM.
+    let answer = broker.invoke(
         Invocation {
             request_id: format!("warmup-{}", now_unix_ms()),
             payload: b"{}".to_vec(),
@@ -177,6 +183,12 @@ fn warm_up(loaded: &Loaded, broker: &Broker, logs: &LogBuffer) {
     );
     logs.settle();
     let _ = logs.take();
+    match answer {
+        Answer::TimedOut => Err(format!(
+            "the runtime did not finish its warm-up within {WARMUP_LIMIT:?}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn invoke(
