@@ -219,8 +219,9 @@ fn a_changed_function_gets_a_new_snapshot_and_a_corrupt_one_is_rebuilt() {
 }
 
 #[test]
-fn reuse_keeps_a_vm_for_the_same_function_only() {
-    let server = TestServer::start(&[]);
+fn reuse_keeps_a_vm_for_the_same_function_only_and_at_most_max_vms_idle() {
+    // One VM at a time, so at most one idle VM kept for reuse on the node.
+    let server = TestServer::start(&["--max-vms", "1"]);
     let counter = concat!(
         "import os\n",
         "def handler(event, context):\n",
@@ -253,6 +254,10 @@ fn reuse_keeps_a_vm_for_the_same_function_only() {
     assert_eq!(k2, "warm");
     let (other, _) = invoke_mode(&server, "other", "auto", "{}");
     assert_eq!(other, 1, "another function never gets that VM");
+    // Keeping `other`'s VM made `count`'s, idle longer, go: the node keeps one.
+    let (third, k3) = invoke_mode(&server, "count", "auto", "{}");
+    assert_eq!(third, 1, "kind {k3}");
+    assert_ne!(k3, "warm");
     // Without reuse every invocation is sterile.
     server.deploy(
         "count",

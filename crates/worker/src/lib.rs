@@ -15,6 +15,7 @@ mod error;
 mod guest;
 mod launcher;
 mod pool;
+mod reuse;
 mod snapshot;
 mod worker;
 

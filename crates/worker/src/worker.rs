@@ -1,6 +1,5 @@
 //! The worker: admission, the choice of how a guest starts, and one invocation's lifecycle.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +15,7 @@ use tokio::time::Instant;
 use crate::guest::{ms, Guest};
 use crate::launcher::{FunctionRef, LaunchStats, Launcher};
 use crate::pool::{PoolConfig, PoolStatus, WarmPool};
+use crate::reuse::ReusedVms;
 use crate::snapshot::SnapshotStore;
 use crate::ExecError;
 
@@ -23,6 +23,7 @@ use crate::ExecError;
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// VMs that may run invocations at once on this node; invocations beyond it wait their turn.
+    /// Also the most idle VMs kept for reuse on the node.
     pub max_vms: usize,
     /// How long a guest may take from VMM start to `Ready`.
     pub boot_timeout: Duration,
@@ -180,12 +181,6 @@ pub struct WorkerStats {
     pub invocations: u64,
 }
 
-struct Reused {
-    key: String,
-    guest: Guest,
-    idle_since: Instant,
-}
-
 /// Runs invocations.
 pub struct Worker {
     launcher: Arc<Launcher>,
@@ -195,7 +190,8 @@ pub struct Worker {
     teardowns: Arc<AtomicU64>,
     /// Invocations waiting for admission.
     waiting: AtomicU64,
-    reused: Mutex<HashMap<String, Vec<Reused>>>,
+    /// Idle VMs of functions that reuse them, at most `--max-vms` of them.
+    reused: Mutex<ReusedVms<Guest>>,
     pool_hits: AtomicU64,
     warm_hits: AtomicU64,
     invocations: AtomicU64,
@@ -228,7 +224,7 @@ impl Worker {
             admission,
             teardowns: Arc::new(AtomicU64::new(0)),
             waiting: AtomicU64::new(0),
-            reused: Mutex::new(HashMap::new()),
+            reused: Mutex::new(ReusedVms::new(config.max_vms)),
             pool_hits: AtomicU64::new(0),
             warm_hits: AtomicU64::new(0),
             invocations: AtomicU64::new(0),
@@ -318,12 +314,9 @@ impl Worker {
     /// the function changes or is deleted.
     pub async fn invalidate(&self, name: &str) {
         self.pool.invalidate(name);
-        let reused = {
-            let mut r = self.reused.lock().unwrap_or_else(|p| p.into_inner());
-            r.remove(name).unwrap_or_default()
-        };
-        for r in reused {
-            r.guest.destroy().await;
+        let reused = self.lock_reused().remove_function(name);
+        for guest in reused {
+            guest.destroy().await;
         }
         self.launcher.snapshots.remove_function(name);
     }
@@ -341,39 +334,21 @@ impl Worker {
     pub async fn shutdown(&self) {
         self.pool.shutdown().await;
         self.settle().await;
-        let all: Vec<Reused> = {
-            let mut r = self.reused.lock().unwrap_or_else(|p| p.into_inner());
-            r.drain().flat_map(|(_, v)| v).collect()
-        };
-        for r in all {
-            r.guest.destroy().await;
+        let all = self.lock_reused().drain();
+        for guest in all {
+            guest.destroy().await;
         }
     }
 
     async fn reap_reused(&self, keep_alive: Duration) {
-        let expired: Vec<Reused> = {
-            let mut r = self.reused.lock().unwrap_or_else(|p| p.into_inner());
-            let mut out = Vec::new();
-            for list in r.values_mut() {
-                let (old, keep): (Vec<_>, Vec<_>) = list
-                    .drain(..)
-                    .partition(|x| x.idle_since.elapsed() > keep_alive);
-                *list = keep;
-                out.extend(old);
-            }
-            r.retain(|_, v| !v.is_empty());
-            out
-        };
-        for r in expired {
-            r.guest.destroy().await;
+        let expired = self.lock_reused().expire(Instant::now(), keep_alive);
+        for guest in expired {
+            guest.destroy().await;
         }
     }
 
-    fn take_reused(&self, name: &str, key: &str) -> Option<Guest> {
-        let mut r = self.reused.lock().unwrap_or_else(|p| p.into_inner());
-        let list = r.get_mut(name)?;
-        let at = list.iter().position(|x| x.key == key)?;
-        Some(list.swap_remove(at).guest)
+    fn lock_reused(&self) -> std::sync::MutexGuard<'_, ReusedVms<Guest>> {
+        self.reused.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `job` and reports how it went. The VM is destroyed afterwards, whatever happened,
@@ -418,14 +393,12 @@ impl Worker {
                 guest.destroy().await;
             }
             (Ok(_), true) => {
-                let mut r = self.reused.lock().unwrap_or_else(|p| p.into_inner());
-                r.entry(function.spec.name.clone())
-                    .or_default()
-                    .push(Reused {
-                        key,
-                        guest,
-                        idle_since: Instant::now(),
-                    });
+                let evicted =
+                    self.lock_reused()
+                        .keep(&function.spec.name, key, guest, Instant::now());
+                for old in evicted {
+                    tokio::spawn(old.destroy());
+                }
             }
             // A failed VM (timeout, crash, protocol error) is gone before the caller hears of it.
             (Err(e), _) => {
@@ -473,7 +446,8 @@ impl Worker {
     ) -> Result<(Guest, StartKind), ExecError> {
         let launcher = &self.launcher;
         if mode == StartMode::Auto && job.reuse {
-            if let Some(g) = self.take_reused(&function.spec.name, key) {
+            let reused = self.lock_reused().take(&function.spec.name, key);
+            if let Some(g) = reused {
                 self.warm_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok((g, StartKind::Warm));
             }
