@@ -29,7 +29,7 @@ pub const MAX_EVENT_PAYLOAD: usize = 256 * 1024;
 /// How long an idle dispatcher sleeps at most before it looks at the store again.
 const IDLE_WAIT: Duration = Duration::from_secs(5);
 
-/// Retries of asynchronous invocations.
+/// Retries and limits of asynchronous invocations.
 #[derive(Debug, Clone)]
 pub struct EventConfig {
     /// Retries after the first attempt (Lambda's default: 2).
@@ -38,6 +38,9 @@ pub struct EventConfig {
     pub retry_delay: Duration,
     /// Events running at once (they also wait for admission like any invocation).
     pub parallelism: usize,
+    /// Events the node holds queued or running at most (each up to 256 KiB in the store);
+    /// beyond it an `Event` invoke gets 429 `TooManyRequestsException`.
+    pub max_pending: u64,
     /// Wakes the dispatcher: an event was stored or a running one finished.
     pub wake: Arc<tokio::sync::Notify>,
 }
@@ -48,6 +51,7 @@ impl Default for EventConfig {
             retries: 2,
             retry_delay: Duration::from_secs(1),
             parallelism: 4,
+            max_pending: 10_000,
             wake: Arc::default(),
         }
     }

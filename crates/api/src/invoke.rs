@@ -193,7 +193,20 @@ async fn enqueue(
         payload.to_vec()
     };
     let attempts = state.events.retries.saturating_add(1);
-    blocking(state, move |s| s.enqueue_event(&id, &n, &payload, attempts)).await?;
+    let limit = state.events.max_pending;
+    let accepted = blocking(state, move |s| {
+        s.enqueue_event(&id, &n, &payload, attempts, limit)
+    })
+    .await?;
+    if !accepted {
+        // The store would grow without bound; the caller may try again (SDKs do by themselves).
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequestsException",
+            format!("the node holds its limit of {limit} asynchronous invocations (queued or running); try again later"),
+        )
+        .with_reason("EventQueueFull"));
+    }
     state.events.wake.notify_one();
     Ok(with_ids(
         StatusCode::ACCEPTED.into_response(),

@@ -147,6 +147,10 @@ pub(crate) struct ServerArgs {
     /// waits twice as long.
     #[arg(long, default_value_t = 1000)]
     async_retry_delay_ms: u64,
+    /// Asynchronous invocations the node holds at most, queued or running (each up to 256 KiB
+    /// in the store); beyond it an `Event` invoke gets 429 TooManyRequestsException.
+    #[arg(long, default_value_t = 10_000)]
+    max_queued_events: u64,
     /// DNS resolver offered to guests whose egress policy reaches it (repeatable; default:
     /// the host's non-loopback resolvers).
     #[arg(long = "dns")]
@@ -422,6 +426,7 @@ async fn serve(args: ServerArgs) -> Result<ExitCode> {
         events: ignition_api::EventConfig {
             retries: args.async_retries,
             retry_delay: Duration::from_millis(args.async_retry_delay_ms),
+            max_pending: args.max_queued_events,
             ..ignition_api::EventConfig::default()
         },
     };

@@ -249,11 +249,18 @@ fn async_invocations_retry_then_land_in_failed_events_and_metrics_count_them() {
 }
 
 #[test]
-fn queued_events_survive_a_server_restart() {
+fn queued_events_survive_a_server_restart_within_the_nodes_limit() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_str().unwrap().to_owned();
     // A node that may run nothing: the event is accepted, throttled (not an attempt) and kept.
-    let server = TestServer::start(&["--data-dir", dir.as_str(), "--max-concurrency", "0"]);
+    let server = TestServer::start(&[
+        "--data-dir",
+        dir.as_str(),
+        "--max-concurrency",
+        "0",
+        "--max-queued-events",
+        "1",
+    ]);
     assert_eq!(
         create(&server, "later", "def handler(e, c):\n    return e\n").0,
         201
@@ -262,6 +269,11 @@ fn queued_events_survive_a_server_restart() {
         invoke_typed(&server, "later", "Event", r#"{"k": 1}"#).status(),
         202
     );
+    // The node holds one event at most: the next is refused, and not stored.
+    let (status, _, e) = json(invoke_typed(&server, "later", "Event", r#"{"k": 2}"#));
+    assert_eq!(status, 429, "{e}");
+    assert_eq!(e["errorType"], "TooManyRequestsException", "{e}");
+    assert_eq!(e["Reason"], "EventQueueFull", "{e}");
     wait_for("the event to be throttled", Duration::from_secs(30), || {
         server
             .http()

@@ -72,21 +72,27 @@ const COLUMNS: &str =
     "request_id, function, payload, attempts, max_attempts, status, last_error, created_at";
 
 impl Store {
-    /// Accepts an event for `function`, to run as soon as a dispatcher can.
+    /// Accepts an event for `function`, to run as soon as a dispatcher can, unless `max_pending`
+    /// events (of any function) are already queued or running: then it stores nothing and
+    /// returns false. The count and the insert are one statement, so concurrent callers cannot
+    /// together pass the limit.
     pub fn enqueue_event(
         &self,
         request_id: &str,
         function: &str,
         payload: &[u8],
         max_attempts: u32,
-    ) -> Result<(), StoreError> {
+        max_pending: u64,
+    ) -> Result<bool, StoreError> {
         let t = now();
-        self.conn().execute(
+        let limit = i64::try_from(max_pending).unwrap_or(i64::MAX);
+        let inserted = self.conn().execute(
             "INSERT INTO events (request_id, function, payload, max_attempts, status, next_at_ms, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?5)",
-            params![request_id, function, payload, max_attempts.max(1), t],
+             SELECT ?1, ?2, ?3, ?4, 'queued', 0, ?5, ?5
+             WHERE (SELECT COUNT(*) FROM events WHERE status IN ('queued', 'running')) < ?6",
+            params![request_id, function, payload, max_attempts.max(1), t, limit],
         )?;
-        Ok(())
+        Ok(inserted == 1)
     }
 
     /// Queues again the events a previous server left `running`; returns how many.
@@ -213,7 +219,7 @@ mod tests {
     #[test]
     fn an_event_is_claimed_once_retried_then_failed_and_kept() {
         let s = Store::in_memory().unwrap();
-        s.enqueue_event("r1", "f", b"{}", 3).unwrap();
+        assert!(s.enqueue_event("r1", "f", b"{}", 3, 10).unwrap());
         let claimed = s.claim_due_events(0, 10).unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].attempts, 1);
@@ -249,8 +255,8 @@ mod tests {
     #[test]
     fn success_removes_and_a_restart_requeues_what_was_running() {
         let s = Store::in_memory().unwrap();
-        s.enqueue_event("a", "f", b"1", 3).unwrap();
-        s.enqueue_event("b", "f", b"2", 3).unwrap();
+        assert!(s.enqueue_event("a", "f", b"1", 3, 10).unwrap());
+        assert!(s.enqueue_event("b", "f", b"2", 3, 10).unwrap());
         let claimed = s.claim_due_events(0, 10).unwrap();
         assert_eq!(claimed.len(), 2);
         s.finish_event("a", &Attempt::Succeeded).unwrap();
@@ -263,5 +269,30 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!((again[0].request_id.as_str(), again[0].attempts), ("b", 2));
         assert_eq!(again[0].payload, b"2");
+    }
+
+    #[test]
+    fn the_queue_takes_no_more_than_its_limit_and_failed_events_do_not_count() {
+        let s = Store::in_memory().unwrap();
+        assert!(s.enqueue_event("a", "f", b"1", 1, 2).unwrap());
+        assert!(s.enqueue_event("b", "g", b"2", 1, 2).unwrap());
+        assert!(
+            !s.enqueue_event("c", "f", b"3", 1, 2).unwrap(),
+            "the limit is the node's, over every function"
+        );
+        assert_eq!(s.event_counts().unwrap(), (2, 0, 0), "nothing stored");
+        // A running event still counts; one that failed for good does not.
+        let claimed = s.claim_due_events(0, 1).unwrap();
+        assert!(!s.enqueue_event("c", "f", b"3", 1, 2).unwrap());
+        s.finish_event(
+            &claimed[0].request_id,
+            &Attempt::Failed {
+                error: "boom".into(),
+                next_at_ms: 0,
+            },
+        )
+        .unwrap();
+        assert!(s.enqueue_event("c", "f", b"3", 1, 2).unwrap());
+        assert_eq!(s.event_counts().unwrap(), (2, 0, 1));
     }
 }
