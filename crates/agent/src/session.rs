@@ -153,7 +153,7 @@ fn ms(d: Duration) -> u64 {
 fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map(ms)
         .unwrap_or(0)
 }
 
@@ -236,7 +236,7 @@ fn invoke(
         },
         Duration::from_millis(req.timeout_ms),
     );
-    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let duration_ms = ms(started.elapsed());
     logs.settle();
     let outcome = match answer {
         Answer::Response(body) => Outcome::Success(body),

@@ -364,7 +364,7 @@ fn log_text(exec: &Execution, request_id: &str) -> Vec<u8> {
     if let Outcome::Timeout { after_ms } = r.outcome {
         let line = format!(
             "[ignition] {}\n",
-            timeout_message(Duration::from_millis(after_ms))
+            ExecError::Timeout(Duration::from_millis(after_ms))
         );
         text.extend_from_slice(line.as_bytes());
     }
@@ -383,12 +383,8 @@ fn log_text(exec: &Execution, request_id: &str) -> Vec<u8> {
 fn timeout_body(request_id: &str, after: Duration) -> serde_json::Value {
     json!({
         "errorType": "Sandbox.Timedout",
-        "errorMessage": format!("RequestId: {request_id} Error: {}", timeout_message(after)),
+        "errorMessage": format!("RequestId: {request_id} Error: {}", ExecError::Timeout(after)),
     })
-}
-
-fn timeout_message(after: Duration) -> String {
-    format!("Task timed out after {:.2} seconds", after.as_secs_f64())
 }
 
 fn success_response(exec: &Execution, request_id: &str, want_tail: bool) -> Response {
