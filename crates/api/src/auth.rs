@@ -366,10 +366,14 @@ fn verify(parts: &Parts, body: &[u8], key: &ignition_store::AccessKey) -> Result
 pub(crate) async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if state.dev_mode || (req.method() == axum::http::Method::GET && req.uri().path() == "/") {
         let mut req = req;
-        req.extensions_mut().insert(Caller {
+        let caller = Caller {
             tenant: DEFAULT_TENANT.to_owned(),
-        });
-        return next.run(req).await;
+        };
+        req.extensions_mut().insert(caller.clone());
+        let mut resp = next.run(req).await;
+        // For the access log, which runs outside this layer.
+        resp.extensions_mut().insert(caller);
+        return resp;
     }
     let (parts, body) = req.into_parts();
     let (caller, body) = match identify(&state, &parts).await {
@@ -391,8 +395,10 @@ pub(crate) async fn require(State(state): State<AppState>, req: Request, next: N
         }
     };
     let mut req = Request::from_parts(parts, body);
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    req.extensions_mut().insert(caller.clone());
+    let mut resp = next.run(req).await;
+    resp.extensions_mut().insert(caller);
+    resp
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! Errors are JSON `{"errorType": ..., "errorMessage": ...}` with Lambda's error type names, also
 //! in the `x-amzn-ErrorType` header, so Lambda clients recognize them.
 
+mod access_log;
 mod admin;
 pub mod auth;
 mod concurrency;
@@ -138,6 +139,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require,
         ))
+        .layer(axum::middleware::from_fn(access_log::log))
         .with_state(state)
 }
 

@@ -15,9 +15,10 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new(url: Option<&str>) -> Result<Self> {
-        let base = url
-            .map(str::to_owned)
+    pub(crate) fn new(global: &crate::GlobalArgs) -> Result<Self> {
+        let base = global
+            .url
+            .clone()
             .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"));
         let http = reqwest::blocking::Client::builder()
             // Invocations boot a VM and may run for the function's whole timeout (up to 900 s).

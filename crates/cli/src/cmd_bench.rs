@@ -24,9 +24,6 @@ use crate::bench_stats::{summarize, Summary};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
-    /// The server's URL (default: the local server).
-    #[arg(long, env = "IGNITION_URL")]
-    url: Option<String>,
     /// The function to invoke (deployed already).
     #[arg(long)]
     function: String,
@@ -178,12 +175,12 @@ pub(crate) fn raise_fd_limit() {
     }
 }
 
-pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
+pub(crate) fn run(args: BenchArgs, global: &crate::GlobalArgs) -> Result<ExitCode> {
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(bench(args))
+    rt.block_on(bench(args, global.url.clone()))
 }
 
 struct Loaded {
@@ -271,10 +268,8 @@ fn host_info() -> Value {
     json!({ "cpus": cpus, "kernel": kernel.trim(), "cpu_model": model })
 }
 
-async fn bench(args: BenchArgs) -> Result<ExitCode> {
-    let base = args
-        .url
-        .clone()
+async fn bench(args: BenchArgs, url: Option<String>) -> Result<ExitCode> {
+    let base = url
         .unwrap_or_else(|| format!("http://{}", crate::client::DEFAULT_LISTEN))
         .trim_end_matches('/')
         .to_owned();

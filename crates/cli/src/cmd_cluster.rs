@@ -16,8 +16,6 @@ pub(crate) enum ClusterCommand {
     /// What a node knows of its cluster: its slots and queue, its live peers, and what it has
     /// lent, offered, stolen and reclaimed.
     Status {
-        #[command(flatten)]
-        server: crate::cmd_fn::ServerUrl,
         /// Print the node's `cluster` object as JSON.
         #[arg(long)]
         json: bool,
@@ -36,16 +34,17 @@ pub(crate) enum ClusterCommand {
     },
 }
 
-pub(crate) fn run(cmd: ClusterCommand) -> Result<ExitCode> {
+pub(crate) fn run(cmd: ClusterCommand, global: &crate::GlobalArgs) -> Result<ExitCode> {
     match cmd {
         ClusterCommand::Certs { dir, nodes } => certs(&dir, &nodes)?,
-        ClusterCommand::Status { server, json } => status(&server, json)?,
+        ClusterCommand::Status { json } => status(global, json)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(server: &crate::cmd_fn::ServerUrl, json: bool) -> Result<()> {
-    let client = crate::client::Client::new(server.url.as_deref())?;
+fn status(global: &crate::GlobalArgs, json: bool) -> Result<()> {
+    let json = json || global.output == crate::Output::Json;
+    let client = crate::client::Client::new(global)?;
     let stats = client.json(client.http().get(client.url("/v1/stats")), "status")?;
     let c = &stats["cluster"];
     if json {

@@ -15,8 +15,6 @@ use crate::client::{api_error, Client};
 pub(crate) enum FnCommand {
     /// Create or update a function.
     Deploy {
-        #[command(flatten)]
-        server: ServerUrl,
         /// The function's name: [A-Za-z0-9_-]{1,64}.
         name: String,
         /// python3 or provided.
@@ -48,8 +46,6 @@ pub(crate) enum FnCommand {
     },
     /// Invoke a function and print its result.
     Invoke {
-        #[command(flatten)]
-        server: ServerUrl,
         /// The function.
         name: String,
         /// The event: JSON text, or @FILE to read it from a file (@- for stdin).
@@ -61,8 +57,6 @@ pub(crate) enum FnCommand {
     },
     /// Print a function's invocation logs (oldest first).
     Logs {
-        #[command(flatten)]
-        server: ServerUrl,
         /// The function.
         name: String,
         /// Keep printing new invocations' logs as they come.
@@ -73,24 +67,12 @@ pub(crate) enum FnCommand {
         request_id: Option<String>,
     },
     /// List functions.
-    Ls {
-        #[command(flatten)]
-        server: ServerUrl,
-    },
+    Ls,
     /// Delete a function.
     Rm {
-        #[command(flatten)]
-        server: ServerUrl,
         /// The function.
         name: String,
     },
-}
-
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct ServerUrl {
-    /// The server's URL (default: the local server).
-    #[arg(long, env = "IGNITION_URL")]
-    pub(crate) url: Option<String>,
 }
 
 /// Parses `K=V`.
@@ -134,10 +116,9 @@ fn code_archive(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
+pub(crate) fn run(cmd: FnCommand, global: &crate::GlobalArgs) -> Result<ExitCode> {
     match cmd {
         FnCommand::Deploy {
-            server,
             name,
             runtime,
             handler,
@@ -148,7 +129,7 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
             reuse,
             egress,
         } => {
-            let client = Client::new(server.url.as_deref())?;
+            let client = Client::new(global)?;
             let archive = code_archive(&code)?;
             let env: serde_json::Map<String, serde_json::Value> =
                 env.into_iter().map(|(k, v)| (k, v.into())).collect();
@@ -177,12 +158,11 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         FnCommand::Invoke {
-            server,
             name,
             data,
             logs,
         } => {
-            let client = Client::new(server.url.as_deref())?;
+            let client = Client::new(global)?;
             let payload = read_data(data.as_deref())?;
             let mut req = client
                 .http()
@@ -227,12 +207,11 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         FnCommand::Logs {
-            server,
             name,
             follow,
             request_id,
         } => {
-            let client = Client::new(server.url.as_deref())?;
+            let client = Client::new(global)?;
             let mut since = 0i64;
             loop {
                 let mut req = client
@@ -255,9 +234,13 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
         }
-        FnCommand::Ls { server } => {
-            let client = Client::new(server.url.as_deref())?;
+        FnCommand::Ls => {
+            let client = Client::new(global)?;
             let doc = client.json(client.http().get(client.url("/v1/functions")), "list")?;
+            if global.output == crate::Output::Json {
+                println!("{}", serde_json::to_string_pretty(&doc["functions"])?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "{:<32} {:<9} {:<24} {:>6} {:>7}",
                 "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT"
@@ -274,8 +257,8 @@ pub(crate) fn run(cmd: FnCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        FnCommand::Rm { server, name } => {
-            let client = Client::new(server.url.as_deref())?;
+        FnCommand::Rm { name } => {
+            let client = Client::new(global)?;
             let resp = client
                 .http()
                 .delete(client.url(&format!("/v1/functions/{name}")))

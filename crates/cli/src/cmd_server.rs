@@ -1,23 +1,35 @@
-//! `ignition server`: one node with its embedded store.
+//! `ignition server`: the translation of flags (and of the environment and a configuration
+//! file, see [`crate::layered`]) into an [`ignition_node::NodeConfig`]; the node crate does the
+//! rest.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ignition_vmm::firecracker::{FirecrackerConfig, FirecrackerDriver};
-use ignition_vmm::qemu::{QemuConfig, QemuDriver};
+use ignition_node::{
+    ApiSettings, ClusterSettings, ClusterTlsFiles, ImageSource, JailSettings, JailerChoice,
+    NetworkConfig, NetworkMode as NodeNetworkMode, NodeConfig, VmmChoice as NodeVmmChoice,
+    VmmConfig, WorkerLimits,
+};
 use ignition_vmm::Accel;
-use ignition_worker::{PoolConfig, Worker, WorkerConfig};
 
 use crate::{locate, CacheArgs};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServerArgs {
+    /// A TOML file of settings: keys are the long flag names with `_` for `-`
+    /// (`max_vms = 8`, lists as arrays). A flag, then `IGNITION_<FLAG>` in the environment,
+    /// take precedence over it.
+    #[arg(long, value_name = "FILE.toml")]
+    pub(crate) config: Option<PathBuf>,
+    /// How the server logs: `text` (coloured only on a terminal) or `json` (one object per
+    /// line: timestamp, level, target, message and fields).
+    #[arg(long, default_value = "text")]
+    pub(crate) log_format: crate::logging::LogFormat,
     /// Where the store lives.
-    #[arg(long, env = "IGNITION_DATA_DIR")]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Address of the HTTP API.
     #[arg(long, default_value = crate::client::DEFAULT_LISTEN)]
@@ -39,8 +51,8 @@ pub(crate) struct ServerArgs {
     firecracker: PathBuf,
     /// Firecracker's jailer: `auto` (the `jailer` beside Firecracker or on PATH, if any), `none`
     /// (the server's own jail, as for QEMU), or its path.
-    #[arg(long, default_value = "auto")]
-    jailer: String,
+    #[arg(long, default_value = "auto", value_parser = parse_jailer)]
+    jailer: JailerChoice,
     /// MicroVMs that may run at once; further invocations wait.
     #[arg(long, default_value_t = 4)]
     max_vms: usize,
@@ -179,6 +191,15 @@ pub(crate) enum NetworkMode {
     None,
 }
 
+fn parse_jailer(s: &str) -> Result<JailerChoice, String> {
+    Ok(match s {
+        "auto" => JailerChoice::Auto,
+        "none" => JailerChoice::None,
+        "" => return Err("empty path".to_owned()),
+        path => JailerChoice::Path(PathBuf::from(path)),
+    })
+}
+
 pub(crate) fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return Path::new(&d).join("ignition");
@@ -187,278 +208,113 @@ pub(crate) fn default_data_dir() -> PathBuf {
     Path::new(&home).join(".local/share/ignition")
 }
 
-fn short_hash(data: &Path) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    data.hash(&mut h);
-    h.finish()
-}
-
-/// A short, per-data-dir run directory: socket paths must stay under 108 bytes.
-fn run_dir(data_dir: &Path) -> PathBuf {
-    std::env::temp_dir().join(format!("ignition-{:08x}", short_hash(data_dir) as u32))
-}
-
-/// Four characters of `[a-z0-9]` naming this server's links and rules, stable for a run
-/// directory so that a restarted server sweeps what its predecessor left.
-fn network_tag(run_dir: &Path) -> String {
-    let mut n = short_hash(run_dir);
-    (0..4)
-        .map(|_| {
-            let c = b"abcdefghijklmnopqrstuvwxyz0123456789"[(n % 36) as usize];
-            n /= 36;
-            char::from(c)
+impl ServerArgs {
+    /// The node these flags describe.
+    pub(crate) fn node_config(&self) -> Result<NodeConfig> {
+        let cache_dir = self.cache.cache_dir();
+        // With an agent at hand, build (idempotent and cheap when nothing changed) so a rebuilt
+        // agent or a new kernel is picked up; without one, use whatever image the cache holds.
+        let image = match locate::agent(self.cache.agent.as_deref()) {
+            Ok(agent) => ImageSource::Build { cache_dir, agent },
+            Err(no_agent) => {
+                tracing::debug!(error = %no_agent, "no agent: using the cached image");
+                ImageSource::Cached { cache_dir }
+            }
+        };
+        let network = match (self.network, &self.cni_conf) {
+            (NetworkMode::Cni, Some(conf)) => NodeNetworkMode::Cni {
+                conf: conf.clone(),
+                bin_dirs: self.cni_bin_dirs.clone(),
+            },
+            (NetworkMode::Cni, None) => anyhow::bail!("--network cni needs --cni-conf FILE"),
+            (_, Some(_)) => anyhow::bail!("--cni-conf is for --network cni"),
+            (NetworkMode::Builtin, None) => NodeNetworkMode::Builtin,
+            (NetworkMode::None, None) => NodeNetworkMode::None,
+        };
+        let tls = match (&self.cluster_ca, &self.cluster_cert, &self.cluster_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(ClusterTlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        Ok(NodeConfig {
+            data_dir: self.data_dir.clone().unwrap_or_else(default_data_dir),
+            listen: self.listen,
+            image,
+            vmm: VmmConfig {
+                choice: match self.vmm {
+                    VmmChoice::Auto => NodeVmmChoice::Auto,
+                    VmmChoice::Qemu => NodeVmmChoice::Qemu,
+                    VmmChoice::Firecracker => NodeVmmChoice::Firecracker,
+                },
+                driver: None,
+                accel: self.accel,
+                qemu: self.qemu.clone(),
+                firecracker: self.firecracker.clone(),
+                jailer: self.jailer.clone(),
+                jail: JailSettings {
+                    enabled: !self.no_jail,
+                    uid_base: self.vmm_uid_base,
+                    uids: self.vmm_uids,
+                    gid: self.vmm_gid,
+                },
+            },
+            run_dir: self.run_dir.clone(),
+            worker: WorkerLimits {
+                max_vms: self.max_vms,
+                boot_timeout: Duration::from_secs(self.boot_timeout),
+                init_timeout: Duration::from_secs(self.init_timeout),
+                pool_memory_mib: self.pool_memory_mib,
+                keep_alive: Duration::from_secs(self.keep_alive),
+                refill_parallelism: self.refill_parallelism,
+            },
+            network: NetworkConfig {
+                mode: network,
+                vm_subnet: self.vm_subnet,
+                spare_networks: self.spare_networks,
+                dns: self.dns.clone(),
+            },
+            cluster: ClusterSettings {
+                node_id: self.node_id.clone(),
+                slots: self.slots,
+                peers: self.peers.clone(),
+                addr: self.cluster_addr,
+                no_steal: self.no_steal,
+                steal_probes: Some(self.steal_probes),
+                lease: Some(Duration::from_millis(self.lease_ms)),
+                tls,
+            },
+            api: ApiSettings {
+                dev: self.dev,
+                max_concurrency: self.max_concurrency,
+                async_retries: self.async_retries,
+                async_retry_delay: Duration::from_millis(self.async_retry_delay_ms),
+                max_queued_events: self.max_queued_events,
+            },
         })
-        .collect()
+    }
 }
 
 pub(crate) fn run(args: ServerArgs) -> Result<ExitCode> {
+    crate::cmd_bench::raise_fd_limit();
+    let config = args.node_config()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(args))
-}
-
-async fn serve(args: ServerArgs) -> Result<ExitCode> {
-    crate::cmd_bench::raise_fd_limit();
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let data_dir = data_dir.canonicalize()?;
-    let store = ignition_store::Store::open(&data_dir).context("opening the store")?;
-
-    let cache_dir = args.cache.cache_dir();
-    // With an agent at hand, build (idempotent and cheap when nothing changed) so a rebuilt
-    // agent or a new kernel is picked up; without one, use whatever image the cache holds.
-    let image = match locate::agent(args.cache.agent.as_deref()) {
-        Ok(agent) => {
-            let opts = ignition_image::BuildOptions {
-                cache_dir: cache_dir.clone(),
-                agent,
-            };
-            tokio::task::spawn_blocking(move || ignition_image::build(&opts))
-                .await?
-                .context("building the guest image")?
+    rt.block_on(async move {
+        let mut node = ignition_node::start(config).await?;
+        crate::service::notify_ready();
+        tokio::select! {
+            served = node.serving() => served?,
+            () = shutdown_signal() => {}
         }
-        Err(no_agent) => ignition_image::load_current(&cache_dir).with_context(|| {
-            format!(
-                "no guest image in {} and no agent to build one: {no_agent:#}",
-                cache_dir.display()
-            )
-        })?,
-    };
-
-    let run_dir = args.run_dir.clone().unwrap_or_else(|| run_dir(&data_dir));
-    // VMs of an earlier server on this data dir died with it (PDEATHSIG); their sockets did not.
-    let _ = std::fs::remove_dir_all(&run_dir);
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    // Both `auto` choices rest on one measurement of KVM, taken once.
-    let kvm = (args.vmm == VmmChoice::Auto || args.accel == Accel::Auto)
-        .then(|| ignition_vmm::doctor::probe_kvm(Duration::from_secs(5)).kind);
-    let vmm = match (args.vmm, kvm) {
-        (VmmChoice::Qemu, _) => "qemu",
-        (VmmChoice::Firecracker, _) => "firecracker",
-        (VmmChoice::Auto, Some(kvm)) => ignition_vmm::doctor::auto_vmm(&args.firecracker, kvm),
-        (VmmChoice::Auto, None) => "qemu",
-    };
-    let accel = match (args.accel, kvm) {
-        (Accel::Auto, Some(kvm)) => ignition_vmm::doctor::auto_accel(kvm),
-        (accel, _) => accel,
-    };
-    if vmm == "firecracker" {
-        let found = std::process::Command::new(&args.firecracker)
-            .arg("--version")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            anyhow::bail!(
-                "--vmm firecracker: cannot run {} (install Firecracker or pass --firecracker PATH)",
-                args.firecracker.display()
-            );
-        }
-        if !Path::new("/dev/kvm").exists() {
-            anyhow::bail!("--vmm firecracker needs KVM, and this host has no /dev/kvm");
-        }
-    }
-    let users = Arc::new(ignition_vmm::jail::VmmUsers::new(
-        args.vmm_uid_base,
-        args.vmm_uids,
-        args.vmm_gid,
-    ));
-    let (driver, sweep): (
-        Arc<dyn ignition_vmm::VmmDriver>,
-        Box<dyn Fn() + Send + Sync>,
-    ) = if vmm == "firecracker" {
-        let jailer = match args.jailer.as_str() {
-            "none" => None,
-            "auto" => ignition_vmm::firecracker::jailer::find(&args.firecracker),
-            path => Some(PathBuf::from(path)),
-        };
-        let d = Arc::new(FirecrackerDriver::new(FirecrackerConfig {
-            binary: args.firecracker.clone(),
-            run_dir: run_dir.clone(),
-            jail: !args.no_jail,
-            users: Arc::clone(&users),
-            jailer: jailer.clone(),
-        }));
-        tracing::info!(vmm, image = %image.id, jailer = ?jailer, "microVM driver ready");
-        let s = Arc::clone(&d);
-        (d, Box::new(move || s.sweep()))
-    } else {
-        let d = Arc::new(QemuDriver::new(QemuConfig {
-            binary: args.qemu.clone(),
-            accel,
-            run_dir: run_dir.clone(),
-            jail: !args.no_jail,
-            users,
-        }));
-        tracing::info!(vmm, accel = d.accel().qemu_name(), image = %image.id, "microVM driver ready");
-        let s = Arc::clone(&d);
-        (d, Box::new(move || s.sweep()))
-    };
-    let cni = match (args.network, &args.cni_conf) {
-        (NetworkMode::Cni, Some(conf)) => Some(
-            ignition_net::CniConfig::load(conf, args.cni_bin_dirs.clone())
-                .context("loading the CNI configuration")?,
-        ),
-        (NetworkMode::Cni, None) => anyhow::bail!("--network cni needs --cni-conf FILE"),
-        (_, Some(_)) => anyhow::bail!("--cni-conf is for --network cni"),
-        _ => None,
-    };
-    let network = match args.network {
-        NetworkMode::None => None,
-        NetworkMode::Builtin | NetworkMode::Cni => Some(
-            ignition_net::Network::start(ignition_net::NetConfig {
-                subnet: args.vm_subnet,
-                cni,
-                tag: network_tag(&run_dir),
-                dns: args.dns.clone(),
-                tap_group: args.vmm_gid,
-                spares: args.spare_networks,
-            })
-            .await
-            .context("setting up VM networking (needs root and nftables; --network none runs VMs without a network)")?,
-        ),
-    };
-    if let Some(n) = &network {
-        match args.network {
-            NetworkMode::Cni => tracing::info!(table = n.table(), "VM networking ready (CNI)"),
-            _ => {
-                tracing::info!(subnet = %args.vm_subnet, table = n.table(), links = n.interface_prefix(), "VM networking ready")
-            }
-        }
-    }
-    let worker = Worker::new(
-        Arc::clone(&driver),
-        image,
-        WorkerConfig {
-            max_vms: args.max_vms,
-            boot_timeout: Duration::from_secs(args.boot_timeout),
-            load_timeout: Duration::from_secs(args.init_timeout),
-            snapshot_dir: data_dir.join("snapshots"),
-            pool: PoolConfig {
-                memory_budget_mib: args.pool_memory_mib,
-                keep_alive: Duration::from_secs(args.keep_alive),
-                refill_parallelism: args
-                    .refill_parallelism
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-            },
-            network: network.clone(),
-        },
-    );
-    let node_id = args
-        .node_id
-        .clone()
-        .unwrap_or_else(|| nix_hostname().unwrap_or_else(|| "node-1".to_owned()));
-    let reserved = store
-        .reserved_concurrency()
-        .context("reading reserved concurrency")?;
-    let store = Arc::new(store);
-    let cluster_addr = args.cluster_addr.or_else(|| {
-        (!args.peers.is_empty())
-            .then(|| SocketAddr::new(args.listen.ip(), args.listen.port().wrapping_add(1)))
-    });
-    let tls = match (&args.cluster_ca, &args.cluster_cert, &args.cluster_key) {
-        (Some(ca), Some(cert), Some(key)) => {
-            let read =
-                |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-            Some(ignition_cluster::ClusterTls {
-                ca: read(ca)?,
-                cert: read(cert)?,
-                key: read(key)?,
-            })
-        }
-        _ => None,
-    };
-    if cluster_addr.is_some() && tls.is_none() {
-        tracing::warn!("cluster traffic is neither authenticated nor encrypted (no --cluster-ca): keep --cluster-addr on a network only the nodes reach");
-    }
-    let cluster = cluster_addr.map(|addr| {
-        let mut c = ignition_cluster::ClusterConfig::new(addr, args.peers.clone());
-        c.steal = !args.no_steal;
-        c.probes = args.steal_probes;
-        c.lease = Duration::from_millis(args.lease_ms.max(400));
-        c.tls = tls.clone();
-        c
-    });
-    let node = ignition_cluster::Node::start(
-        ignition_cluster::NodeConfig {
-            node_id: node_id.clone(),
-            slots: args.slots.unwrap_or(args.max_vms),
-            cluster,
-        },
-        Arc::clone(&worker),
-        Arc::clone(&store),
-    )
-    .await
-    .context("starting the node")?;
-    let state = ignition_api::AppState {
-        store,
-        worker: Arc::clone(&worker),
-        node: Arc::clone(&node),
-        node_id,
-        metrics: Arc::new(ignition_api::Metrics::default()),
-        concurrency: ignition_api::Concurrency::new(args.max_concurrency, reserved),
-        dev_mode: args.dev,
-        events: ignition_api::EventConfig {
-            retries: args.async_retries,
-            retry_delay: Duration::from_millis(args.async_retry_delay_ms),
-            max_pending: args.max_queued_events,
-            ..ignition_api::EventConfig::default()
-        },
-    };
-    ignition_api::spawn_dispatcher(state.clone());
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    if args.dev {
-        tracing::warn!("development mode: requests are not authenticated");
-    }
-    tracing::info!(listen = %args.listen, data_dir = %data_dir.display(), "ignition server ready");
-    axum::serve(listener, ignition_api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
-    node.shutdown().await;
-    worker.shutdown().await;
-    // Destroys the pool spawned while shutting down get a moment to finish.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    sweep();
-    if let Some(n) = &network {
-        n.shutdown().await;
-    }
-    let _ = std::fs::remove_dir_all(&run_dir);
-    Ok(ExitCode::SUCCESS)
-}
-
-fn nix_hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+        crate::service::notify_stopping();
+        node.shutdown().await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 async fn shutdown_signal() {

@@ -1,6 +1,9 @@
 //! Bad input at the HTTP API gets a clear error and never reaches a VM. The server here is real
 //! (store, image, driver), but none of these requests boots a microVM.
 
+// Real microVMs, root and QEMU: run by scripts/test.sh, which turns the feature on.
+#![cfg(feature = "vm-tests")]
+
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -3,6 +3,9 @@
 //! asked, the registry is the same everywhere, a node killed mid-run loses nothing, and a node
 //! that joins later takes work.
 
+// Real microVMs, root and QEMU: run by scripts/test.sh, which turns the feature on.
+#![cfg(feature = "vm-tests")]
+
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

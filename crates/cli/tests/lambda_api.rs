@@ -3,6 +3,9 @@
 //! across a restart), `/metrics`, and an unmodified AWS SDK (boto3) managing and invoking
 //! functions.
 
+// Real microVMs, root and QEMU: run by scripts/test.sh, which turns the feature on.
+#![cfg(feature = "vm-tests")]
+
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -1,6 +1,9 @@
 //! Execution limits inside real microVMs: each hostile function ends within its limits, the caller
 //! gets a clear error, and a normal function invoked afterwards still works.
 
+// Real microVMs, root and QEMU: run by scripts/test.sh, which turns the feature on.
+#![cfg(feature = "vm-tests")]
+
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

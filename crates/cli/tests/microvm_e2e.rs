@@ -4,6 +4,9 @@
 //! Every test starts its own server and ends by stopping it and checking that no VMM process and
 //! no run directory was left behind.
 
+// Real microVMs, root and QEMU: run by scripts/test.sh, which turns the feature on.
+#![cfg(feature = "vm-tests")]
+
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -3,6 +3,9 @@
 //! behind. Test hosts live in network namespaces this test creates, on addresses from the
 //! benchmarking range 198.18.0.0/15; no real network is touched.
 
+// Real microVMs, root and QEMU: run by scripts/test.sh, which turns the feature on.
+#![cfg(feature = "vm-tests")]
+
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

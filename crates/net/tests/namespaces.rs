@@ -2,6 +2,9 @@
 //! checked by the end-to-end tests in crates/cli, with microVMs; these check the plumbing and
 //! that nothing is left behind.
 
+// Root and real network namespaces: run by scripts/test.sh, which turns the feature on.
+#![cfg(feature = "vm-tests")]
+
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::fd::AsRawFd;

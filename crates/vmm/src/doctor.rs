@@ -201,16 +201,16 @@ fn qemu_version(binary: &Path) -> Option<String> {
 /// What `--vmm auto` picks: Firecracker where `firecracker` (a path, or a name on `PATH`) is
 /// installed and KVM (`kvm`, as [`probe_kvm`] measured it) runs at hardware speed; QEMU
 /// everywhere else.
-pub fn auto_vmm(firecracker: &Path, kvm: KvmKind) -> &'static str {
+pub fn auto_vmm(firecracker: &Path, kvm: KvmKind) -> crate::VmmKind {
     let found = if firecracker.components().count() > 1 {
         firecracker.is_file()
     } else {
         which(&firecracker.to_string_lossy()).is_some()
     };
     if found && kvm == KvmKind::Hardware {
-        "firecracker"
+        crate::VmmKind::Firecracker
     } else {
-        "qemu"
+        crate::VmmKind::Qemu
     }
 }
 
@@ -235,7 +235,7 @@ pub fn inspect(qemu: &Path) -> HostReport {
     } else {
         which(&qemu.to_string_lossy())
     };
-    let vmm = auto_vmm(Path::new("firecracker"), kvm);
+    let vmm = auto_vmm(Path::new("firecracker"), kvm).name();
     HostReport {
         kvm,
         accel: if kvm == KvmKind::Hardware {

@@ -26,6 +26,25 @@ use tokio::net::UnixStream;
 
 pub use accel::Accel;
 
+/// The hypervisors Ignition drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmmKind {
+    /// QEMU `microvm`, under KVM or TCG ([`qemu::QemuDriver`]).
+    Qemu,
+    /// Firecracker, on hardware KVM ([`firecracker::FirecrackerDriver`]).
+    Firecracker,
+}
+
+impl VmmKind {
+    /// `qemu` or `firecracker`, as drivers name themselves.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Qemu => "qemu",
+            Self::Firecracker => "firecracker",
+        }
+    }
+}
+
 /// Why a VM could not be started or controlled.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -201,4 +220,7 @@ pub trait VmmDriver: Send + Sync + std::fmt::Debug {
     async fn start(&self, spec: &VmSpec) -> Result<Box<dyn MicroVm>, VmmError>;
     /// Measures the VMM's own start-up with no guest running: the floor of any cold start.
     async fn probe_floor(&self) -> Result<Duration, VmmError>;
+    /// Removes what VMs that were killed rather than destroyed left on the host (empty
+    /// cgroups). Called at start-up and after shutdown; nothing to do for most drivers.
+    fn sweep(&self) {}
 }

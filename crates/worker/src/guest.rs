@@ -73,6 +73,32 @@ pub(crate) fn network_config(g: &ignition_net::GuestNetwork) -> NetworkConfig {
 }
 
 /// A VM with its agent channel.
+/// Counts guests from their start until their `destroy` has returned (or they are dropped),
+/// so that a shutdown can wait for the last one instead of guessing.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LiveGuests(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl LiveGuests {
+    pub(crate) fn enter(&self) -> LiveGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        LiveGuard(std::sync::Arc::clone(&self.0))
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// One guest's place in [`LiveGuests`].
+#[derive(Debug)]
+pub(crate) struct LiveGuard(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Guest {
     pub(crate) vm: Box<dyn MicroVm>,
@@ -81,6 +107,8 @@ pub(crate) struct Guest {
     pub(crate) kernel_release: String,
     /// The VM's network, released after the VM is gone.
     net: Option<VmNet>,
+    /// Dropped last, when the guest is gone.
+    _live: LiveGuard,
 }
 
 impl Guest {
@@ -90,6 +118,7 @@ impl Guest {
         paused: bool,
         kernel_release: String,
         net: Option<VmNet>,
+        live: LiveGuard,
     ) -> Result<Self, ExecError> {
         let Some(stream) = vm.take_channel() else {
             vm.destroy().await;
@@ -104,6 +133,7 @@ impl Guest {
             paused,
             kernel_release,
             net,
+            _live: live,
         })
     }
 

@@ -68,6 +68,8 @@ pub(crate) struct LaunchStats {
     pub(crate) base_snapshots_built: AtomicU64,
     pub(crate) snapshots_invalid: AtomicU64,
     pub(crate) restore_fallbacks: AtomicU64,
+    /// Guests started and not yet destroyed.
+    pub(crate) live: crate::guest::LiveGuests,
 }
 
 /// Starts guests.
@@ -218,7 +220,7 @@ impl Launcher {
             .await?;
         let (vm, net) = self.start(&spec, net).await?;
         let vm_start = ms(t.elapsed());
-        let mut guest = Guest::new(vm, false, String::new(), net).await?;
+        let mut guest = Guest::new(vm, false, String::new(), net, self.stats.live.enter()).await?;
         let prepared = async {
             let t = Instant::now();
             guest.await_ready(self.config.boot_timeout).await?;
@@ -345,7 +347,7 @@ impl Launcher {
             )
             .await?;
         let (vm, net) = self.start(&spec, net).await?;
-        let mut guest = Guest::new(vm, true, base.kernel_release.clone(), net).await?;
+        let mut guest = Guest::new(vm, true, base.kernel_release.clone(), net, self.stats.live.enter()).await?;
         let made = async {
             guest.resume().await?;
             guest
@@ -396,7 +398,7 @@ impl Launcher {
                 )
                 .await?;
             let (vm, net) = self.start(&spec, net).await?;
-            let mut guest = Guest::new(vm, false, String::new(), net).await?;
+            let mut guest = Guest::new(vm, false, String::new(), net, self.stats.live.enter()).await?;
             let made = async {
                 guest.await_ready(self.config.boot_timeout).await?;
                 guest.vm.snapshot(&files.state).await?;
@@ -449,6 +451,6 @@ impl Launcher {
         let spec = VmSpec { priority, ..spec };
         let (vm, net) = self.start(&spec, net).await?;
         self.stats.restores.fetch_add(1, Ordering::Relaxed);
-        Guest::new(vm, true, snapshot.kernel_release.clone(), net).await
+        Guest::new(vm, true, snapshot.kernel_release.clone(), net, self.stats.live.enter()).await
     }
 }

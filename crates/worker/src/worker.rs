@@ -330,14 +330,33 @@ impl Worker {
         }
     }
 
-    /// Destroys all idle VMs (warm slots and reused VMs) and waits for VMs being torn down.
+    /// Destroys all idle VMs (warm slots and reused VMs), then waits until every guest this
+    /// worker started is destroyed. The pool is stopped first, so a slot whose restore is still
+    /// under way destroys itself when it is done rather than joining the pool; teardowns of
+    /// answered invocations finish on their own. The wait is bounded by the longest a guest
+    /// may take to start (boot and init timeouts) plus a margin for its destroy; a guest still
+    /// there after it is logged.
     pub async fn shutdown(&self) {
         self.pool.shutdown().await;
-        self.settle().await;
         let all = self.lock_reused().drain();
         for guest in all {
             guest.destroy().await;
         }
+        let config = &self.launcher.config;
+        let deadline =
+            Instant::now() + config.boot_timeout + config.load_timeout + Duration::from_secs(10);
+        let live = &self.launcher.stats.live;
+        while live.count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if live.count() > 0 {
+            tracing::warn!(guests = live.count(), "shutdown: guests still being started or destroyed");
+        }
+    }
+
+    /// Guests started and not yet destroyed (warm slots, reused VMs, running invocations).
+    pub fn live_guests(&self) -> u64 {
+        self.launcher.stats.live.count()
     }
 
     async fn reap_reused(&self, keep_alive: Duration) {

@@ -3,6 +3,9 @@
 //! invocation must fail with a clear error, nothing may be left on the host, and the worker must
 //! go on serving: a normal function on the real agent runs afterwards.
 
+// Real microVMs, root and QEMU: run by scripts/test.sh, which turns the feature on.
+#![cfg(feature = "vm-tests")]
+
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};

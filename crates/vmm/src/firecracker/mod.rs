@@ -182,6 +182,10 @@ async fn wait_api(
 
 #[async_trait]
 impl VmmDriver for FirecrackerDriver {
+    fn sweep(&self) {
+        Self::sweep(self);
+    }
+
     fn name(&self) -> &'static str {
         "firecracker"
     }

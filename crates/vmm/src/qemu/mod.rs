@@ -103,6 +103,10 @@ pub struct QemuVm {
 
 #[async_trait]
 impl VmmDriver for QemuDriver {
+    fn sweep(&self) {
+        Self::sweep(self);
+    }
+
     fn name(&self) -> &'static str {
         "qemu"
     }

@@ -1,0 +1,324 @@
+//! Assembles an Ignition node from a typed [`NodeConfig`]: the store, the guest image, the VMM
+//! driver, VM networking, the worker, the cluster node and the HTTP API, in that order, and
+//! takes them down in the reverse order ([`RunningNode::shutdown`]).
+//!
+//! The CLI's `ignition server` turns flags, environment and a configuration file into a
+//! [`NodeConfig`] and calls [`start`]; tests call it directly, with an in-process guest as the
+//! driver where a test is about something other than the VM.
+
+mod config;
+mod error;
+mod vmm;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ignition_api::AppState;
+use ignition_store::Store;
+use ignition_worker::{PoolConfig, Worker, WorkerConfig};
+use tokio::sync::oneshot;
+
+pub use config::{
+    ApiSettings, ClusterSettings, ClusterTlsFiles, ImageSource, JailSettings, JailerChoice,
+    NetworkConfig, NetworkMode, NodeConfig, VmmChoice, VmmConfig, WorkerLimits,
+};
+pub use error::NodeError;
+pub use vmm::resolve_vmm;
+
+/// A node that serves its API.
+#[derive(Debug)]
+pub struct RunningNode {
+    addr: SocketAddr,
+    state: AppState,
+    driver: Arc<dyn ignition_vmm::VmmDriver>,
+    network: Option<Arc<ignition_net::Network>>,
+    run_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Starts a node: when this returns, the API answers at [`RunningNode::addr`].
+pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(NodeError::io(format!(
+        "creating {}",
+        config.data_dir.display()
+    )))?;
+    let data_dir = config.data_dir.canonicalize().map_err(NodeError::io(format!(
+        "resolving {}",
+        config.data_dir.display()
+    )))?;
+    let store = Store::open(&data_dir).map_err(NodeError::Store)?;
+    let image = guest_image(config.image.clone()).await?;
+
+    let run_dir = config
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| default_run_dir(&data_dir));
+    // VMs of an earlier node on this data dir died with it (PDEATHSIG); their sockets did not.
+    let _ = std::fs::remove_dir_all(&run_dir);
+    std::fs::create_dir_all(&run_dir)
+        .map_err(NodeError::io(format!("creating {}", run_dir.display())))?;
+    let driver = vmm::driver(&config.vmm, &run_dir)?;
+    tracing::info!(vmm = driver.name(), image = %image.id, "microVM driver ready");
+    driver.sweep();
+
+    let network = start_network(&config, &run_dir).await?;
+    let limits = &config.worker;
+    let worker = Worker::new(
+        Arc::clone(&driver),
+        image,
+        WorkerConfig {
+            max_vms: limits.max_vms,
+            boot_timeout: limits.boot_timeout,
+            load_timeout: limits.init_timeout,
+            snapshot_dir: data_dir.join("snapshots"),
+            pool: PoolConfig {
+                memory_budget_mib: limits.pool_memory_mib,
+                keep_alive: limits.keep_alive,
+                refill_parallelism: limits
+                    .refill_parallelism
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            },
+            network: network.clone(),
+        },
+    );
+    let node_id = config
+        .cluster
+        .node_id
+        .clone()
+        .unwrap_or_else(|| hostname().unwrap_or_else(|| "node-1".to_owned()));
+    let reserved = store.reserved_concurrency().map_err(NodeError::Store)?;
+    let store = Arc::new(store);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(NodeError::io(format!("listening on {}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(NodeError::io("reading the API's address"))?;
+    let cluster = cluster_config(&config.cluster, addr)?;
+    let node = ignition_cluster::Node::start(
+        ignition_cluster::NodeConfig {
+            node_id: node_id.clone(),
+            slots: config.cluster.slots.unwrap_or(limits.max_vms),
+            cluster,
+        },
+        Arc::clone(&worker),
+        Arc::clone(&store),
+    )
+    .await
+    .map_err(NodeError::Cluster)?;
+    let api = &config.api;
+    let state = AppState {
+        store,
+        worker,
+        node,
+        node_id,
+        metrics: Arc::new(ignition_api::Metrics::default()),
+        concurrency: ignition_api::Concurrency::new(api.max_concurrency, reserved),
+        dev_mode: api.dev,
+        events: ignition_api::EventConfig {
+            retries: api.async_retries,
+            retry_delay: api.async_retry_delay,
+            max_pending: api.max_queued_events,
+            ..ignition_api::EventConfig::default()
+        },
+    };
+    ignition_api::spawn_dispatcher(state.clone());
+    if api.dev {
+        tracing::warn!("development mode: requests are not authenticated");
+    }
+    let (stop, stopped) = oneshot::channel::<()>();
+    let router = ignition_api::router(state.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(listen = %addr, data_dir = %data_dir.display(), "ignition server ready");
+    Ok(RunningNode {
+        addr,
+        state,
+        driver,
+        network,
+        run_dir,
+        stop: Some(stop),
+        server,
+    })
+}
+
+impl RunningNode {
+    /// The address the API answers at.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The API's shared state (store, worker, cluster node), for tests and embedders.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Waits until the HTTP server stops by itself (it does not, unless it fails): for a caller
+    /// that only wants to run the node until a signal, in a `select!` with the signal.
+    pub async fn serving(&mut self) -> Result<(), NodeError> {
+        match (&mut self.server).await {
+            Ok(r) => r.map_err(NodeError::io("serving HTTP")),
+            Err(e) => Err(NodeError::Task(e.to_string())),
+        }
+    }
+
+    /// Stops the node. In order, and each step waited for, not slept on:
+    ///
+    /// 1. The API stops accepting connections and waits for the requests in flight to be
+    ///    answered (an invocation in flight runs to its end or its timeout).
+    /// 2. The cluster node fails what is still queued here with "shutting down", stops waiting
+    ///    for what it lent, aborts what it held for others (their origins queue it again when
+    ///    the lease lapses) and leaves the gossip membership.
+    /// 3. The worker destroys its warm slots and reused VMs, then waits until every guest it
+    ///    started is destroyed: slots still being filled see the pool stopped and destroy
+    ///    themselves, and the teardowns of answered invocations finish. A guest counts until
+    ///    its `destroy` returns, which waits for its VMM process to be gone.
+    /// 4. The driver sweeps what killed VMs left (cgroups), the VM networks are removed
+    ///    (namespaces, links, nftables table), and the run directory goes.
+    ///
+    /// So when this returns no VM, network or socket of this node is left on the host, except
+    /// for a guest that did not finish its destroy within the worker's bound, which is logged.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let served = match (&mut self.server).await {
+            Ok(r) => r.map_err(NodeError::io("serving HTTP")),
+            Err(e) => Err(NodeError::Task(e.to_string())),
+        };
+        self.state.node.shutdown().await;
+        self.state.worker.shutdown().await;
+        self.driver.sweep();
+        if let Some(n) = &self.network {
+            n.shutdown().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+        tracing::info!("node stopped");
+        served
+    }
+}
+
+async fn guest_image(source: ImageSource) -> Result<ignition_image::GuestImage, NodeError> {
+    match source {
+        ImageSource::Ready(image) => Ok(image),
+        ImageSource::Build { cache_dir, agent } => {
+            let opts = ignition_image::BuildOptions { cache_dir, agent };
+            tokio::task::spawn_blocking(move || ignition_image::build(&opts))
+                .await
+                .map_err(|e| NodeError::Task(e.to_string()))?
+                .map_err(NodeError::Image)
+        }
+        ImageSource::Cached { cache_dir } => {
+            ignition_image::load_current(&cache_dir).map_err(NodeError::Image)
+        }
+    }
+}
+
+async fn start_network(
+    config: &NodeConfig,
+    run_dir: &Path,
+) -> Result<Option<Arc<ignition_net::Network>>, NodeError> {
+    let net = &config.network;
+    let cni = match &net.mode {
+        NetworkMode::None => return Ok(None),
+        NetworkMode::Builtin => None,
+        NetworkMode::Cni { conf, bin_dirs } => Some(
+            ignition_net::CniConfig::load(conf, bin_dirs.clone()).map_err(NodeError::Network)?,
+        ),
+    };
+    let cni_mode = cni.is_some();
+    let network = ignition_net::Network::start(ignition_net::NetConfig {
+        subnet: net.vm_subnet,
+        cni,
+        tag: network_tag(run_dir),
+        dns: net.dns.clone(),
+        tap_group: config.vmm.jail.gid,
+        spares: net.spare_networks,
+    })
+    .await
+    .map_err(NodeError::Network)?;
+    if cni_mode {
+        tracing::info!(table = network.table(), "VM networking ready (CNI)");
+    } else {
+        tracing::info!(subnet = %net.vm_subnet, table = network.table(), links = network.interface_prefix(), "VM networking ready");
+    }
+    Ok(Some(network))
+}
+
+fn cluster_config(
+    settings: &ClusterSettings,
+    api: SocketAddr,
+) -> Result<Option<ignition_cluster::ClusterConfig>, NodeError> {
+    let addr = settings.addr.or_else(|| {
+        (!settings.peers.is_empty()).then(|| SocketAddr::new(api.ip(), api.port().wrapping_add(1)))
+    });
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let tls = match &settings.tls {
+        Some(files) => {
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(NodeError::io(format!("reading {}", p.display())))
+            };
+            Some(ignition_cluster::ClusterTls {
+                ca: read(&files.ca)?,
+                cert: read(&files.cert)?,
+                key: read(&files.key)?,
+            })
+        }
+        None => {
+            tracing::warn!("cluster traffic is neither authenticated nor encrypted (no --cluster-ca): keep --cluster-addr on a network only the nodes reach");
+            None
+        }
+    };
+    let mut c = ignition_cluster::ClusterConfig::new(addr, settings.peers.clone());
+    c.steal = !settings.no_steal;
+    if let Some(p) = settings.steal_probes {
+        c.probes = p;
+    }
+    if let Some(lease) = settings.lease {
+        c.lease = lease.max(Duration::from_millis(400));
+    }
+    c.tls = tls;
+    Ok(Some(c))
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+fn short_hash(data: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    h.finish()
+}
+
+/// A short, per-data-dir run directory: socket paths must stay under 108 bytes.
+fn default_run_dir(data_dir: &Path) -> PathBuf {
+    std::env::temp_dir().join(format!("ignition-{:08x}", short_hash(data_dir) as u32))
+}
+
+/// Four characters of `[a-z0-9]` naming this node's links and rules, stable for a run
+/// directory so that a restarted node sweeps what its predecessor left.
+fn network_tag(run_dir: &Path) -> String {
+    let mut n = short_hash(run_dir);
+    (0..4)
+        .map(|_| {
+            let c = b"abcdefghijklmnopqrstuvwxyz0123456789"[(n % 36) as usize];
+            n /= 36;
+            char::from(c)
+        })
+        .collect()
+}
