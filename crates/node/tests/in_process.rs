@@ -1,0 +1,449 @@
+//! Whole nodes started in-process, with the in-process guest as their VMM (no root, no QEMU, no
+//! guest image): the API, admission, the event dispatcher, the cluster's stealing, and the
+//! node's start and shutdown. Every test here says `in_process` in its name; what involves a
+//! real VM is tested in `crates/cli/tests` with microVMs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use ignition_in_process_guest::{placeholder_image, GuestCounters, InProcessGuest};
+use ignition_node::{ImageSource, NetworkMode, NodeConfig, RunningNode};
+use serde_json::{json, Value};
+
+struct TestNode {
+    node: RunningNode,
+    counters: Arc<GuestCounters>,
+    _dir: tempfile::TempDir,
+}
+
+fn config(dir: &std::path::Path, guest: &InProcessGuest) -> NodeConfig {
+    let mut c = NodeConfig::new(dir.join("data"));
+    c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.image = ImageSource::Ready(placeholder_image(&dir.join("image")).unwrap());
+    c.vmm.driver = Some(Arc::new(guest.clone()));
+    c.run_dir = Some(dir.join("run"));
+    c.network.mode = NetworkMode::None;
+    c.api.dev = true;
+    c.worker.keep_alive = Duration::from_secs(2);
+    c.cluster.node_id = Some("n1".to_owned());
+    c
+}
+
+async fn start_with(guest: InProcessGuest, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), &guest);
+    tweak(&mut c);
+    let node = ignition_node::start(c).await.unwrap();
+    TestNode {
+        node,
+        counters: guest.counters(),
+        _dir: dir,
+    }
+}
+
+impl TestNode {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.node.addr())
+    }
+}
+
+fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data) in files {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+async fn deploy(n: &TestNode, name: &str, handler: &str, extra: Value) -> reqwest::Response {
+    // The API checks that the handler's module is in the bundle; the in-process guest runs
+    // its own closure of that name instead.
+    let module = format!("{}.py", handler.split('.').next().unwrap());
+    let code = zip_of(&[(&module, b"def handler(event, context):\n    return event\n")]);
+    let mut body = json!({
+        "runtime": "python3",
+        "handler": handler,
+        "code": base64::engine::general_purpose::STANDARD.encode(code),
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    reqwest::Client::new()
+        .put(n.url(&format!("/v1/functions/{name}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn invoke(n: &TestNode, name: &str, payload: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(n.url(&format!("/2015-03-31/functions/{name}/invocations")))
+        .json(payload)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn in_process_node_deploys_invokes_and_shuts_down_leaving_no_vm() {
+    let n = start_with(InProcessGuest::new(), |_| {}).await;
+    let r = reqwest::get(n.url("/")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let health: Value = r.json().await.unwrap();
+    assert_eq!(health["node"], "n1");
+
+    assert_eq!(deploy(&n, "hello", "echo.handler", json!({})).await.status(), 201);
+    let r = invoke(&n, "hello", &json!({"greeting": "hi"})).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-amzn-RequestId").is_some());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"greeting": "hi"}));
+
+    // A handler error comes back as Lambda reports it.
+    assert_eq!(deploy(&n, "broken", "fail.handler", json!({})).await.status(), 201);
+    let r = invoke(&n, "broken", &json!({})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["X-Amz-Function-Error"], "Unhandled");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errorType"], "ValueError");
+
+    // The first invocation built the snapshot (a boot) and ran from a restore.
+    assert!(n.counters.boots() >= 1, "the base snapshot was booted");
+    assert!(n.counters.restores() >= 2, "invocations ran in restored VMs");
+    let counters = Arc::clone(&n.counters);
+    n.node.shutdown().await.unwrap();
+    assert_eq!(counters.live(), 0, "every VM is destroyed when shutdown returns");
+}
+
+#[tokio::test]
+async fn in_process_unknown_function_and_bad_deploys_get_lambda_errors() {
+    let n = start_with(InProcessGuest::new(), |_| {}).await;
+    let r = invoke(&n, "nope", &json!({})).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-amzn-ErrorType"], "ResourceNotFoundException");
+    let r = deploy(&n, "bad", "echo.handler", json!({"memory_mib": 1})).await;
+    assert_eq!(r.status(), 400, "{:?}", r.text().await);
+    let r = deploy(&n, "bad", "echo.handler", json!({"runtime": "cobol"})).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(n.counters.boots() + n.counters.restores(), 0, "no VM for bad input");
+    n.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn in_process_reuse_keeps_one_vm_for_a_function() {
+    let n = start_with(InProcessGuest::new(), |c| c.worker.pool_memory_mib = 0).await;
+    assert_eq!(
+        deploy(&n, "counter", "vm.handler", json!({"reuse": true})).await.status(),
+        201
+    );
+    let mut vms = Vec::new();
+    for want in 1..=3 {
+        let body: Value = invoke(&n, "counter", &json!({})).await.json().await.unwrap();
+        assert_eq!(body["served"], want, "the same VM served again: {body}");
+        vms.push(body["vm_id"].as_str().unwrap().to_owned());
+    }
+    assert!(vms.windows(2).all(|w| w[0] == w[1]));
+    let stats: Value = reqwest::get(n.url("/v1/stats")).await.unwrap().json().await.unwrap();
+    assert_eq!(stats["worker"]["warm_hits"], 2, "{stats}");
+    n.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn in_process_sterile_invocations_never_share_a_vm() {
+    let n = start_with(InProcessGuest::new(), |c| c.worker.pool_memory_mib = 0).await;
+    assert_eq!(deploy(&n, "vm", "vm.handler", json!({})).await.status(), 201);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let body: Value = invoke(&n, "vm", &json!({})).await.json().await.unwrap();
+        assert_eq!(body["served"], 1);
+        assert_eq!(body["restored"], true);
+        assert!(seen.insert(body["vm_id"].as_str().unwrap().to_owned()));
+    }
+    n.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn in_process_admission_runs_at_most_max_vms_at_once() {
+    let n = start_with(InProcessGuest::new(), |c| {
+        c.worker.max_vms = 2;
+        c.worker.pool_memory_mib = 0;
+    })
+    .await;
+    assert_eq!(deploy(&n, "slow", "sleep.handler", json!({})).await.status(), 201);
+    // The first invocation builds the snapshot; the rest measure admission.
+    assert_eq!(invoke(&n, "slow", &json!({"ms": 1})).await.status(), 200);
+    let t = Instant::now();
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let url = n.url("/2015-03-31/functions/slow/invocations");
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .post(url)
+                    .json(&json!({"ms": 300}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    let took = t.elapsed();
+    // Six 300 ms handlers two at a time take three rounds; all at once would take one.
+    assert!(took >= Duration::from_millis(850), "took {took:?}");
+    n.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn in_process_timeout_is_reported_as_lambda_does_and_the_vm_is_gone() {
+    let n = start_with(InProcessGuest::new(), |c| c.worker.pool_memory_mib = 0).await;
+    assert_eq!(
+        deploy(&n, "late", "sleep.handler", json!({"timeout_s": 1})).await.status(),
+        201
+    );
+    let r = invoke(&n, "late", &json!({"ms": 5000})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["X-Amz-Function-Error"], "Unhandled");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errorType"], "Sandbox.Timedout", "{body}");
+    let counters = Arc::clone(&n.counters);
+    n.node.state().worker.settle().await;
+    assert_eq!(counters.live(), 0, "a timed-out VM is destroyed");
+    n.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn in_process_warm_pool_serves_from_ready_slots() {
+    let n = start_with(InProcessGuest::new(), |c| c.worker.pool_memory_mib = 512).await;
+    assert_eq!(deploy(&n, "pooled", "vm.handler", json!({})).await.status(), 201);
+    let r = reqwest::Client::new()
+        .put(n.url("/v1/functions/pooled/pool"))
+        .json(&json!({"min_ready": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pool: Value = reqwest::get(n.url("/v1/functions/pooled/pool"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if pool["pool"]["ready"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool never filled: {pool}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = invoke(&n, "pooled", &json!({})).await;
+    assert_eq!(r.headers()["x-ignition-start"], "pool");
+    let counters = Arc::clone(&n.counters);
+    n.node.shutdown().await.unwrap();
+    assert_eq!(counters.live(), 0, "slots are destroyed at shutdown");
+}
+
+#[tokio::test]
+async fn in_process_asynchronous_events_run_and_failures_are_kept() {
+    let n = start_with(InProcessGuest::new(), |c| {
+        c.api.async_retries = 1;
+        c.api.async_retry_delay = Duration::from_millis(50);
+    })
+    .await;
+    assert_eq!(deploy(&n, "ev", "echo.handler", json!({})).await.status(), 201);
+    assert_eq!(deploy(&n, "bad", "fail.handler", json!({})).await.status(), 201);
+    let event = |name: &'static str| {
+        reqwest::Client::new()
+            .post(n.url(&format!("/2015-03-31/functions/{name}/invocations")))
+            .header("X-Amz-Invocation-Type", "Event")
+            .json(&json!({"n": 1}))
+            .send()
+    };
+    assert_eq!(event("ev").await.unwrap().status(), 202);
+    assert_eq!(event("bad").await.unwrap().status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let failed: Value = reqwest::get(n.url("/v1/functions/bad/failed-events"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if failed["events"].as_array().is_some_and(|a| !a.is_empty()) {
+            let e = &failed["events"][0];
+            assert_eq!(e["attempts"], 2, "the first attempt and one retry: {e}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the failing event never landed: {failed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The good event ran once: its log is there.
+    let logs: Value = reqwest::get(n.url("/v1/functions/ev/logs"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(logs.to_string().contains("echo "), "{logs}");
+    n.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn in_process_cluster_idle_node_steals_queued_invocations() {
+    // Node a runs one invocation at a time and does not steal; node b is idle and steals.
+    let guest = InProcessGuest::new();
+    let (a, b) = pair(&guest).await;
+    assert_eq!(deploy(&a, "slow", "sleep.handler", json!({})).await.status(), 201);
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let url = a.url("/2015-03-31/functions/slow/invocations");
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .json(&json!({"ms": 400}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.headers()["x-ignition-node"].to_str().unwrap().to_owned()
+            })
+        })
+        .collect();
+    let mut ran_on = Vec::new();
+    for c in calls {
+        ran_on.push(c.await.unwrap());
+    }
+    assert!(
+        ran_on.iter().any(|n| n == "b"),
+        "the idle node took some of the queue: {ran_on:?}"
+    );
+    assert!(ran_on.iter().all(|n| n == "a" || n == "b"));
+    b.node.shutdown().await.unwrap();
+    a.node.shutdown().await.unwrap();
+    assert_eq!(guest.counters().live(), 0);
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Two in-process nodes in one cluster: `a` runs one invocation at a time and never steals.
+async fn pair(guest: &InProcessGuest) -> (TestNode, TestNode) {
+    let a_dir = tempfile::tempdir().unwrap();
+    let mut a_cfg = config(a_dir.path(), guest);
+    let a_cluster = free_addr();
+    a_cfg.cluster.node_id = Some("a".to_owned());
+    a_cfg.cluster.addr = Some(a_cluster);
+    a_cfg.cluster.slots = Some(1);
+    a_cfg.cluster.no_steal = true;
+    a_cfg.cluster.lease = Some(Duration::from_millis(600));
+    a_cfg.worker.pool_memory_mib = 0;
+    let a = ignition_node::start(a_cfg).await.unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let mut b_cfg = config(b_dir.path(), guest);
+    b_cfg.cluster.node_id = Some("b".to_owned());
+    b_cfg.cluster.addr = Some(free_addr());
+    b_cfg.cluster.peers = vec![a_cluster.to_string()];
+    b_cfg.cluster.lease = Some(Duration::from_millis(600));
+    b_cfg.worker.pool_memory_mib = 0;
+    let b = ignition_node::start(b_cfg).await.unwrap();
+    let (a, b) = (
+        TestNode {
+            node: a,
+            counters: guest.counters(),
+            _dir: a_dir,
+        },
+        TestNode {
+            node: b,
+            counters: guest.counters(),
+            _dir: b_dir,
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in [&a, &b] {
+        loop {
+            let s: Value = reqwest::get(n.url("/v1/stats")).await.unwrap().json().await.unwrap();
+            if s["cluster"]["peers"].as_u64() >= Some(1) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the nodes never met: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    (a, b)
+}
+
+#[tokio::test]
+async fn in_process_cluster_registry_serves_a_function_deployed_elsewhere() {
+    let guest = InProcessGuest::new();
+    let (a, b) = pair(&guest).await;
+    assert_eq!(deploy(&a, "shared", "vm.handler", json!({})).await.status(), 201);
+    // The registry reaches b by gossip: b answers once it has the function.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body: Value = loop {
+        let r = invoke(&b, "shared", &json!({})).await;
+        if r.status() == 200 {
+            assert_eq!(r.headers()["x-ignition-node"], "b");
+            break r.json().await.unwrap();
+        }
+        assert_eq!(r.status(), 404, "only 'not yet' is expected");
+        assert!(Instant::now() < deadline, "b never learned of the function");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["function"], "shared");
+    b.node.shutdown().await.unwrap();
+    a.node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn in_process_cluster_invocations_held_by_a_thief_that_stops_run_again_at_their_origin() {
+    let guest = InProcessGuest::new();
+    let (a, b) = pair(&guest).await;
+    assert_eq!(deploy(&a, "slow", "sleep.handler", json!({})).await.status(), 201);
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let url = a.url("/2015-03-31/functions/slow/invocations");
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .json(&json!({"ms": 1500}))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status(), r.headers()["x-ignition-node"].to_str().unwrap().to_owned())
+            })
+        })
+        .collect();
+    // Wait until b holds stolen work, then stop it mid-invocation.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s: Value = reqwest::get(b.url("/v1/stats")).await.unwrap().json().await.unwrap();
+        if s["cluster"]["stolen"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never stole: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.node.shutdown().await.unwrap();
+    for c in calls {
+        let (status, node) = c.await.unwrap();
+        assert_eq!(status, 200, "every caller is answered");
+        assert_eq!(node, "a", "what b held ran again at its origin after the lease");
+    }
+    let s: Value = reqwest::get(a.url("/v1/stats")).await.unwrap().json().await.unwrap();
+    assert!(s["cluster"]["reclaimed"].as_u64() >= Some(1), "{s}");
+    a.node.shutdown().await.unwrap();
+    assert_eq!(guest.counters().live(), 0);
+}
