@@ -157,11 +157,7 @@ pub(crate) fn run(cmd: FnCommand, global: &crate::GlobalArgs) -> Result<ExitCode
             println!("{}", String::from_utf8_lossy(&bytes));
             Ok(ExitCode::SUCCESS)
         }
-        FnCommand::Invoke {
-            name,
-            data,
-            logs,
-        } => {
+        FnCommand::Invoke { name, data, logs } => {
             let client = Client::new(global)?;
             let payload = read_data(data.as_deref())?;
             let mut req = client

@@ -102,14 +102,19 @@ fn check(plain: &Command, arg: &Arg, long: &str, words: &[String]) -> Result<(),
             argv.push(format!("--{long}").into());
         }
     } else {
-        argv.extend(words.iter().map(|w| OsString::from(format!("--{long}={w}"))));
+        argv.extend(
+            words
+                .iter()
+                .map(|w| OsString::from(format!("--{long}={w}"))),
+        );
     }
     match plain.clone().try_get_matches_from(argv) {
         Ok(_) => Ok(()),
-        Err(e) if matches!(
-            e.kind(),
-            ErrorKind::MissingRequiredArgument | ErrorKind::ArgumentConflict
-        ) =>
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::MissingRequiredArgument | ErrorKind::ArgumentConflict
+            ) =>
         {
             Ok(())
         }
@@ -129,12 +134,18 @@ fn words(arg: &Arg, value: &toml::Value) -> Result<Vec<String>, String> {
             toml::Value::Integer(i) => Ok(i.to_string()),
             toml::Value::Float(f) => Ok(f.to_string()),
             toml::Value::Boolean(b) => Ok(b.to_string()),
-            other => Err(format!("expected a single value, found {}", other.type_str())),
+            other => Err(format!(
+                "expected a single value, found {}",
+                other.type_str()
+            )),
         }
     };
     match value {
         toml::Value::Boolean(b) if is_flag => Ok(vec![b.to_string()]),
-        _ if is_flag => Err(format!("expected true or false, found {}", value.type_str())),
+        _ if is_flag => Err(format!(
+            "expected true or false, found {}",
+            value.type_str()
+        )),
         toml::Value::Array(items) if multiple => items.iter().map(scalar).collect(),
         toml::Value::Array(_) => Err("expected a single value, found an array".to_owned()),
         v if multiple => Ok(vec![scalar(v)?]),
@@ -172,7 +183,10 @@ mod tests {
             .chain(argv.iter().copied())
             .map(OsString::from)
             .collect();
-        let m = cmd.clone().try_get_matches_from(&args).map_err(|e| e.to_string())?;
+        let m = cmd
+            .clone()
+            .try_get_matches_from(&args)
+            .map_err(|e| e.to_string())?;
         let args = with_file_settings(&cmd, &m, &file, args).map_err(|e| e.to_string())?;
         let m = cmd.try_get_matches_from(&args).map_err(|e| e.to_string())?;
         ServerArgs::from_arg_matches(&m).map_err(|e| e.to_string())
@@ -203,11 +217,17 @@ mod tests {
     #[test]
     fn bad_files_name_the_file_and_the_key() {
         let e = parse("max_vms = \"many\"\n", &[]).unwrap_err();
-        assert!(e.contains("config.toml") && e.contains("key `max_vms`"), "{e}");
+        assert!(
+            e.contains("config.toml") && e.contains("key `max_vms`"),
+            "{e}"
+        );
         let e = parse("no_such_thing = 1\n", &[]).unwrap_err();
         assert!(e.contains("unknown key `no_such_thing`"), "{e}");
         let e = parse("dev = \"yes\"\n", &[]).unwrap_err();
-        assert!(e.contains("key `dev`") && e.contains("true or false"), "{e}");
+        assert!(
+            e.contains("key `dev`") && e.contains("true or false"),
+            "{e}"
+        );
         let e = parse("listen = [\"a\"]\n", &[]).unwrap_err();
         assert!(e.contains("key `listen`"), "{e}");
         let e = parse("this is not toml", &[]).unwrap_err();

@@ -104,7 +104,10 @@ impl CacheArgs {
 fn parse() -> Result<Cli, (String, ExitCode)> {
     let cmd = Cli::command().mut_subcommand("server", layered::with_env);
     let args: Vec<OsString> = std::env::args_os().collect();
-    let matches = cmd.clone().try_get_matches_from(&args).unwrap_or_else(|e| e.exit());
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(&args)
+        .unwrap_or_else(|e| e.exit());
     let matches = match matches.subcommand() {
         Some(("server", sub)) => match sub.get_one::<PathBuf>("config") {
             Some(file) => {
@@ -145,7 +148,12 @@ fn main() -> ExitCode {
         Command::Key(cmd) => cmd_key::run(cmd),
         Command::Cluster(cmd) => cmd_cluster::run(cmd, &global),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "ignition", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "ignition",
+                &mut std::io::stdout(),
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Man => clap_mangen::Man::new(Cli::command())

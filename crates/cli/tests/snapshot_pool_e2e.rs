@@ -2,7 +2,6 @@
 
 // Real microVMs, root and QEMU: run by scripts/test.sh, which turns the feature on.
 #![cfg(feature = "vm-tests")]
-
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

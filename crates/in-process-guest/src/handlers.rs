@@ -74,8 +74,7 @@ impl Reply {
 }
 
 /// A handler: an async closure from the call to the reply.
-pub type Handler =
-    Arc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
+pub type Handler = Arc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
 
 /// The handlers guests know, by handler string.
 #[derive(Clone, Default)]

@@ -120,8 +120,7 @@ struct Memory {
 }
 
 fn memory_bytes(m: &Memory) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "loaded": m.loaded.as_deref() }))
-        .unwrap_or_default()
+    serde_json::to_vec(&serde_json::json!({ "loaded": m.loaded.as_deref() })).unwrap_or_default()
 }
 
 fn memory_from(bytes: &[u8]) -> Result<Memory, String> {
@@ -278,7 +277,14 @@ impl MicroVm for InProcessVm {
     }
 
     async fn run_state(&mut self) -> Option<String> {
-        Some(if *self.running.borrow() { "running" } else { "paused" }.to_owned())
+        Some(
+            if *self.running.borrow() {
+                "running"
+            } else {
+                "paused"
+            }
+            .to_owned(),
+        )
     }
 
     async fn snapshot(&mut self, state: &Path) -> Result<SnapshotFiles, VmmError> {

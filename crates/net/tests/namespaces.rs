@@ -4,7 +4,6 @@
 
 // Root and real network namespaces: run by scripts/test.sh, which turns the feature on.
 #![cfg(feature = "vm-tests")]
-
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::fd::AsRawFd;

@@ -45,10 +45,13 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         "creating {}",
         config.data_dir.display()
     )))?;
-    let data_dir = config.data_dir.canonicalize().map_err(NodeError::io(format!(
-        "resolving {}",
-        config.data_dir.display()
-    )))?;
+    let data_dir = config
+        .data_dir
+        .canonicalize()
+        .map_err(NodeError::io(format!(
+            "resolving {}",
+            config.data_dir.display()
+        )))?;
     let store = Store::open(&data_dir).map_err(NodeError::Store)?;
     let image = guest_image(config.image.clone()).await?;
 

@@ -100,7 +100,12 @@ async fn in_process_node_deploys_invokes_and_shuts_down_leaving_no_vm() {
     let health: Value = r.json().await.unwrap();
     assert_eq!(health["node"], "n1");
 
-    assert_eq!(deploy(&n, "hello", "echo.handler", json!({})).await.status(), 201);
+    assert_eq!(
+        deploy(&n, "hello", "echo.handler", json!({}))
+            .await
+            .status(),
+        201
+    );
     let r = invoke(&n, "hello", &json!({"greeting": "hi"})).await;
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("x-amzn-RequestId").is_some());
@@ -108,7 +113,12 @@ async fn in_process_node_deploys_invokes_and_shuts_down_leaving_no_vm() {
     assert_eq!(body, json!({"greeting": "hi"}));
 
     // A handler error comes back as Lambda reports it.
-    assert_eq!(deploy(&n, "broken", "fail.handler", json!({})).await.status(), 201);
+    assert_eq!(
+        deploy(&n, "broken", "fail.handler", json!({}))
+            .await
+            .status(),
+        201
+    );
     let r = invoke(&n, "broken", &json!({})).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["X-Amz-Function-Error"], "Unhandled");
@@ -117,10 +127,17 @@ async fn in_process_node_deploys_invokes_and_shuts_down_leaving_no_vm() {
 
     // The first invocation built the snapshot (a boot) and ran from a restore.
     assert!(n.counters.boots() >= 1, "the base snapshot was booted");
-    assert!(n.counters.restores() >= 2, "invocations ran in restored VMs");
+    assert!(
+        n.counters.restores() >= 2,
+        "invocations ran in restored VMs"
+    );
     let counters = Arc::clone(&n.counters);
     n.node.shutdown().await.unwrap();
-    assert_eq!(counters.live(), 0, "every VM is destroyed when shutdown returns");
+    assert_eq!(
+        counters.live(),
+        0,
+        "every VM is destroyed when shutdown returns"
+    );
 }
 
 #[tokio::test]
@@ -133,7 +150,11 @@ async fn in_process_unknown_function_and_bad_deploys_get_lambda_errors() {
     assert_eq!(r.status(), 400, "{:?}", r.text().await);
     let r = deploy(&n, "bad", "echo.handler", json!({"runtime": "cobol"})).await;
     assert_eq!(r.status(), 400);
-    assert_eq!(n.counters.boots() + n.counters.restores(), 0, "no VM for bad input");
+    assert_eq!(
+        n.counters.boots() + n.counters.restores(),
+        0,
+        "no VM for bad input"
+    );
     n.node.shutdown().await.unwrap();
 }
 
@@ -141,17 +162,28 @@ async fn in_process_unknown_function_and_bad_deploys_get_lambda_errors() {
 async fn in_process_reuse_keeps_one_vm_for_a_function() {
     let n = start_with(InProcessGuest::new(), |c| c.worker.pool_memory_mib = 0).await;
     assert_eq!(
-        deploy(&n, "counter", "vm.handler", json!({"reuse": true})).await.status(),
+        deploy(&n, "counter", "vm.handler", json!({"reuse": true}))
+            .await
+            .status(),
         201
     );
     let mut vms = Vec::new();
     for want in 1..=3 {
-        let body: Value = invoke(&n, "counter", &json!({})).await.json().await.unwrap();
+        let body: Value = invoke(&n, "counter", &json!({}))
+            .await
+            .json()
+            .await
+            .unwrap();
         assert_eq!(body["served"], want, "the same VM served again: {body}");
         vms.push(body["vm_id"].as_str().unwrap().to_owned());
     }
     assert!(vms.windows(2).all(|w| w[0] == w[1]));
-    let stats: Value = reqwest::get(n.url("/v1/stats")).await.unwrap().json().await.unwrap();
+    let stats: Value = reqwest::get(n.url("/v1/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["worker"]["warm_hits"], 2, "{stats}");
     n.node.shutdown().await.unwrap();
 }
@@ -159,7 +191,10 @@ async fn in_process_reuse_keeps_one_vm_for_a_function() {
 #[tokio::test]
 async fn in_process_sterile_invocations_never_share_a_vm() {
     let n = start_with(InProcessGuest::new(), |c| c.worker.pool_memory_mib = 0).await;
-    assert_eq!(deploy(&n, "vm", "vm.handler", json!({})).await.status(), 201);
+    assert_eq!(
+        deploy(&n, "vm", "vm.handler", json!({})).await.status(),
+        201
+    );
     let mut seen = std::collections::HashSet::new();
     for _ in 0..4 {
         let body: Value = invoke(&n, "vm", &json!({})).await.json().await.unwrap();
@@ -177,7 +212,12 @@ async fn in_process_admission_runs_at_most_max_vms_at_once() {
         c.worker.pool_memory_mib = 0;
     })
     .await;
-    assert_eq!(deploy(&n, "slow", "sleep.handler", json!({})).await.status(), 201);
+    assert_eq!(
+        deploy(&n, "slow", "sleep.handler", json!({}))
+            .await
+            .status(),
+        201
+    );
     // The first invocation builds the snapshot; the rest measure admission.
     assert_eq!(invoke(&n, "slow", &json!({"ms": 1})).await.status(), 200);
     let t = Instant::now();
@@ -208,7 +248,9 @@ async fn in_process_admission_runs_at_most_max_vms_at_once() {
 async fn in_process_timeout_is_reported_as_lambda_does_and_the_vm_is_gone() {
     let n = start_with(InProcessGuest::new(), |c| c.worker.pool_memory_mib = 0).await;
     assert_eq!(
-        deploy(&n, "late", "sleep.handler", json!({"timeout_s": 1})).await.status(),
+        deploy(&n, "late", "sleep.handler", json!({"timeout_s": 1}))
+            .await
+            .status(),
         201
     );
     let r = invoke(&n, "late", &json!({"ms": 5000})).await;
@@ -225,7 +267,10 @@ async fn in_process_timeout_is_reported_as_lambda_does_and_the_vm_is_gone() {
 #[tokio::test]
 async fn in_process_warm_pool_serves_from_ready_slots() {
     let n = start_with(InProcessGuest::new(), |c| c.worker.pool_memory_mib = 512).await;
-    assert_eq!(deploy(&n, "pooled", "vm.handler", json!({})).await.status(), 201);
+    assert_eq!(
+        deploy(&n, "pooled", "vm.handler", json!({})).await.status(),
+        201
+    );
     let r = reqwest::Client::new()
         .put(n.url("/v1/functions/pooled/pool"))
         .json(&json!({"min_ready": 2}))
@@ -261,8 +306,14 @@ async fn in_process_asynchronous_events_run_and_failures_are_kept() {
         c.api.async_retry_delay = Duration::from_millis(50);
     })
     .await;
-    assert_eq!(deploy(&n, "ev", "echo.handler", json!({})).await.status(), 201);
-    assert_eq!(deploy(&n, "bad", "fail.handler", json!({})).await.status(), 201);
+    assert_eq!(
+        deploy(&n, "ev", "echo.handler", json!({})).await.status(),
+        201
+    );
+    assert_eq!(
+        deploy(&n, "bad", "fail.handler", json!({})).await.status(),
+        201
+    );
     let event = |name: &'static str| {
         reqwest::Client::new()
             .post(n.url(&format!("/2015-03-31/functions/{name}/invocations")))
@@ -285,7 +336,10 @@ async fn in_process_asynchronous_events_run_and_failures_are_kept() {
             assert_eq!(e["attempts"], 2, "the first attempt and one retry: {e}");
             break;
         }
-        assert!(Instant::now() < deadline, "the failing event never landed: {failed}");
+        assert!(
+            Instant::now() < deadline,
+            "the failing event never landed: {failed}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The good event ran once: its log is there.
@@ -304,7 +358,12 @@ async fn in_process_cluster_idle_node_steals_queued_invocations() {
     // Node a runs one invocation at a time and does not steal; node b is idle and steals.
     let guest = InProcessGuest::new();
     let (a, b) = pair(&guest).await;
-    assert_eq!(deploy(&a, "slow", "sleep.handler", json!({})).await.status(), 201);
+    assert_eq!(
+        deploy(&a, "slow", "sleep.handler", json!({}))
+            .await
+            .status(),
+        201
+    );
     let calls: Vec<_> = (0..6)
         .map(|_| {
             let url = a.url("/2015-03-31/functions/slow/invocations");
@@ -374,7 +433,12 @@ async fn pair(guest: &InProcessGuest) -> (TestNode, TestNode) {
     let deadline = Instant::now() + Duration::from_secs(20);
     for n in [&a, &b] {
         loop {
-            let s: Value = reqwest::get(n.url("/v1/stats")).await.unwrap().json().await.unwrap();
+            let s: Value = reqwest::get(n.url("/v1/stats"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if s["cluster"]["peers"].as_u64() >= Some(1) {
                 break;
             }
@@ -389,7 +453,10 @@ async fn pair(guest: &InProcessGuest) -> (TestNode, TestNode) {
 async fn in_process_cluster_registry_serves_a_function_deployed_elsewhere() {
     let guest = InProcessGuest::new();
     let (a, b) = pair(&guest).await;
-    assert_eq!(deploy(&a, "shared", "vm.handler", json!({})).await.status(), 201);
+    assert_eq!(
+        deploy(&a, "shared", "vm.handler", json!({})).await.status(),
+        201
+    );
     // The registry reaches b by gossip: b answers once it has the function.
     let deadline = Instant::now() + Duration::from_secs(20);
     let body: Value = loop {
@@ -411,7 +478,12 @@ async fn in_process_cluster_registry_serves_a_function_deployed_elsewhere() {
 async fn in_process_cluster_invocations_held_by_a_thief_that_stops_run_again_at_their_origin() {
     let guest = InProcessGuest::new();
     let (a, b) = pair(&guest).await;
-    assert_eq!(deploy(&a, "slow", "sleep.handler", json!({})).await.status(), 201);
+    assert_eq!(
+        deploy(&a, "slow", "sleep.handler", json!({}))
+            .await
+            .status(),
+        201
+    );
     let calls: Vec<_> = (0..5)
         .map(|_| {
             let url = a.url("/2015-03-31/functions/slow/invocations");
@@ -422,14 +494,22 @@ async fn in_process_cluster_invocations_held_by_a_thief_that_stops_run_again_at_
                     .send()
                     .await
                     .unwrap();
-                (r.status(), r.headers()["x-ignition-node"].to_str().unwrap().to_owned())
+                (
+                    r.status(),
+                    r.headers()["x-ignition-node"].to_str().unwrap().to_owned(),
+                )
             })
         })
         .collect();
     // Wait until b holds stolen work, then stop it mid-invocation.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let s: Value = reqwest::get(b.url("/v1/stats")).await.unwrap().json().await.unwrap();
+        let s: Value = reqwest::get(b.url("/v1/stats"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if s["cluster"]["stolen"].as_u64() >= Some(1) {
             break;
         }
@@ -440,9 +520,17 @@ async fn in_process_cluster_invocations_held_by_a_thief_that_stops_run_again_at_
     for c in calls {
         let (status, node) = c.await.unwrap();
         assert_eq!(status, 200, "every caller is answered");
-        assert_eq!(node, "a", "what b held ran again at its origin after the lease");
+        assert_eq!(
+            node, "a",
+            "what b held ran again at its origin after the lease"
+        );
     }
-    let s: Value = reqwest::get(a.url("/v1/stats")).await.unwrap().json().await.unwrap();
+    let s: Value = reqwest::get(a.url("/v1/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(s["cluster"]["reclaimed"].as_u64() >= Some(1), "{s}");
     a.node.shutdown().await.unwrap();
     assert_eq!(guest.counters().live(), 0);

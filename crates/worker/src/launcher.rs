@@ -347,7 +347,14 @@ impl Launcher {
             )
             .await?;
         let (vm, net) = self.start(&spec, net).await?;
-        let mut guest = Guest::new(vm, true, base.kernel_release.clone(), net, self.stats.live.enter()).await?;
+        let mut guest = Guest::new(
+            vm,
+            true,
+            base.kernel_release.clone(),
+            net,
+            self.stats.live.enter(),
+        )
+        .await?;
         let made = async {
             guest.resume().await?;
             guest
@@ -398,7 +405,8 @@ impl Launcher {
                 )
                 .await?;
             let (vm, net) = self.start(&spec, net).await?;
-            let mut guest = Guest::new(vm, false, String::new(), net, self.stats.live.enter()).await?;
+            let mut guest =
+                Guest::new(vm, false, String::new(), net, self.stats.live.enter()).await?;
             let made = async {
                 guest.await_ready(self.config.boot_timeout).await?;
                 guest.vm.snapshot(&files.state).await?;
@@ -451,6 +459,13 @@ impl Launcher {
         let spec = VmSpec { priority, ..spec };
         let (vm, net) = self.start(&spec, net).await?;
         self.stats.restores.fetch_add(1, Ordering::Relaxed);
-        Guest::new(vm, true, snapshot.kernel_release.clone(), net, self.stats.live.enter()).await
+        Guest::new(
+            vm,
+            true,
+            snapshot.kernel_release.clone(),
+            net,
+            self.stats.live.enter(),
+        )
+        .await
     }
 }

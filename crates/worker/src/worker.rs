@@ -350,7 +350,10 @@ impl Worker {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if live.count() > 0 {
-            tracing::warn!(guests = live.count(), "shutdown: guests still being started or destroyed");
+            tracing::warn!(
+                guests = live.count(),
+                "shutdown: guests still being started or destroyed"
+            );
         }
     }
 
