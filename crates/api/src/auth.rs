@@ -26,8 +26,8 @@ use crate::{blocking, ApiError, AppState};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The tenant of unauthenticated development mode, whose functions keep their bare names.
-pub const DEFAULT_TENANT: &str = "default";
+use ignition_types::FunctionId;
+pub use ignition_types::DEFAULT_TENANT;
 /// How far a signature's time may be from the server's.
 const MAX_SKEW_S: i64 = 15 * 60;
 /// Bodies are read to hash them; no request is larger than a deploy.
@@ -44,20 +44,13 @@ impl Caller {
     /// The stored name of the caller's function `name` (a name or an ARN).
     pub(crate) fn function(&self, name_or_arn: &str) -> Result<String, ApiError> {
         let name = crate::lambda::function_name(name_or_arn)?;
-        Ok(if self.tenant == DEFAULT_TENANT {
-            name
-        } else {
-            format!("{}.{name}", self.tenant)
-        })
+        Ok(FunctionId::new(&self.tenant, &name).stored())
     }
 
     /// The caller's name for the stored function `stored`, or `None` when it is not theirs.
     pub(crate) fn owns<'a>(&self, stored: &'a str) -> Option<&'a str> {
-        match stored.split_once('.') {
-            Some((tenant, name)) if tenant == self.tenant => Some(name),
-            None if self.tenant == DEFAULT_TENANT => Some(stored),
-            _ => None,
-        }
+        let id = FunctionId::from_stored(stored);
+        (id.tenant == self.tenant).then(|| &stored[stored.len() - id.name.len()..])
     }
 }
 

@@ -54,18 +54,17 @@ pub(crate) struct DeployRequest {
 const MAX_EGRESS_RULES: usize = 64;
 
 /// Parses and canonicalizes egress rules; the error names the field and the bad rule.
-fn parse_egress(rules: &[String]) -> Result<Vec<String>, ApiError> {
+fn parse_egress(rules: &[String]) -> Result<Vec<ignition_net::EgressRule>, ApiError> {
     if rules.len() > MAX_EGRESS_RULES {
         return Err(ApiError::invalid(format!(
             "egress: {} rules; at most {MAX_EGRESS_RULES} are allowed",
             rules.len()
         )));
     }
-    let parsed =
+    let mut parsed =
         ignition_net::parse_rules(rules).map_err(|e| ApiError::invalid(format!("egress: {e}")))?;
-    let mut canonical: Vec<String> = parsed.iter().map(ToString::to_string).collect();
-    canonical.dedup();
-    Ok(canonical)
+    parsed.dedup();
+    Ok(parsed)
 }
 
 fn default_memory() -> u32 {

@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use ignition_proto::{ErrorBody, FunctionSpec, Outcome};
-use ignition_store::Runtime;
 use ignition_worker::{ExecError, Execution, Job, StartMode};
 use serde_json::json;
 
@@ -17,13 +16,6 @@ use crate::{blocking, ApiError, AppState, MAX_INVOKE_PAYLOAD};
 
 /// Bytes of log returned by `X-Amz-Log-Type: Tail` (Lambda's 4 KB).
 const LOG_TAIL: usize = 4096;
-
-fn proto_runtime(r: Runtime) -> ignition_proto::Runtime {
-    match r {
-        Runtime::Python3 => ignition_proto::Runtime::Python3,
-        Runtime::Provided => ignition_proto::Runtime::Provided,
-    }
-}
 
 pub(crate) async fn invoke(
     State(state): State<AppState>,
@@ -248,13 +240,10 @@ pub(crate) async fn load_target(
         })?;
     let config = record.config;
     let name = name.to_owned();
-    let egress = ignition_net::parse_rules(&config.egress).map_err(|e| {
-        ApiError::internal(format!("stored egress policy of {name} is unreadable: {e}"))
-    })?;
     let job = Job {
         function: Arc::new(FunctionSpec {
             name: spec_name,
-            runtime: proto_runtime(config.runtime),
+            runtime: config.runtime,
             handler: config.handler.clone(),
             memory_mib: config.memory_mib,
             env: config.env.into_iter().collect(),
@@ -264,7 +253,7 @@ pub(crate) async fn load_target(
         }),
         code_sha256: record.code_sha256,
         reuse: config.reuse,
-        egress: egress.into(),
+        egress: config.egress.into(),
         request_id,
         payload: if payload.is_empty() {
             b"{}".to_vec()

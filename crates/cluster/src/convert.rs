@@ -60,11 +60,7 @@ pub(crate) fn job(inv: &pb::Invocation, code_tar: Vec<u8>) -> Result<(Job, Start
         .function
         .as_ref()
         .ok_or("the invocation names no function")?;
-    let runtime = match f.runtime.as_str() {
-        "python3" => Runtime::Python3,
-        "provided" => Runtime::Provided,
-        other => return Err(format!("unknown runtime {other:?}")),
-    };
+    let runtime = Runtime::parse(&f.runtime).map_err(|e| e.to_string())?;
     let mode: StartMode = inv.start_mode.parse()?;
     let egress = ignition_net::parse_rules(&f.egress).map_err(|e| e.to_string())?;
     let mut env: Vec<(String, String)> = f.env.clone().into_iter().collect();

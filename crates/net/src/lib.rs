@@ -29,7 +29,8 @@ mod addresses;
 pub mod cni;
 mod netns;
 pub mod nft;
-pub mod policy;
+/// Egress rules are a domain type ([`ignition_types::egress`]); this crate enforces them.
+pub use ignition_types::egress as policy;
 mod spares;
 mod tap;
 mod vmside;

@@ -3,24 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Which runtime interface runs the handler inside the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Runtime {
-    /// Ignition's Python bootstrap imports `FILE.FUNC` and calls `handler(event, context)`.
-    Python3,
-    /// The bundle's own `bootstrap` executable speaks the Lambda Runtime API.
-    Provided,
-}
-
-impl Runtime {
-    /// The name users write (`python3`, `provided`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Python3 => "python3",
-            Self::Provided => "provided",
-        }
-    }
-}
+pub use ignition_types::Runtime;
 
 /// A function as the guest needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

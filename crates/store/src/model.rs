@@ -4,39 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The runtimes Ignition runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Runtime {
-    /// Python 3 with `handler(event, context)`.
-    Python3,
-    /// The bundle's own `bootstrap` speaking the Lambda Runtime API.
-    Provided,
-}
-
-impl Runtime {
-    /// Parses a user-facing runtime name; Lambda's `python3.x` and `provided.al2*` are accepted.
-    pub fn parse(s: &str) -> Result<Self, ModelError> {
-        match s {
-            "python3" => Ok(Self::Python3),
-            s if s.starts_with("python3.") => Ok(Self::Python3),
-            "provided" => Ok(Self::Provided),
-            s if s.starts_with("provided.") => Ok(Self::Provided),
-            other => Err(ModelError::Invalid {
-                field: "runtime",
-                why: format!("{other:?} is not supported (use python3 or provided)"),
-            }),
-        }
-    }
-
-    /// The canonical name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Python3 => "python3",
-            Self::Provided => "provided",
-        }
-    }
-}
+pub use ignition_types::Runtime;
 
 /// A field that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,10 +72,9 @@ pub struct FunctionConfig {
     /// fresh one each time.
     #[serde(default)]
     pub reuse: bool,
-    /// Egress rules (`CIDR:PORT[-PORT][/tcp|/udp]`, canonical form; the API parses and
-    /// checks them). Empty: no egress at all.
+    /// Egress rules (stored in their canonical text form). Empty: no egress at all.
     #[serde(default)]
-    pub egress: Vec<String>,
+    pub egress: Vec<ignition_types::EgressRule>,
 }
 
 impl FunctionConfig {

@@ -361,7 +361,7 @@ mod tests {
             timeout_s: 3,
             env: BTreeMap::from([("GREETING".into(), "hi".into())]),
             reuse: name == "b",
-            egress: vec!["198.18.0.0/15:443/tcp".to_owned()],
+            egress: vec!["198.18.0.0/15:443/tcp".parse().unwrap()],
         }
     }
 

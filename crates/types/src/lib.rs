@@ -1,0 +1,14 @@
+//! Ignition's domain types, each defined once and parsed once, at the edge where text comes in
+//! (the API, the CLI, another node's message); every crate after that holds them typed.
+//!
+//! - [`Runtime`]: what runs a function's handler in the guest.
+//! - [`egress`]: the destinations a function's VM may open connections to.
+//! - [`FunctionId`]: whose function, by which name.
+
+pub mod egress;
+mod function;
+mod runtime;
+
+pub use egress::{parse_rules, EgressRule, Ipv4Net, PolicyError, Protocol};
+pub use function::{FunctionId, DEFAULT_TENANT};
+pub use runtime::{Runtime, UnknownRuntime};

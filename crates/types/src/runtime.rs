@@ -1,0 +1,64 @@
+//! [`Runtime`]: the runtime interface that runs a function's handler inside the guest.
+
+use serde::{Deserialize, Serialize};
+
+/// The runtimes Ignition runs. The variant order is part of the guest protocol's wire format
+/// (postcard encodes the index): append only, with a protocol version bump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Python 3: Ignition's bootstrap imports `FILE.FUNC` and calls `handler(event, context)`.
+    Python3,
+    /// The bundle's own `bootstrap` executable speaks the Lambda Runtime API.
+    Provided,
+}
+
+/// A runtime name Ignition does not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid runtime: {0:?} is not supported (use python3 or provided)")]
+pub struct UnknownRuntime(pub String);
+
+impl Runtime {
+    /// Parses a user-facing runtime name; Lambda's `python3.x` and `provided.al2*` are accepted.
+    pub fn parse(s: &str) -> Result<Self, UnknownRuntime> {
+        match s {
+            "python3" => Ok(Self::Python3),
+            s if s.starts_with("python3.") => Ok(Self::Python3),
+            "provided" => Ok(Self::Provided),
+            s if s.starts_with("provided.") => Ok(Self::Provided),
+            other => Err(UnknownRuntime(other.to_owned())),
+        }
+    }
+
+    /// The canonical name (`python3`, `provided`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Python3 => "python3",
+            Self::Provided => "provided",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn parses_lambda_names_and_round_trips_the_canonical_ones() {
+        assert_eq!(Runtime::parse("python3.12"), Ok(Runtime::Python3));
+        assert_eq!(Runtime::parse("provided.al2023"), Ok(Runtime::Provided));
+        assert!(Runtime::parse("nodejs20.x").is_err());
+        assert!(Runtime::parse("").is_err());
+        for r in [Runtime::Python3, Runtime::Provided] {
+            assert_eq!(Runtime::parse(r.as_str()), Ok(r));
+        }
+    }
+}
