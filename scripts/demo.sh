@@ -4,24 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+. scripts/lib.sh
 
 PORT="${IGNITION_DEMO_PORT:-7070}"
 URL="http://127.0.0.1:$PORT"
 DATA="$(mktemp -d /tmp/ignition-demo.XXXXXX)"
 LOG="$DATA/server.log"
-./target/release/ignition server --dev --data-dir "$DATA" --listen "127.0.0.1:$PORT" 2>"$LOG" &
-SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -rf "$DATA"' EXIT
-
-for _ in $(seq 1 600); do
-  curl -fsS "$URL/" >/dev/null 2>&1 && break
-  kill -0 "$SERVER" 2>/dev/null || { cat "$LOG" >&2; exit 1; }
-  sleep 0.2
-done
+ign_server "$LOG" --dev --data-dir "$DATA" --listen "127.0.0.1:$PORT"
+trap 'ign_stop_all; rm -rf "$DATA"' EXIT
+ign_wait "$URL" "$IGN_PID" "$LOG"
 
 export IGNITION_URL="$URL"
 echo "==> deploying examples/hello-python"
-./target/release/ignition fn deploy hello-python --runtime python3 --handler app.handler \
+"$BIN" fn deploy hello-python --runtime python3 --handler app.handler \
   --code examples/hello-python >/dev/null
 echo "==> invoking it in a fresh microVM"
-./target/release/ignition fn invoke hello-python --data '{"name": "Ignition"}'
+"$BIN" fn invoke hello-python --data '{"name": "Ignition"}'

@@ -17,5 +17,5 @@ if [ "$kvm" != hardware ]; then
   exit 2
 fi
 export IGNITION_TEST_SERVER_ARGS="--vmm firecracker --firecracker $FC --accel kvm"
-cargo test --locked -p ignition --test microvm_e2e --test snapshot_pool_e2e --test network_e2e \
+cargo test --locked -p ignition --features vm-tests --test microvm_e2e --test snapshot_pool_e2e --test network_e2e \
   --test limits_e2e -- "$@"

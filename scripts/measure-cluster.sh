@@ -10,31 +10,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-3}"
 N="${2:-12}"
-BIN=./target/release/ignition
+. scripts/lib.sh
 tmp=$(mktemp -d)
-cleanup() {
-  # shellcheck disable=SC2046
-  kill -TERM $(jobs -p) 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+trap 'ign_stop_all; rm -rf "$tmp"' EXIT
 
 start() { # NAME API_PORT CLUSTER_PORT SUBNET ARGS...
   local name=$1 port=$2 cport=$3 subnet=$4
   shift 4
-  "$BIN" server --dev --data-dir "$tmp/$name" --listen "127.0.0.1:$port" \
+  ign_server "$tmp/$name.log" --dev --data-dir "$tmp/$name" --listen "127.0.0.1:$port" \
     --cluster-addr "127.0.0.1:$cport" --node-id "$name" --slots 2 --max-vms 2 \
-    --vm-subnet "$subnet" "$@" >"$tmp/$name.log" 2>&1 &
-}
-wait_ready() { # PORT
-  for _ in $(seq 1 600); do
-    curl -fs "http://127.0.0.1:$1/" >/dev/null && return 0
-    sleep 0.2
-  done
-  echo "server on $1 did not start" >&2
-  cat "$tmp"/*.log >&2
-  exit 1
+    --vm-subnet "$subnet" "$@"
 }
 
 # Cluster "steal": API 7301-7303, cluster 7311-7313. Cluster "nosteal": 7321-7323 / 7331-7333.
@@ -46,7 +31,7 @@ for c in steal nosteal; do
     start "$c-n$i" $((base + i)) $((base + 10 + i)) "$net.$i.0/24" "${flags[@]}" "${peers[@]}"
   done
 done
-for p in 7301 7302 7303 7321 7322 7323; do wait_ready $p; done
+for p in 7301 7302 7303 7321 7322 7323; do ign_wait "http://127.0.0.1:$p"; done
 for p in 7301 7321; do
   IGNITION_URL="http://127.0.0.1:$p" "$BIN" fn deploy sleeper --runtime python3 \
     --handler app.handler --timeout 60 --code examples/sleep-python >/dev/null

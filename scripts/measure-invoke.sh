@@ -3,6 +3,8 @@
 # Server-Timing header each invoke returns. Needs a running server (IGNITION_URL, default
 # http://127.0.0.1:7070) with the function deployed (default: hello-python from scripts/demo.sh).
 set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
 URL="${IGNITION_URL:-http://127.0.0.1:7070}"
 FN="${1:-hello-python}"
 N="${2:-5}"
@@ -18,7 +20,5 @@ done
 echo "median of $N sequential invocations of $FN (ms):"
 parts=$(tr ',' '\n' < "$tmp" | sed 's/^ *//; s/;dur=.*//' | sort -u)
 for part in $parts; do
-  values=$(tr ',' '\n' < "$tmp" | sed 's/^ *//' | grep "^$part;dur=" | sed 's/.*;dur=//' | sort -n)
-  count=$(echo "$values" | wc -l)
-  printf '  %-12s %6s\n' "$part" "$(echo "$values" | sed -n "$(( (count + 1) / 2 ))p")"
+  printf '  %-12s %6s\n' "$part" "$(timing_part "$tmp" "$part")"
 done

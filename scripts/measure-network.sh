@@ -7,28 +7,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-15}"
-BIN=./target/release/ignition
+. scripts/lib.sh
 tmp=$(mktemp -d)
-cleanup() {
-  # shellcheck disable=SC2046
-  kill -TERM $(jobs -p) 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+trap 'ign_stop_all; rm -rf "$tmp"' EXIT
 
 start() { # NAME PORT ARGS...
   local name=$1 port=$2
   shift 2
-  "$BIN" server --dev --data-dir "$tmp/$name" --listen "127.0.0.1:$port" --keep-alive 600 "$@" \
-    >"$tmp/$name.log" 2>&1 &
-  for _ in $(seq 1 600); do
-    curl -fs "http://127.0.0.1:$port/" >/dev/null && return 0
-    sleep 0.2
-  done
-  echo "server $name did not start:" >&2
-  cat "$tmp/$name.log" >&2
-  exit 1
+  ign_server "$tmp/$name.log" --dev --data-dir "$tmp/$name" --listen "127.0.0.1:$port" \
+    --keep-alive 600 "$@"
+  ign_wait "http://127.0.0.1:$port" "$IGN_PID" "$tmp/$name.log"
 }
 
 start net 7181 --network builtin --vm-subnet 10.201.0.0/24
@@ -63,8 +51,7 @@ for mode in restore pool; do
   done
 done
 
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-part() { tr ',' '\n' <"$1" | sed 's/^ *//' | grep "^$2;dur=" | sed 's/.*;dur=//' | median; }
+part() { timing_part "$@"; }
 
 echo "medians of $N interleaved invocations per mode (ms)"
 printf "%-8s %-8s %9s %9s %9s %9s %10s %11s\n" mode network total queued vm_start invoke net_setup net_attach

@@ -9,14 +9,14 @@ cd "$(dirname "$0")/.."
 N="${1:-1000}"
 PORT=7191
 URL="http://127.0.0.1:$PORT"
-BIN=./target/release/ignition
+. scripts/lib.sh
 tmp=$(mktemp -d)
-trap 'kill -TERM "$pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+trap 'ign_stop_all; rm -rf "$tmp"' EXIT
 
-"$BIN" server --dev --data-dir "$tmp/data" --listen "127.0.0.1:$PORT" --keep-alive 5 \
-  --vm-subnet 10.202.0.0/22 >"$tmp/server.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 600); do curl -fs "$URL/" >/dev/null && break; sleep 0.2; done
+ign_server "$tmp/server.log" --dev --data-dir "$tmp/data" --listen "127.0.0.1:$PORT" --keep-alive 5 \
+  --vm-subnet 10.202.0.0/22
+pid=$IGN_PID
+ign_wait "$URL" "$pid" "$tmp/server.log"
 IGNITION_URL=$URL "$BIN" fn deploy echo --runtime python3 --handler echo.handler \
   --code examples/echo-python >/dev/null
 stats() { curl -fs "$URL/v1/stats" | python3 -c "import json,sys; n=json.load(sys.stdin)['network']; print(n[sys.argv[1]])" "$1"; }

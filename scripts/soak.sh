@@ -8,18 +8,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-300}"
-BIN=./target/release/ignition
+. scripts/lib.sh
 [ -x "$BIN" ] || { echo "build first: ./scripts/setup.sh" >&2; exit 2; }
 
 PORT="${IGNITION_SOAK_PORT:-7171}"
 URL="http://127.0.0.1:$PORT"
 WORK="$(mktemp -d /tmp/ignition-soak.XXXXXX)"
 RUN="$WORK/run"
-"$BIN" server --dev --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --run-dir "$RUN" --keep-alive 5 \
-  2>"$WORK/server.log" &
-SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 1 600); do curl -fsS "$URL/" >/dev/null 2>&1 && break; sleep 0.2; done
+ign_server "$WORK/server.log" --dev --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" \
+  --run-dir "$RUN" --keep-alive 5
+SERVER=$IGN_PID
+trap 'ign_stop_all; rm -rf "$WORK"' EXIT
+ign_wait "$URL" "$SERVER" "$WORK/server.log"
 
 export IGNITION_URL="$URL"
 CODE="$WORK/code"
