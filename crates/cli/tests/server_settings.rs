@@ -66,10 +66,16 @@ fn a_bad_value_in_the_environment_is_refused_naming_the_variable() {
 #[test]
 fn completions_and_the_man_page_come_from_the_cli_definition() {
     for shell in ["bash", "zsh", "fish"] {
-        let out = Command::new(BIN).args(["completions", shell]).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("max-vms") && text.contains("deploy"), "{shell}");
+        assert!(
+            text.contains("max-vms") && text.contains("deploy"),
+            "{shell}"
+        );
     }
     let out = Command::new(BIN).arg("man").output().unwrap();
     assert!(out.status.success());
@@ -81,7 +87,14 @@ fn client_options_are_accepted_before_or_after_the_subcommand() {
     // Nothing listens on port 9: both spellings reach the same client, which says so.
     for args in [
         &["--url", "http://127.0.0.1:9", "fn", "ls"][..],
-        &["fn", "ls", "--url", "http://127.0.0.1:9", "--output", "json"][..],
+        &[
+            "fn",
+            "ls",
+            "--url",
+            "http://127.0.0.1:9",
+            "--output",
+            "json",
+        ][..],
     ] {
         let out = Command::new(BIN)
             .args(args)
@@ -90,7 +103,10 @@ fn client_options_are_accepted_before_or_after_the_subcommand() {
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("contacting the server"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("contacting the server"),
+            "{args:?}: {stderr}"
+        );
     }
 }
 

@@ -1,0 +1,204 @@
+//! The worker's own logic with the in-process guest as its VMM (no root, no QEMU): where a
+//! guest comes from, the snapshot store, the warm pool's minimum and keep-alive, the reuse
+//! cap, and a shutdown that leaves no guest. Real VMs: `hostile_guest.rs` and `crates/cli/tests`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ignition_in_process_guest::{placeholder_image, InProcessGuest};
+use ignition_proto::{FunctionSpec, Outcome, Runtime};
+use ignition_worker::{Job, PoolConfig, StartKind, StartMode, Worker, WorkerConfig};
+
+fn worker(
+    guest: &InProcessGuest,
+    dir: &std::path::Path,
+    max_vms: usize,
+    pool_mib: u64,
+) -> Arc<Worker> {
+    Worker::new(
+        Arc::new(guest.clone()),
+        placeholder_image(&dir.join("image")).unwrap(),
+        WorkerConfig {
+            max_vms,
+            boot_timeout: Duration::from_secs(5),
+            load_timeout: Duration::from_secs(5),
+            snapshot_dir: dir.join("snapshots"),
+            pool: PoolConfig {
+                memory_budget_mib: pool_mib,
+                keep_alive: Duration::from_millis(500),
+                refill_parallelism: 2,
+            },
+            network: None,
+        },
+    )
+}
+
+fn job(name: &str, handler: &str, reuse: bool) -> Job {
+    Job {
+        function: Arc::new(FunctionSpec {
+            name: name.into(),
+            runtime: Runtime::Python3,
+            handler: handler.into(),
+            memory_mib: 128,
+            env: Vec::new(),
+            code_tar: Vec::new(),
+            display_name: name.into(),
+            version: "$LATEST".into(),
+        }),
+        code_sha256: format!("code-of-{name}"),
+        reuse,
+        egress: Arc::from(Vec::new()),
+        request_id: uuid_like(),
+        payload: b"{}".to_vec(),
+        timeout: Duration::from_secs(3),
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("req-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn served(outcome: &Outcome) -> u64 {
+    match outcome {
+        Outcome::Success(body) => serde_json::from_slice::<serde_json::Value>(body).unwrap()
+            ["served"]
+            .as_u64()
+            .unwrap(),
+        other => panic!("not a success: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn in_process_worker_builds_a_snapshot_once_and_restores_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = InProcessGuest::new();
+    let w = worker(&guest, dir.path(), 2, 0);
+    let first = w
+        .run(job("f", "vm.handler", false), StartMode::Auto)
+        .await
+        .unwrap();
+    assert_eq!(first.start, StartKind::Restore);
+    let second = w
+        .run(job("f", "vm.handler", false), StartMode::Auto)
+        .await
+        .unwrap();
+    assert_eq!(second.start, StartKind::Restore);
+    let s = w.stats();
+    assert_eq!((s.base_snapshots_built, s.snapshots_built), (1, 1), "{s:?}");
+    // A second function of the same memory derives from the same base: no second boot.
+    w.run(job("g", "vm.handler", false), StartMode::Auto)
+        .await
+        .unwrap();
+    let s = w.stats();
+    assert_eq!(
+        (s.base_snapshots_built, s.snapshots_built, s.boots),
+        (1, 2, 1),
+        "{s:?}"
+    );
+    // A boot on request still works, and loads the function itself.
+    let booted = w
+        .run(job("f", "vm.handler", false), StartMode::Boot)
+        .await
+        .unwrap();
+    assert_eq!(booted.start, StartKind::Boot);
+    w.shutdown().await;
+    assert_eq!(guest.counters().live(), 0);
+}
+
+#[tokio::test]
+async fn in_process_worker_pool_fills_to_its_minimum_and_serves_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = InProcessGuest::new();
+    let w = worker(&guest, dir.path(), 2, 1024);
+    let j = job("p", "vm.handler", false);
+    w.set_min_ready(
+        Arc::clone(&j.function),
+        j.code_sha256.clone(),
+        Arc::clone(&j.egress),
+        2,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.pool_status("p").ready < 2 {
+        assert!(Instant::now() < deadline, "{:?}", w.pool_status("p"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = w.run(j, StartMode::Auto).await.unwrap();
+    assert_eq!(e.start, StartKind::Pool);
+    assert_eq!(w.stats().pool_hits, 1);
+    // The minimum holds: the slot taken is replaced.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.pool_status("p").ready < 2 {
+        assert!(Instant::now() < deadline, "{:?}", w.pool_status("p"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.shutdown().await;
+    assert_eq!(
+        guest.counters().live(),
+        0,
+        "slots are destroyed at shutdown"
+    );
+}
+
+#[tokio::test]
+async fn in_process_worker_keeps_at_most_max_vms_idle_reused_vms() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = InProcessGuest::new();
+    let w = worker(&guest, dir.path(), 1, 0);
+    let a1 = w
+        .run(job("a", "vm.handler", true), StartMode::Auto)
+        .await
+        .unwrap();
+    assert_eq!(served(&a1.result.outcome), 1);
+    let a2 = w
+        .run(job("a", "vm.handler", true), StartMode::Auto)
+        .await
+        .unwrap();
+    assert_eq!(a2.start, StartKind::Warm);
+    assert_eq!(served(&a2.result.outcome), 2, "the same VM ran again");
+    // Keeping b's VM evicts a's: one idle VM at most with --max-vms 1.
+    w.run(job("b", "vm.handler", true), StartMode::Auto)
+        .await
+        .unwrap();
+    let a3 = w
+        .run(job("a", "vm.handler", true), StartMode::Auto)
+        .await
+        .unwrap();
+    assert_ne!(a3.start, StartKind::Warm);
+    assert_eq!(served(&a3.result.outcome), 1);
+    // Idle reused VMs go after the keep-alive.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.live_guests() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "reused VMs outlived their keep-alive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn in_process_worker_a_failed_invocation_is_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = InProcessGuest::new();
+    let w = worker(&guest, dir.path(), 2, 0);
+    let mut j = job("t", "sleep.handler", true);
+    j.payload = br#"{"ms": 5000}"#.to_vec();
+    j.timeout = Duration::from_millis(200);
+    let r = w.run(j, StartMode::Auto).await.unwrap();
+    assert!(
+        matches!(r.result.outcome, Outcome::Timeout { .. }),
+        "{:?}",
+        r.result.outcome
+    );
+    assert_eq!(
+        w.live_guests(),
+        0,
+        "a timed-out VM is destroyed before the caller hears"
+    );
+    w.shutdown().await;
+}
