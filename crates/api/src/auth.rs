@@ -8,10 +8,8 @@
 //! (stored as `TENANT.NAME`; the development mode's tenant is the default one, whose functions
 //! keep their bare names).
 //!
-//! Signature checks follow AWS's published algorithm: the canonical request (method, the path
-//! URI-encoded again, the sorted query, the signed headers, the payload's SHA-256), the string
-//! to sign with the credential scope, and the HMAC-SHA256 key chain. The signature's time must
-//! be within 15 minutes of the server's; comparisons are constant-time.
+//! Signatures are checked by [`crate::sigv4`], which binds the body and every header that
+//! changes what a request does.
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{FromRequestParts, Request, State};
@@ -19,17 +17,11 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
 
 use crate::{blocking, ApiError, AppState};
 
-type HmacSha256 = Hmac<Sha256>;
-
 use ignition_types::FunctionId;
 pub use ignition_types::DEFAULT_TENANT;
-/// How far a signature's time may be from the server's.
-const MAX_SKEW_S: i64 = 15 * 60;
 /// Bodies are read to hash them; no request is larger than a deploy.
 const MAX_SIGNED_BODY: usize = crate::MAX_DEPLOY_BODY;
 
@@ -69,184 +61,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 fn denied(kind: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, kind, message)
-}
-
-fn hex_sha256(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    // HMAC takes keys of any length; were it ever to refuse one, an empty MAC matches nothing.
-    match HmacSha256::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(data);
-            mac.finalize().into_bytes().to_vec()
-        }
-        Err(_) => Vec::new(),
-    }
-}
-
-/// RFC 3986 encoding as SigV4 wants it: everything but unreserved characters (and `/` when
-/// `keep_slash`).
-fn uri_encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(char::from(b))
-            }
-            b'/' if keep_slash => out.push('/'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            if let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The parts of an `AWS4-HMAC-SHA256` authorization header.
-#[derive(Debug, PartialEq, Eq)]
-struct SigV4Header<'a> {
-    access_key_id: &'a str,
-    date: &'a str,
-    region: &'a str,
-    service: &'a str,
-    signed_headers: Vec<&'a str>,
-    signature: &'a str,
-}
-
-fn parse_sigv4(value: &str) -> Option<SigV4Header<'_>> {
-    let rest = value.strip_prefix("AWS4-HMAC-SHA256")?.trim();
-    let (mut credential, mut signed, mut signature) = (None, None, None);
-    for part in rest.split(',') {
-        let (k, v) = part.trim().split_once('=')?;
-        match k {
-            "Credential" => credential = Some(v),
-            "SignedHeaders" => signed = Some(v),
-            "Signature" => signature = Some(v),
-            _ => {}
-        }
-    }
-    let mut scope = credential?.split('/');
-    let h = SigV4Header {
-        access_key_id: scope.next()?,
-        date: scope.next()?,
-        region: scope.next()?,
-        service: scope.next()?,
-        signed_headers: signed?.split(';').collect(),
-        signature: signature?,
-    };
-    (scope.next()? == "aws4_request").then_some(h)
-}
-
-/// Seconds since the epoch of an `x-amz-date` (`YYYYMMDDTHHMMSSZ`).
-fn amz_date_unix(d: &str) -> Option<i64> {
-    let n = |r: std::ops::Range<usize>| d.get(r)?.parse::<i64>().ok();
-    if d.len() != 16 || d.as_bytes()[8] != b'T' || d.as_bytes()[15] != b'Z' {
-        return None;
-    }
-    let (y, m, day) = (n(0..4)?, n(4..6)?, n(6..8)?);
-    let (hh, mm, ss) = (n(9..11)?, n(11..13)?, n(13..15)?);
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
-}
-
-/// The signature a request should carry, signed with `secret`.
-fn expected_signature(
-    parts: &Parts,
-    body: &[u8],
-    h: &SigV4Header<'_>,
-    amz_date: &str,
-    secret: &str,
-) -> String {
-    let query = parts.uri.query().unwrap_or("");
-    let mut pairs: Vec<(String, String)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (
-                uri_encode(&percent_decode(k), false),
-                uri_encode(&percent_decode(v), false),
-            )
-        })
-        .collect();
-    pairs.sort();
-    let canonical_query = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
-    let canonical_headers: String = h
-        .signed_headers
-        .iter()
-        .map(|name| {
-            let values: Vec<String> = parts
-                .headers
-                .get_all(*name)
-                .iter()
-                .map(|v| {
-                    String::from_utf8_lossy(v.as_bytes())
-                        .split_whitespace()
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .collect();
-            format!("{name}:{}\n", values.join(","))
-        })
-        .collect();
-    let payload_hash = parts
-        .headers
-        .get("x-amz-content-sha256")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| *v != "UNSIGNED-PAYLOAD")
-        .map_or_else(|| hex_sha256(body), str::to_owned);
-    let canonical_request = format!(
-        "{}\n{}\n{canonical_query}\n{canonical_headers}\n{}\n{payload_hash}",
-        parts.method,
-        uri_encode(parts.uri.path(), true),
-        h.signed_headers.join(";"),
-    );
-    let scope = format!("{}/{}/{}/aws4_request", h.date, h.region, h.service);
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex_sha256(canonical_request.as_bytes())
-    );
-    let k_date = hmac(format!("AWS4{secret}").as_bytes(), h.date.as_bytes());
-    let k_region = hmac(&k_date, h.region.as_bytes());
-    let k_service = hmac(&k_region, h.service.as_bytes());
-    let k_signing = hmac(&k_service, b"aws4_request");
-    hex::encode(hmac(&k_signing, to_sign.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn now_unix() -> i64 {
@@ -290,7 +104,7 @@ async fn identify(state: &AppState, parts: &Parts) -> Result<Identity, ApiError>
             )
         })?;
         let key = lookup(id.to_owned()).await?;
-        if !constant_time_eq(key.secret_access_key.as_bytes(), secret.as_bytes()) {
+        if !crate::sigv4::constant_time_eq(key.secret_access_key.as_bytes(), secret.as_bytes()) {
             return Err(denied(
                 "UnrecognizedClientException",
                 "The security token included in the request is invalid.",
@@ -298,58 +112,18 @@ async fn identify(state: &AppState, parts: &Parts) -> Result<Identity, ApiError>
         }
         return Ok(Identity::Checked(Caller { tenant: key.tenant }));
     }
-    let h = parse_sigv4(auth).ok_or_else(|| {
-        denied(
-            "IncompleteSignatureException",
-            "Authorization is neither AWS4-HMAC-SHA256 nor Bearer",
-        )
-    })?;
-    let amz_date = amz_date(parts)?;
-    let at = amz_date_unix(amz_date).ok_or_else(|| {
-        denied(
-            "IncompleteSignatureException",
-            "x-amz-date is not YYYYMMDDTHHMMSSZ",
-        )
-    })?;
-    if (now_unix() - at).abs() > MAX_SKEW_S || !amz_date.starts_with(h.date) {
-        return Err(denied(
-            "InvalidSignatureException",
-            "Signature expired: the request time is more than 15 minutes from the server's",
-        ));
-    }
-    if !h.signed_headers.contains(&"host") {
-        return Err(denied(
-            "IncompleteSignatureException",
-            "the host header must be signed",
-        ));
-    }
+    let h = crate::sigv4::header_of(parts).map_err(sig_denied)?;
+    crate::sigv4::check_headers(parts, &h, now_unix()).map_err(sig_denied)?;
     Ok(Identity::Signed(lookup(h.access_key_id.to_owned()).await?))
 }
 
-fn amz_date(parts: &Parts) -> Result<&str, ApiError> {
-    parts
-        .headers
-        .get("x-amz-date")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| denied("IncompleteSignatureException", "x-amz-date is missing"))
+fn sig_denied(e: crate::sigv4::SigV4Error) -> ApiError {
+    denied(e.error_type(), e.to_string())
 }
 
-/// Checks the signature of a request [`identify`] found signed with `key`.
+/// Checks the whole signature of a request [`identify`] found signed with `key`.
 fn verify(parts: &Parts, body: &[u8], key: &ignition_store::AccessKey) -> Result<Caller, ApiError> {
-    let auth = parts
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let h = parse_sigv4(auth)
-        .ok_or_else(|| denied("IncompleteSignatureException", "malformed signature"))?;
-    let want = expected_signature(parts, body, &h, amz_date(parts)?, &key.secret_access_key);
-    if !constant_time_eq(want.as_bytes(), h.signature.as_bytes()) {
-        return Err(denied(
-            "InvalidSignatureException",
-            "The request signature we calculated does not match the signature you provided.",
-        ));
-    }
+    crate::sigv4::verify(parts, body, &key.secret_access_key, now_unix()).map_err(sig_denied)?;
     Ok(Caller {
         tenant: key.tenant.clone(),
     })
@@ -397,51 +171,6 @@ pub(crate) async fn require(State(state): State<AppState>, req: Request, next: N
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// AWS's published SigV4 example (the "get-vanilla" request of the SigV4 test suite):
-    /// GET / on example.amazonaws.com, service "service", region us-east-1.
-    #[test]
-    fn the_published_example_verifies() {
-        let req = axum::http::Request::builder()
-            .method("GET")
-            .uri("/")
-            .header("host", "example.amazonaws.com")
-            .header("x-amz-date", "20150830T123600Z")
-            .body(())
-            .unwrap();
-        let (parts, ()) = req.into_parts();
-        let auth = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31";
-        let h = parse_sigv4(auth).unwrap();
-        let sig = expected_signature(
-            &parts,
-            b"",
-            &h,
-            "20150830T123600Z",
-            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-        );
-        assert_eq!(sig, h.signature);
-        // One changed byte of the secret, or of the path, and it does not.
-        let other = expected_signature(
-            &parts,
-            b"",
-            &h,
-            "20150830T123600Z",
-            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEX",
-        );
-        assert_ne!(other, h.signature);
-    }
-
-    #[test]
-    fn dates_and_encoding() {
-        assert_eq!(amz_date_unix("20150830T123600Z"), Some(1_440_938_160));
-        assert_eq!(amz_date_unix("2015-08-30"), None);
-        assert_eq!(
-            uri_encode("/2015-03-31/functions/arn:aws", true),
-            "/2015-03-31/functions/arn%3Aaws"
-        );
-        assert_eq!(uri_encode("a b/c", false), "a%20b%2Fc");
-        assert!(parse_sigv4("AWS4-HMAC-SHA256 Credential=AK/20150830/us-east-1/s/other, SignedHeaders=host, Signature=00").is_none());
-    }
 
     #[test]
     fn tenants_see_only_their_functions() {

@@ -26,6 +26,7 @@ mod functions;
 mod invoke;
 mod lambda;
 mod metrics;
+mod sigv4;
 mod versions;
 
 use std::sync::Arc;
