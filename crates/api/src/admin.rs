@@ -5,7 +5,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Operator};
 use crate::invoke::load_job;
 use crate::{ApiError, AppState};
 
@@ -52,7 +52,7 @@ pub(crate) async fn set_pool(
     pool_status(State(state), caller, Path(name)).await
 }
 
-pub(crate) async fn stats(State(state): State<AppState>) -> Json<Value> {
+pub(crate) async fn stats(_: Operator, State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "node": state.node_id,
         "cluster": state.node.stats().await,
@@ -61,7 +61,10 @@ pub(crate) async fn stats(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-pub(crate) async fn floor(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn floor(
+    _: Operator,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
     let d = state
         .worker
         .probe_floor()

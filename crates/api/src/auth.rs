@@ -28,11 +28,20 @@ const MAX_SIGNED_BODY: usize = crate::MAX_DEPLOY_BODY;
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The tenant.
+    /// The tenant (for an operator's key, [`ignition_store::OPERATOR`], which owns nothing).
     pub tenant: String,
+    /// Whether the caller may use node-wide endpoints (metrics, stats, the VMM floor probe).
+    pub operator: bool,
 }
 
 impl Caller {
+    fn of(key: &ignition_store::AccessKey) -> Self {
+        Self {
+            tenant: key.tenant.clone(),
+            operator: key.is_operator(),
+        }
+    }
+
     /// The stored name of the caller's function `name` (a name or an ARN).
     pub(crate) fn function(&self, name_or_arn: &str) -> Result<String, ApiError> {
         let name = crate::lambda::function_name(name_or_arn)?;
@@ -56,6 +65,27 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
                 "Missing Authentication Token",
             )
         })
+    }
+}
+
+/// A caller with an operator's key (`ignition key create --operator`): what node-wide
+/// endpoints take, so that a tenant's key gets 403 `AccessDeniedException` there.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Operator;
+
+impl<S: Send + Sync> FromRequestParts<S> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.operator {
+            Ok(Self)
+        } else {
+            Err(denied(
+                "AccessDeniedException",
+                "this endpoint is the operator's: it needs a key made by `ignition key create --operator`",
+            ))
+        }
     }
 }
 
@@ -110,7 +140,7 @@ async fn identify(state: &AppState, parts: &Parts) -> Result<Identity, ApiError>
                 "The security token included in the request is invalid.",
             ));
         }
-        return Ok(Identity::Checked(Caller { tenant: key.tenant }));
+        return Ok(Identity::Checked(Caller::of(&key)));
     }
     let h = crate::sigv4::header_of(parts).map_err(sig_denied)?;
     crate::sigv4::check_headers(parts, &h, now_unix()).map_err(sig_denied)?;
@@ -124,17 +154,17 @@ fn sig_denied(e: crate::sigv4::SigV4Error) -> ApiError {
 /// Checks the whole signature of a request [`identify`] found signed with `key`.
 fn verify(parts: &Parts, body: &[u8], key: &ignition_store::AccessKey) -> Result<Caller, ApiError> {
     crate::sigv4::verify(parts, body, &key.secret_access_key, now_unix()).map_err(sig_denied)?;
-    Ok(Caller {
-        tenant: key.tenant.clone(),
-    })
+    Ok(Caller::of(key))
 }
 
 /// The middleware: attaches the [`Caller`] or answers 403.
 pub(crate) async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if state.dev_mode || (req.method() == axum::http::Method::GET && req.uri().path() == "/") {
         let mut req = req;
+        // Development mode has no keys: its one caller is also its operator.
         let caller = Caller {
             tenant: DEFAULT_TENANT.to_owned(),
+            operator: state.dev_mode,
         };
         req.extensions_mut().insert(caller.clone());
         let mut resp = next.run(req).await;
@@ -176,9 +206,11 @@ mod tests {
     fn tenants_see_only_their_functions() {
         let acme = Caller {
             tenant: "acme".into(),
+            operator: false,
         };
         let dev = Caller {
             tenant: DEFAULT_TENANT.into(),
+            operator: true,
         };
         assert_eq!(acme.function("hello").unwrap(), "acme.hello");
         assert_eq!(dev.function("hello").unwrap(), "hello");

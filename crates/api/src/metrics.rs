@@ -134,7 +134,10 @@ fn i(v: u64) -> i64 {
 }
 
 /// `GET /metrics`.
-pub(crate) async fn render(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn render(
+    _: crate::auth::Operator,
+    State(state): State<AppState>,
+) -> impl IntoResponse {
     let m = &state.metrics;
     let w = state.worker.stats();
     for (name, v) in [

@@ -8,11 +8,20 @@ use anyhow::{Context, Result};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum KeyCommand {
-    /// Create an access key for a tenant; prints it once, with the token for the CLI.
+    /// Create an access key for a tenant, or an operator's key; prints it once, with the token
+    /// for the CLI.
     Create {
         /// The tenant whose functions the key reaches (1-16 of [a-z0-9]).
+        #[arg(
+            long,
+            required_unless_present = "operator",
+            conflicts_with = "operator"
+        )]
+        tenant: Option<String>,
+        /// An operator's key: node-wide endpoints (`/metrics`, `/v1/stats`, `/v1/floor`,
+        /// `ignition cluster status`), no tenant's functions.
         #[arg(long)]
-        tenant: String,
+        operator: bool,
         /// The server's data directory.
         #[arg(long, env = "IGNITION_DATA_DIR")]
         data_dir: Option<PathBuf>,
@@ -40,17 +49,27 @@ pub(crate) fn run(cmd: KeyCommand) -> Result<ExitCode> {
     match cmd {
         KeyCommand::Create {
             tenant,
+            operator,
             data_dir,
             json,
         } => {
-            let key = store(data_dir)?.create_key(&tenant)?;
+            let store = store(data_dir)?;
+            let key = match (tenant, operator) {
+                (Some(tenant), false) => store.create_key(&tenant)?,
+                _ => store.create_operator_key()?,
+            };
             let token = format!("{}:{}", key.access_key_id, key.secret_access_key);
             if json {
                 let mut v = serde_json::to_value(&key)?;
                 v["token"] = token.into();
+                v["operator"] = key.is_operator().into();
                 println!("{v}");
             } else {
-                println!("tenant:            {}", key.tenant);
+                if key.is_operator() {
+                    println!("role:              operator");
+                } else {
+                    println!("tenant:            {}", key.tenant);
+                }
                 println!("access key id:     {}", key.access_key_id);
                 println!("secret access key: {}", key.secret_access_key);
                 println!("CLI token:         IGNITION_TOKEN={token}");

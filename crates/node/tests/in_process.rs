@@ -535,3 +535,53 @@ async fn in_process_cluster_invocations_held_by_a_thief_that_stops_run_again_at_
     a.node.shutdown().await.unwrap();
     assert_eq!(guest.counters().live(), 0);
 }
+
+#[tokio::test]
+async fn in_process_node_wide_endpoints_need_an_operator_key() {
+    let n = start_with(InProcessGuest::new(), |c| c.api.dev = false).await;
+    let store = &n.node.state().store;
+    let tenant = store.create_key("acme").unwrap();
+    let operator = store.create_operator_key().unwrap();
+    let bearer = |k: &ignition_store::AccessKey| {
+        format!("Bearer {}:{}", k.access_key_id, k.secret_access_key)
+    };
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        (reqwest::Method::GET, "/metrics"),
+        (reqwest::Method::GET, "/v1/stats"),
+        (reqwest::Method::POST, "/v1/floor"),
+    ] {
+        let r = http
+            .request(method.clone(), n.url(path))
+            .header("authorization", bearer(&tenant))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "a tenant's key on {path}");
+        assert_eq!(r.headers()["x-amzn-ErrorType"], "AccessDeniedException");
+        let r = http
+            .request(method, n.url(path))
+            .header("authorization", bearer(&operator))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "the operator's key on {path}");
+    }
+    // The operator's key reaches no tenant's functions, and a tenant's works as before.
+    let r = http
+        .get(n.url("/v1/functions"))
+        .header("authorization", bearer(&tenant))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .put(n.url("/v1/functions/f"))
+        .header("authorization", bearer(&operator))
+        .json(&json!({"runtime": "python3", "handler": "echo.handler", "code": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "an operator owns no functions");
+    n.node.shutdown().await.unwrap();
+}

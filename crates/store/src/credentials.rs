@@ -7,6 +7,10 @@ use rusqlite::{params, OptionalExtension};
 
 use crate::sqlite::{now, Store, StoreError};
 
+/// What the tenant column holds for an operator's key: no tenant can have this name (tenants
+/// are `[a-z0-9]`), so it never reaches a tenant's functions.
+pub const OPERATOR: &str = ":operator";
+
 /// One access key.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AccessKey {
@@ -14,8 +18,15 @@ pub struct AccessKey {
     pub access_key_id: String,
     /// 40 characters.
     pub secret_access_key: String,
-    /// Whose functions it reaches.
+    /// Whose functions it reaches ([`OPERATOR`] for an operator's key).
     pub tenant: String,
+}
+
+impl AccessKey {
+    /// Whether this is an operator's key: node-wide endpoints, no tenant's functions.
+    pub fn is_operator(&self) -> bool {
+        self.tenant == OPERATOR
+    }
 }
 
 /// Checks a tenant name: 1 to 16 of `[a-z0-9]`; `runtime` is reserved.
@@ -37,6 +48,15 @@ impl Store {
     /// Creates a key for `tenant`.
     pub fn create_key(&self, tenant: &str) -> Result<AccessKey, StoreError> {
         validate_tenant(tenant).map_err(StoreError::Invalid)?;
+        self.insert_key(tenant)
+    }
+
+    /// Creates an operator's key.
+    pub fn create_operator_key(&self) -> Result<AccessKey, StoreError> {
+        self.insert_key(OPERATOR)
+    }
+
+    fn insert_key(&self, tenant: &str) -> Result<AccessKey, StoreError> {
         let mut rng = rand::thread_rng();
         let key = AccessKey {
             access_key_id: format!(

@@ -12,7 +12,7 @@ mod model;
 mod sqlite;
 mod versions;
 
-pub use credentials::{validate_tenant, AccessKey};
+pub use credentials::{validate_tenant, AccessKey, OPERATOR};
 pub use events::{Attempt, Event, KEEP_FAILED};
 pub use logs::{LogEntry, KEEP_LOGS, MAX_LOG_BYTES};
 pub use model::{

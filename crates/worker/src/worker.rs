@@ -273,7 +273,12 @@ impl Worker {
     }
 
     /// The VMM's own start-up time with no guest: the floor of a cold start on this host.
+    /// It counts against `--max-vms` like any VM (a caller cannot start VMMs beyond it).
     pub async fn probe_floor(&self) -> Result<Duration, ExecError> {
+        let _permit = Arc::clone(&self.admission)
+            .acquire_owned()
+            .await
+            .map_err(|_| ExecError::ShuttingDown)?;
         Ok(self.launcher.driver.probe_floor().await?)
     }
 

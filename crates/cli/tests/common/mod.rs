@@ -36,6 +36,8 @@ pub struct TestServer {
     pub data_dir: tempfile::TempDir,
     child: Option<Child>,
     http: reqwest::blocking::Client,
+    /// For node-wide endpoints (`/v1/stats`, `/metrics`): an operator's key on a secure server.
+    op_http: reqwest::blocking::Client,
 }
 
 fn free_port() -> u16 {
@@ -126,22 +128,26 @@ impl TestServer {
             run_dir,
             data_dir,
             child: Some(child),
+            op_http: http.clone(),
             http,
         };
         server.wait_ready();
         if !extra.contains(&"--dev") {
             // The harness's own requests (stats, pool) authenticate as tenant "harness".
-            let (id, secret) = server.create_key("harness");
-            let mut h = reqwest::header::HeaderMap::new();
-            h.insert(
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {id}:{secret}").parse().unwrap(),
-            );
-            server.http = reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .default_headers(h)
-                .build()
-                .unwrap();
+            let client = |(id, secret): (String, String)| {
+                let mut h = reqwest::header::HeaderMap::new();
+                h.insert(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {id}:{secret}").parse().unwrap(),
+                );
+                reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(300))
+                    .default_headers(h)
+                    .build()
+                    .unwrap()
+            };
+            server.http = client(server.create_key("harness"));
+            server.op_http = client(server.create_operator_key());
         }
         let stats = server.get_json("/v1/stats");
         server.network = stats["network"]["table"].as_str().map(|t| {
@@ -208,6 +214,26 @@ impl TestServer {
             String::from_utf8_lossy(&out.stderr)
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            v["access_key_id"].as_str().unwrap().to_owned(),
+            v["secret_access_key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Creates an operator's key in this server's store: (id, secret).
+    pub fn create_operator_key(&self) -> (String, String) {
+        let out = Command::new(BIN)
+            .args(["key", "create", "--json", "--operator", "--data-dir"])
+            .arg(self.data_dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["operator"], true);
         (
             v["access_key_id"].as_str().unwrap().to_owned(),
             v["secret_access_key"].as_str().unwrap().to_owned(),
@@ -283,7 +309,11 @@ impl TestServer {
 
     /// `GET path` as JSON.
     pub fn get_json(&self, path: &str) -> serde_json::Value {
-        json(self.http.get(format!("{}{path}", self.url)).send().unwrap()).2
+        let node_wide = ["/v1/stats", "/metrics", "/v1/floor"]
+            .iter()
+            .any(|p| path.starts_with(p));
+        let http = if node_wide { &self.op_http } else { &self.http };
+        json(http.get(format!("{}{path}", self.url)).send().unwrap()).2
     }
 
     /// The warm pool of `name` (the `pool` object of `GET /v1/functions/{name}/pool`).

@@ -34,8 +34,8 @@ use std::os::fd::RawFd;
 
 pub(crate) use cgroup::VmCgroup;
 pub use cgroup::{sweep, CgroupLimits, CpuPriority};
-pub(crate) use root::{vm_paths, JailRoot};
-pub(crate) use users::hand_over;
+pub(crate) use root::{vm_paths, Access, JailRoot};
+pub(crate) use users::{give, hand_over};
 pub use users::{VmmIdentity, VmmUsers, DEFAULT_FIRST_UID, DEFAULT_GID, DEFAULT_UID_COUNT};
 
 /// QEMU's seccomp options: its default filter plus denial of obsolete system calls, privilege

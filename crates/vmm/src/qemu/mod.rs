@@ -129,19 +129,40 @@ impl VmmDriver for QemuDriver {
         );
         let run_dir = RunDir::create(&self.config.run_dir, &id)?;
         let qmp_path = run_dir.join("qmp.sock");
-        let started = tokio::time::Instant::now();
-        let mut child = Command::new(&self.config.binary)
-            .args(args::floor(self.config.accel, 128, &qmp_path))
+        let binary = crate::process::resolve_binary(&self.config.binary);
+        let mut cmd = Command::new(&binary);
+        cmd.args(args::floor(self.config.accel, 128, &qmp_path))
             .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| VmmError::Spawn {
-                binary: self.config.binary.display().to_string(),
-                source,
-            })?;
+            .kill_on_drop(true);
+        // Jailed as a VM is (a tenant's request can start it): its own cgroup, root, user
+        // and QEMU's sandbox; the cgroup and root go when they are dropped below.
+        let (cgroup, root, user) = if self.config.jail {
+            cmd.args(["-sandbox", crate::jail::QEMU_SANDBOX]);
+            let cgroup = VmCgroup::create(&self.scope(), &id, CgroupLimits::for_vm(128, 1)).ok();
+            let mut paths = vec![(run_dir.join(""), crate::jail::Access::ReadWrite)];
+            if !binary.starts_with("/usr") && binary.is_absolute() {
+                paths.push((binary.clone(), crate::jail::Access::ReadOnly));
+            }
+            let root = JailRoot::prepare(&run_dir.join("root"), &paths, self.config.users.gid())?;
+            let user = self.config.users.next();
+            crate::jail::give(&run_dir.join(""), user)?;
+            (cgroup, Some(root), Some(user))
+        } else {
+            (None, None, None)
+        };
+        let procs = cgroup
+            .as_ref()
+            .map(VmCgroup::procs_files)
+            .unwrap_or_default();
+        crate::jail::confine(&mut cmd, self.config.jail, None, procs, root, user);
+        let started = tokio::time::Instant::now();
+        let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+            binary: self.config.binary.display().to_string(),
+            source,
+        })?;
         // QEMU creates the QMP socket during start-up; poll for it, then negotiate.
         let deadline = started + Duration::from_secs(10);
         let result = loop {
@@ -161,6 +182,7 @@ impl VmmDriver for QemuDriver {
         };
         let _ = child.start_kill();
         let _ = child.wait().await;
+        drop(cgroup);
         drop(run_dir);
         result
     }
