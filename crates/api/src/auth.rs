@@ -22,8 +22,6 @@ use crate::{blocking, ApiError, AppState};
 
 use ignition_types::FunctionId;
 pub use ignition_types::DEFAULT_TENANT;
-/// Bodies are read to hash them; no request is larger than a deploy.
-const MAX_SIGNED_BODY: usize = crate::MAX_DEPLOY_BODY;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,45 +155,114 @@ fn verify(parts: &Parts, body: &[u8], key: &ignition_store::AccessKey) -> Result
     Ok(Caller::of(key))
 }
 
-/// The middleware: attaches the [`Caller`] or answers 403.
+/// The middleware: attaches the [`Caller`] or answers 403. It is also where a request's body
+/// is read, once, and only after the caller is known (a stranger makes the node buffer
+/// nothing): at most the route's limit ([`body_limit`]) and within the node's body timeout,
+/// so that a client trickling its body cannot hold memory or a connection for long.
 pub(crate) async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if state.dev_mode || (req.method() == axum::http::Method::GET && req.uri().path() == "/") {
-        let mut req = req;
+    let (parts, body) = req.into_parts();
+    let open = parts.method == axum::http::Method::GET && parts.uri.path() == "/";
+    let (caller, bytes) = if state.dev_mode || open {
         // Development mode has no keys: its one caller is also its operator.
         let caller = Caller {
             tenant: DEFAULT_TENANT.to_owned(),
             operator: state.dev_mode,
         };
-        req.extensions_mut().insert(caller.clone());
-        let mut resp = next.run(req).await;
-        // For the access log, which runs outside this layer.
-        resp.extensions_mut().insert(caller);
-        return resp;
-    }
-    let (parts, body) = req.into_parts();
-    let (caller, body) = match identify(&state, &parts).await {
-        Err(e) => return e.into_response(),
-        Ok(Identity::Checked(caller)) => (caller, body),
-        Ok(Identity::Signed(key)) => {
-            let Ok(bytes) = to_bytes(body, MAX_SIGNED_BODY).await else {
-                return ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestTooLargeException",
-                    "request body too large",
-                )
-                .into_response();
-            };
-            match verify(&parts, &bytes, &key) {
-                Ok(caller) => (caller, Body::from(bytes)),
-                Err(e) => return e.into_response(),
+        match read_body(&parts, body, state.body_timeout).await {
+            Ok(bytes) => (caller, bytes),
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        match identify(&state, &parts).await {
+            Err(e) => return e.into_response(),
+            Ok(Identity::Checked(caller)) => {
+                match read_body(&parts, body, state.body_timeout).await {
+                    Ok(bytes) => (caller, bytes),
+                    Err(e) => return e.into_response(),
+                }
+            }
+            Ok(Identity::Signed(key)) => {
+                let bytes = match read_body(&parts, body, state.body_timeout).await {
+                    Ok(bytes) => bytes,
+                    Err(e) => return e.into_response(),
+                };
+                match verify(&parts, &bytes, &key) {
+                    Ok(caller) => (caller, bytes),
+                    Err(e) => return e.into_response(),
+                }
             }
         }
     };
-    let mut req = Request::from_parts(parts, body);
+    let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(caller.clone());
     let mut resp = next.run(req).await;
+    // For the access log, which runs outside this layer.
     resp.extensions_mut().insert(caller);
     resp
+}
+
+/// The largest body a route takes: an invocation's event (Lambda's 6 MiB, one byte more so
+/// that the invoke handler answers an oversized one in Lambda's words), a deploy's archive, or
+/// a small JSON document for everything else.
+pub(crate) fn body_limit(method: &axum::http::Method, path: &str) -> usize {
+    use axum::http::Method;
+    let invoke = path.ends_with("/invocations") || path.ends_with("/invoke");
+    let deploy = (*method == Method::PUT
+        && (path.starts_with("/v1/functions/") && path.matches('/').count() == 3
+            || path.ends_with("/code")
+            || path.ends_with("/configuration")))
+        || (*method == Method::POST && path.trim_end_matches('/') == "/2015-03-31/functions");
+    if invoke {
+        crate::MAX_INVOKE_PAYLOAD + 1
+    } else if deploy {
+        crate::MAX_DEPLOY_BODY
+    } else {
+        SMALL_BODY
+    }
+}
+
+/// Bodies of routes that take neither code nor events.
+const SMALL_BODY: usize = 1024 * 1024;
+
+async fn read_body(
+    parts: &Parts,
+    body: Body,
+    timeout: std::time::Duration,
+) -> Result<axum::body::Bytes, ApiError> {
+    let limit = body_limit(&parts.method, parts.uri.path());
+    let too_large = || {
+        let message = if limit == crate::MAX_INVOKE_PAYLOAD + 1 {
+            format!(
+                "Request must be smaller than {} bytes for the InvokeFunction operation",
+                crate::MAX_INVOKE_PAYLOAD
+            )
+        } else {
+            format!("the request body is over this operation's limit of {limit} bytes")
+        };
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLargeException",
+            message,
+        )
+    };
+    // A declared length over the limit is refused before a byte is read.
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(timeout, to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeoutException",
+            format!("the request body did not arrive within {timeout:?}"),
+        )),
+        Ok(Err(_)) => Err(too_large()),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
 }
 
 #[cfg(test)]

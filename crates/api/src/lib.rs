@@ -67,6 +67,8 @@ pub struct AppState {
     pub concurrency: Arc<Concurrency>,
     /// Local development mode: no authentication, every request is the default tenant's.
     pub dev_mode: bool,
+    /// How long a client may take to send a request's body once its headers are in.
+    pub body_timeout: std::time::Duration,
 }
 
 /// The router with every route.

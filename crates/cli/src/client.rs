@@ -20,12 +20,14 @@ impl Client {
             .url
             .clone()
             .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"));
-        let http = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder()
             // Invocations boot a VM and may run for the function's whole timeout (up to 900 s).
             .timeout(Duration::from_secs(960))
-            .default_headers(auth_headers()?)
-            .build()
-            .context("building the HTTP client")?;
+            .default_headers(auth_headers()?);
+        if let Some(ca) = ca_certificate(global)? {
+            builder = builder.add_root_certificate(ca);
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             http,
@@ -55,6 +57,17 @@ impl Client {
         }
         serde_json::from_slice(&bytes).with_context(|| format!("decoding the {what} answer"))
     }
+}
+
+/// The CA certificate `--ca-cert` (or `IGNITION_CA_CERT`) names, to trust besides the system's.
+pub(crate) fn ca_certificate(global: &crate::GlobalArgs) -> Result<Option<reqwest::Certificate>> {
+    let Some(path) = &global.ca_cert else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let cert = reqwest::Certificate::from_pem(&pem)
+        .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+    Ok(Some(cert))
 }
 
 /// `Authorization: Bearer ACCESS_KEY_ID:SECRET` from `IGNITION_TOKEN` (printed by

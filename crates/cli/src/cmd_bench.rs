@@ -180,7 +180,8 @@ pub(crate) fn run(args: BenchArgs, global: &crate::GlobalArgs) -> Result<ExitCod
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(bench(args, global.url.clone()))
+    let ca = crate::client::ca_certificate(global)?;
+    rt.block_on(bench(args, global.url.clone(), ca))
 }
 
 struct Loaded {
@@ -268,12 +269,20 @@ fn host_info() -> Value {
     json!({ "cpus": cpus, "kernel": kernel.trim(), "cpu_model": model })
 }
 
-async fn bench(args: BenchArgs, url: Option<String>) -> Result<ExitCode> {
+async fn bench(
+    args: BenchArgs,
+    url: Option<String>,
+    ca: Option<reqwest::Certificate>,
+) -> Result<ExitCode> {
     let base = url
         .unwrap_or_else(|| format!("http://{}", crate::client::DEFAULT_LISTEN))
         .trim_end_matches('/')
         .to_owned();
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder();
+    if let Some(ca) = ca {
+        http = http.add_root_certificate(ca);
+    }
+    let http = http
         .default_headers(crate::client::auth_headers()?)
         .timeout(Duration::from_secs(1800))
         .pool_max_idle_per_host(args.concurrency.max(1))

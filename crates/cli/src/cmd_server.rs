@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ignition_node::{
-    ApiSettings, ClusterSettings, ClusterTlsFiles, ImageSource, JailSettings, JailerChoice,
-    NetworkConfig, NetworkMode as NodeNetworkMode, NodeConfig, VmmChoice as NodeVmmChoice,
-    VmmConfig, WorkerLimits,
+    ApiSettings, ClusterSettings, ClusterTlsFiles, HttpSettings, ImageSource, JailSettings,
+    JailerChoice, NetworkConfig, NetworkMode as NodeNetworkMode, NodeConfig, TlsFiles,
+    VmmChoice as NodeVmmChoice, VmmConfig, WorkerLimits,
 };
 use ignition_vmm::Accel;
 
@@ -125,6 +125,25 @@ pub(crate) struct ServerArgs {
     /// This node's private key (PEM).
     #[arg(long, requires = "cluster_ca")]
     cluster_key: Option<PathBuf>,
+    /// Allow cluster traffic without mutual TLS on a non-loopback --cluster-addr (a network
+    /// only the nodes reach); without it such a node refuses to start.
+    #[arg(long)]
+    cluster_insecure: bool,
+    /// Serve the API over HTTPS only, with this certificate chain (PEM; with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Connections the API serves at once; more wait until one closes.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Seconds a client may take to send a request's headers (or a TLS handshake).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Seconds a client may take to send a request's body once its headers are in.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout: u64,
     /// VM networking: `builtin` (a namespace, tap and veth per VM, egress enforced with
     /// nftables; needs root), `cni` (the namespace's interface made by CNI plugins, see
     /// --cni-conf; egress still enforced by Ignition) or `none` (no network interface).
@@ -285,6 +304,19 @@ impl ServerArgs {
                 steal_probes: Some(self.steal_probes),
                 lease: Some(Duration::from_millis(self.lease_ms)),
                 tls,
+                insecure: self.cluster_insecure,
+            },
+            http: HttpSettings {
+                max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+                header_timeout: Duration::from_secs(self.header_timeout),
+                body_timeout: Duration::from_secs(self.body_timeout),
+                tls: match (&self.tls_cert, &self.tls_key) {
+                    (Some(cert), Some(key)) => Some(TlsFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    }),
+                    _ => None,
+                },
             },
             api: ApiSettings {
                 dev: self.dev,
@@ -300,6 +332,10 @@ impl ServerArgs {
 pub(crate) fn run(args: ServerArgs) -> Result<ExitCode> {
     crate::cmd_bench::raise_fd_limit();
     let config = args.node_config()?;
+    if let Err(unsafe_config) = config.check_safety() {
+        eprintln!("error: {unsafe_config}");
+        return Ok(ExitCode::from(2));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -37,6 +37,9 @@ pub(crate) struct GlobalArgs {
     /// The server's URL (default: the local server, http://127.0.0.1:7070).
     #[arg(long, env = "IGNITION_URL", global = true)]
     pub(crate) url: Option<String>,
+    /// A CA certificate (PEM) to trust for an `https://` --url, besides the system's.
+    #[arg(long, env = "IGNITION_CA_CERT", global = true, value_name = "FILE")]
+    pub(crate) ca_cert: Option<PathBuf>,
     /// How listings are printed.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub(crate) output: Output,

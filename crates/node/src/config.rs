@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub cluster: ClusterSettings,
     /// The API's policies.
     pub api: ApiSettings,
+    /// The API's server: connections, timeouts, TLS.
+    pub http: crate::HttpSettings,
 }
 
 impl NodeConfig {
@@ -47,7 +49,40 @@ impl NodeConfig {
             network: NetworkConfig::default(),
             cluster: ClusterSettings::default(),
             api: ApiSettings::default(),
+            http: crate::HttpSettings::default(),
         }
+    }
+
+    /// This node's cluster address: the one given, or with peers and none given, the API's
+    /// address with port + 1.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster.addr.or_else(|| {
+            (!self.cluster.peers.is_empty())
+                .then(|| SocketAddr::new(self.listen.ip(), self.listen.port().wrapping_add(1)))
+        })
+    }
+
+    /// Refuses a configuration that would open the node to anyone who reaches it: development
+    /// mode (no authentication) anywhere but on loopback, and cluster traffic in clear beyond
+    /// loopback unless the operator says the network is the nodes' own.
+    pub fn check_safety(&self) -> Result<(), crate::NodeError> {
+        if self.api.dev && !self.listen.ip().is_loopback() {
+            return Err(crate::NodeError::Config(format!(
+                "--dev turns authentication off, so it serves on loopback only, and {} is not: \
+                 listen on 127.0.0.1, or drop --dev and make access keys (ignition key create)",
+                self.listen
+            )));
+        }
+        if let Some(addr) = self.cluster_addr() {
+            if !addr.ip().is_loopback() && self.cluster.tls.is_none() && !self.cluster.insecure {
+                return Err(crate::NodeError::Config(format!(
+                    "cluster traffic on {addr} would be neither encrypted nor authenticated: pass \
+                     --cluster-ca, --cluster-cert and --cluster-key (ignition cluster certs makes \
+                     them), or --cluster-insecure on a network only the nodes reach"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -243,6 +278,8 @@ pub struct ClusterSettings {
     pub lease: Option<Duration>,
     /// Mutual TLS between nodes: the CA, this node's certificate and key (PEM files).
     pub tls: Option<ClusterTlsFiles>,
+    /// Allow cluster traffic in clear beyond loopback (a network only the nodes reach).
+    pub insecure: bool,
 }
 
 /// The files of mutual TLS between nodes.

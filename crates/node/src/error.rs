@@ -26,6 +26,12 @@ pub enum NodeError {
     /// The chosen hypervisor cannot run here.
     #[error("{0}")]
     Vmm(String),
+    /// The API's TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The configuration is unsafe or inconsistent; the message says what to change.
+    #[error("{0}")]
+    Config(String),
     /// A background task failed.
     #[error("a node task failed: {0}")]
     Task(String),

@@ -8,6 +8,7 @@
 
 mod config;
 mod error;
+mod http;
 mod vmm;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ pub use config::{
     NetworkConfig, NetworkMode, NodeConfig, VmmChoice, VmmConfig, WorkerLimits,
 };
 pub use error::NodeError;
+pub use http::{HttpSettings, TlsFiles};
 pub use vmm::resolve_vmm;
 
 /// A node that serves its API.
@@ -41,6 +43,8 @@ pub struct RunningNode {
 
 /// Starts a node: when this returns, the API answers at [`RunningNode::addr`].
 pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+    config.check_safety()?;
+    let tls = config.http.tls.as_ref().map(http::acceptor).transpose()?;
     std::fs::create_dir_all(&config.data_dir).map_err(NodeError::io(format!(
         "creating {}",
         config.data_dir.display()
@@ -100,7 +104,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let addr = listener
         .local_addr()
         .map_err(NodeError::io("reading the API's address"))?;
-    let cluster = cluster_config(&config.cluster, addr)?;
+    let cluster = cluster_config(&config, addr)?;
     let node = ignition_cluster::Node::start(
         ignition_cluster::NodeConfig {
             node_id: node_id.clone(),
@@ -121,6 +125,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         metrics: Arc::new(ignition_api::Metrics::default()),
         concurrency: ignition_api::Concurrency::new(api.max_concurrency, reserved),
         dev_mode: api.dev,
+        body_timeout: config.http.body_timeout,
         events: ignition_api::EventConfig {
             retries: api.async_retries,
             retry_delay: api.async_retry_delay,
@@ -134,14 +139,15 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     }
     let (stop, stopped) = oneshot::channel::<()>();
     let router = ignition_api::router(state.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    tracing::info!(listen = %addr, data_dir = %data_dir.display(), "ignition server ready");
+    let https = tls.is_some();
+    let server = tokio::spawn(http::serve(
+        listener,
+        router,
+        config.http.clone(),
+        tls,
+        stopped,
+    ));
+    tracing::info!(listen = %addr, https, data_dir = %data_dir.display(), "ignition server ready");
     Ok(RunningNode {
         addr,
         state,
@@ -257,9 +263,11 @@ async fn start_network(
 }
 
 fn cluster_config(
-    settings: &ClusterSettings,
+    config: &NodeConfig,
     api: SocketAddr,
 ) -> Result<Option<ignition_cluster::ClusterConfig>, NodeError> {
+    let settings = &config.cluster;
+    // With port 0 asked for the API, the port + 1 rule follows the port it got.
     let addr = settings.addr.or_else(|| {
         (!settings.peers.is_empty()).then(|| SocketAddr::new(api.ip(), api.port().wrapping_add(1)))
     });
