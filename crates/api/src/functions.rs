@@ -54,7 +54,10 @@ pub(crate) struct DeployRequest {
 const MAX_EGRESS_RULES: usize = 64;
 
 /// Parses and canonicalizes egress rules; the error names the field and the bad rule.
-fn parse_egress(rules: &[String]) -> Result<Vec<ignition_net::EgressRule>, ApiError> {
+fn parse_egress(
+    rules: &[String],
+    deny: &ignition_net::EgressDeny,
+) -> Result<Vec<ignition_net::EgressRule>, ApiError> {
     if rules.len() > MAX_EGRESS_RULES {
         return Err(ApiError::invalid(format!(
             "egress: {} rules; at most {MAX_EGRESS_RULES} are allowed",
@@ -64,6 +67,9 @@ fn parse_egress(rules: &[String]) -> Result<Vec<ignition_net::EgressRule>, ApiEr
     let mut parsed =
         ignition_net::parse_rules(rules).map_err(|e| ApiError::invalid(format!("egress: {e}")))?;
     parsed.dedup();
+    if let Some(why) = parsed.iter().find_map(|r| deny.refusal(r)) {
+        return Err(ApiError::invalid(format!("egress: {why}")));
+    }
     Ok(parsed)
 }
 
@@ -113,7 +119,7 @@ pub(crate) async fn put(
     let Json(req) =
         body.map_err(|e| ApiError::invalid(format!("bad deploy request: {}", e.body_text())))?;
     let runtime = Runtime::parse(&req.runtime).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let egress = parse_egress(&req.egress)?;
+    let egress = parse_egress(&req.egress, &state.egress_deny)?;
     let config = FunctionConfig {
         name: stored,
         runtime,

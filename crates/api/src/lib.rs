@@ -69,6 +69,8 @@ pub struct AppState {
     pub dev_mode: bool,
     /// How long a client may take to send a request's body once its headers are in.
     pub body_timeout: std::time::Duration,
+    /// What no function reaches: a rule that could only reach it is refused at deploy.
+    pub egress_deny: Arc<ignition_net::EgressDeny>,
 }
 
 /// The router with every route.

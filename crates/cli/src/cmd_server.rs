@@ -182,6 +182,13 @@ pub(crate) struct ServerArgs {
     /// in the store); beyond it an `Event` invoke gets 429 TooManyRequestsException.
     #[arg(long, default_value_t = 10_000)]
     max_queued_events: u64,
+    /// Destinations no function reaches, whatever its policy (CIDRs, IPv4 or IPv6; repeatable
+    /// or comma-separated). Given, it replaces the default list: loopback, 0.0.0.0/8, the
+    /// private ranges, 100.64.0.0/10, link-local (cloud metadata), multicast, 240.0.0.0/4, and
+    /// IPv6 loopback, ULA, link-local and multicast. The node's own addresses, its peers and
+    /// its listen addresses are denied whatever this says.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+    egress_deny: Option<Vec<ignition_net::DeniedNet>>,
     /// DNS resolver offered to guests whose egress policy reaches it (repeatable; default:
     /// the host's non-loopback resolvers).
     #[arg(long = "dns")]
@@ -294,6 +301,7 @@ impl ServerArgs {
                 vm_subnet: self.vm_subnet,
                 spare_networks: self.spare_networks,
                 dns: self.dns.clone(),
+                egress_deny: self.egress_deny.clone(),
             },
             cluster: ClusterSettings {
                 node_id: self.node_id.clone(),

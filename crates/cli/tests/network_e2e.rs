@@ -68,12 +68,21 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
 
 impl TestHost {
     fn create(ports: &[u16]) -> Self {
+        let n = HOSTS.load(Ordering::Relaxed);
+        let id = (std::process::id() % 1000) * 10 + n;
+        let octet = u8::try_from(id % 250).unwrap();
+        Self::create_at(
+            Ipv4Addr::new(198, 19, octet, 2),
+            Ipv4Addr::new(198, 19, octet, 1),
+            ports,
+        )
+    }
+
+    /// A test host at `addr`, the node at `node_addr` on their /24 link.
+    fn create_at(addr: Ipv4Addr, node_addr: Ipv4Addr, ports: &[u16]) -> Self {
         let n = HOSTS.fetch_add(1, Ordering::Relaxed);
         let id = (std::process::id() % 1000) * 10 + n;
         let (ns, host_if) = (format!("igtest-{id}"), format!("igth{id}"));
-        let octet = u8::try_from(id % 250).unwrap();
-        let node_addr = Ipv4Addr::new(198, 19, octet, 1);
-        let addr = Ipv4Addr::new(198, 19, octet, 2);
         // Leftovers of an earlier run with the same id, if any.
         for args in [["netns", "del", &ns], ["link", "del", &host_if]] {
             let _ = Command::new("ip")
@@ -354,6 +363,95 @@ fn vm_networks_are_removed_with_their_vms() {
         server.get_json("/v1/stats")["network"]["spares"] == 2
     });
     assert_eq!(host_links(&prefix).len(), 2, "{:?}", host_links(&prefix));
+    server.stop_and_check_clean();
+}
+
+#[test]
+fn protected_destinations_hold_against_the_widest_policy() {
+    let open = TestHost::create(&[8080]);
+    let listed = TestHost::create(&[8080]);
+    // A stand-in for a cloud's metadata service, at its address.
+    let metadata = TestHost::create_at(
+        Ipv4Addr::new(169, 254, 169, 254),
+        Ipv4Addr::new(169, 254, 169, 1),
+        &[80],
+    );
+    let node_service = TcpListener::bind("0.0.0.0:0").unwrap();
+    let node_port = node_service.local_addr().unwrap().port();
+    serve_forever(node_service);
+    // Each destination answers the node itself: what stops a VM is the policy alone.
+    for target in [
+        SocketAddr::from((open.addr, 8080)),
+        SocketAddr::from((listed.addr, 8080)),
+        SocketAddr::from((metadata.addr, 80)),
+    ] {
+        assert!(
+            TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_ok(),
+            "{target} serves"
+        );
+    }
+    let listed_net = {
+        let o = listed.addr.octets();
+        format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+    };
+    let pid = std::process::id();
+    let subnet = format!("10.{}.{}.0/25", 232 + pid % 8, (pid / 8) % 256);
+    let deny = format!("169.254.0.0/16,{listed_net}");
+    let server = TestServer::start(&["--vm-subnet", &subnet, "--egress-deny", &deny]);
+    server.deploy(
+        "wide",
+        "python3",
+        "app.handler",
+        &fixture(),
+        &["--timeout", "20", "--egress", "0.0.0.0/0:1-65535"],
+    );
+    let targets = [
+        format!("{}:8080", open.addr),
+        format!("{}:8080", listed.addr),
+        format!("{}:80", metadata.addr),
+        format!("{}:{node_port}", open.node_addr),
+        format!("{}:{node_port}", metadata.node_addr),
+    ];
+    let r = invoke_json(
+        &server,
+        "wide",
+        &json!({ "targets": targets, "timeout": 2 }),
+    );
+    let results = &r["results"];
+    assert_eq!(results[&targets[0]], "open", "an unprotected host: {r}");
+    for t in &targets[1..] {
+        assert_eq!(results[t], "timeout", "{t} is protected: {r}");
+    }
+    // Rules that could only reach a protected destination are refused at deploy.
+    for (rule, why) in [
+        (
+            "169.254.169.254/32:80/tcp".to_owned(),
+            "169.254.0.0/16".to_owned(),
+        ),
+        (format!("{}/32:8080/tcp", listed.addr), listed_net.clone()),
+        (
+            format!("{}/32:{node_port}/tcp", open.node_addr),
+            "an address of this node".to_owned(),
+        ),
+    ] {
+        let (status, _, body) = json(
+            server
+                .http()
+                .put(format!("{}/v1/functions/narrow", server.url))
+                .json(&json!({
+                    "runtime": "python3",
+                    "handler": "app.handler",
+                    "egress": [rule],
+                    "code": "",
+                }))
+                .send()
+                .unwrap(),
+        );
+        assert_eq!(status, 400, "{rule}: {body}");
+        assert_eq!(body["errorType"], "InvalidParameterValueException");
+        let msg = body["errorMessage"].as_str().unwrap_or_default();
+        assert!(msg.contains(&why), "{rule}: {body}");
+    }
     server.stop_and_check_clean();
 }
 

@@ -31,6 +31,7 @@ mod netns;
 pub mod nft;
 /// Egress rules are a domain type ([`ignition_types::egress`]); this crate enforces them.
 pub use ignition_types::egress as policy;
+pub mod protected;
 mod spares;
 mod tap;
 mod vmside;
@@ -47,6 +48,7 @@ use rtnetlink::{Handle, LinkUnspec};
 pub use addresses::SlotAddrs;
 pub use cni::CniConfig;
 pub use policy::{parse_rules, EgressRule, Ipv4Net, PolicyError, Protocol};
+pub use protected::{DeniedNet, EgressDeny, DEFAULT_EGRESS_DENY};
 
 use addresses::AddressPool;
 use nft::{Ruleset, VmPolicy};
@@ -98,6 +100,8 @@ pub struct NetConfig {
     /// Built-in networks kept made ahead of need (see the `spares` module); 0: each is made on its VM's
     /// path. Unused in CNI mode.
     pub spares: usize,
+    /// What no VM reaches, whatever its policy ([`protected`]).
+    pub deny: EgressDeny,
 }
 
 /// The address side of a guest's interface.
@@ -176,6 +180,9 @@ enum Link {
 #[derive(Debug)]
 pub struct Network {
     rules: Ruleset,
+    deny: EgressDeny,
+    /// The node's addresses as the rules hold them now.
+    node_addrs: Mutex<Vec<Ipv4Addr>>,
     if_prefix: String,
     tag: String,
     mode: Mode,
@@ -202,6 +209,8 @@ pub struct VmNet {
     guest: GuestNetwork,
     /// The VM's address as the host and other VMs see it.
     address: Ipv4Addr,
+    /// The set of its tenant's VM addresses.
+    tenant_set: String,
     released: bool,
     setup_us: u64,
 }
@@ -258,12 +267,23 @@ impl Network {
         } else {
             config.dns.clone()
         };
+        let if_prefix = format!("ig{}-", config.tag);
+        let subnet = matches!(mode, Mode::Builtin(_)).then_some(config.subnet);
+        let deny = match subnet {
+            Some(subnet) => config.deny.clone().with_vm_subnet(subnet, &if_prefix),
+            None => config.deny.clone(),
+        };
+        let node_addrs = deny.node_addresses();
         let net = Arc::new(Self {
             rules: Ruleset {
                 table: format!("ignition_{}", config.tag),
-                subnet: matches!(mode, Mode::Builtin(_)).then_some(config.subnet),
+                subnet,
+                denied: deny.v4(),
+                resolvers: resolvers.clone(),
             },
-            if_prefix: format!("ig{}-", config.tag),
+            deny,
+            node_addrs: Mutex::new(node_addrs.clone()),
+            if_prefix,
             tag: config.tag.clone(),
             mode,
             host,
@@ -277,12 +297,45 @@ impl Network {
             last_setup_us: AtomicU64::new(0),
         });
         net.sweep_links().await;
-        let base = net.rules.base();
+        let base = net.rules.base(&node_addrs);
         tokio::task::spawn_blocking(move || nft::apply(&base))
             .await
             .map_err(|e| NetError::Nft(format!("nft task: {e}")))??;
         net.refill_spares();
+        net.follow_node_addresses();
         Ok(net)
+    }
+
+    /// Keeps the rules' set of the node's own addresses equal to its interfaces' as they
+    /// change (an address added by DHCP, a new interface), checked every two seconds.
+    fn follow_node_addresses(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let Some(net) = weak.upgrade() else { return };
+                let now = net.deny.node_addresses();
+                let changed = {
+                    let mut held = net.node_addrs.lock().unwrap_or_else(|p| p.into_inner());
+                    (*held != now).then(|| std::mem::replace(&mut *held, now.clone()))
+                };
+                if changed.is_some() {
+                    let script = net.rules.set_node_addrs(&now);
+                    match tokio::task::spawn_blocking(move || nft::apply(&script)).await {
+                        Ok(Ok(())) => {
+                            tracing::info!(addresses = ?now, "the node's addresses changed; denied to VMs")
+                        }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "updating the node's addresses"),
+                        Err(e) => tracing::warn!(error = %e, "nft task"),
+                    }
+                }
+            }
+        });
+    }
+
+    /// What no VM of this node reaches, and why a rule is refused at deploy.
+    pub fn egress_deny(&self) -> &EgressDeny {
+        &self.deny
     }
 
     /// The nftables table this node's rules live in.
@@ -335,8 +388,12 @@ impl Network {
         }
     }
 
-    /// Makes a network for one VM with `egress` as its policy.
-    pub async fn attach(self: &Arc<Self>, egress: &[EgressRule]) -> Result<VmNet, NetError> {
+    /// Makes a network for one VM of `tenant` with `egress` as its policy.
+    pub async fn attach(
+        self: &Arc<Self>,
+        egress: &[EgressRule],
+        tenant: &str,
+    ) -> Result<VmNet, NetError> {
         let started = Instant::now();
         let mut vm = match &self.mode {
             Mode::Builtin(_) => {
@@ -358,6 +415,7 @@ impl Network {
                 self.attach_cni(config, index, egress).await?
             }
         };
+        vm.tenant_set = nft::tenant_set(tenant);
         self.attached.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.install_policy(&vm, egress).await {
             vm.release().await;
@@ -484,6 +542,7 @@ impl Network {
             netns: spare.netns,
             guest: self.guest_network(egress),
             address: spare.slot.guest,
+            tenant_set: String::new(),
             released: false,
             setup_us: 0,
         }
@@ -522,6 +581,7 @@ impl Network {
             },
             address: added.address,
             link: Link::Cni(Arc::new(added)),
+            tenant_set: String::new(),
             released: false,
             setup_us: 0,
         };
@@ -573,6 +633,8 @@ impl Network {
             host_if: &vm.host_if,
             guest: vm.address,
             rules: egress,
+            tenant_set: &vm.tenant_set,
+            dns: &vm.guest.dns,
         });
         tokio::task::spawn_blocking(move || nft::apply(&script))
             .await
@@ -642,7 +704,9 @@ impl VmNet {
             return;
         }
         let net = Arc::clone(&self.network);
-        let script = net.rules.remove_vm(self.index, &self.host_if, self.address);
+        let script = net
+            .rules
+            .remove_vm(self.index, &self.host_if, self.address, &self.tenant_set);
         match tokio::task::spawn_blocking(move || nft::apply(&script)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(vm_if = %self.host_if, error = %e, "removing VM rules"),
@@ -698,6 +762,7 @@ impl Drop for VmNet {
             netns: Arc::clone(&self.netns),
             guest: self.guest.clone(),
             address: self.address,
+            tenant_set: std::mem::take(&mut self.tenant_set),
             released: false,
             setup_us: self.setup_us,
         };

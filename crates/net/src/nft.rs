@@ -6,12 +6,18 @@
 //! the base chains do one lookup however many VMs run. The rules live in the host's namespace,
 //! where nothing in a guest can reach them.
 //!
-//! What the base chains enforce, for packets arriving from a VM's link:
-//! - forward: established flows pass; a new flow to a protected destination (the VM subnet,
-//!   so other VMs; loopback, link-local and metadata addresses; multicast and reserved space)
-//!   passes only by a rule naming a single address (a /32) that covers it; any other new flow
-//!   passes by any of the VM's rules; everything else, IPv6 included, is dropped;
-//! - input (the host itself and its services, the Ignition API included): only by a /32 rule;
+//! What the base chains enforce, for packets arriving from a VM's link, in this order:
+//! - established flows pass;
+//! - DNS (port 53) to the resolvers guests are given passes by the VM's rules, whatever range
+//!   the resolvers are in;
+//! - another VM's address passes only by a rule naming that one address (a /32), and only
+//!   between VMs of one tenant (a set of addresses per tenant);
+//! - the node itself (every address of its interfaces, followed as they change), its cluster
+//!   peers and its listen addresses: dropped, whatever the rules;
+//! - the denied ranges (`--egress-deny`, and the VM subnet): dropped, whatever the rules;
+//! - anything else passes by any of the VM's rules; what no rule allows, IPv6 included, is
+//!   dropped;
+//! - input (the host itself): only DNS to a resolver on the host, by the VM's rules;
 //! - towards a VM: only replies (no inbound connections); an address of the VM subnet that no
 //!   VM holds is never routed anywhere else;
 //! - postrouting: allowed traffic leaving the node is masqueraded.
@@ -30,15 +36,6 @@ use std::process::{Command, Stdio};
 use crate::policy::{EgressRule, Ipv4Net, Protocol};
 use crate::NetError;
 
-/// Destinations reachable only by a rule naming the address: beside the VM subnet itself.
-const PROTECTED: &[&str] = &[
-    "0.0.0.0/8",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "100.100.100.200/32",
-    "224.0.0.0/3",
-];
-
 /// Names of one node's rules.
 #[derive(Debug, Clone)]
 pub(crate) struct Ruleset {
@@ -47,6 +44,10 @@ pub(crate) struct Ruleset {
     /// The VM subnet the node assigns addresses from (built-in mode); with CNI the plugins'
     /// IPAM assigns them and each VM's address is protected one by one.
     pub(crate) subnet: Option<Ipv4Net>,
+    /// The denied ranges (the VM subnet among them).
+    pub(crate) denied: Vec<Ipv4Net>,
+    /// The resolvers guests may be given.
+    pub(crate) resolvers: Vec<Ipv4Addr>,
 }
 
 /// One VM's policy.
@@ -56,6 +57,43 @@ pub(crate) struct VmPolicy<'a> {
     pub(crate) host_if: &'a str,
     pub(crate) guest: Ipv4Addr,
     pub(crate) rules: &'a [EgressRule],
+    /// The set of the addresses of the VMs of the VM's tenant ([`tenant_set`]).
+    pub(crate) tenant_set: &'a str,
+    /// The resolvers the guest is given (reachable on port 53 whatever their range).
+    pub(crate) dns: &'a [Ipv4Addr],
+}
+
+/// The name of the set of a tenant's VM addresses: `t_` and the tenant's name where it is of
+/// `[a-z0-9]` (tenant names are), else a hash of it.
+pub(crate) fn tenant_set(tenant: &str) -> String {
+    if !tenant.is_empty()
+        && tenant.len() <= 32
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        format!("t_{tenant}")
+    } else {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tenant.hash(&mut h);
+        format!("t_x{:016x}", h.finish())
+    }
+}
+
+fn elements<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " elements = {{ {} }};",
+            items
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
 }
 
 fn rule_match(r: &EgressRule) -> String {
@@ -75,15 +113,11 @@ fn rule_match(r: &EgressRule) -> String {
 impl Ruleset {
     /// The whole table, replacing any table of the same name (left by an earlier server).
     /// VMs are recognized by their host-side interface (set `vm_ifs`), whatever named it.
-    pub(crate) fn base(&self) -> String {
+    pub(crate) fn base(&self, node_addrs: &[Ipv4Addr]) -> String {
         let t = &self.table;
-        let protected = self
-            .subnet
-            .iter()
-            .map(ToString::to_string)
-            .chain(PROTECTED.iter().map(|s| (*s).to_owned()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let denied = elements(&self.denied);
+        let node = elements(node_addrs);
+        let resolvers = elements(&self.resolvers);
         let (unassigned, nat) = match self.subnet {
             Some(net) => (
                 format!("\n    ip daddr {net} oifname != @vm_ifs drop"),
@@ -99,7 +133,9 @@ impl Ruleset {
             "add table inet {t}
 delete table inet {t}
 table inet {t} {{
-  set protected {{ type ipv4_addr; flags interval; elements = {{ {protected} }} }}
+  set denied {{ type ipv4_addr; flags interval; auto-merge;{denied} }}
+  set node_addrs {{ type ipv4_addr;{node} }}
+  set resolvers {{ type ipv4_addr;{resolvers} }}
   set vm_ifs {{ type ifname; }}
   set vm_addrs {{ type ipv4_addr; }}
   map general {{ type ifname : verdict; }}
@@ -108,8 +144,10 @@ table inet {t} {{
     type filter hook forward priority filter - 10; policy accept;
     iifname @vm_ifs ct state established,related accept
     oifname @vm_ifs ct state established,related accept{unassigned}
-    iifname @vm_ifs ip daddr @protected iifname vmap @explicit
+    iifname @vm_ifs ip daddr @resolvers meta l4proto {{ tcp, udp }} th dport 53 iifname vmap @general
     iifname @vm_ifs ip daddr @vm_addrs iifname vmap @explicit
+    iifname @vm_ifs ip daddr @node_addrs drop
+    iifname @vm_ifs ip daddr @denied drop
     iifname @vm_ifs iifname vmap @general
     iifname @vm_ifs drop
     oifname @vm_ifs drop
@@ -117,7 +155,7 @@ table inet {t} {{
   chain input {{
     type filter hook input priority filter - 10; policy accept;
     iifname @vm_ifs ct state established,related accept
-    iifname @vm_ifs iifname vmap @explicit
+    iifname @vm_ifs ip daddr @resolvers meta l4proto {{ tcp, udp }} th dport 53 iifname vmap @general
     iifname @vm_ifs drop
   }}
   chain postrouting {{
@@ -126,6 +164,21 @@ table inet {t} {{
 }}
 "
         )
+    }
+
+    /// Replaces the node's own addresses (they change with its interfaces).
+    pub(crate) fn set_node_addrs(&self, addrs: &[Ipv4Addr]) -> String {
+        let t = &self.table;
+        let mut s = format!("flush set inet {t} node_addrs\n");
+        if !addrs.is_empty() {
+            let list = addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(s, "add element inet {t} node_addrs {{ {list} }}");
+        }
+        s
     }
 
     /// Removes the table.
@@ -139,7 +192,8 @@ table inet {t} {{
     /// Adds one VM's chains and map entries.
     pub(crate) fn add_vm(&self, vm: &VmPolicy<'_>) -> String {
         let t = &self.table;
-        let mut s = String::new();
+        let tenant = vm.tenant_set;
+        let mut s = format!("add set inet {t} {tenant} {{ type ipv4_addr; }}\n");
         for (chain, explicit_only) in [
             (format!("vm-{}", vm.index), false),
             (format!("vmx-{}", vm.index), true),
@@ -147,6 +201,10 @@ table inet {t} {{
             let _ = writeln!(s, "add chain inet {t} {chain}");
             let _ = writeln!(s, "flush chain inet {t} {chain}");
             let _ = writeln!(s, "add rule inet {t} {chain} ip saddr != {} drop", vm.guest);
+            if explicit_only {
+                // Another VM is reached only within one tenant.
+                let _ = writeln!(s, "add rule inet {t} {chain} ip daddr != @{tenant} drop");
+            }
             for r in vm
                 .rules
                 .iter()
@@ -158,6 +216,11 @@ table inet {t} {{
         }
         let _ = writeln!(s, "add element inet {t} vm_ifs {{ \"{}\" }}", vm.host_if);
         let _ = writeln!(s, "add element inet {t} vm_addrs {{ {} }}", vm.guest);
+        let _ = writeln!(s, "add element inet {t} {tenant} {{ {} }}", vm.guest);
+        if !vm.dns.is_empty() {
+            let dns: Vec<String> = vm.dns.iter().map(ToString::to_string).collect();
+            let _ = writeln!(s, "add element inet {t} resolvers {{ {} }}", dns.join(", "));
+        }
         let _ = writeln!(
             s,
             "add element inet {t} general {{ \"{}\" : jump vm-{} }}",
@@ -172,11 +235,18 @@ table inet {t} {{
     }
 
     /// Removes one VM's set and map entries and its chains.
-    pub(crate) fn remove_vm(&self, index: u32, host_if: &str, guest: Ipv4Addr) -> String {
+    pub(crate) fn remove_vm(
+        &self,
+        index: u32,
+        host_if: &str,
+        guest: Ipv4Addr,
+        tenant_set: &str,
+    ) -> String {
         let t = &self.table;
         format!(
             "delete element inet {t} vm_ifs {{ \"{host_if}\" }}
 delete element inet {t} vm_addrs {{ {guest} }}
+delete element inet {t} {tenant_set} {{ {guest} }}
 delete element inet {t} general {{ \"{host_if}\" }}
 delete element inet {t} explicit {{ \"{host_if}\" }}
 flush chain inet {t} vm-{index}
@@ -243,16 +313,41 @@ mod tests {
         Ruleset {
             table: "ignition_t1".into(),
             subnet: Some("10.200.0.0/16".parse().unwrap()),
+            denied: ["10.0.0.0/8", "169.254.0.0/16", "10.200.0.0/16"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+            resolvers: vec!["10.0.0.53".parse().unwrap()],
         }
     }
 
     #[test]
     fn base_table_guards_host_vms_and_inbound() {
-        let b = rs().base();
-        assert!(b.contains("elements = { 10.200.0.0/16, 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16"));
-        assert!(b.contains("iifname @vm_ifs ip daddr @protected iifname vmap @explicit"));
-        assert!(b.contains("iifname @vm_ifs ip daddr @vm_addrs iifname vmap @explicit"));
+        let b = rs().base(&["192.0.2.7".parse().unwrap()]);
+        assert!(b.contains("set denied { type ipv4_addr; flags interval; auto-merge; elements = { 10.0.0.0/8, 169.254.0.0/16, 10.200.0.0/16 }; }"), "{b}");
+        assert!(
+            b.contains("set node_addrs { type ipv4_addr; elements = { 192.0.2.7 }; }"),
+            "{b}"
+        );
+        let order: Vec<usize> = [
+            "ip daddr @resolvers meta l4proto { tcp, udp } th dport 53 iifname vmap @general",
+            "ip daddr @vm_addrs iifname vmap @explicit",
+            "ip daddr @node_addrs drop",
+            "ip daddr @denied drop",
+            "iifname @vm_ifs iifname vmap @general",
+        ]
+        .iter()
+        .map(|r| b.find(r).unwrap_or_else(|| panic!("{r} missing: {b}")))
+        .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "DNS, VMs, node, denied, then the rules"
+        );
         assert!(b.contains("chain input {"));
+        assert!(
+            !b[b.find("chain input").unwrap()..].contains("vmap @explicit"),
+            "no rule opens the host"
+        );
         assert!(b.contains("oifname @vm_ifs drop"));
         assert!(b.contains("ip daddr 10.200.0.0/16 oifname != @vm_ifs drop"));
         assert!(b.contains("ip saddr 10.200.0.0/16 oifname != @vm_ifs masquerade"));
@@ -260,10 +355,11 @@ mod tests {
             subnet: None,
             ..rs()
         }
-        .base();
+        .base(&[]);
         assert!(cni.contains("ip saddr @vm_addrs oifname != @vm_ifs masquerade"));
-        assert!(!cni.contains("10.200.0.0/16"));
-        assert!(cni.contains("elements = { 0.0.0.0/8,"));
+        assert!(cni.contains("set node_addrs { type ipv4_addr; }"));
+        let update = rs().set_node_addrs(&["192.0.2.8".parse().unwrap()]);
+        assert_eq!(update, "flush set inet ignition_t1 node_addrs\nadd element inet ignition_t1 node_addrs { 192.0.2.8 }\n");
     }
 
     #[test]
@@ -277,6 +373,8 @@ mod tests {
             host_if: "igt1-7",
             guest: "10.200.0.30".parse().unwrap(),
             rules: &rules,
+            tenant_set: &tenant_set("acme"),
+            dns: &[],
         });
         let rules_of = |chain: &str| -> Vec<&str> {
             let prefix = format!("add rule inet ignition_t1 {chain} ");
@@ -294,6 +392,13 @@ mod tests {
         ));
         assert!(explicit.iter().any(|l| l.ends_with("udp dport 53 accept")));
         assert!(
+            explicit
+                .iter()
+                .any(|l| l.ends_with("ip daddr != @t_acme drop")),
+            "another VM only within the tenant: {s}"
+        );
+        assert!(s.contains("add element inet ignition_t1 t_acme { 10.200.0.30 }"));
+        assert!(
             !explicit.iter().any(|l| l.contains("0.0.0.0/0")),
             "a broad rule never opens the host or other VMs: {s}"
         );
@@ -304,7 +409,8 @@ mod tests {
         assert!(s.contains("add element inet ignition_t1 general { \"igt1-7\" : jump vm-7 }"));
         assert!(s.contains("add element inet ignition_t1 vm_ifs { \"igt1-7\" }"));
         assert!(s.contains("add element inet ignition_t1 vm_addrs { 10.200.0.30 }"));
-        let r = rs().remove_vm(7, "igt1-7", "10.200.0.30".parse().unwrap());
+        let r = rs().remove_vm(7, "igt1-7", "10.200.0.30".parse().unwrap(), "t_acme");
+        assert!(r.contains("delete element inet ignition_t1 t_acme { 10.200.0.30 }"));
         assert!(r.contains("delete chain inet ignition_t1 vmx-7"));
         assert!(r.contains("delete element inet ignition_t1 vm_addrs { 10.200.0.30 }"));
     }

@@ -28,6 +28,7 @@ fn host_links(prefix: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_network_is_made_whole_and_removed_without_a_trace() {
     let net = Network::start(NetConfig {
+        deny: ignition_net::EgressDeny::default(),
         subnet: "10.251.0.0/28".parse().unwrap(),
         cni: None,
         tag: "nt1".into(),
@@ -40,10 +41,10 @@ async fn a_vm_network_is_made_whole_and_removed_without_a_trace() {
     let rules = parse_rules(&["198.18.9.53/32:53/udp", "198.18.9.0/24:8080/tcp"]).unwrap();
     let mut vms = Vec::new();
     for _ in 0..4 {
-        vms.push(net.attach(&rules).await.unwrap());
+        vms.push(net.attach(&rules, "test").await.unwrap());
     }
     assert!(
-        net.attach(&rules)
+        net.attach(&rules, "test")
             .await
             .unwrap_err()
             .to_string()
@@ -128,6 +129,7 @@ async fn a_vm_network_is_made_whole_and_removed_without_a_trace() {
 #[tokio::test]
 async fn bad_configuration_is_refused_with_a_reason() {
     let err = Network::start(NetConfig {
+        deny: ignition_net::EgressDeny::default(),
         subnet: "10.251.1.0/31".parse().unwrap(),
         cni: None,
         tag: "nt2".into(),
@@ -139,6 +141,7 @@ async fn bad_configuration_is_refused_with_a_reason() {
     .unwrap_err();
     assert!(err.to_string().contains("smaller than a /30"), "{err}");
     let err = Network::start(NetConfig {
+        deny: ignition_net::EgressDeny::default(),
         subnet: "10.251.1.0/24".parse().unwrap(),
         cni: None,
         tag: "Bad-Tag".into(),
@@ -154,6 +157,7 @@ async fn bad_configuration_is_refused_with_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spare_networks_are_made_ahead_used_once_and_removed() {
     let net = Network::start(NetConfig {
+        deny: ignition_net::EgressDeny::default(),
         subnet: "10.251.2.0/27".parse().unwrap(),
         cni: None,
         tag: "nt3".into(),
@@ -180,7 +184,7 @@ async fn spare_networks_are_made_ahead_used_once_and_removed() {
     assert_eq!(made_ahead.len(), 2, "{made_ahead:?}");
     assert_eq!(net.stats().active, 0, "spares are not VM networks");
     let rules = parse_rules(&["198.18.9.0/24:8080/tcp"]).unwrap();
-    let mut vm = net.attach(&rules).await.unwrap();
+    let mut vm = net.attach(&rules, "test").await.unwrap();
     assert!(
         made_ahead.contains(&vm.host_interface().to_owned()),
         "a VM takes a spare: {} not in {made_ahead:?}",
@@ -195,7 +199,7 @@ async fn spare_networks_are_made_ahead_used_once_and_removed() {
     until_spares(2).await;
     let now = host_links("ignt3-");
     assert_eq!(now.len(), 3, "{now:?}");
-    let mut second = net.attach(&rules).await.unwrap();
+    let mut second = net.attach(&rules, "test").await.unwrap();
     assert_ne!(second.host_interface(), vm.host_interface());
     assert_ne!(second.address(), vm.address());
     vm.release().await;

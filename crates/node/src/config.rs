@@ -245,6 +245,10 @@ pub struct NetworkConfig {
     pub spare_networks: usize,
     /// Resolvers offered to guests (empty: the host's non-loopback ones).
     pub dns: Vec<Ipv4Addr>,
+    /// Destinations no function reaches (`--egress-deny`); `None`: the default list
+    /// ([`ignition_net::DEFAULT_EGRESS_DENY`]). The node itself, its peers and its listen
+    /// addresses are denied in any case.
+    pub egress_deny: Option<Vec<ignition_net::DeniedNet>>,
 }
 
 impl Default for NetworkConfig {
@@ -255,6 +259,7 @@ impl Default for NetworkConfig {
                 .unwrap_or(ignition_net::Ipv4Net::ZERO),
             spare_networks: 2,
             dns: Vec::new(),
+            egress_deny: None,
         }
     }
 }

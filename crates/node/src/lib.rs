@@ -71,7 +71,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     tracing::info!(vmm = driver.name(), image = %image.id, "microVM driver ready");
     driver.sweep();
 
-    let network = start_network(&config, &run_dir).await?;
+    let deny = egress_deny(&config);
+    let network = start_network(&config, &run_dir, deny.clone()).await?;
+    let egress_deny = Arc::new(network.as_ref().map_or(deny, |n| n.egress_deny().clone()));
     let limits = &config.worker;
     let worker = Worker::new(
         Arc::clone(&driver),
@@ -126,6 +128,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         concurrency: ignition_api::Concurrency::new(api.max_concurrency, reserved),
         dev_mode: api.dev,
         body_timeout: config.http.body_timeout,
+        egress_deny,
         events: ignition_api::EventConfig {
             retries: api.async_retries,
             retry_delay: api.async_retry_delay,
@@ -231,9 +234,35 @@ async fn guest_image(source: ImageSource) -> Result<ignition_image::GuestImage, 
     }
 }
 
+/// What no function of this node reaches: the operator's ranges (or the default list) and,
+/// whatever they say, the node's listen addresses and its cluster peers (by `--peers`).
+fn egress_deny(config: &NodeConfig) -> ignition_net::EgressDeny {
+    use std::net::{IpAddr, ToSocketAddrs};
+    let base = match &config.network.egress_deny {
+        Some(list) => ignition_net::EgressDeny::new(list.clone()),
+        None => ignition_net::EgressDeny::default(),
+    };
+    let peers = config
+        .cluster
+        .peers
+        .iter()
+        .filter_map(|p| p.to_socket_addrs().ok())
+        .flatten();
+    let addrs = [Some(config.listen), config.cluster_addr()]
+        .into_iter()
+        .flatten()
+        .chain(peers)
+        .filter_map(|a| match a.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        });
+    base.with_always(addrs)
+}
+
 async fn start_network(
     config: &NodeConfig,
     run_dir: &Path,
+    deny: ignition_net::EgressDeny,
 ) -> Result<Option<Arc<ignition_net::Network>>, NodeError> {
     let net = &config.network;
     let cni = match &net.mode {
@@ -251,6 +280,7 @@ async fn start_network(
         dns: net.dns.clone(),
         tap_group: config.vmm.jail.gid,
         spares: net.spare_networks,
+        deny,
     })
     .await
     .map_err(NodeError::Network)?;

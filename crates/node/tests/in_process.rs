@@ -585,3 +585,34 @@ async fn in_process_node_wide_endpoints_need_an_operator_key() {
     assert_eq!(r.status(), 400, "an operator owns no functions");
     n.node.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn in_process_rules_that_only_reach_protected_destinations_are_refused_at_deploy() {
+    let n = start_with(InProcessGuest::new(), |_| {}).await;
+    for (rule, range) in [
+        ("169.254.169.254/32:80/tcp", "169.254.0.0/16"),
+        ("10.1.0.0/16:5432", "10.0.0.0/8"),
+        ("192.168.1.10/32:22", "192.168.0.0/16"),
+        ("127.0.0.1/32:7070", "127.0.0.0/8"),
+    ] {
+        let r = deploy(&n, "f", "echo.handler", json!({ "egress": [rule] })).await;
+        assert_eq!(r.status(), 400, "{rule}");
+        assert_eq!(
+            r.headers()["x-amzn-ErrorType"],
+            "InvalidParameterValueException"
+        );
+        let body: Value = r.json().await.unwrap();
+        let msg = body["errorMessage"].as_str().unwrap();
+        assert!(msg.contains(range), "{rule}: {msg}");
+    }
+    // A wider rule is accepted: the protected ranges are carved out of it on the host.
+    let r = deploy(
+        &n,
+        "f",
+        "echo.handler",
+        json!({ "egress": ["0.0.0.0/0:443/tcp"] }),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    n.node.shutdown().await.unwrap();
+}

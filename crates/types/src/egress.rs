@@ -88,6 +88,11 @@ impl Ipv4Net {
         u32::from(ip) & self.mask() == u32::from(self.addr)
     }
 
+    /// Whether every address of `other` is in this network.
+    pub fn covers(&self, other: &Ipv4Net) -> bool {
+        other.prefix >= self.prefix && self.contains(other.addr)
+    }
+
     /// Whether the network is one address (a /32): a rule names that address explicitly.
     pub fn is_single(&self) -> bool {
         self.prefix == 32

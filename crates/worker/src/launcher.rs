@@ -30,6 +30,11 @@ pub(crate) struct FunctionRef {
 }
 
 impl FunctionRef {
+    /// The function's tenant: its VMs reach other VMs of that tenant only.
+    pub(crate) fn tenant(&self) -> String {
+        ignition_types::FunctionId::from_stored(&self.spec.name).tenant
+    }
+
     /// The key of the function's snapshot and of its warm slots: everything that, changed,
     /// makes them wrong. The egress policy is in it because a warm slot's network carries it.
     pub(crate) fn snapshot_key(&self, image_id: &str) -> String {
@@ -162,9 +167,10 @@ impl Launcher {
         source: VmSource,
         memory_mib: u32,
         egress: &[EgressRule],
+        tenant: &str,
     ) -> Result<(VmSpec, Option<VmNet>), ExecError> {
         let net = match &self.config.network {
-            Some(network) => Some(network.attach(egress).await?),
+            Some(network) => Some(network.attach(egress, tenant).await?),
             None => None,
         };
         let spec = VmSpec {
@@ -216,6 +222,7 @@ impl Launcher {
                 },
                 memory_mib,
                 &function.egress,
+                &function.tenant(),
             )
             .await?;
         let (vm, net) = self.start(&spec, net).await?;
@@ -344,6 +351,7 @@ impl Launcher {
                 },
                 memory_mib,
                 &[],
+                "",
             )
             .await?;
         let (vm, net) = self.start(&spec, net).await?;
@@ -402,6 +410,7 @@ impl Launcher {
                     },
                     memory_mib,
                     &[],
+                    "",
                 )
                 .await?;
             let (vm, net) = self.start(&spec, net).await?;
@@ -454,6 +463,7 @@ impl Launcher {
                 },
                 memory_mib,
                 &function.egress,
+                &function.tenant(),
             )
             .await?;
         let spec = VmSpec { priority, ..spec };
