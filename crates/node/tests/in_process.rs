@@ -364,24 +364,12 @@ async fn in_process_cluster_idle_node_steals_queued_invocations() {
             .status(),
         201
     );
-    let calls: Vec<_> = (0..6)
-        .map(|_| {
-            let url = a.url("/2015-03-31/functions/slow/invocations");
-            tokio::spawn(async move {
-                let r = reqwest::Client::new()
-                    .post(url)
-                    .json(&json!({"ms": 400}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
-                r.headers()["x-ignition-node"].to_str().unwrap().to_owned()
-            })
-        })
-        .collect();
+    let calls = spawn_sleeps(&a, "slow", 6, 400);
     let mut ran_on = Vec::new();
     for c in calls {
-        ran_on.push(c.await.unwrap());
+        let (status, node) = c.await.unwrap();
+        assert_eq!(status, 200);
+        ran_on.push(node);
     }
     assert!(
         ran_on.iter().any(|n| n == "b"),
@@ -391,6 +379,31 @@ async fn in_process_cluster_idle_node_steals_queued_invocations() {
     b.node.shutdown().await.unwrap();
     a.node.shutdown().await.unwrap();
     assert_eq!(guest.counters().live(), 0);
+}
+
+/// `n` invocations of the sleeping function `name` at `node` at once, each `ms` long: each
+/// task answers the status and the node that ran it.
+fn spawn_sleeps(
+    node: &TestNode,
+    name: &str,
+    n: usize,
+    ms: u64,
+) -> Vec<tokio::task::JoinHandle<(reqwest::StatusCode, String)>> {
+    (0..n)
+        .map(|_| {
+            let url = node.url(&format!("/2015-03-31/functions/{name}/invocations"));
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .json(&json!({ "ms": ms }))
+                    .send()
+                    .await
+                    .unwrap();
+                let ran_on = r.headers()["x-ignition-node"].to_str().unwrap().to_owned();
+                (r.status(), ran_on)
+            })
+        })
+        .collect()
 }
 
 fn free_addr() -> SocketAddr {
@@ -484,23 +497,7 @@ async fn in_process_cluster_invocations_held_by_a_thief_that_stops_run_again_at_
             .status(),
         201
     );
-    let calls: Vec<_> = (0..5)
-        .map(|_| {
-            let url = a.url("/2015-03-31/functions/slow/invocations");
-            tokio::spawn(async move {
-                let r = reqwest::Client::new()
-                    .post(url)
-                    .json(&json!({"ms": 1500}))
-                    .send()
-                    .await
-                    .unwrap();
-                (
-                    r.status(),
-                    r.headers()["x-ignition-node"].to_str().unwrap().to_owned(),
-                )
-            })
-        })
-        .collect();
+    let calls = spawn_sleeps(&a, "slow", 5, 1500);
     // Wait until b holds stolen work, then stop it mid-invocation.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

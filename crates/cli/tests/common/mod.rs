@@ -203,27 +203,21 @@ impl TestServer {
 
     /// Creates an access key for `tenant` in this server's store: (id, secret).
     pub fn create_key(&self, tenant: &str) -> (String, String) {
-        let out = Command::new(BIN)
-            .args(["key", "create", "--json", "--tenant", tenant, "--data-dir"])
-            .arg(self.data_dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        (
-            v["access_key_id"].as_str().unwrap().to_owned(),
-            v["secret_access_key"].as_str().unwrap().to_owned(),
-        )
+        self.key_create(&["--tenant", tenant]).0
     }
 
     /// Creates an operator's key in this server's store: (id, secret).
     pub fn create_operator_key(&self) -> (String, String) {
+        let (key, doc) = self.key_create(&["--operator"]);
+        assert_eq!(doc["operator"], true);
+        key
+    }
+
+    fn key_create(&self, role: &[&str]) -> ((String, String), serde_json::Value) {
         let out = Command::new(BIN)
-            .args(["key", "create", "--json", "--operator", "--data-dir"])
+            .args(["key", "create", "--json"])
+            .args(role)
+            .arg("--data-dir")
             .arg(self.data_dir.path())
             .output()
             .unwrap();
@@ -233,11 +227,11 @@ impl TestServer {
             String::from_utf8_lossy(&out.stderr)
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["operator"], true);
-        (
+        let key = (
             v["access_key_id"].as_str().unwrap().to_owned(),
             v["secret_access_key"].as_str().unwrap().to_owned(),
-        )
+        );
+        (key, v)
     }
 
     /// Runs the CLI against this server with `IGNITION_TOKEN` set.
