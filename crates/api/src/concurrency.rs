@@ -28,6 +28,8 @@ struct Counts {
 #[derive(Debug)]
 pub struct Concurrency {
     limit: u32,
+    /// What reservations must leave to functions without one (Lambda keeps 100 per account).
+    min_unreserved: u32,
     counts: Mutex<Counts>,
 }
 
@@ -64,10 +66,12 @@ fn throttled(reason: &'static str, message: String) -> ApiError {
 }
 
 impl Concurrency {
-    /// At most `limit` invocations at once on the node; reservations from the store.
-    pub fn new(limit: u32, reserved: HashMap<String, u32>) -> Arc<Self> {
+    /// At most `limit` invocations at once on the node, of which reservations may take all but
+    /// `min_unreserved`; reservations from the store.
+    pub fn new(limit: u32, min_unreserved: u32, reserved: HashMap<String, u32>) -> Arc<Self> {
         Arc::new(Self {
             limit,
+            min_unreserved: min_unreserved.min(limit),
             counts: Mutex::new(Counts {
                 reserved,
                 ..Counts::default()
@@ -121,10 +125,11 @@ impl Concurrency {
                 .filter(|(f, _)| f.as_str() != function)
                 .map(|(_, v)| v)
                 .sum();
-            if others.saturating_add(r) > self.limit {
+            if others.saturating_add(r) > self.limit.saturating_sub(self.min_unreserved) {
                 return Err(ApiError::invalid(format!(
-                    "ReservedConcurrentExecutions: {r} would reserve more than the node's {} (already reserved: {others})",
-                    self.limit
+                    "Specified ReservedConcurrentExecutions for function decreases account's \
+                     UnreservedConcurrentExecution below its minimum value of [{}].",
+                    self.min_unreserved
                 )));
             }
             c.reserved.insert(function.to_owned(), r);
@@ -203,7 +208,7 @@ mod tests {
 
     #[test]
     fn reservations_cap_their_function_and_are_held_back_from_the_rest() {
-        let c = Concurrency::new(3, HashMap::from([("r".to_owned(), 1)]));
+        let c = Concurrency::new(3, 0, HashMap::from([("r".to_owned(), 1)]));
         let r1 = c.acquire("r").unwrap();
         let e = c.acquire("r").unwrap_err();
         assert_eq!(
@@ -222,10 +227,32 @@ mod tests {
             "cannot reserve beyond the node"
         );
         c.set("r", None).unwrap();
-        let zero = Concurrency::new(5, HashMap::from([("off".to_owned(), 0)]));
+        let zero = Concurrency::new(5, 1, HashMap::from([("off".to_owned(), 0)]));
         assert!(
             zero.acquire("off").is_err(),
             "reserved 0 throttles every invocation"
+        );
+    }
+
+    #[test]
+    fn reservations_leave_the_unreserved_floor_to_everyone_else() {
+        let c = Concurrency::new(10, 1, HashMap::new());
+        let e = c.set("greedy", Some(10)).unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.error_type),
+            (400, "InvalidParameterValueException")
+        );
+        assert!(
+            e.message.contains("below its minimum value of [1]"),
+            "{}",
+            e.message
+        );
+        // With the greedy reservation refused, others are still served.
+        let _other = c.acquire("other").unwrap();
+        c.set("greedy", Some(9)).unwrap();
+        assert!(
+            c.set("second", Some(1)).is_err(),
+            "the floor counts every reservation"
         );
     }
 }

@@ -170,6 +170,11 @@ pub(crate) struct ServerArgs {
     /// beyond a function's reserved concurrency, invokes get 429 TooManyRequestsException.
     #[arg(long, default_value_t = 1000)]
     max_concurrency: u32,
+    /// Invocations that functions' reserved concurrency must leave to functions without one; a
+    /// reservation that would leave fewer is refused (default: 10% of --max-concurrency, at
+    /// least 1).
+    #[arg(long)]
+    min_unreserved: Option<u32>,
     /// Retries of a failed asynchronous invocation (`X-Amz-Invocation-Type: Event`) before it
     /// goes to the function's failed events.
     #[arg(long, default_value_t = 2)]
@@ -329,6 +334,7 @@ impl ServerArgs {
             api: ApiSettings {
                 dev: self.dev,
                 max_concurrency: self.max_concurrency,
+                min_unreserved: self.min_unreserved,
                 async_retries: self.async_retries,
                 async_retry_delay: Duration::from_millis(self.async_retry_delay_ms),
                 max_queued_events: self.max_queued_events,

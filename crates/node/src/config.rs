@@ -305,6 +305,9 @@ pub struct ApiSettings {
     pub dev: bool,
     /// Invocations accepted at once.
     pub max_concurrency: u32,
+    /// What reserved concurrency must leave to functions without a reservation (default: 10%
+    /// of `max_concurrency`, at least 1).
+    pub min_unreserved: Option<u32>,
     /// Retries of a failed asynchronous invocation.
     pub async_retries: u32,
     /// Delay before the first retry of an asynchronous invocation.
@@ -318,6 +321,7 @@ impl Default for ApiSettings {
         Self {
             dev: false,
             max_concurrency: 1000,
+            min_unreserved: None,
             async_retries: 2,
             async_retry_delay: Duration::from_secs(1),
             max_queued_events: 10_000,

@@ -125,7 +125,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         node,
         node_id,
         metrics: Arc::new(ignition_api::Metrics::default()),
-        concurrency: ignition_api::Concurrency::new(api.max_concurrency, reserved),
+        concurrency: ignition_api::Concurrency::new(
+            api.max_concurrency,
+            api.min_unreserved
+                .unwrap_or((api.max_concurrency / 10).max(1)),
+            reserved,
+        ),
         dev_mode: api.dev,
         body_timeout: config.http.body_timeout,
         egress_deny,

@@ -150,7 +150,7 @@ impl Guest {
                 Ok(())
             }
             Ok(GuestMessage::Fatal { message }) => Err(ExecError::NotReady {
-                reason: message,
+                reason: capped(message, MAX_FATAL).0,
                 console: self.console(),
             }),
             Ok(other) => Err(ExecError::Protocol(format!(
@@ -180,7 +180,9 @@ impl Guest {
             .map_err(|e| ExecError::Protocol(e.to_string()))?;
         match self.chan.recv(deadline).await {
             Ok(GuestMessage::Loaded) => Ok(()),
-            Ok(GuestMessage::Fatal { message }) => Err(ExecError::Guest(message)),
+            Ok(GuestMessage::Fatal { message }) => {
+                Err(ExecError::Guest(capped(message, MAX_FATAL).0))
+            }
             Ok(other) => Err(ExecError::Protocol(format!(
                 "expected Loaded, got {}",
                 kind(&other)
@@ -231,7 +233,9 @@ impl Guest {
             .map_err(|e| ExecError::Protocol(e.to_string()))?;
         match self.chan.recv(deadline).await {
             Ok(GuestMessage::Warmed) => {}
-            Ok(GuestMessage::Fatal { message }) => return Err(ExecError::Guest(message)),
+            Ok(GuestMessage::Fatal { message }) => {
+                return Err(ExecError::Guest(capped(message, MAX_FATAL).0))
+            }
             Ok(other) => {
                 return Err(ExecError::Protocol(format!(
                     "expected Warmed, got {}",
@@ -274,7 +278,9 @@ impl Guest {
             })?;
         let mut result = match self.chan.recv(deadline).await {
             Ok(GuestMessage::Result(r)) => r,
-            Ok(GuestMessage::Fatal { message }) => return Err(ExecError::Guest(message)),
+            Ok(GuestMessage::Fatal { message }) => {
+                return Err(ExecError::Guest(capped(message, MAX_FATAL).0))
+            }
             Ok(other) => {
                 return Err(ExecError::Protocol(format!(
                     "expected Result, got {}",
@@ -318,6 +324,52 @@ impl Guest {
             n.release().await;
         }
     }
+}
+
+/// What a guest writes in its own words reaches callers, logs and the store: each part is cut
+/// to a size of its own (the frame limit, 8 MiB, bounds only the whole).
+const MAX_FATAL: usize = 4 * 1024;
+const MAX_ERROR_TYPE: usize = 256;
+const MAX_ERROR_MESSAGE: usize = 64 * 1024;
+const MAX_STACK_TRACE: usize = 64 * 1024;
+const CUT: &str = " [truncated by the host]";
+
+/// `s` cut to at most `max` bytes (at a character boundary, marked); whether it was cut.
+fn capped(mut s: String, max: usize) -> (String, bool) {
+    if s.len() <= max {
+        return (s, false);
+    }
+    let keep = max.saturating_sub(CUT.len());
+    let end = (0..=keep)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    s.truncate(end);
+    s.push_str(CUT);
+    (s, true)
+}
+
+/// Cuts a function or init error's type, message and stack trace to their sizes; whether
+/// anything was cut.
+pub(crate) fn cap_error_strings(outcome: &mut Outcome) -> bool {
+    let (Outcome::FunctionError(e) | Outcome::InitError(e)) = outcome else {
+        return false;
+    };
+    let (t, cut_type) = capped(std::mem::take(&mut e.error_type), MAX_ERROR_TYPE);
+    let (m, cut_message) = capped(std::mem::take(&mut e.error_message), MAX_ERROR_MESSAGE);
+    e.error_type = t;
+    e.error_message = m;
+    let mut total = 0;
+    let before = e.stack_trace.len();
+    e.stack_trace.retain(|line| {
+        total += line.len();
+        total <= MAX_STACK_TRACE
+    });
+    let cut_trace = e.stack_trace.len() < before;
+    if cut_trace {
+        e.stack_trace.push(CUT.trim().to_owned());
+    }
+    cut_type || cut_message || cut_trace
 }
 
 /// The frame limit bounds the total; these bound each part as the API promises them.

@@ -179,6 +179,8 @@ pub struct WorkerStats {
     pub warm_hits: u64,
     /// Invocations run.
     pub invocations: u64,
+    /// Results whose error type, message or stack trace the guest made over its limit (cut).
+    pub guest_strings_truncated: u64,
 }
 
 /// Runs invocations.
@@ -195,6 +197,8 @@ pub struct Worker {
     pool_hits: AtomicU64,
     warm_hits: AtomicU64,
     invocations: AtomicU64,
+    /// Results whose error strings were cut to their limits.
+    truncated: AtomicU64,
 }
 
 impl std::fmt::Debug for Worker {
@@ -228,6 +232,7 @@ impl Worker {
             pool_hits: AtomicU64::new(0),
             warm_hits: AtomicU64::new(0),
             invocations: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&worker);
         let keep_alive = config.pool.keep_alive;
@@ -259,6 +264,7 @@ impl Worker {
             pool_hits: self.pool_hits.load(Ordering::Relaxed),
             warm_hits: self.warm_hits.load(Ordering::Relaxed),
             invocations: self.invocations.load(Ordering::Relaxed),
+            guest_strings_truncated: self.truncated.load(Ordering::Relaxed),
         }
     }
 
@@ -404,9 +410,14 @@ impl Worker {
             timings.net_setup_us = guest.net_setup_us();
         }
         let t = Instant::now();
-        let outcome = guest
+        let mut outcome = guest
             .invoke(&job.request_id, job.payload, job.timeout)
             .await;
+        if let Ok(r) = &mut outcome {
+            if crate::guest::cap_error_strings(&mut r.outcome) {
+                self.truncated.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         timings.invoke_ms = ms(t.elapsed());
         if let Ok(r) = &outcome {
             timings.net_attach_us = r.network_us;

@@ -202,3 +202,32 @@ async fn in_process_worker_a_failed_invocation_is_not_reused() {
     );
     w.shutdown().await;
 }
+
+#[tokio::test]
+async fn in_process_worker_cuts_what_a_guest_says_in_its_own_words() {
+    use ignition_in_process_guest::{Call, Reply};
+    let dir = tempfile::tempdir().unwrap();
+    let guest = InProcessGuest::new().with_handler(
+        "loud.handler",
+        Arc::new(|_call: Call| {
+            Box::pin(async move { Reply::error(&"T".repeat(10_000), &"é".repeat(3 * 1024 * 1024)) })
+        }),
+    );
+    let w = worker(&guest, dir.path(), 1, 0);
+    let e = w
+        .run(job("loud", "loud.handler", false), StartMode::Auto)
+        .await
+        .unwrap();
+    let Outcome::FunctionError(err) = &e.result.outcome else {
+        panic!("{:?}", e.result.outcome)
+    };
+    assert!(err.error_type.len() <= 256, "{}", err.error_type.len());
+    assert!(
+        err.error_message.len() <= 64 * 1024,
+        "{}",
+        err.error_message.len()
+    );
+    assert!(err.error_message.ends_with("[truncated by the host]"));
+    assert_eq!(w.stats().guest_strings_truncated, 1);
+    w.shutdown().await;
+}
