@@ -138,3 +138,44 @@ fn hostile_functions_end_within_their_limits() {
     assert_still_serves(&server);
     server.stop_and_check_clean();
 }
+
+/// #19: a bundle of 40 MiB (accepted at deploy) failed at every invocation in a 128 MiB VM
+/// while the pool retried its slot, and SIGTERM then aborted the node with a stack overflow.
+/// Whatever the invocation does, it answers clearly, and the node stops cleanly (exit 0, no
+/// VM left) with that pool still failing.
+#[test]
+fn a_large_bundle_answers_clearly_and_the_node_stops_cleanly_with_its_pool_failing() {
+    let server = TestServer::start(&["--keep-alive", "60"]);
+    let dir = code_dir(&[(
+        "app.py",
+        "def handler(event, context):\n    return {'ok': True}\n",
+    )]);
+    // 40 MiB that compress to nothing less (xorshift, so no two runs need the same bytes).
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id());
+    let big: Vec<u8> = (0..40 * 1024 * 1024 / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(dir.path().join("padding.bin"), big).unwrap();
+    server.deploy(
+        "large",
+        "python3",
+        "app.handler",
+        dir.path(),
+        &["--memory", "128"],
+    );
+    let (status, _, body) = json(server.invoke("large", "{}"));
+    assert!(
+        status == 200 || (status == 502 && body["errorType"] == "ServiceException"),
+        "{status}: {body}"
+    );
+    server.set_min_ready("large", 1);
+    std::thread::sleep(Duration::from_secs(5));
+    let started = Instant::now();
+    server.stop_and_check_clean();
+    assert!(started.elapsed() < Duration::from_secs(20));
+}

@@ -34,6 +34,8 @@ pub use handlers::{Call, Handler, Handlers, Reply};
 
 /// What the in-process guest reports as its kernel release.
 pub const KERNEL_RELEASE: &str = "in-process";
+/// A function deployed with this handler crashes its guest while its code is installed.
+pub const CRASH_ON_LOAD: &str = "crash.on_load";
 /// The driver's name, and so part of every snapshot key made with it.
 pub const DRIVER_NAME: &str = "in-process";
 
@@ -363,6 +365,9 @@ async fn serve(mut stream: UnixStream, mut ctx: GuestCtx) {
         }
         let reply = match msg {
             HostMessage::Shutdown => return,
+            // A guest that dies installing the code (as one given more code than its memory
+            // holds does): the channel closes.
+            HostMessage::LoadFunction(spec) if spec.handler == CRASH_ON_LOAD => return,
             HostMessage::LoadFunction(spec) => {
                 let mut m = ctx.memory.lock().unwrap_or_else(|p| p.into_inner());
                 if m.loaded.is_some() {

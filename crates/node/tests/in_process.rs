@@ -613,3 +613,29 @@ async fn in_process_rules_that_only_reach_protected_destinations_are_refused_at_
     assert_eq!(r.status(), 201);
     n.node.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn in_process_a_function_whose_guest_always_dies_fails_clearly_and_the_node_still_stops() {
+    let n = start_with(InProcessGuest::new(), |c| c.worker.pool_memory_mib = 512).await;
+    let handler = ignition_in_process_guest::CRASH_ON_LOAD;
+    let module = format!("{}.py", handler.split('.').next().unwrap());
+    let _ = module;
+    assert_eq!(deploy(&n, "doomed", handler, json!({})).await.status(), 201);
+    let r = invoke(&n, "doomed", &json!({})).await;
+    assert_eq!(r.status(), 502, "{:?}", r.text().await);
+    // A pool asked to keep slots of it keeps failing to build them, in the background.
+    let r = reqwest::Client::new()
+        .put(n.url("/v1/functions/doomed/pool"))
+        .json(&json!({"min_ready": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let counters = Arc::clone(&n.counters);
+    tokio::time::timeout(Duration::from_secs(30), n.node.shutdown())
+        .await
+        .expect("the node stops with a failing pool")
+        .unwrap();
+    assert_eq!(counters.live(), 0);
+}

@@ -342,7 +342,13 @@ impl TestServer {
             .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if child.try_wait().unwrap().is_some() {
+            if let Some(status) = child.try_wait().unwrap() {
+                // A graceful stop exits 0: not a crash (a stack overflow aborts, 134).
+                assert!(
+                    status.success(),
+                    "server stopped with {status}: {}",
+                    self.log()
+                );
                 break;
             }
             assert!(
