@@ -1,8 +1,8 @@
 //! A node of an Ignition cluster.
 //!
-//! Every node owns a queue of invocations that have not started ([`queue`], a
-//! `crossbeam_deque` injector) and a number of slots (`--slots`). A free slot takes the oldest
-//! queued invocation; when the queue is empty, the node probes `d` random live peers and takes
+//! Every node owns a queue of invocations that have not started ([`queue`]: first in, first
+//! out within a tenant, tenants in turn) and a number of slots (`--slots`). A free slot takes
+//! the next queued invocation; when the queue is empty, the node probes `d` random live peers and takes
 //! up to half of the most loaded one's queue (the policy is `ignition_scheduler::policy`, the
 //! same code the simulator runs). There is no central queue and no leader.
 //!

@@ -48,6 +48,13 @@ pub(crate) struct Task {
     pub(crate) reply: oneshot::Sender<Ran>,
 }
 
+impl Task {
+    /// Whose invocation it is: the queue serves tenants in turn.
+    pub(crate) fn tenant(&self) -> String {
+        ignition_types::FunctionId::from_stored(&self.job.function.name).tenant
+    }
+}
+
 /// Stolen invocations running here, by (origin, id).
 #[derive(Debug)]
 pub(crate) struct Held {
@@ -163,7 +170,7 @@ impl Node {
             Some(task)
         };
         if let Some(task) = task {
-            self.queue.push(task);
+            self.queue.push(&task.tenant(), task);
         }
         answer
             .await
@@ -395,7 +402,7 @@ impl Node {
                 } else {
                     self.counters.reclaimed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%id, attempt, %thief, "lease expired; the invocation is queued again");
-                    self.queue.push(task);
+                    self.queue.push(&task.tenant(), task);
                 }
             }
             crate::steal::renew_held(&self, lease).await;
