@@ -8,6 +8,8 @@ RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked -p ignition-agent --target x86_64-unknown-linux-gnu
 cargo build --release --locked -p ignition
 mkdir -p target/package
+# The static agent is built for an explicit target; cargo-deb takes it from here.
+cp target/x86_64-unknown-linux-gnu/release/ignition-agent target/package/
 bin=target/release/ignition
 "$bin" completions bash >target/package/ignition.bash
 "$bin" completions zsh >target/package/_ignition
