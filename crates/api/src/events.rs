@@ -3,6 +3,11 @@
 //! leaves events whose attempts are spent in the function's failure destination
 //! (`GET /v1/functions/{name}/failed-events`). Events live in the store, so they survive a
 //! server restart; each runs one attempt at a time (the store claims it).
+//!
+//! As on Lambda, an event a concurrency limit refuses (throttled) is not an attempt: it goes
+//! back to the queue with a backoff that doubles from 1 second to 5 minutes, until its maximum
+//! age (6 hours by default) runs out; then, as when its attempts are spent, it goes to the
+//! failure destination with the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +25,17 @@ use crate::{blocking, ApiError, AppState};
 
 /// Marks an attempt refused by a concurrency limit (it does not count as an attempt).
 const THROTTLED: &str = "throttled: ";
-/// How soon a throttled event is tried again.
-const THROTTLE_RETRY_MS: i64 = 1000;
+/// How soon a throttled event is tried again the first time; it doubles each time after.
+const THROTTLE_FIRST_RETRY_MS: i64 = 1000;
+/// The longest a throttled event waits before it is tried again.
+const THROTTLE_MAX_RETRY_MS: i64 = 5 * 60 * 1000;
+
+/// The wait before a throttled event is tried again, after `throttles` refusals in a row.
+fn throttle_backoff_ms(throttles: u32) -> i64 {
+    THROTTLE_FIRST_RETRY_MS
+        .saturating_mul(1i64 << throttles.min(20))
+        .min(THROTTLE_MAX_RETRY_MS)
+}
 
 /// Largest asynchronous event (Lambda's limit).
 pub const MAX_EVENT_PAYLOAD: usize = 256 * 1024;
@@ -41,6 +55,9 @@ pub struct EventConfig {
     /// Events the node holds queued or running at most (each up to 256 KiB in the store);
     /// beyond it an `Event` invoke gets 429 `TooManyRequestsException`.
     pub max_pending: u64,
+    /// How old an event may grow, throttled or waiting to retry, before it goes to the failed
+    /// events (Lambda's `MaximumEventAgeInSeconds`, 6 hours by default).
+    pub max_age: Duration,
     /// Wakes the dispatcher: an event was stored or a running one finished.
     pub wake: Arc<tokio::sync::Notify>,
 }
@@ -52,6 +69,7 @@ impl Default for EventConfig {
             retry_delay: Duration::from_secs(1),
             parallelism: 4,
             max_pending: 10_000,
+            max_age: Duration::from_secs(6 * 3600),
             wake: Arc::default(),
         }
     }
@@ -146,12 +164,31 @@ pub fn spawn_dispatcher(state: AppState) {
                 };
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let outcome =
-                        attempt(&state, &event.function, &event.request_id, event.payload).await;
+                    let age_ms = now_ms().saturating_sub(event.created_at.saturating_mul(1000));
+                    let max_age_ms = i64::try_from(config.max_age.as_millis()).unwrap_or(i64::MAX);
+                    let outcome = if age_ms > max_age_ms {
+                        Err(String::new())
+                    } else {
+                        attempt(&state, &event.function, &event.request_id, event.payload).await
+                    };
                     let record = match outcome {
                         Ok(()) => Attempt::Succeeded,
+                        Err(_) if age_ms > max_age_ms => {
+                            tracing::info!(function = %event.function, request_id = %event.request_id,
+                                "asynchronous invocation expired");
+                            Attempt::Expired {
+                                error: format!(
+                                    "the event expired: it was {} s old, over MaximumEventAgeInSeconds ({} s), after {} attempt(s) and {} throttle(s)",
+                                    age_ms / 1000,
+                                    config.max_age.as_secs(),
+                                    event.attempts.saturating_sub(1),
+                                    event.throttles
+                                ),
+                            }
+                        }
                         Err(error) if error.starts_with(THROTTLED) => Attempt::Throttled {
-                            next_at_ms: now_ms().saturating_add(THROTTLE_RETRY_MS),
+                            next_at_ms: now_ms()
+                                .saturating_add(throttle_backoff_ms(event.throttles)),
                         },
                         Err(error) => {
                             let exp = event.attempts.saturating_sub(1).min(16);

@@ -187,6 +187,10 @@ pub(crate) struct ServerArgs {
     /// in the store); beyond it an `Event` invoke gets 429 TooManyRequestsException.
     #[arg(long, default_value_t = 10_000)]
     max_queued_events: u64,
+    /// Seconds an asynchronous invocation may wait, throttled or between retries, before it
+    /// goes to the failed events (Lambda's MaximumEventAgeInSeconds: 60 to 21600).
+    #[arg(long, default_value_t = 21_600, value_parser = clap::value_parser!(u64).range(60..=21_600))]
+    max_event_age: u64,
     /// Destinations no function reaches, whatever its policy (CIDRs, IPv4 or IPv6; repeatable
     /// or comma-separated). Given, it replaces the default list: loopback, 0.0.0.0/8, the
     /// private ranges, 100.64.0.0/10, link-local (cloud metadata), multicast, 240.0.0.0/4, and
@@ -338,6 +342,7 @@ impl ServerArgs {
                 async_retries: self.async_retries,
                 async_retry_delay: Duration::from_millis(self.async_retry_delay_ms),
                 max_queued_events: self.max_queued_events,
+                max_event_age: Duration::from_secs(self.max_event_age),
             },
         })
     }

@@ -314,6 +314,8 @@ pub struct ApiSettings {
     pub async_retry_delay: Duration,
     /// Asynchronous invocations held at most, queued or running.
     pub max_queued_events: u64,
+    /// How old an asynchronous invocation may grow before it goes to the failed events.
+    pub max_event_age: Duration,
 }
 
 impl Default for ApiSettings {
@@ -325,6 +327,7 @@ impl Default for ApiSettings {
             async_retries: 2,
             async_retry_delay: Duration::from_secs(1),
             max_queued_events: 10_000,
+            max_event_age: Duration::from_secs(6 * 3600),
         }
     }
 }

@@ -138,6 +138,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             retries: api.async_retries,
             retry_delay: api.async_retry_delay,
             max_pending: api.max_queued_events,
+            max_age: api.max_event_age,
             ..ignition_api::EventConfig::default()
         },
     };

@@ -739,3 +739,65 @@ async fn in_process_a_tenant_with_a_long_queue_does_not_hold_back_another() {
     }
     n.node.shutdown().await.unwrap();
 }
+
+/// #19: an event its function's reservation of 0 throttles was retried every second forever,
+/// holding the node's event queue. Now it backs off and, past its maximum age, goes to the
+/// failed events with the reason.
+#[tokio::test]
+async fn in_process_a_throttled_event_backs_off_and_expires_into_the_failed_events() {
+    let n = start_with(InProcessGuest::new(), |c| {
+        c.api.max_event_age = Duration::from_secs(3);
+    })
+    .await;
+    assert_eq!(
+        deploy(&n, "off", "echo.handler", json!({})).await.status(),
+        201
+    );
+    let http = reqwest::Client::new();
+    let r = http
+        .put(n.url("/2017-10-31/functions/off/concurrency"))
+        .json(&json!({ "ReservedConcurrentExecutions": 0 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(n.url("/2015-03-31/functions/off/invocations"))
+        .header("X-Amz-Invocation-Type", "Event")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failed = loop {
+        let failed: Value = reqwest::get(n.url("/v1/functions/off/failed-events"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(e) = failed["events"].as_array().and_then(|a| a.first()) {
+            break e.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the throttled event never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let why = failed["last_error"].as_str().unwrap();
+    assert!(why.contains("MaximumEventAgeInSeconds"), "{failed}");
+    assert_eq!(
+        failed["attempts"], 0,
+        "throttles are not attempts: {failed}"
+    );
+    // Backing off 1 s, then 2 s: at most three throttles in three seconds, not one a second
+    // for ever.
+    let throttles = failed["throttles"].as_u64().unwrap();
+    assert!((1..=3).contains(&throttles), "{failed}");
+    // Nothing is left queued for the node.
+    let (queued, running, _) = n.node.state().store.event_counts().unwrap();
+    assert_eq!((queued, running), (0, 0));
+    n.node.shutdown().await.unwrap();
+}

@@ -34,6 +34,8 @@ pub struct Event {
     pub last_error: Option<String>,
     /// When it was accepted (Unix seconds).
     pub created_at: i64,
+    /// Times a concurrency limit refused it in a row (its backoff grows with them).
+    pub throttles: u32,
 }
 
 /// How an attempt ended.
@@ -45,6 +47,11 @@ pub enum Attempt {
     Throttled {
         /// When to try again (Unix ms).
         next_at_ms: i64,
+    },
+    /// It is older than its maximum age: it goes to the failed events, with why.
+    Expired {
+        /// Why.
+        error: String,
     },
     /// It failed; try again at `next_at_ms` if attempts remain, otherwise it has failed.
     Failed {
@@ -65,11 +72,43 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         status: r.get(5)?,
         last_error: r.get(6)?,
         created_at: r.get(7)?,
+        throttles: r.get(8)?,
     })
 }
 
-const COLUMNS: &str =
-    "request_id, function, payload, attempts, max_attempts, status, last_error, created_at";
+const COLUMNS: &str = "request_id, function, payload, attempts, max_attempts, status, last_error, \
+    created_at, throttles";
+
+/// Records a failed attempt (`expired`: not an attempt, the event's age ran out), which ends
+/// the event when its attempts are spent or it expired.
+fn fail(
+    tx: &rusqlite::Transaction<'_>,
+    request_id: &str,
+    error: &str,
+    next_at_ms: i64,
+    expired: bool,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE events SET
+           status = CASE WHEN ?5 OR attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+           attempts = CASE WHEN ?5 THEN MAX(attempts - 1, 0) ELSE attempts END,
+           throttles = CASE WHEN ?5 THEN throttles ELSE 0 END,
+           next_at_ms = ?2, last_error = ?3, updated_at = ?4
+         WHERE request_id = ?1",
+        params![request_id, next_at_ms, error, now(), expired],
+    )?;
+    // The failure destination keeps the newest events of each function.
+    tx.execute(
+        "DELETE FROM events WHERE status = 'failed' AND function =
+           (SELECT function FROM events WHERE request_id = ?1)
+         AND request_id NOT IN (
+           SELECT request_id FROM events WHERE status = 'failed' AND function =
+             (SELECT function FROM events WHERE request_id = ?1)
+           ORDER BY updated_at DESC LIMIT ?2)",
+        params![request_id, KEEP_FAILED],
+    )?;
+    Ok(())
+}
 
 impl Store {
     /// Accepts an event for `function`, to run as soon as a dispatcher can, unless `max_pending`
@@ -148,30 +187,15 @@ impl Store {
             Attempt::Throttled { next_at_ms } => {
                 tx.execute(
                     "UPDATE events SET status = 'queued', attempts = MAX(attempts - 1, 0),
-                       next_at_ms = ?2, updated_at = ?3
+                       throttles = throttles + 1, next_at_ms = ?2, updated_at = ?3
                      WHERE request_id = ?1",
                     params![request_id, next_at_ms, now()],
                 )?;
             }
             Attempt::Failed { error, next_at_ms } => {
-                tx.execute(
-                    "UPDATE events SET
-                       status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-                       next_at_ms = ?2, last_error = ?3, updated_at = ?4
-                     WHERE request_id = ?1",
-                    params![request_id, next_at_ms, error, now()],
-                )?;
-                // The failure destination keeps the newest events of each function.
-                tx.execute(
-                    "DELETE FROM events WHERE status = 'failed' AND function =
-                       (SELECT function FROM events WHERE request_id = ?1)
-                     AND request_id NOT IN (
-                       SELECT request_id FROM events WHERE status = 'failed' AND function =
-                         (SELECT function FROM events WHERE request_id = ?1)
-                       ORDER BY updated_at DESC LIMIT ?2)",
-                    params![request_id, KEEP_FAILED],
-                )?;
+                fail(&tx, request_id, error, *next_at_ms, false)?
             }
+            Attempt::Expired { error } => fail(&tx, request_id, error, 0, true)?,
         }
         tx.commit()?;
         Ok(())

@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS events (
     next_at_ms   INTEGER NOT NULL,
     last_error   TEXT,
     created_at   INTEGER NOT NULL,
-    updated_at   INTEGER NOT NULL
+    updated_at   INTEGER NOT NULL,
+    throttles    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (status, next_at_ms);
 CREATE TABLE IF NOT EXISTS logs (
@@ -297,6 +298,17 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             )?;
         }
         conn.pragma_update(None, "user_version", 2)?;
+    }
+    if version < 3 {
+        let has_throttles = conn
+            .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'throttles'")?
+            .exists([])?;
+        if !has_throttles {
+            conn.execute_batch(
+                "ALTER TABLE events ADD COLUMN throttles INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
+        conn.pragma_update(None, "user_version", 3)?;
     }
     Ok(())
 }
