@@ -64,6 +64,28 @@ fn a_bad_value_in_the_environment_is_refused_naming_the_variable() {
 }
 
 #[test]
+fn unsafe_configurations_refuse_to_start_with_exit_2() {
+    for (args, why) in [
+        (&["--dev", "--listen", "0.0.0.0:7070"][..], "--dev"),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:7070",
+                "--cluster-addr",
+                "0.0.0.0:7071",
+            ][..],
+            "--cluster-insecure",
+        ),
+    ] {
+        let out = Command::new(BIN).arg("server").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+    }
+}
+
+#[test]
 fn completions_and_the_man_page_come_from_the_cli_definition() {
     for shell in ["bash", "zsh", "fish"] {
         let out = Command::new(BIN)
@@ -177,6 +199,106 @@ fn a_server_configured_by_file_serves_and_logs_json_lines_with_access_lines() {
     assert_eq!(listed["tenant"], "default");
     assert!(listed["duration_ms"].as_f64().is_some());
     assert!(listed["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+}
+
+/// `ignition server --tls-cert --tls-key` answers `curl --cacert` over HTTPS, and the CLI
+/// with `--ca-cert`.
+#[cfg(feature = "vm-tests")]
+#[test]
+fn the_api_over_tls_answers_curl_with_the_ca() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let write = |name: &str, text: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        (
+            write("ca.pem", ca.pem()),
+            write("cert.pem", cert.pem()),
+            write("key.pem", key.serialize_pem()),
+        )
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .args(["server", "--dev", "--network", "none", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("https://localhost:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let body = loop {
+        let out = Command::new("curl")
+            .args(["-fsS", "--cacert"])
+            .arg(&ca)
+            .arg(&url)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(Instant::now() < deadline, "no HTTPS answer");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(body.contains("\"status\":\"ok\""), "{body}");
+    // Without the CA, curl refuses the certificate; plain HTTP gets no answer.
+    let out = Command::new("curl").args(["-fsS", &url]).output().unwrap();
+    assert!(!out.status.success());
+    let out = Command::new("curl")
+        .args([
+            "-fsS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = Command::new(BIN)
+        .args([
+            "fn",
+            "ls",
+            "--output",
+            "json",
+            "--url",
+            &format!("https://localhost:{port}"),
+        ])
+        .arg("--ca-cert")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    nix_kill(child.id());
+    assert!(child.wait().unwrap().success());
 }
 
 #[cfg(feature = "vm-tests")]

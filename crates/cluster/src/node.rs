@@ -145,6 +145,24 @@ impl Node {
     }
 
     /// This node's id.
+    /// The addresses of the live peers' cluster endpoints (what VMs must never reach).
+    pub async fn peer_addresses(&self) -> Vec<std::net::IpAddr> {
+        let Some(m) = self.membership.get() else {
+            return Vec::new();
+        };
+        let mut addrs = Vec::new();
+        for p in m.peers().await {
+            let hostport = p
+                .endpoint
+                .split_once("://")
+                .map_or(p.endpoint.as_str(), |(_, rest)| rest);
+            if let Ok(found) = tokio::net::lookup_host(hostport).await {
+                addrs.extend(found.map(|a| a.ip()));
+            }
+        }
+        addrs
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }

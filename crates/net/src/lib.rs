@@ -183,6 +183,8 @@ pub struct Network {
     deny: EgressDeny,
     /// The node's addresses as the rules hold them now.
     node_addrs: Mutex<Vec<Ipv4Addr>>,
+    /// Cluster peers learned since the start (by gossip), denied like the node's own.
+    peers: Mutex<Vec<Ipv4Addr>>,
     if_prefix: String,
     tag: String,
     mode: Mode,
@@ -212,6 +214,8 @@ pub struct VmNet {
     /// The set of its tenant's VM addresses.
     tenant_set: String,
     released: bool,
+    /// This is the copy a drop handed its release to ([`Drop`] says why it matters).
+    handed_over: bool,
     setup_us: u64,
 }
 
@@ -283,6 +287,7 @@ impl Network {
             },
             deny,
             node_addrs: Mutex::new(node_addrs.clone()),
+            peers: Mutex::new(Vec::new()),
             if_prefix,
             tag: config.tag.clone(),
             mode,
@@ -314,7 +319,10 @@ impl Network {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 let Some(net) = weak.upgrade() else { return };
-                let now = net.deny.node_addresses();
+                let mut now = net.deny.node_addresses();
+                now.extend(net.peers.lock().unwrap_or_else(|p| p.into_inner()).iter());
+                now.sort();
+                now.dedup();
                 let changed = {
                     let mut held = net.node_addrs.lock().unwrap_or_else(|p| p.into_inner());
                     (*held != now).then(|| std::mem::replace(&mut *held, now.clone()))
@@ -331,6 +339,12 @@ impl Network {
                 }
             }
         });
+    }
+
+    /// Denies VMs these cluster peers too (from the next refresh, within 2 s), beside the ones
+    /// the node was started with.
+    pub fn deny_peers(&self, peers: Vec<Ipv4Addr>) {
+        *self.peers.lock().unwrap_or_else(|p| p.into_inner()) = peers;
     }
 
     /// What no VM of this node reaches, and why a rule is refused at deploy.
@@ -544,6 +558,7 @@ impl Network {
             address: spare.slot.guest,
             tenant_set: String::new(),
             released: false,
+            handed_over: false,
             setup_us: 0,
         }
     }
@@ -583,6 +598,7 @@ impl Network {
             link: Link::Cni(Arc::new(added)),
             tenant_set: String::new(),
             released: false,
+            handed_over: false,
             setup_us: 0,
         };
         let joined = async {
@@ -746,8 +762,16 @@ impl VmNet {
 }
 
 impl Drop for VmNet {
+    /// Releases in the background. The copy that does so is marked `handed_over`: a runtime
+    /// shutting down drops a spawned task without running it, and that copy's drop must then
+    /// end there (the next start's sweep removes the links), not hand over again, which would
+    /// recurse until the stack overflowed (#19: a node stopping with a pool still filling
+    /// aborted that way).
     fn drop(&mut self) {
-        if self.released {
+        if self.released || self.handed_over {
+            if !self.released {
+                tracing::debug!(vm_if = %self.host_if, "VM network left to the next sweep (the runtime stopped)");
+            }
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -764,6 +788,7 @@ impl Drop for VmNet {
             address: self.address,
             tenant_set: std::mem::take(&mut self.tenant_set),
             released: false,
+            handed_over: true,
             setup_us: self.setup_us,
         };
         self.released = true;

@@ -222,3 +222,39 @@ async fn spare_networks_are_made_ahead_used_once_and_removed() {
 fn ignition_vmm_gid() -> u32 {
     2_000_000_000
 }
+
+/// #19: a VM network still held by a task when the runtime shuts down (a pool slot being
+/// made while the node stops) is dropped without its release running. That drop recursed
+/// until the stack overflowed and aborted the node; now it leaves the links to the next
+/// start's sweep, which removes them.
+#[test]
+fn a_vm_network_dropped_by_a_runtime_shutting_down_is_left_to_the_sweep() {
+    let config = || NetConfig {
+        deny: ignition_net::EgressDeny::default(),
+        subnet: "10.251.3.0/28".parse().unwrap(),
+        cni: None,
+        tag: "nt4".into(),
+        dns: Vec::new(),
+        tap_group: ignition_vmm_gid(),
+        spares: 0,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let vm = rt.block_on(async {
+        let net = Network::start(config()).await.unwrap();
+        net.attach(&[], "test").await.unwrap()
+    });
+    assert_eq!(host_links("ignt4-").len(), 1);
+    rt.spawn(async move {
+        let _held = vm;
+        std::future::pending::<()>().await
+    });
+    // Without the fix the process aborts here (stack overflow).
+    drop(rt);
+    assert_eq!(host_links("ignt4-").len(), 1, "left for the sweep");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let net = Network::start(config()).await.unwrap();
+        assert!(host_links("ignt4-").is_empty(), "the next start sweeps it");
+        net.shutdown().await;
+    });
+}

@@ -143,6 +143,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         },
     };
     ignition_api::spawn_dispatcher(state.clone());
+    if let Some(network) = &network {
+        follow_peers(Arc::clone(&state.node), Arc::downgrade(network));
+    }
     if api.dev {
         tracing::warn!("development mode: requests are not authenticated");
     }
@@ -222,6 +225,31 @@ impl RunningNode {
         tracing::info!("node stopped");
         served
     }
+}
+
+/// Keeps the cluster's live peers among what VMs never reach, as gossip finds them.
+fn follow_peers(
+    node: Arc<ignition_cluster::Node>,
+    network: std::sync::Weak<ignition_net::Network>,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let Some(network) = network.upgrade() else {
+                return;
+            };
+            let peers = node
+                .peer_addresses()
+                .await
+                .into_iter()
+                .filter_map(|ip| match ip {
+                    std::net::IpAddr::V4(v4) => Some(v4),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .collect();
+            network.deny_peers(peers);
+        }
+    });
 }
 
 async fn guest_image(source: ImageSource) -> Result<ignition_image::GuestImage, NodeError> {
