@@ -209,16 +209,20 @@ fn the_api_over_tls_answers_curl_with_the_ca() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
         let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Names of their own: OpenSSL (curl) takes a leaf named as its CA for self-issued.
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Ignition test CA");
         let ca_key = KeyPair::generate().unwrap();
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
+        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let cert = leaf.signed_by(&key, &ca, &ca_key).unwrap();
         let write = |name: &str, text: String| {
             let p = dir.path().join(name);
             std::fs::write(&p, text).unwrap();

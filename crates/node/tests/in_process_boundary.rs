@@ -31,13 +31,19 @@ async fn start(dir: &std::path::Path, tweak: impl FnOnce(&mut NodeConfig)) -> Ru
 
 /// A CA, and a certificate it signs for 127.0.0.1 and localhost: (ca.pem, cert.pem, key.pem).
 fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, TlsFiles) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Ignition test CA");
     let ca_key = KeyPair::generate().unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
-    let params =
+    let mut params =
         CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
     let (ca_path, cert_path, key_path) = (
