@@ -268,7 +268,7 @@ pub(crate) async fn load_target(
 /// The stored function of a target `NAME[:QUALIFIER]`: logs, metrics and limits are the
 /// function's, whichever version runs.
 pub(crate) fn base_name(target: &str) -> &str {
-    target.split_once(':').map_or(target, |(name, _)| name)
+    ignition_types::Target::split_stored(target).0
 }
 
 /// The stored function `target` names (`NAME[:QUALIFIER]`), without its code: its base name,
@@ -277,8 +277,7 @@ pub(crate) async fn resolve<'a>(
     state: &AppState,
     target: &'a str,
 ) -> Result<(&'a str, ignition_store::FunctionRecord, Option<u32>), ApiError> {
-    let name = base_name(target);
-    let qualifier = target.split_once(':').map(|(_, q)| q);
+    let (name, qualifier) = ignition_types::Target::split_stored(target);
     let n = name.to_owned();
     let version: Option<u32> = match qualifier {
         None | Some("$LATEST") => None,
@@ -306,10 +305,7 @@ pub(crate) async fn resolve<'a>(
 
 /// The owner's name of the stored function `stored` (`TENANT.NAME` → `NAME`).
 fn display_name(stored: &str) -> String {
-    stored
-        .split_once('.')
-        .map_or(stored, |(_, name)| name)
-        .to_owned()
+    ignition_types::FunctionId::from_stored(stored).name
 }
 
 fn error_json(e: &ErrorBody) -> serde_json::Value {

@@ -1,8 +1,10 @@
-//! [`FunctionId`]: a function's identity, its tenant and its name.
+//! [`FunctionId`]: a function's identity, its tenant and its name; and [`Target`]: a function
+//! with the qualifier an invocation names (a version number or an alias).
 //!
 //! Names are per tenant. The store keys a function by one string: the name alone for the
 //! default tenant (so single-tenant data directories read as they always did), `TENANT.NAME`
-//! for any other; a name never contains `.`, so the split is unambiguous.
+//! for any other; a name never contains `.`, so the split is unambiguous. A target is
+//! `TENANT.NAME:QUALIFIER` (a name never contains `:` either).
 
 /// The tenant of `--dev` mode and of functions stored without a tenant.
 pub const DEFAULT_TENANT: &str = "default";
@@ -43,6 +45,42 @@ impl FunctionId {
     }
 }
 
+/// A function and, when an invocation names one, its qualifier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The function.
+    pub function: FunctionId,
+    /// A version number or an alias; `None`: `$LATEST`.
+    pub qualifier: Option<String>,
+}
+
+impl Target {
+    /// The stored form split: (`[TENANT.]NAME`, `QUALIFIER`).
+    pub fn split_stored(target: &str) -> (&str, Option<&str>) {
+        match target.split_once(':') {
+            Some((function, q)) => (function, Some(q)),
+            None => (target, None),
+        }
+    }
+
+    /// The target a stored `[TENANT.]NAME[:QUALIFIER]` names.
+    pub fn from_stored(target: &str) -> Self {
+        let (function, qualifier) = Self::split_stored(target);
+        Self {
+            function: FunctionId::from_stored(function),
+            qualifier: qualifier.map(str::to_owned),
+        }
+    }
+
+    /// The stored form.
+    pub fn stored(&self) -> String {
+        match &self.qualifier {
+            Some(q) => format!("{}:{q}", self.function.stored()),
+            None => self.function.stored(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +92,16 @@ mod tests {
             assert_eq!(id.stored(), key);
             assert_eq!(FunctionId::from_stored(key), id);
         }
+    }
+
+    #[test]
+    fn targets_round_trip_with_and_without_a_qualifier() {
+        for stored in ["f", "f:3", "acme.f", "acme.f:live", "acme.f:$LATEST"] {
+            assert_eq!(Target::from_stored(stored).stored(), stored);
+        }
+        let t = Target::from_stored("acme.f:2");
+        assert_eq!(t.function, FunctionId::new("acme", "f"));
+        assert_eq!(t.qualifier.as_deref(), Some("2"));
+        assert_eq!(Target::split_stored("acme.f:2"), ("acme.f", Some("2")));
     }
 }

@@ -10,5 +10,5 @@ mod function;
 mod runtime;
 
 pub use egress::{parse_rules, EgressRule, Ipv4Net, PolicyError, Protocol};
-pub use function::{FunctionId, DEFAULT_TENANT};
+pub use function::{FunctionId, Target, DEFAULT_TENANT};
 pub use runtime::{Runtime, UnknownRuntime};
