@@ -174,7 +174,10 @@ pub(crate) async fn require(State(state): State<AppState>, req: Request, next: N
         }
     } else {
         match identify(&state, &parts).await {
-            Err(e) => return e.into_response(),
+            Err(e) => {
+                discard(body, state.body_timeout);
+                return e.into_response();
+            }
             Ok(Identity::Checked(caller)) => {
                 match read_body(&parts, body, state.body_timeout).await {
                     Ok(bytes) => (caller, bytes),
@@ -223,6 +226,30 @@ pub(crate) fn body_limit(method: &axum::http::Method, path: &str) -> usize {
     }
 }
 
+/// The most of a refused request's body [`discard`] reads.
+const MAX_DISCARD: usize = 128 * 1024 * 1024;
+
+/// Reads and drops, in the background, the body of a request answered without it (refused
+/// before it was read), at most [`MAX_DISCARD`] bytes within `timeout`. Nothing is kept; the
+/// point is the client: a connection closed while it still sends makes its kernel reset the
+/// connection, and the client sees a broken pipe instead of the refusal.
+fn discard(body: Body, timeout: std::time::Duration) {
+    use http_body_util::BodyExt;
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0usize;
+        let _ = tokio::time::timeout(timeout, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len());
+                if read > MAX_DISCARD {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
 /// Bodies of routes that take neither code nor events.
 const SMALL_BODY: usize = 1024 * 1024;
 
@@ -254,6 +281,7 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        discard(body, timeout);
         return Err(too_large());
     }
     match tokio::time::timeout(timeout, to_bytes(body, limit)).await {
