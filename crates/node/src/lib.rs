@@ -68,8 +68,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     std::fs::create_dir_all(&run_dir)
         .map_err(NodeError::io(format!("creating {}", run_dir.display())))?;
     let driver = vmm::driver(&config.vmm, &run_dir)?;
+    // The drivers sweep what killed VMs left when they are made.
     tracing::info!(vmm = driver.name(), image = %image.id, "microVM driver ready");
-    driver.sweep();
 
     let deny = egress_deny(&config);
     let network = start_network(&config, &run_dir, deny.clone()).await?;

@@ -78,13 +78,6 @@ impl FirecrackerDriver {
         )
     }
 
-    /// Removes empty cgroups VMs that were killed rather than destroyed left behind.
-    pub fn sweep(&self) {
-        if self.config.jail {
-            crate::jail::sweep(&self.scope());
-        }
-    }
-
     fn spawn(
         &self,
         spec: &VmSpec,
@@ -182,8 +175,12 @@ async fn wait_api(
 
 #[async_trait]
 impl VmmDriver for FirecrackerDriver {
+    /// Removes the empty cgroups of VMs that were killed rather than destroyed; called when the
+    /// driver is made and after a node's shutdown.
     fn sweep(&self) {
-        Self::sweep(self);
+        if self.config.jail {
+            crate::jail::sweep(&self.scope());
+        }
     }
 
     fn name(&self) -> &'static str {

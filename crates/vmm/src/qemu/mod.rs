@@ -81,14 +81,6 @@ impl QemuDriver {
             |n| n.to_string_lossy().into_owned(),
         )
     }
-
-    /// Removes what VMs that were killed rather than destroyed left behind (empty cgroups).
-    /// Called at start-up and after shutdown.
-    pub fn sweep(&self) {
-        if self.config.jail {
-            crate::jail::sweep(&self.scope());
-        }
-    }
 }
 
 /// A QEMU microVM.
@@ -103,8 +95,12 @@ pub struct QemuVm {
 
 #[async_trait]
 impl VmmDriver for QemuDriver {
+    /// Removes the empty cgroups of VMs that were killed rather than destroyed; called when the
+    /// driver is made and after a node's shutdown.
     fn sweep(&self) {
-        Self::sweep(self);
+        if self.config.jail {
+            crate::jail::sweep(&self.scope());
+        }
     }
 
     fn name(&self) -> &'static str {
