@@ -83,6 +83,10 @@ async fn deploy(n: &TestNode, name: &str, handler: &str, extra: Value) -> reqwes
         .unwrap()
 }
 
+async fn get_json(url: String) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 async fn invoke(n: &TestNode, name: &str, payload: &Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(n.url(&format!("/2015-03-31/functions/{name}/invocations")))
@@ -178,12 +182,7 @@ async fn in_process_reuse_keeps_one_vm_for_a_function() {
         vms.push(body["vm_id"].as_str().unwrap().to_owned());
     }
     assert!(vms.windows(2).all(|w| w[0] == w[1]));
-    let stats: Value = reqwest::get(n.url("/v1/stats"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = get_json(n.url("/v1/stats")).await;
     assert_eq!(stats["worker"]["warm_hits"], 2, "{stats}");
     n.node.shutdown().await.unwrap();
 }
@@ -280,12 +279,7 @@ async fn in_process_warm_pool_serves_from_ready_slots() {
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let pool: Value = reqwest::get(n.url("/v1/functions/pooled/pool"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let pool: Value = get_json(n.url("/v1/functions/pooled/pool")).await;
         if pool["pool"]["ready"].as_u64() >= Some(2) {
             break;
         }
@@ -325,12 +319,7 @@ async fn in_process_asynchronous_events_run_and_failures_are_kept() {
     assert_eq!(event("bad").await.unwrap().status(), 202);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let failed: Value = reqwest::get(n.url("/v1/functions/bad/failed-events"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let failed: Value = get_json(n.url("/v1/functions/bad/failed-events")).await;
         if failed["events"].as_array().is_some_and(|a| !a.is_empty()) {
             let e = &failed["events"][0];
             assert_eq!(e["attempts"], 2, "the first attempt and one retry: {e}");
@@ -343,12 +332,7 @@ async fn in_process_asynchronous_events_run_and_failures_are_kept() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The good event ran once: its log is there.
-    let logs: Value = reqwest::get(n.url("/v1/functions/ev/logs"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let logs: Value = get_json(n.url("/v1/functions/ev/logs")).await;
     assert!(logs.to_string().contains("echo "), "{logs}");
     n.node.shutdown().await.unwrap();
 }
@@ -446,12 +430,7 @@ async fn pair(guest: &InProcessGuest) -> (TestNode, TestNode) {
     let deadline = Instant::now() + Duration::from_secs(20);
     for n in [&a, &b] {
         loop {
-            let s: Value = reqwest::get(n.url("/v1/stats"))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let s: Value = get_json(n.url("/v1/stats")).await;
             if s["cluster"]["peers"].as_u64() >= Some(1) {
                 break;
             }
@@ -501,12 +480,7 @@ async fn in_process_cluster_invocations_held_by_a_thief_that_stops_run_again_at_
     // Wait until b holds stolen work, then stop it mid-invocation.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let s: Value = reqwest::get(b.url("/v1/stats"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s: Value = get_json(b.url("/v1/stats")).await;
         if s["cluster"]["stolen"].as_u64() >= Some(1) {
             break;
         }
@@ -522,12 +496,7 @@ async fn in_process_cluster_invocations_held_by_a_thief_that_stops_run_again_at_
             "what b held ran again at its origin after the lease"
         );
     }
-    let s: Value = reqwest::get(a.url("/v1/stats"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s: Value = get_json(a.url("/v1/stats")).await;
     assert!(s["cluster"]["reclaimed"].as_u64() >= Some(1), "{s}");
     a.node.shutdown().await.unwrap();
     assert_eq!(guest.counters().live(), 0);
@@ -771,12 +740,7 @@ async fn in_process_a_throttled_event_backs_off_and_expires_into_the_failed_even
     assert_eq!(r.status(), 202);
     let deadline = Instant::now() + Duration::from_secs(20);
     let failed = loop {
-        let failed: Value = reqwest::get(n.url("/v1/functions/off/failed-events"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let failed: Value = get_json(n.url("/v1/functions/off/failed-events")).await;
         if let Some(e) = failed["events"].as_array().and_then(|a| a.first()) {
             break e.clone();
         }
