@@ -10,6 +10,7 @@ mod events;
 mod logs;
 mod model;
 mod sqlite;
+mod urls;
 mod versions;
 
 pub use credentials::{validate_tenant, AccessKey, OPERATOR};
@@ -19,4 +20,5 @@ pub use model::{
     validate_name, FunctionConfig, FunctionRecord, ModelError, Runtime, MEMORY_MIB, TIMEOUT_S,
 };
 pub use sqlite::{sha256_hex, Store, StoreError};
+pub use urls::{is_url_id, Cors, FunctionUrl, UrlAuth};
 pub use versions::{validate_alias, Alias};

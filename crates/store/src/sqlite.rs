@@ -97,6 +97,16 @@ CREATE TABLE IF NOT EXISTS reserved_concurrency (
     function    TEXT PRIMARY KEY,
     reserved    INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS function_urls (
+    function    TEXT NOT NULL,
+    qualifier   TEXT NOT NULL DEFAULT '',
+    url_id      TEXT NOT NULL UNIQUE,
+    auth        TEXT NOT NULL,
+    cors        TEXT,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (function, qualifier)
+);
 ";
 
 /// The store. One connection behind a mutex: SQLite serializes writers anyway, and every
@@ -245,6 +255,10 @@ impl Store {
         tx.execute("DELETE FROM functions WHERE name = ?1", params![name])?;
         tx.execute("DELETE FROM versions WHERE function = ?1", params![name])?;
         tx.execute("DELETE FROM aliases WHERE function = ?1", params![name])?;
+        tx.execute(
+            "DELETE FROM function_urls WHERE function = ?1",
+            params![name],
+        )?;
         gc_bundle(&tx, &hash)?;
         for h in version_hashes {
             gc_bundle(&tx, &h)?;

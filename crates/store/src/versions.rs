@@ -295,12 +295,20 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes an alias; whether it existed.
+    /// Deletes an alias, and its function URL with it; whether it existed.
     pub fn delete_alias(&self, function: &str, name: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
             "DELETE FROM aliases WHERE function = ?1 AND name = ?2",
             params![function, name],
-        )? > 0)
+        )?;
+        tx.execute(
+            "DELETE FROM function_urls WHERE function = ?1 AND qualifier = ?2",
+            params![function, name],
+        )?;
+        tx.commit()?;
+        Ok(n > 0)
     }
 }
 
