@@ -53,6 +53,11 @@ impl ApiError {
         )
     }
 
+    /// A value outside what the operation's model allows (AWS's `ValidationException`).
+    pub(crate) fn validation(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "ValidationException", message)
+    }
+
     pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

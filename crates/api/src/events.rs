@@ -20,6 +20,7 @@ use ignition_worker::StartMode;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
+use crate::clock::now_ms;
 use crate::invoke::load_job;
 use crate::{blocking, ApiError, AppState};
 
@@ -73,12 +74,6 @@ impl Default for EventConfig {
             wake: Arc::default(),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Runs one attempt of an event; `Ok(())` when the function succeeded.

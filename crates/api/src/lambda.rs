@@ -19,11 +19,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Caller;
+use crate::clock::iso8601;
 use crate::functions::{own_functions, store_function};
 use crate::{blocking, ApiError, AppState};
 
 /// The account and region in ARNs (there is one of each).
-const ARN_PREFIX: &str = "arn:aws:lambda:local:000000000000:function:";
+pub(crate) const ARN_PREFIX: &str = "arn:aws:lambda:local:000000000000:function:";
 
 /// A name, or the name inside a function ARN (`arn:aws:lambda:REGION:ACCOUNT:function:NAME`)
 /// or a qualified name (`NAME:QUALIFIER`).
@@ -65,26 +66,6 @@ fn lambda_runtime(r: Runtime) -> &'static str {
         Runtime::Python3 => "python3.11",
         Runtime::Provided => "provided",
     }
-}
-
-fn iso8601(unix: i64) -> String {
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000+0000",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
 }
 
 /// A `FunctionConfiguration`.
@@ -376,8 +357,6 @@ mod tests {
         );
         assert!(function_name("arn:aws:lambda").is_err());
         assert!(function_name("bad name").is_err());
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000+0000");
-        assert_eq!(iso8601(1_795_949_657), "2026-11-29T10:54:17.000+0000");
         assert_eq!(hex_to_base64("00ff"), "AP8=");
     }
 }

@@ -11,10 +11,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Caller;
-use crate::lambda::configuration;
+use crate::lambda::{configuration, ARN_PREFIX};
 use crate::{blocking, ApiError, AppState};
-
-const ARN_PREFIX: &str = "arn:aws:lambda:local:000000000000:function:";
 
 fn version_config(name: &str, mut record: ignition_store::FunctionRecord, version: u32) -> Value {
     record.config.name = name.to_owned();
