@@ -100,12 +100,12 @@ fn now_unix() -> i64 {
 /// Who a request claims to be, found from its headers alone: a bearer token is checked at
 /// once; a signature needs the body, which is read only after the key is known to exist and the
 /// signature's time is acceptable (strangers cannot make the server buffer bodies).
-enum Identity {
+pub(crate) enum Identity {
     Checked(Caller),
     Signed(ignition_store::AccessKey),
 }
 
-async fn identify(state: &AppState, parts: &Parts) -> Result<Identity, ApiError> {
+pub(crate) async fn identify(state: &AppState, parts: &Parts) -> Result<Identity, ApiError> {
     let auth = parts
         .headers
         .get("authorization")
@@ -150,7 +150,11 @@ fn sig_denied(e: crate::sigv4::SigV4Error) -> ApiError {
 }
 
 /// Checks the whole signature of a request [`identify`] found signed with `key`.
-fn verify(parts: &Parts, body: &[u8], key: &ignition_store::AccessKey) -> Result<Caller, ApiError> {
+pub(crate) fn verify(
+    parts: &Parts,
+    body: &[u8],
+    key: &ignition_store::AccessKey,
+) -> Result<Caller, ApiError> {
     crate::sigv4::verify(parts, body, &key.secret_access_key, now_unix()).map_err(sig_denied)?;
     Ok(Caller::of(key))
 }
@@ -233,7 +237,7 @@ const MAX_DISCARD: usize = 128 * 1024 * 1024;
 /// before it was read), at most [`MAX_DISCARD`] bytes within `timeout`. Nothing is kept; the
 /// point is the client: a connection closed while it still sends makes its kernel reset the
 /// connection, and the client sees a broken pipe instead of the refusal.
-fn discard(body: Body, timeout: std::time::Duration) {
+pub(crate) fn discard(body: Body, timeout: std::time::Duration) {
     use http_body_util::BodyExt;
     tokio::spawn(async move {
         let mut body = body;
@@ -258,7 +262,23 @@ async fn read_body(
     body: Body,
     timeout: std::time::Duration,
 ) -> Result<axum::body::Bytes, ApiError> {
-    let limit = body_limit(&parts.method, parts.uri.path());
+    read_body_within(
+        parts,
+        body,
+        body_limit(&parts.method, parts.uri.path()),
+        timeout,
+    )
+    .await
+}
+
+/// Reads a request's body: at most `limit` bytes (413 past it, a declared length refused
+/// before a byte is read), within `timeout` (408 past it).
+pub(crate) async fn read_body_within(
+    parts: &Parts,
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<axum::body::Bytes, ApiError> {
     let too_large = || {
         let message = if limit == crate::MAX_INVOKE_PAYLOAD + 1 {
             format!(

@@ -187,12 +187,31 @@ pub(crate) async fn get(
     Ok(Json(record))
 }
 
+/// `GET /v1/functions`: the caller's functions, each with its `$LATEST` function URL (`url`,
+/// null when it has none).
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let functions = own_functions(&state, &caller).await?;
-    Ok(Json(serde_json::json!({ "functions": functions })))
+    let stored = functions
+        .iter()
+        .map(|f| ignition_types::FunctionId::new(&caller.tenant, &f.config.name).stored())
+        .collect();
+    let host = crate::function_urls::request_host(&headers, &uri).unwrap_or("localhost");
+    let urls = crate::function_urls::latest_addresses(&state, host, stored).await?;
+    let listed: Vec<serde_json::Value> = functions
+        .iter()
+        .zip(urls)
+        .map(|(f, url)| {
+            let mut v = serde_json::to_value(f).unwrap_or_default();
+            v["url"] = url.into();
+            v
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "functions": listed })))
 }
 
 pub(crate) async fn delete(

@@ -90,25 +90,15 @@ pub(crate) async fn invoke(
             )))
         }
     }
-    let (job, executed) = load_target(&state, &name, request_id.clone(), payload.to_vec()).await?;
-    // Logs, metrics and limits are the function's, whichever version runs.
-    let function_name = base_name(&name).to_owned();
-    let _place = state.concurrency.acquire(&function_name).inspect_err(|_| {
-        state.metrics.record_throttle(&function_name);
-    })?;
     let want_tail = headers
         .get("X-Amz-Log-Type")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Tail"));
-    let started = std::time::Instant::now();
-    let ran = state.node.run(job, mode).await;
-    let (outcome, executor) = (ran.outcome, ran.node);
-    let elapsed = started.elapsed();
-    tracing::info!(function = %function_name, %request_id, ms = elapsed.as_millis(), ok = outcome.is_ok(), "invoked");
-    match &outcome {
-        Ok(exec) => state.metrics.record(&function_name, exec),
-        Err(e) => state.metrics.record_failure(&function_name, e),
-    }
-    keep_log(&state, &function_name, &request_id, &outcome);
+    let function_name = base_name(&name).to_owned();
+    let Ran {
+        outcome,
+        executor,
+        executed,
+    } = run_sync(&state, &name, &request_id, payload.to_vec(), mode).await?;
     let response = match outcome {
         Ok(exec) => success_response(&exec, &request_id, want_tail),
         Err(ExecError::Timeout(after)) => {
@@ -157,6 +147,48 @@ fn with_ids(mut response: Response, request_id: &str, node: &str) -> Response {
         }
     }
     response
+}
+
+/// What a synchronous invocation came to, for the path that answers it (Invoke, a function URL).
+pub(crate) struct Ran {
+    /// The execution, or why there was none.
+    pub(crate) outcome: Result<Execution, ExecError>,
+    /// The node that ran it.
+    pub(crate) executor: String,
+    /// The version that ran (`$LATEST` or a number).
+    pub(crate) executed: String,
+}
+
+/// Runs `target` (a stored `NAME[:QUALIFIER]`) now, within the function's concurrency, and
+/// keeps its metrics and log. Errors are the ones answered before anything ran (no such
+/// function, throttled).
+pub(crate) async fn run_sync(
+    state: &AppState,
+    target: &str,
+    request_id: &str,
+    payload: Vec<u8>,
+    mode: StartMode,
+) -> Result<Ran, ApiError> {
+    let (job, executed) = load_target(state, target, request_id.to_owned(), payload).await?;
+    // Logs, metrics and limits are the function's, whichever version runs.
+    let function_name = base_name(target);
+    let _place = state.concurrency.acquire(function_name).inspect_err(|_| {
+        state.metrics.record_throttle(function_name);
+    })?;
+    let started = std::time::Instant::now();
+    let ran = state.node.run(job, mode).await;
+    let elapsed = started.elapsed();
+    tracing::info!(function = %function_name, %request_id, ms = elapsed.as_millis(), ok = ran.outcome.is_ok(), "invoked");
+    match &ran.outcome {
+        Ok(exec) => state.metrics.record(function_name, exec),
+        Err(e) => state.metrics.record_failure(function_name, e),
+    }
+    keep_log(state, function_name, request_id, &ran.outcome);
+    Ok(Ran {
+        outcome: ran.outcome,
+        executor: ran.node,
+        executed,
+    })
 }
 
 /// `Event`: checks the function and the size, stores the event and answers 202.

@@ -9,6 +9,9 @@
 //! - `GET /v1/stats`: the worker's counters; `POST /v1/floor`: time one bare VMM start-up.
 //! - `GET /v1/functions/{name}/logs?since=SEQ&request_id=ID`: invocation logs.
 //! - `GET /metrics`: Prometheus metrics.
+//! - Lambda's function URL configuration under `/2021-10-31/functions/{name}/url[s]`
+//!   ([`function_urls`]), and the URLs themselves at `/lambda-url/<url-id>/...` or, with
+//!   `--url-domain`, at `<url-id>.DOMAIN` ([`url_requests`]).
 //! - Lambda's control plane under `/2015-03-31/functions` (module `lambda`), and asynchronous
 //!   invocations (`X-Amz-Invocation-Type: Event`, [`events`]) with their failure destination at
 //!   `GET /v1/functions/{name}/failed-events`.
@@ -19,14 +22,17 @@
 mod access_log;
 mod admin;
 pub mod auth;
+mod clock;
 mod concurrency;
 mod error;
 pub mod events;
+mod function_urls;
 mod functions;
 mod invoke;
 mod lambda;
 mod metrics;
 mod sigv4;
+mod url_requests;
 mod versions;
 
 use std::sync::Arc;
@@ -41,6 +47,7 @@ use serde_json::json;
 pub use concurrency::Concurrency;
 pub use error::ApiError;
 pub use events::{spawn_dispatcher, EventConfig};
+pub use function_urls::{validate_url_domain, UrlSettings};
 pub use metrics::Metrics;
 
 /// Largest deploy request: a base64-encoded archive of up to 64 MiB plus the JSON around it.
@@ -71,6 +78,8 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// What no function reaches: a rule that could only reach it is refused at deploy.
     pub egress_deny: Arc<ignition_net::EgressDeny>,
+    /// Where function URLs live.
+    pub urls: UrlSettings,
 }
 
 /// The router with every route.
@@ -140,9 +149,25 @@ pub fn router(state: AppState) -> Router {
             "/2015-03-31/functions/{name}/code",
             axum::routing::put(lambda::update_code).layer(DefaultBodyLimit::max(MAX_DEPLOY_BODY)),
         )
+        .route(
+            "/2021-10-31/functions/{name}/url",
+            post(function_urls::create)
+                .get(function_urls::get)
+                .put(function_urls::update)
+                .delete(function_urls::delete),
+        )
+        .route(
+            "/2021-10-31/functions/{name}/urls",
+            get(function_urls::list),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,
+        ))
+        // Function URLs are served before authentication: a public one has none.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            url_requests::serve,
         ))
         .layer(axum::middleware::from_fn(access_log::log))
         .with_state(state)

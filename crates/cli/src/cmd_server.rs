@@ -191,6 +191,11 @@ pub(crate) struct ServerArgs {
     /// goes to the failed events (Lambda's MaximumEventAgeInSeconds: 60 to 21600).
     #[arg(long, default_value_t = 21_600, value_parser = clap::value_parser!(u64).range(60..=21_600))]
     max_event_age: u64,
+    /// Serve function URLs as `<url-id>.DOMAIN` (routed by the Host header: point a wildcard
+    /// DNS name or a proxy at the nodes), e.g. `fn.example.com` or `fn.example.com:9000`.
+    /// Without it a URL is `/lambda-url/<url-id>/` on the node, which needs no DNS.
+    #[arg(long, value_name = "DOMAIN", value_parser = parse_url_domain)]
+    url_domain: Option<String>,
     /// Destinations no function reaches, whatever its policy (CIDRs, IPv4 or IPv6; repeatable
     /// or comma-separated). Given, it replaces the default list: loopback, 0.0.0.0/8, the
     /// private ranges, 100.64.0.0/10, link-local (cloud metadata), multicast, 240.0.0.0/4, and
@@ -343,6 +348,7 @@ impl ServerArgs {
                 async_retry_delay: Duration::from_millis(self.async_retry_delay_ms),
                 max_queued_events: self.max_queued_events,
                 max_event_age: Duration::from_secs(self.max_event_age),
+                url_domain: self.url_domain.clone(),
             },
         })
     }
@@ -382,4 +388,8 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     tracing::info!("shutting down");
+}
+
+fn parse_url_domain(s: &str) -> Result<String, String> {
+    ignition_api::validate_url_domain(s).map(|()| s.to_owned())
 }

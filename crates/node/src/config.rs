@@ -316,6 +316,9 @@ pub struct ApiSettings {
     pub max_queued_events: u64,
     /// How old an asynchronous invocation may grow before it goes to the failed events.
     pub max_event_age: Duration,
+    /// `--url-domain`: function URLs are `<url-id>.DOMAIN`, routed by the Host header
+    /// (wildcard DNS); without it they are `/lambda-url/<url-id>/` on any node.
+    pub url_domain: Option<String>,
 }
 
 impl Default for ApiSettings {
@@ -328,6 +331,7 @@ impl Default for ApiSettings {
             async_retry_delay: Duration::from_secs(1),
             max_queued_events: 10_000,
             max_event_age: Duration::from_secs(6 * 3600),
+            url_domain: None,
         }
     }
 }

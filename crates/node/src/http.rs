@@ -114,7 +114,7 @@ pub(crate) async fn serve(
                 Err(_) => break,
             },
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -137,11 +137,11 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => connection(stream, router, &builder, graceful).await,
+                None => connection(stream, peer, router, &builder, graceful).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => {
-                            connection(tls_stream, router, &builder, graceful).await;
+                            connection(tls_stream, peer, router, &builder, graceful).await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -168,15 +168,19 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// Serves one connection; its requests carry the client's address (`ConnectInfo`), which
+/// function URLs hand to the function as `sourceIp`.
 async fn connection<I>(
     io: I,
+    peer: std::net::SocketAddr,
     router: axum::Router,
     builder: &auto::Builder<TokioExecutor>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(router);
+    let service =
+        TowerToHyperService::new(router.layer(axum::Extension(axum::extract::ConnectInfo(peer))));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let watched = graceful.watch(conn.into_owned());
     drop(graceful);

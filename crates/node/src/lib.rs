@@ -134,6 +134,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         dev_mode: api.dev,
         body_timeout: config.http.body_timeout,
         egress_deny,
+        urls: ignition_api::UrlSettings {
+            domain: api.url_domain.clone(),
+            https: config.http.tls.is_some(),
+        },
         events: ignition_api::EventConfig {
             retries: api.async_retries,
             retry_delay: api.async_retry_delay,
