@@ -66,6 +66,19 @@ pub(crate) enum FnCommand {
         #[arg(long)]
         request_id: Option<String>,
     },
+    /// Give a function a URL (or change its URL's settings) and print it: plain HTTP reaches
+    /// the function, with Lambda's payload format 2.0 event.
+    Url {
+        /// The function, or FUNCTION:ALIAS for an alias's URL.
+        name: String,
+        /// Who may call it: none (anyone) or iam (requests signed with a key of the
+        /// function's tenant).
+        #[arg(long, value_enum, default_value_t = UrlAuthArg::Iam)]
+        auth: UrlAuthArg,
+        /// An origin browsers may call it from, for CORS (repeatable; `*` for any).
+        #[arg(long = "cors-origin", value_name = "ORIGIN")]
+        cors_origins: Vec<String>,
+    },
     /// List functions.
     Ls,
     /// Delete a function.
@@ -73,6 +86,24 @@ pub(crate) enum FnCommand {
         /// The function.
         name: String,
     },
+}
+
+/// `fn url --auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum UrlAuthArg {
+    /// Public.
+    None,
+    /// Signed requests of the function's tenant.
+    Iam,
+}
+
+impl UrlAuthArg {
+    fn lambda_name(self) -> &'static str {
+        match self {
+            Self::None => "NONE",
+            Self::Iam => "AWS_IAM",
+        }
+    }
 }
 
 /// Parses `K=V`.
@@ -230,6 +261,52 @@ pub(crate) fn run(cmd: FnCommand, global: &crate::GlobalArgs) -> Result<ExitCode
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
         }
+        FnCommand::Url {
+            name,
+            auth,
+            cors_origins,
+        } => {
+            let client = Client::new(global)?;
+            let (function, qualifier) = match name.split_once(':') {
+                Some((f, q)) => (f.to_owned(), Some(q.to_owned())),
+                None => (name.clone(), None),
+            };
+            let mut body = json!({ "AuthType": auth.lambda_name() });
+            if !cors_origins.is_empty() {
+                body["Cors"] = json!({ "AllowOrigins": cors_origins, "AllowMethods": ["*"] });
+            }
+            let path = format!("/2021-10-31/functions/{function}/url");
+            let with_qualifier = |req: reqwest::blocking::RequestBuilder| match &qualifier {
+                Some(q) => req.query(&[("Qualifier", q)]),
+                None => req,
+            };
+            let resp = with_qualifier(client.http().post(client.url(&path)))
+                .json(&body)
+                .send()
+                .context("contacting the server")?;
+            // A URL that exists already gets the settings given.
+            let resp = if resp.status() == reqwest::StatusCode::CONFLICT {
+                with_qualifier(client.http().put(client.url(&path)))
+                    .json(&body)
+                    .send()
+                    .context("contacting the server")?
+            } else {
+                resp
+            };
+            let status = resp.status();
+            let bytes = resp.bytes()?;
+            if !status.is_success() {
+                bail!("url failed: {}", api_error(status, &bytes));
+            }
+            let doc: serde_json::Value =
+                serde_json::from_slice(&bytes).context("the server's answer is not JSON")?;
+            if global.output == crate::Output::Json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                println!("{}", doc["FunctionUrl"].as_str().unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         FnCommand::Ls => {
             let client = Client::new(global)?;
             let doc = client.json(client.http().get(client.url("/v1/functions")), "list")?;
@@ -238,17 +315,18 @@ pub(crate) fn run(cmd: FnCommand, global: &crate::GlobalArgs) -> Result<ExitCode
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:<32} {:<9} {:<24} {:>6} {:>7}",
+                "{:<32} {:<9} {:<24} {:>6} {:>7}  URL",
                 "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT"
             );
             for f in doc["functions"].as_array().into_iter().flatten() {
                 println!(
-                    "{:<32} {:<9} {:<24} {:>6} {:>7}",
+                    "{:<32} {:<9} {:<24} {:>6} {:>7}  {}",
                     f["name"].as_str().unwrap_or_default(),
                     f["runtime"].as_str().unwrap_or_default(),
                     f["handler"].as_str().unwrap_or_default(),
                     f["memory_mib"],
                     f["timeout_s"],
+                    f["url"].as_str().unwrap_or("-"),
                 );
             }
             Ok(ExitCode::SUCCESS)
