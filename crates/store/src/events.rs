@@ -36,6 +36,8 @@ pub struct Event {
     pub created_at: i64,
     /// Times a concurrency limit refused it in a row (its backoff grows with them).
     pub throttles: u32,
+    /// Its own maximum age in seconds (a schedule's retry policy), instead of the node's.
+    pub max_age_s: Option<u32>,
 }
 
 /// How an attempt ended.
@@ -73,11 +75,44 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         last_error: r.get(6)?,
         created_at: r.get(7)?,
         throttles: r.get(8)?,
+        max_age_s: r.get(9)?,
     })
 }
 
 const COLUMNS: &str = "request_id, function, payload, attempts, max_attempts, status, last_error, \
-    created_at, throttles";
+    created_at, throttles, max_age_s";
+
+/// An event to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Its request id.
+    pub request_id: String,
+    /// The function (a stored target, `NAME[:QUALIFIER]`).
+    pub function: String,
+    /// The event (JSON bytes).
+    pub payload: Vec<u8>,
+    /// Attempts allowed (1 + retries).
+    pub max_attempts: u32,
+    /// Its own maximum age in seconds, if not the node's.
+    pub max_age_s: Option<u32>,
+}
+
+/// Inserts `e` as queued unless `max_pending` events are queued or running (one statement, so
+/// concurrent callers cannot together pass the limit); whether it was stored.
+pub(crate) fn insert_event(
+    conn: &rusqlite::Connection,
+    e: &NewEvent,
+    max_pending: u64,
+) -> Result<bool, StoreError> {
+    let limit = i64::try_from(max_pending).unwrap_or(i64::MAX);
+    let inserted = conn.execute(
+        "INSERT INTO events (request_id, function, payload, max_attempts, status, next_at_ms, created_at, updated_at, max_age_s)
+         SELECT ?1, ?2, ?3, ?4, 'queued', 0, ?5, ?5, ?7
+         WHERE (SELECT COUNT(*) FROM events WHERE status IN ('queued', 'running')) < ?6",
+        params![e.request_id, e.function, e.payload, e.max_attempts.max(1), now(), limit, e.max_age_s],
+    )?;
+    Ok(inserted == 1)
+}
 
 /// Records a failed attempt (`expired`: not an attempt, the event's age ran out), which ends
 /// the event when its attempts are spent or it expired.
@@ -123,15 +158,14 @@ impl Store {
         max_attempts: u32,
         max_pending: u64,
     ) -> Result<bool, StoreError> {
-        let t = now();
-        let limit = i64::try_from(max_pending).unwrap_or(i64::MAX);
-        let inserted = self.conn().execute(
-            "INSERT INTO events (request_id, function, payload, max_attempts, status, next_at_ms, created_at, updated_at)
-             SELECT ?1, ?2, ?3, ?4, 'queued', 0, ?5, ?5
-             WHERE (SELECT COUNT(*) FROM events WHERE status IN ('queued', 'running')) < ?6",
-            params![request_id, function, payload, max_attempts.max(1), t, limit],
-        )?;
-        Ok(inserted == 1)
+        let e = NewEvent {
+            request_id: request_id.to_owned(),
+            function: function.to_owned(),
+            payload: payload.to_vec(),
+            max_attempts,
+            max_age_s: None,
+        };
+        insert_event(&self.conn(), &e, max_pending)
     }
 
     /// Queues again the events a previous server left `running`; returns how many.

@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS events (
     last_error   TEXT,
     created_at   INTEGER NOT NULL,
     updated_at   INTEGER NOT NULL,
-    throttles    INTEGER NOT NULL DEFAULT 0
+    throttles    INTEGER NOT NULL DEFAULT 0,
+    max_age_s    INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (status, next_at_ms);
 CREATE TABLE IF NOT EXISTS logs (
@@ -97,6 +98,18 @@ CREATE TABLE IF NOT EXISTS reserved_concurrency (
     function    TEXT PRIMARY KEY,
     reserved    INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS schedules (
+    tenant       TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    definition   TEXT NOT NULL,
+    next_fire_ms INTEGER,
+    fired        INTEGER NOT NULL DEFAULT 0,
+    missed       INTEGER NOT NULL DEFAULT 0,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+CREATE INDEX IF NOT EXISTS schedules_due ON schedules (next_fire_ms);
 CREATE TABLE IF NOT EXISTS function_urls (
     function    TEXT NOT NULL,
     qualifier   TEXT NOT NULL DEFAULT '',
@@ -323,6 +336,15 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             )?;
         }
         conn.pragma_update(None, "user_version", 3)?;
+    }
+    if version < 4 {
+        let has_max_age = conn
+            .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'max_age_s'")?
+            .exists([])?;
+        if !has_max_age {
+            conn.execute_batch("ALTER TABLE events ADD COLUMN max_age_s INTEGER")?;
+        }
+        conn.pragma_update(None, "user_version", 4)?;
     }
     Ok(())
 }

@@ -1,0 +1,295 @@
+//! Schedules: a tenant's named definition (what the API makes of EventBridge Scheduler's
+//! request, kept as JSON) and when it fires next. Firing is one transaction that checks the
+//! due time is still the one the firer read, queues the invocation's event and moves the due
+//! time on, so a due time is fired once, and a firing is never half-recorded.
+
+use rusqlite::{params, OptionalExtension};
+
+use crate::events::{insert_event, NewEvent};
+use crate::sqlite::{now, Store, StoreError};
+
+/// A stored schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRecord {
+    /// Its tenant.
+    pub tenant: String,
+    /// Its name (unique within the tenant).
+    pub name: String,
+    /// Its definition, as the API wrote it.
+    pub definition: String,
+    /// When it fires next (Unix ms); `None`: never again (disabled, or done).
+    pub next_fire_ms: Option<i64>,
+    /// Times it fired.
+    pub fired: u64,
+    /// Due times that passed unfired (every node down past the window, the event queue full).
+    pub missed: u64,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// What firing a schedule's due time does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firing {
+    /// The due time the firer read: nothing happens unless it is still the schedule's.
+    pub due_ms: i64,
+    /// The invocation to queue, or `None` when the due time is missed.
+    pub event: Option<NewEvent>,
+    /// Due times missed (this one included when `event` is `None`).
+    pub missed: u64,
+    /// The next due time, if any.
+    pub next_fire_ms: Option<i64>,
+    /// Delete the schedule (`ActionAfterCompletion: DELETE` with nothing left to fire).
+    pub delete: bool,
+}
+
+/// How a [`Firing`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fired {
+    /// Done as asked.
+    Done,
+    /// The event queue was full: the due time counts as missed, the schedule moved on.
+    QueueFull,
+    /// The schedule changed (or went) since it was read: nothing was done.
+    Stale,
+}
+
+const COLUMNS: &str =
+    "tenant, name, definition, next_fire_ms, fired, missed, created_at, updated_at";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ScheduleRecord> {
+    let fired: i64 = r.get(4)?;
+    let missed: i64 = r.get(5)?;
+    Ok(ScheduleRecord {
+        tenant: r.get(0)?,
+        name: r.get(1)?,
+        definition: r.get(2)?,
+        next_fire_ms: r.get(3)?,
+        fired: u64::try_from(fired).unwrap_or(0),
+        missed: u64::try_from(missed).unwrap_or(0),
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+    })
+}
+
+impl Store {
+    /// Stores a new schedule; `false` when the tenant has one of that name.
+    pub fn create_schedule(
+        &self,
+        tenant: &str,
+        name: &str,
+        definition: &str,
+        next_fire_ms: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let t = now();
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO schedules (tenant, name, definition, next_fire_ms, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![tenant, name, definition, next_fire_ms, t],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Replaces a schedule's definition and due time; `false` when there is no such schedule.
+    pub fn replace_schedule(
+        &self,
+        tenant: &str,
+        name: &str,
+        definition: &str,
+        next_fire_ms: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE schedules SET definition = ?3, next_fire_ms = ?4, updated_at = ?5
+             WHERE tenant = ?1 AND name = ?2",
+            params![tenant, name, definition, next_fire_ms, now()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// One schedule.
+    pub fn schedule(&self, tenant: &str, name: &str) -> Result<Option<ScheduleRecord>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM schedules WHERE tenant = ?1 AND name = ?2"),
+                params![tenant, name],
+                row,
+            )
+            .optional()?)
+    }
+
+    /// A tenant's schedules, by name.
+    pub fn schedules(&self, tenant: &str) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM schedules WHERE tenant = ?1 ORDER BY name"
+        ))?;
+        let rows = stmt.query_map(params![tenant], row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes a schedule; whether it existed.
+    pub fn delete_schedule(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM schedules WHERE tenant = ?1 AND name = ?2",
+            params![tenant, name],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Schedules due at `now_ms`, earliest first, at most `limit`.
+    pub fn due_schedules(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM schedules WHERE next_fire_ms IS NOT NULL AND next_fire_ms <= ?1
+             ORDER BY next_fire_ms LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![now_ms, limit], row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The earliest due time of any schedule.
+    pub fn next_schedule_due(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT MIN(next_fire_ms) FROM schedules", [], |r| r.get(0))?)
+    }
+
+    /// Fires (or records as missed) the due time `f.due_ms` of a schedule, in one transaction;
+    /// the event goes into the queue unless `max_pending` events are queued or running.
+    pub fn fire_schedule(
+        &self,
+        tenant: &str,
+        name: &str,
+        f: &Firing,
+        max_pending: u64,
+    ) -> Result<Fired, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let current: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT next_fire_ms FROM schedules WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if current != Some(Some(f.due_ms)) {
+            return Ok(Fired::Stale);
+        }
+        let (fired, missed, outcome) = match &f.event {
+            None => (0, f.missed, Fired::Done),
+            Some(e) if insert_event(&tx, e, max_pending)? => (1, f.missed, Fired::Done),
+            Some(_) => (0, f.missed + 1, Fired::QueueFull),
+        };
+        if f.delete {
+            tx.execute(
+                "DELETE FROM schedules WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name],
+            )?;
+        } else {
+            tx.execute(
+                "UPDATE schedules SET next_fire_ms = ?3, fired = fired + ?4, missed = missed + ?5
+                 WHERE tenant = ?1 AND name = ?2",
+                params![
+                    tenant,
+                    name,
+                    f.next_fire_ms,
+                    fired,
+                    i64::try_from(missed).unwrap_or(i64::MAX)
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> NewEvent {
+        NewEvent {
+            request_id: id.into(),
+            function: "t.f".into(),
+            payload: b"{\"from\":\"schedule\"}".to_vec(),
+            max_attempts: 2,
+            max_age_s: Some(120),
+        }
+    }
+
+    #[test]
+    fn a_due_time_fires_once_and_moves_on() {
+        let s = Store::in_memory().unwrap();
+        assert!(s.create_schedule("t", "every", "{}", Some(1000)).unwrap());
+        assert!(!s.create_schedule("t", "every", "{}", Some(1000)).unwrap());
+        assert!(s.due_schedules(999, 10).unwrap().is_empty());
+        let due = s.due_schedules(1000, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        let firing = Firing {
+            due_ms: 1000,
+            event: Some(event("e1")),
+            missed: 0,
+            next_fire_ms: Some(61_000),
+            delete: false,
+        };
+        assert_eq!(
+            s.fire_schedule("t", "every", &firing, 10).unwrap(),
+            Fired::Done
+        );
+        assert_eq!(
+            s.fire_schedule("t", "every", &firing, 10).unwrap(),
+            Fired::Stale,
+            "a due time fires once, whoever else read it"
+        );
+        let queued = s.claim_due_events(0, 10).unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].max_age_s, Some(120));
+        assert_eq!(queued[0].max_attempts, 2);
+        let r = s.schedule("t", "every").unwrap().unwrap();
+        assert_eq!((r.next_fire_ms, r.fired, r.missed), (Some(61_000), 1, 0));
+        assert_eq!(s.next_schedule_due().unwrap(), Some(61_000));
+    }
+
+    #[test]
+    fn missed_and_full_queues_are_counted_and_done_schedules_go() {
+        let s = Store::in_memory().unwrap();
+        s.create_schedule("t", "a", "{}", Some(5)).unwrap();
+        let missed = Firing {
+            due_ms: 5,
+            event: None,
+            missed: 3,
+            next_fire_ms: Some(10),
+            delete: false,
+        };
+        assert_eq!(s.fire_schedule("t", "a", &missed, 10).unwrap(), Fired::Done);
+        let full = Firing {
+            due_ms: 10,
+            event: Some(event("e2")),
+            missed: 0,
+            next_fire_ms: Some(20),
+            delete: false,
+        };
+        assert_eq!(
+            s.fire_schedule("t", "a", &full, 0).unwrap(),
+            Fired::QueueFull
+        );
+        let r = s.schedule("t", "a").unwrap().unwrap();
+        assert_eq!((r.fired, r.missed, r.next_fire_ms), (0, 4, Some(20)));
+        let last = Firing {
+            due_ms: 20,
+            event: Some(event("e3")),
+            missed: 0,
+            next_fire_ms: None,
+            delete: true,
+        };
+        assert_eq!(s.fire_schedule("t", "a", &last, 10).unwrap(), Fired::Done);
+        assert!(s.schedule("t", "a").unwrap().is_none());
+        assert!(s.schedules("t").unwrap().is_empty());
+    }
+}
