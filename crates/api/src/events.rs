@@ -160,7 +160,11 @@ pub fn spawn_dispatcher(state: AppState) {
                 let state = state.clone();
                 tokio::spawn(async move {
                     let age_ms = now_ms().saturating_sub(event.created_at.saturating_mul(1000));
-                    let max_age_ms = i64::try_from(config.max_age.as_millis()).unwrap_or(i64::MAX);
+                    // A schedule's retry policy brings its own maximum age.
+                    let max_age = event
+                        .max_age_s
+                        .map_or(config.max_age, |s| Duration::from_secs(u64::from(s)));
+                    let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
                     let outcome = if age_ms > max_age_ms {
                         Err(String::new())
                     } else {
@@ -175,7 +179,7 @@ pub fn spawn_dispatcher(state: AppState) {
                                 error: format!(
                                     "the event expired: it was {} s old, over MaximumEventAgeInSeconds ({} s), after {} attempt(s) and {} throttle(s)",
                                     age_ms / 1000,
-                                    config.max_age.as_secs(),
+                                    max_age.as_secs(),
                                     event.attempts.saturating_sub(1),
                                     event.throttles
                                 ),

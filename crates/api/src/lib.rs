@@ -12,6 +12,8 @@
 //! - Lambda's function URL configuration under `/2021-10-31/functions/{name}/url[s]`
 //!   ([`function_urls`]), and the URLs themselves at `/lambda-url/<url-id>/...` or, with
 //!   `--url-domain`, at `<url-id>.DOMAIN` ([`url_requests`]).
+//! - EventBridge Scheduler's API under `/schedules` ([`schedules`]), fired by
+//!   [`spawn_schedule_firer`].
 //! - Lambda's control plane under `/2015-03-31/functions` (module `lambda`), and asynchronous
 //!   invocations (`X-Amz-Invocation-Type: Event`, [`events`]) with their failure destination at
 //!   `GET /v1/functions/{name}/failed-events`.
@@ -31,6 +33,8 @@ mod functions;
 mod invoke;
 mod lambda;
 mod metrics;
+mod schedule_firer;
+mod schedules;
 mod sigv4;
 mod url_requests;
 mod versions;
@@ -49,6 +53,7 @@ pub use error::ApiError;
 pub use events::{spawn_dispatcher, EventConfig};
 pub use function_urls::{validate_url_domain, UrlSettings};
 pub use metrics::Metrics;
+pub use schedule_firer::{fire_due, spawn_schedule_firer, GRACE_MS};
 
 /// Largest deploy request: a base64-encoded archive of up to 64 MiB plus the JSON around it.
 pub(crate) const MAX_DEPLOY_BODY: usize = 96 * 1024 * 1024;
@@ -159,6 +164,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2021-10-31/functions/{name}/urls",
             get(function_urls::list),
+        )
+        .route("/schedules", get(schedules::list))
+        .route(
+            "/schedules/{name}",
+            post(schedules::create)
+                .get(schedules::get)
+                .put(schedules::update)
+                .delete(schedules::delete),
         )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

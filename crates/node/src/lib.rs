@@ -147,6 +147,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         },
     };
     ignition_api::spawn_dispatcher(state.clone());
+    // The handle is not kept: like the dispatcher, the firer lives as long as the runtime, and
+    // what it does is one store transaction at a time.
+    drop(ignition_api::spawn_schedule_firer(state.clone()));
     if let Some(network) = &network {
         follow_peers(Arc::clone(&state.node), Arc::downgrade(network));
     }
