@@ -9,6 +9,7 @@ mod cmd_doctor;
 mod cmd_fn;
 mod cmd_image;
 mod cmd_key;
+mod cmd_schedule;
 mod cmd_server;
 mod layered;
 mod locate;
@@ -61,6 +62,9 @@ enum Command {
     /// Manage and invoke functions on a server.
     #[command(name = "fn", subcommand)]
     Function(cmd_fn::FnCommand),
+    /// Run functions on a schedule (EventBridge Scheduler's rate, cron and at expressions).
+    #[command(subcommand)]
+    Schedule(cmd_schedule::ScheduleCommand),
     /// Measure cold starts through the API: VMM floor, boot, restore, warm pool; then under load.
     Bench(cmd_bench::BenchArgs),
     /// Inspect the host: KVM (measured), QEMU, Firecracker, networking, cgroups.
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Server(args) => cmd_server::run(*args),
         Command::Function(cmd) => cmd_fn::run(cmd, &global),
+        Command::Schedule(cmd) => cmd_schedule::run(cmd, &global),
         Command::Image(cmd) => cmd_image::run(cmd),
         Command::Bench(args) => cmd_bench::run(args, &global),
         Command::Doctor(args) => cmd_doctor::run(args),
