@@ -1,6 +1,8 @@
-//! Function URLs in front of real microVMs: made with boto3, called with curl (a query string,
-//! a JSON body, a cookie, binary bytes), Lambda's status mapping for handler errors and
-//! timeouts, and an `AWS_IAM` URL that refuses unsigned requests and takes SigV4-signed ones.
+//! What invokes a function besides Invoke, in front of real microVMs: function URLs (made with
+//! boto3, called with curl: a query string, a JSON body, a cookie, binary bytes; Lambda's status
+//! mapping for handler errors and timeouts; an `AWS_IAM` URL that refuses unsigned requests and
+//! takes SigV4-signed ones) and schedules (made with boto3's EventBridge Scheduler client,
+//! `rate(1 minute)` waited for in real time). The two tests run side by side.
 
 // Real microVMs, root and QEMU: run by scripts/test.sh, which turns the feature on.
 #![cfg(feature = "vm-tests")]
@@ -9,6 +11,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::TestServer;
 use serde_json::Value;
@@ -128,5 +131,67 @@ fn function_urls_made_with_boto3_answer_curl_from_a_microvm() {
     assert_eq!(doc["signed"]["status"], 201, "{doc}");
     assert_eq!(doc["signed"]["body"]["rawPath"], "/signed");
     assert_eq!(doc["signed"]["body"]["body"], r#"{"signed": true}"#);
+    server.stop_and_check_clean();
+}
+
+#[test]
+fn a_schedule_made_with_boto3_fires_every_minute_in_real_time() {
+    let server = TestServer::start_secure(&[]);
+    let (id, secret) = server.create_key("acme");
+    let token = format!("{id}:{secret}");
+    let script = common::repo_root().join("crates/cli/tests/fixtures/sdk/scheduler.py");
+    let made = std::time::Instant::now();
+    let out = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .args([server.url.as_str(), &id, &secret])
+        .output()
+        .expect("python3 with boto3 (./scripts/setup.sh installs python3-boto3)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc["arn"],
+        "arn:aws:scheduler:local:000000000000:schedule/default/every-minute"
+    );
+    assert_eq!(doc["expression"], "rate(1 minute)");
+    assert_eq!(doc["state"], "ENABLED");
+    assert_eq!(doc["retries"], 2);
+    assert_eq!(doc["listed"], serde_json::json!(["every-minute"]));
+    assert_eq!(doc["bad"], "ValidationException");
+    assert_eq!(doc["missing"], "ResourceNotFoundException");
+    let listed = server.cli_as(&token, &["schedule", "ls"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains("every-minute") && listed.contains("rate(1 minute)"),
+        "{listed}"
+    );
+
+    // The first firing is a minute after the schedule was made; it runs in a microVM and its
+    // log is the function's, like any invocation's.
+    let runs = || {
+        let logs = server.cli_as(&token, &["fn", "logs", "tick"]);
+        String::from_utf8_lossy(&logs.stdout)
+            .matches("tick from scheduler")
+            .count()
+    };
+    common::wait_for("the first scheduled run", Duration::from_secs(150), || {
+        runs() >= 1
+    });
+    let first = made.elapsed();
+    assert!(
+        first >= Duration::from_secs(55),
+        "the first run came {first:?} after the schedule was made, before its minute"
+    );
+    assert_eq!(runs(), 1, "one firing per due time");
+    let rm = server.cli_as(&token, &["schedule", "rm", "every-minute"]);
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
     server.stop_and_check_clean();
 }
