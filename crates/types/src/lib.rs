@@ -4,11 +4,14 @@
 //! - [`Runtime`]: what runs a function's handler in the guest.
 //! - [`egress`]: the destinations a function's VM may open connections to.
 //! - [`FunctionId`]: whose function, by which name.
+//! - [`TenantQuotas`]: how much of a node a tenant may hold or use.
 
 pub mod egress;
 mod function;
+mod quota;
 mod runtime;
 
 pub use egress::{parse_rules, EgressRule, Ipv4Net, PolicyError, Protocol};
 pub use function::{FunctionId, Target, DEFAULT_TENANT};
+pub use quota::{QuotaOverrides, TenantQuotas};
 pub use runtime::{Runtime, UnknownRuntime};
