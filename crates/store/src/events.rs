@@ -97,21 +97,66 @@ pub struct NewEvent {
     pub max_age_s: Option<u32>,
 }
 
-/// Inserts `e` as queued unless `max_pending` events are queued or running (one statement, so
-/// concurrent callers cannot together pass the limit); whether it was stored.
+/// Whether an event was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored.
+    Stored,
+    /// The node holds its limit of events: nothing stored.
+    NodeFull,
+    /// The event's tenant holds its quota of events: nothing stored.
+    TenantFull,
+}
+
+/// Inserts `e` as queued unless `max_pending` events (of any tenant), or `tenant_limit` of its
+/// tenant's, are queued or running: one statement, so concurrent callers cannot together pass
+/// a limit.
 pub(crate) fn insert_event(
     conn: &rusqlite::Connection,
     e: &NewEvent,
     max_pending: u64,
-) -> Result<bool, StoreError> {
+    tenant_limit: Option<u64>,
+) -> Result<Enqueued, StoreError> {
     let limit = i64::try_from(max_pending).unwrap_or(i64::MAX);
+    let tenant_limit = tenant_limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+    let tenant = ignition_types::FunctionId::from_stored(
+        ignition_types::Target::split_stored(&e.function).0,
+    )
+    .tenant;
+    let of_tenant = crate::quotas::of_tenant("function", 9);
     let inserted = conn.execute(
-        "INSERT INTO events (request_id, function, payload, max_attempts, status, next_at_ms, created_at, updated_at, max_age_s)
-         SELECT ?1, ?2, ?3, ?4, 'queued', 0, ?5, ?5, ?7
-         WHERE (SELECT COUNT(*) FROM events WHERE status IN ('queued', 'running')) < ?6",
-        params![e.request_id, e.function, e.payload, e.max_attempts.max(1), now(), limit, e.max_age_s],
+        &format!(
+            "INSERT INTO events (request_id, function, payload, max_attempts, status, next_at_ms, created_at, updated_at, max_age_s)
+             SELECT ?1, ?2, ?3, ?4, 'queued', 0, ?5, ?5, ?7
+             WHERE (SELECT COUNT(*) FROM events WHERE status IN ('queued', 'running')) < ?6
+             AND (?8 IS NULL OR (SELECT COUNT(*) FROM events
+                  WHERE status IN ('queued', 'running') AND {of_tenant}) < ?8)"
+        ),
+        params![
+            e.request_id,
+            e.function,
+            e.payload,
+            e.max_attempts.max(1),
+            now(),
+            limit,
+            e.max_age_s,
+            tenant_limit,
+            tenant
+        ],
     )?;
-    Ok(inserted == 1)
+    if inserted == 1 {
+        return Ok(Enqueued::Stored);
+    }
+    let pending: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM events WHERE status IN ('queued', 'running')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(if pending >= limit {
+        Enqueued::NodeFull
+    } else {
+        Enqueued::TenantFull
+    })
 }
 
 /// Records a failed attempt (`expired`: not an attempt, the event's age ran out), which ends
@@ -165,7 +210,17 @@ impl Store {
             max_attempts,
             max_age_s: None,
         };
-        insert_event(&self.conn(), &e, max_pending)
+        Ok(self.enqueue_event_within(&e, max_pending, None)? == Enqueued::Stored)
+    }
+
+    /// Stores `e` unless the node holds `max_pending` events, or its tenant `tenant_limit`.
+    pub fn enqueue_event_within(
+        &self,
+        e: &NewEvent,
+        max_pending: u64,
+        tenant_limit: Option<u64>,
+    ) -> Result<Enqueued, StoreError> {
+        insert_event(&self.conn(), e, max_pending, tenant_limit)
     }
 
     /// Queues again the events a previous server left `running`; returns how many.

@@ -9,17 +9,19 @@ mod credentials;
 mod events;
 mod logs;
 mod model;
+mod quotas;
 mod schedules;
 mod sqlite;
 mod urls;
 mod versions;
 
 pub use credentials::{validate_tenant, AccessKey, OPERATOR};
-pub use events::{Attempt, Event, NewEvent, KEEP_FAILED};
+pub use events::{Attempt, Enqueued, Event, NewEvent, KEEP_FAILED};
 pub use logs::{LogEntry, KEEP_LOGS, MAX_LOG_BYTES};
 pub use model::{
     validate_name, FunctionConfig, FunctionRecord, ModelError, Runtime, MEMORY_MIB, TIMEOUT_S,
 };
+pub use quotas::{Quota, TenantUsage};
 pub use schedules::{Fired, Firing, ScheduleRecord};
 pub use sqlite::{sha256_hex, Store, StoreError};
 pub use urls::{is_url_id, Cors, FunctionUrl, UrlAuth};

@@ -5,7 +5,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use crate::events::{insert_event, NewEvent};
+use crate::events::{insert_event, Enqueued, NewEvent};
 use crate::sqlite::{now, Store, StoreError};
 
 /// A stored schedule.
@@ -161,13 +161,15 @@ impl Store {
     }
 
     /// Fires (or records as missed) the due time `f.due_ms` of a schedule, in one transaction;
-    /// the event goes into the queue unless `max_pending` events are queued or running.
+    /// the event goes into the queue unless `max_pending` events are queued or running, or
+    /// `tenant_limit` of the schedule's tenant.
     pub fn fire_schedule(
         &self,
         tenant: &str,
         name: &str,
         f: &Firing,
         max_pending: u64,
+        tenant_limit: Option<u64>,
     ) -> Result<Fired, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -183,7 +185,9 @@ impl Store {
         }
         let (fired, missed, outcome) = match &f.event {
             None => (0, f.missed, Fired::Done),
-            Some(e) if insert_event(&tx, e, max_pending)? => (1, f.missed, Fired::Done),
+            Some(e) if insert_event(&tx, e, max_pending, tenant_limit)? == Enqueued::Stored => {
+                (1, f.missed, Fired::Done)
+            }
             Some(_) => (0, f.missed + 1, Fired::QueueFull),
         };
         if f.delete {
@@ -239,11 +243,11 @@ mod tests {
             delete: false,
         };
         assert_eq!(
-            s.fire_schedule("t", "every", &firing, 10).unwrap(),
+            s.fire_schedule("t", "every", &firing, 10, None).unwrap(),
             Fired::Done
         );
         assert_eq!(
-            s.fire_schedule("t", "every", &firing, 10).unwrap(),
+            s.fire_schedule("t", "every", &firing, 10, None).unwrap(),
             Fired::Stale,
             "a due time fires once, whoever else read it"
         );
@@ -267,7 +271,10 @@ mod tests {
             next_fire_ms: Some(10),
             delete: false,
         };
-        assert_eq!(s.fire_schedule("t", "a", &missed, 10).unwrap(), Fired::Done);
+        assert_eq!(
+            s.fire_schedule("t", "a", &missed, 10, None).unwrap(),
+            Fired::Done
+        );
         let full = Firing {
             due_ms: 10,
             event: Some(event("e2")),
@@ -276,7 +283,7 @@ mod tests {
             delete: false,
         };
         assert_eq!(
-            s.fire_schedule("t", "a", &full, 0).unwrap(),
+            s.fire_schedule("t", "a", &full, 0, None).unwrap(),
             Fired::QueueFull
         );
         let r = s.schedule("t", "a").unwrap().unwrap();
@@ -288,7 +295,10 @@ mod tests {
             next_fire_ms: None,
             delete: true,
         };
-        assert_eq!(s.fire_schedule("t", "a", &last, 10).unwrap(), Fired::Done);
+        assert_eq!(
+            s.fire_schedule("t", "a", &last, 10, None).unwrap(),
+            Fired::Done
+        );
         assert!(s.schedule("t", "a").unwrap().is_none());
         assert!(s.schedules("t").unwrap().is_empty());
     }

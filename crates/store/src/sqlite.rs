@@ -28,6 +28,14 @@ pub enum StoreError {
     /// A stored row does not decode (the database was changed by something else).
     #[error("corrupt row for {0}")]
     Corrupt(String),
+    /// The write would take a tenant past a quota; nothing was written.
+    #[error("{} quota of {limit} reached", quota.flag())]
+    QuotaExceeded {
+        /// Which quota.
+        quota: crate::quotas::Quota,
+        /// Its value for the tenant.
+        limit: u64,
+    },
 }
 
 const SCHEMA: &str = "
@@ -110,6 +118,10 @@ CREATE TABLE IF NOT EXISTS schedules (
     PRIMARY KEY (tenant, name)
 );
 CREATE INDEX IF NOT EXISTS schedules_due ON schedules (next_fire_ms);
+CREATE TABLE IF NOT EXISTS tenant_quotas (
+    tenant      TEXT PRIMARY KEY,
+    overrides   TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS function_urls (
     function    TEXT NOT NULL,
     qualifier   TEXT NOT NULL DEFAULT '',
@@ -179,55 +191,7 @@ impl Store {
         config: &FunctionConfig,
         code_tar: &[u8],
     ) -> Result<FunctionRecord, StoreError> {
-        let hash = sha256_hex(code_tar);
-        let env = serde_json::to_string(&config.env)
-            .map_err(|_| StoreError::Corrupt(config.name.clone()))?;
-        let egress = serde_json::to_string(&config.egress)
-            .map_err(|_| StoreError::Corrupt(config.name.clone()))?;
-        let t = now();
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let previous: Option<(String, i64)> = tx
-            .query_row(
-                "SELECT code_sha256, created_at FROM functions WHERE name = ?1",
-                params![config.name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO bundles (sha256, size, data, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![hash, code_tar.len() as i64, code_tar, t],
-        )?;
-        let created_at = previous.as_ref().map_or(t, |(_, c)| *c);
-        tx.execute(
-            "INSERT OR REPLACE INTO functions
-             (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at, reuse, egress)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                config.name,
-                config.runtime.as_str(),
-                config.handler,
-                config.memory_mib,
-                config.timeout_s,
-                env,
-                hash,
-                created_at,
-                t,
-                config.reuse,
-                egress
-            ],
-        )?;
-        if let Some((old, _)) = previous {
-            gc_bundle(&tx, &old)?;
-        }
-        tx.commit()?;
-        Ok(FunctionRecord {
-            config: config.clone(),
-            code_sha256: hash,
-            code_size: code_tar.len() as u64,
-            created_at,
-            updated_at: t,
-        })
+        put_function_on(&mut self.conn(), config, code_tar)
     }
 
     /// One function.
@@ -298,6 +262,62 @@ impl Store {
         let n: i64 = conn.query_row("SELECT COUNT(*) FROM bundles", [], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+}
+
+/// [`Store::put_function`] on a connection the caller holds (so that it can check first).
+pub(crate) fn put_function_on(
+    conn: &mut Connection,
+    config: &FunctionConfig,
+    code_tar: &[u8],
+) -> Result<FunctionRecord, StoreError> {
+    let hash = sha256_hex(code_tar);
+    let env =
+        serde_json::to_string(&config.env).map_err(|_| StoreError::Corrupt(config.name.clone()))?;
+    let egress = serde_json::to_string(&config.egress)
+        .map_err(|_| StoreError::Corrupt(config.name.clone()))?;
+    let t = now();
+    let tx = conn.transaction()?;
+    let previous: Option<(String, i64)> = tx
+        .query_row(
+            "SELECT code_sha256, created_at FROM functions WHERE name = ?1",
+            params![config.name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    tx.execute(
+        "INSERT OR IGNORE INTO bundles (sha256, size, data, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![hash, code_tar.len() as i64, code_tar, t],
+    )?;
+    let created_at = previous.as_ref().map_or(t, |(_, c)| *c);
+    tx.execute(
+        "INSERT OR REPLACE INTO functions
+         (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at, reuse, egress)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            config.name,
+            config.runtime.as_str(),
+            config.handler,
+            config.memory_mib,
+            config.timeout_s,
+            env,
+            hash,
+            created_at,
+            t,
+            config.reuse,
+            egress
+        ],
+    )?;
+    if let Some((old, _)) = previous {
+        gc_bundle(&tx, &old)?;
+    }
+    tx.commit()?;
+    Ok(FunctionRecord {
+        config: config.clone(),
+        code_sha256: hash,
+        code_size: code_tar.len() as u64,
+        created_at,
+        updated_at: t,
+    })
 }
 
 /// Brings a database made by an earlier version up to [`SCHEMA`]; `user_version` counts the

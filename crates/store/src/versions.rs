@@ -56,9 +56,12 @@ fn decode(function: &str, config: &str) -> Result<FunctionConfig, StoreError> {
 impl Store {
     /// Publishes `$LATEST` of `function` as a new version, unless the newest version already
     /// has the same code and configuration (then that one is returned, as Lambda does).
+    /// With `max_versions`, a new version that would make more is refused
+    /// ([`StoreError::QuotaExceeded`]).
     pub fn publish_version(
         &self,
         function: &str,
+        max_versions: Option<u64>,
     ) -> Result<Option<(u32, FunctionRecord)>, StoreError> {
         let Some(latest) = self.get_function(function)? else {
             return Ok(None);
@@ -79,6 +82,19 @@ impl Store {
             if *c == config && *sha == latest.code_sha256 {
                 tx.commit()?;
                 return Ok(Some((*n, latest)));
+            }
+        }
+        if let Some(max) = max_versions {
+            let count: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM versions WHERE function = ?1",
+                params![function],
+                |r| r.get(0),
+            )?;
+            if u64::try_from(count).unwrap_or(0) >= max {
+                return Err(StoreError::QuotaExceeded {
+                    quota: crate::quotas::Quota::Versions,
+                    limit: max,
+                });
             }
         }
         let n = newest.map_or(1, |(n, _, _)| n + 1);
@@ -364,17 +380,17 @@ mod tests {
     #[test]
     fn versions_are_immutable_and_keep_their_code() {
         let s = Store::in_memory().unwrap();
-        assert!(s.publish_version("f").unwrap().is_none());
+        assert!(s.publish_version("f", None).unwrap().is_none());
         s.put_function(&config("a.one"), b"v1 code").unwrap();
-        let (n, _) = s.publish_version("f").unwrap().unwrap();
+        let (n, _) = s.publish_version("f", None).unwrap().unwrap();
         assert_eq!(n, 1);
         assert_eq!(
-            s.publish_version("f").unwrap().unwrap().0,
+            s.publish_version("f", None).unwrap().unwrap().0,
             1,
             "nothing changed"
         );
         s.put_function(&config("a.two"), b"v2 code").unwrap();
-        assert_eq!(s.publish_version("f").unwrap().unwrap().0, 2);
+        assert_eq!(s.publish_version("f", None).unwrap().unwrap().0, 2);
         s.put_function(&config("a.three"), b"v3 code").unwrap();
         let v1 = s.get_version("f", 1).unwrap().unwrap();
         assert_eq!(v1.config.handler, "a.one");

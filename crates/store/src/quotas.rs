@@ -1,0 +1,365 @@
+//! Tenants' quotas: what an operator set per tenant, what a tenant holds, and the writes that
+//! check a quota in the same transaction that would pass it (two concurrent deploys cannot
+//! together go over).
+//!
+//! A stored name is `TENANT.NAME`, or a bare name for the default tenant, so a tenant's rows
+//! are found by that prefix.
+
+use ignition_types::{QuotaOverrides, TenantQuotas, DEFAULT_TENANT};
+use rusqlite::{params, OptionalExtension};
+
+use crate::model::{FunctionConfig, FunctionRecord};
+use crate::sqlite::{Store, StoreError};
+
+/// Which quota a write would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// Functions.
+    Functions,
+    /// Versions per function.
+    Versions,
+    /// Code stored, MiB.
+    CodeMib,
+    /// Asynchronous invocations queued or running.
+    QueuedEvents,
+}
+
+impl Quota {
+    /// Its server flag, which also names it in messages.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Functions => "--quota-functions",
+            Self::Versions => "--quota-versions",
+            Self::CodeMib => "--quota-code-mib",
+            Self::QueuedEvents => "--quota-queued-events",
+        }
+    }
+}
+
+/// What a tenant holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TenantUsage {
+    /// Functions.
+    pub functions: u64,
+    /// Bytes of code, over its functions and versions, each bundle once.
+    pub code_bytes: u64,
+    /// Asynchronous invocations queued or running.
+    pub queued_events: u64,
+}
+
+/// SQL that is true when column `col` names a row of the tenant bound at `?{p}`.
+pub(crate) fn of_tenant(col: &str, p: usize) -> String {
+    format!(
+        "(CASE WHEN ?{p} = '{DEFAULT_TENANT}' THEN instr({col}, '.') = 0 \
+         ELSE substr({col}, 1, length(?{p}) + 1) = ?{p} || '.' END)"
+    )
+}
+
+fn tenant_of(stored: &str) -> String {
+    ignition_types::FunctionId::from_stored(stored).tenant
+}
+
+/// Bytes of the distinct bundles the tenant's functions (but `except`'s `$LATEST`) and
+/// versions refer to, and whether `hash` is among them.
+fn code_bytes(
+    conn: &rusqlite::Connection,
+    tenant: &str,
+    except: &str,
+    hash: &str,
+) -> Result<(u64, bool), StoreError> {
+    let sql = format!(
+        "WITH used AS (
+           SELECT code_sha256 AS h FROM functions WHERE {} AND name != ?2
+           UNION SELECT code_sha256 FROM versions WHERE {})
+         SELECT COALESCE(SUM(b.size), 0), COALESCE(MAX(b.sha256 = ?3), 0)
+         FROM bundles b JOIN used ON used.h = b.sha256",
+        of_tenant("name", 1),
+        of_tenant("function", 1)
+    );
+    let (bytes, has): (i64, bool) = conn.query_row(&sql, params![tenant, except, hash], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    Ok((u64::try_from(bytes).unwrap_or(0), has))
+}
+
+impl Store {
+    /// What an operator set for `tenant` (nothing: every default).
+    pub fn quota_overrides(&self, tenant: &str) -> Result<QuotaOverrides, StoreError> {
+        let text: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT overrides FROM tenant_quotas WHERE tenant = ?1",
+                params![tenant],
+                |r| r.get(0),
+            )
+            .optional()?;
+        text.map_or(Ok(QuotaOverrides::default()), |t| {
+            serde_json::from_str(&t).map_err(|_| StoreError::Corrupt(format!("quotas of {tenant}")))
+        })
+    }
+
+    /// Every tenant's overrides.
+    pub fn all_quota_overrides(&self) -> Result<Vec<(String, QuotaOverrides)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT tenant, overrides FROM tenant_quotas ORDER BY tenant")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        rows.map(|r| {
+            let (tenant, text) = r?;
+            let o = serde_json::from_str(&text)
+                .map_err(|_| StoreError::Corrupt(format!("quotas of {tenant}")))?;
+            Ok((tenant, o))
+        })
+        .collect()
+    }
+
+    /// Sets what an operator set for `tenant` (replacing what was set before).
+    pub fn set_quota_overrides(
+        &self,
+        tenant: &str,
+        overrides: &QuotaOverrides,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(overrides)
+            .map_err(|_| StoreError::Corrupt(format!("quotas of {tenant}")))?;
+        self.conn().execute(
+            "INSERT INTO tenant_quotas (tenant, overrides) VALUES (?1, ?2)
+             ON CONFLICT (tenant) DO UPDATE SET overrides = excluded.overrides",
+            params![tenant, text],
+        )?;
+        Ok(())
+    }
+
+    /// What `tenant` holds.
+    pub fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage, StoreError> {
+        let conn = self.conn();
+        let functions: i64 = conn.query_row(
+            &format!(
+                "SELECT COUNT(*) FROM functions WHERE {}",
+                of_tenant("name", 1)
+            ),
+            params![tenant],
+            |r| r.get(0),
+        )?;
+        let queued: i64 = conn.query_row(
+            &format!(
+                "SELECT COUNT(*) FROM events WHERE status IN ('queued', 'running') AND {}",
+                of_tenant("function", 1)
+            ),
+            params![tenant],
+            |r| r.get(0),
+        )?;
+        let (code_bytes, _) = code_bytes(&conn, tenant, "", "")?;
+        Ok(TenantUsage {
+            functions: u64::try_from(functions).unwrap_or(0),
+            code_bytes,
+            queued_events: u64::try_from(queued).unwrap_or(0),
+        })
+    }
+
+    /// [`Store::put_function`], unless it would take the function's tenant past `quotas`
+    /// (functions, or code): then [`StoreError::QuotaExceeded`] and nothing is written.
+    pub fn put_function_within(
+        &self,
+        config: &FunctionConfig,
+        code_tar: &[u8],
+        quotas: &TenantQuotas,
+    ) -> Result<FunctionRecord, StoreError> {
+        let tenant = tenant_of(&config.name);
+        let hash = crate::sqlite::sha256_hex(code_tar);
+        // Checked and written under the one connection's lock: nothing writes in between.
+        let mut conn = self.conn();
+        let exists = conn
+            .query_row(
+                "SELECT 1 FROM functions WHERE name = ?1",
+                params![config.name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !exists {
+            let n: i64 = conn.query_row(
+                &format!(
+                    "SELECT COUNT(*) FROM functions WHERE {}",
+                    of_tenant("name", 1)
+                ),
+                params![tenant],
+                |r| r.get(0),
+            )?;
+            if u64::try_from(n).unwrap_or(0) >= quotas.functions {
+                return Err(StoreError::QuotaExceeded {
+                    quota: Quota::Functions,
+                    limit: quotas.functions,
+                });
+            }
+        }
+        let (bytes, has) = code_bytes(&conn, &tenant, &config.name, &hash)?;
+        let after = if has {
+            bytes
+        } else {
+            bytes + code_tar.len() as u64
+        };
+        if after > quotas.code_mib.saturating_mul(1024 * 1024) {
+            return Err(StoreError::QuotaExceeded {
+                quota: Quota::CodeMib,
+                limit: quotas.code_mib,
+            });
+        }
+        crate::sqlite::put_function_on(&mut conn, config, code_tar)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str) -> FunctionConfig {
+        FunctionConfig {
+            name: name.into(),
+            runtime: crate::Runtime::Python3,
+            handler: "a.b".into(),
+            memory_mib: 128,
+            timeout_s: 3,
+            env: Default::default(),
+            reuse: false,
+            egress: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn usage_is_counted_per_tenant_and_quotas_refuse_before_writing() {
+        let s = Store::in_memory().unwrap();
+        let q = TenantQuotas {
+            functions: 2,
+            code_mib: 1,
+            ..TenantQuotas::default()
+        };
+        let half = vec![7u8; 600 * 1024];
+        s.put_function_within(&config("acme.a"), &half, &q).unwrap();
+        s.put_function_within(&config("acme.b"), &half, &q)
+            .expect("the same bundle counts once");
+        s.put_function_within(&config("plain"), &[1u8; 900 * 1024], &q)
+            .expect("the default tenant is another tenant");
+        let e = s
+            .put_function_within(&config("acme.c"), b"x", &q)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::QuotaExceeded {
+                    quota: Quota::Functions,
+                    limit: 2
+                }
+            ),
+            "{e}"
+        );
+        let e = s
+            .put_function_within(&config("acme.a"), &[9u8; 600 * 1024], &q)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::QuotaExceeded {
+                    quota: Quota::CodeMib,
+                    ..
+                }
+            ),
+            "b still holds the old bundle: {e}"
+        );
+        assert_eq!(
+            s.get_function("acme.a").unwrap().unwrap().code_size,
+            600 * 1024,
+            "unchanged"
+        );
+        let u = s.tenant_usage("acme").unwrap();
+        assert_eq!((u.functions, u.code_bytes), (2, 600 * 1024));
+        let d = s.tenant_usage(DEFAULT_TENANT).unwrap();
+        assert_eq!((d.functions, d.code_bytes), (1, 900 * 1024));
+        assert!(s.enqueue_event("e1", "acme.a:1", b"{}", 1, 10).unwrap());
+        assert_eq!(s.tenant_usage("acme").unwrap().queued_events, 1);
+        assert_eq!(s.tenant_usage(DEFAULT_TENANT).unwrap().queued_events, 0);
+    }
+
+    #[test]
+    fn overrides_are_kept_per_tenant() {
+        let s = Store::in_memory().unwrap();
+        assert_eq!(
+            s.quota_overrides("acme").unwrap(),
+            QuotaOverrides::default()
+        );
+        let o = QuotaOverrides {
+            versions: Some(3),
+            ..QuotaOverrides::default()
+        };
+        s.set_quota_overrides("acme", &o).unwrap();
+        s.set_quota_overrides("acme", &o).unwrap();
+        assert_eq!(s.quota_overrides("acme").unwrap(), o);
+        assert_eq!(
+            s.quota_overrides("other").unwrap(),
+            QuotaOverrides::default()
+        );
+    }
+
+    #[test]
+    fn versions_and_queued_events_stop_at_their_quotas() {
+        let s = Store::in_memory().unwrap();
+        let mut c = config("acme.f");
+        s.put_function(&c, b"v1").unwrap();
+        assert_eq!(s.publish_version("acme.f", Some(2)).unwrap().unwrap().0, 1);
+        c.timeout_s = 4;
+        s.put_function(&c, b"v1").unwrap();
+        assert_eq!(s.publish_version("acme.f", Some(2)).unwrap().unwrap().0, 2);
+        assert_eq!(
+            s.publish_version("acme.f", Some(2)).unwrap().unwrap().0,
+            2,
+            "nothing changed: the newest version, no new one"
+        );
+        c.timeout_s = 5;
+        s.put_function(&c, b"v1").unwrap();
+        let e = s.publish_version("acme.f", Some(2)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::QuotaExceeded {
+                    quota: Quota::Versions,
+                    limit: 2
+                }
+            ),
+            "{e}"
+        );
+
+        let event = |id: &str, f: &str| crate::NewEvent {
+            request_id: id.into(),
+            function: f.into(),
+            payload: b"{}".to_vec(),
+            max_attempts: 1,
+            max_age_s: None,
+        };
+        use crate::Enqueued::*;
+        assert_eq!(
+            s.enqueue_event_within(&event("1", "acme.f"), 10, Some(2))
+                .unwrap(),
+            Stored
+        );
+        assert_eq!(
+            s.enqueue_event_within(&event("2", "acme.f:1"), 10, Some(2))
+                .unwrap(),
+            Stored
+        );
+        assert_eq!(
+            s.enqueue_event_within(&event("3", "acme.f"), 10, Some(2))
+                .unwrap(),
+            TenantFull
+        );
+        assert_eq!(
+            s.enqueue_event_within(&event("4", "beta.f"), 10, Some(2))
+                .unwrap(),
+            Stored,
+            "another tenant's quota is its own"
+        );
+        assert_eq!(
+            s.enqueue_event_within(&event("5", "f"), 3, Some(2))
+                .unwrap(),
+            NodeFull
+        );
+    }
+}
