@@ -22,6 +22,8 @@ struct Counts {
     unreserved: u32,
     /// Reservations.
     reserved: HashMap<String, u32>,
+    /// In flight per tenant.
+    tenants: HashMap<String, u64>,
 }
 
 /// The node's concurrency accounting.
@@ -38,6 +40,7 @@ pub struct Concurrency {
 pub(crate) struct Permit {
     owner: Arc<Concurrency>,
     function: String,
+    tenant: String,
     reserved: bool,
 }
 
@@ -52,6 +55,12 @@ impl Drop for Permit {
         }
         if !self.reserved {
             c.unreserved = c.unreserved.saturating_sub(1);
+        }
+        if let Some(n) = c.tenants.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.tenants.remove(&self.tenant);
+            }
         }
     }
 }
@@ -83,9 +92,21 @@ impl Concurrency {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A place for one invocation of `function`, or 429.
-    pub(crate) fn acquire(self: &Arc<Self>, function: &str) -> Result<Permit, ApiError> {
+    /// A place for one invocation of `function` (a stored name), whose tenant may run
+    /// `tenant_limit` at once, or 429.
+    pub(crate) fn acquire(
+        self: &Arc<Self>,
+        function: &str,
+        tenant_limit: u64,
+    ) -> Result<Permit, ApiError> {
+        let tenant = ignition_types::FunctionId::from_stored(function).tenant;
         let mut c = self.lock();
+        if c.tenants.get(&tenant).copied().unwrap_or(0) >= tenant_limit {
+            return Err(throttled(
+                "ConcurrentInvocationLimitExceeded",
+                format!("Rate Exceeded: the account runs at most {tenant_limit} invocations at once (--quota-concurrency)"),
+            ));
+        }
         let running = c.running.get(function).copied().unwrap_or(0);
         let reserved = c.reserved.get(function).copied();
         match reserved {
@@ -109,11 +130,22 @@ impl Concurrency {
             }
         }
         *c.running.entry(function.to_owned()).or_default() += 1;
+        *c.tenants.entry(tenant.clone()).or_default() += 1;
         Ok(Permit {
             owner: Arc::clone(self),
             function: function.to_owned(),
+            tenant,
             reserved: reserved.is_some(),
         })
+    }
+
+    /// Every function's reservation.
+    pub(crate) fn reservations(&self) -> Vec<(String, u32)> {
+        self.lock()
+            .reserved
+            .iter()
+            .map(|(f, r)| (f.clone(), *r))
+            .collect()
     }
 
     pub(crate) fn set(&self, function: &str, reserved: Option<u32>) -> Result<(), ApiError> {
@@ -209,19 +241,19 @@ mod tests {
     #[test]
     fn reservations_cap_their_function_and_are_held_back_from_the_rest() {
         let c = Concurrency::new(3, 0, HashMap::from([("r".to_owned(), 1)]));
-        let r1 = c.acquire("r").unwrap();
-        let e = c.acquire("r").unwrap_err();
+        let r1 = c.acquire("r", u64::MAX).unwrap();
+        let e = c.acquire("r", u64::MAX).unwrap_err();
         assert_eq!(
             (e.status.as_u16(), e.error_type),
             (429, "TooManyRequestsException")
         );
-        let a = c.acquire("a").unwrap();
-        let _b = c.acquire("b").unwrap();
-        assert!(c.acquire("a").is_err(), "2 of 3 are unreserved");
+        let a = c.acquire("a", u64::MAX).unwrap();
+        let _b = c.acquire("b", u64::MAX).unwrap();
+        assert!(c.acquire("a", u64::MAX).is_err(), "2 of 3 are unreserved");
         drop(a);
-        let _a2 = c.acquire("a").unwrap();
+        let _a2 = c.acquire("a", u64::MAX).unwrap();
         drop(r1);
-        let _r2 = c.acquire("r").unwrap();
+        let _r2 = c.acquire("r", u64::MAX).unwrap();
         assert!(
             c.set("x", Some(3)).is_err(),
             "cannot reserve beyond the node"
@@ -229,7 +261,7 @@ mod tests {
         c.set("r", None).unwrap();
         let zero = Concurrency::new(5, 1, HashMap::from([("off".to_owned(), 0)]));
         assert!(
-            zero.acquire("off").is_err(),
+            zero.acquire("off", u64::MAX).is_err(),
             "reserved 0 throttles every invocation"
         );
     }
@@ -248,11 +280,26 @@ mod tests {
             e.message
         );
         // With the greedy reservation refused, others are still served.
-        let _other = c.acquire("other").unwrap();
+        let _other = c.acquire("other", u64::MAX).unwrap();
         c.set("greedy", Some(9)).unwrap();
         assert!(
             c.set("second", Some(1)).is_err(),
             "the floor counts every reservation"
         );
+    }
+
+    #[test]
+    fn a_tenant_runs_at_most_its_quota_at_once() {
+        let c = Concurrency::new(10, 1, HashMap::new());
+        let a1 = c.acquire("acme.a", 2).unwrap();
+        let _a2 = c.acquire("acme.b", 2).unwrap();
+        let e = c.acquire("acme.a", 2).unwrap_err();
+        assert_eq!(e.reason, Some("ConcurrentInvocationLimitExceeded"));
+        assert!(e.message.contains("--quota-concurrency"), "{}", e.message);
+        let _other = c
+            .acquire("beta.a", 2)
+            .expect("another tenant's quota is its own");
+        drop(a1);
+        let _a3 = c.acquire("acme.a", 2).unwrap();
     }
 }

@@ -88,10 +88,14 @@ async fn attempt(
     let job = load_job(state, target, request_id.to_owned(), payload)
         .await
         .map_err(|e| e.to_string())?;
-    let _place = state.concurrency.acquire(function).map_err(|e| {
-        state.metrics.record_throttle(function);
-        format!("{THROTTLED}{e}")
-    })?;
+    let tenant_limit = state.quotas.of_function(function).concurrency;
+    let _place = state
+        .concurrency
+        .acquire(function, tenant_limit)
+        .map_err(|e| {
+            state.metrics.record_throttle(function);
+            format!("{THROTTLED}{e}")
+        })?;
     let outcome = state.node.run(job, StartMode::Auto).await.outcome;
     crate::invoke::keep_log(state, function, request_id, &outcome);
     if let Err(e) = &outcome {

@@ -168,7 +168,11 @@ pub(crate) async fn store_function(
             .is_some()
     };
     let name = config.name.clone();
-    let record = blocking(state, move |s| s.put_function(&config, bundle.tar())).await?;
+    let quotas = state.quotas.of_function(&config.name);
+    let record = blocking(state, move |s| {
+        s.put_function_within(&config, bundle.tar(), &quotas)
+    })
+    .await?;
     // Snapshots, warm slots and reused VMs hold the old code.
     state.worker.invalidate(&name).await;
     Ok((record, existed))

@@ -172,9 +172,13 @@ pub(crate) async fn run_sync(
     let (job, executed) = load_target(state, target, request_id.to_owned(), payload).await?;
     // Logs, metrics and limits are the function's, whichever version runs.
     let function_name = base_name(target);
-    let _place = state.concurrency.acquire(function_name).inspect_err(|_| {
-        state.metrics.record_throttle(function_name);
-    })?;
+    let tenant_limit = state.quotas.of_function(function_name).concurrency;
+    let _place = state
+        .concurrency
+        .acquire(function_name, tenant_limit)
+        .inspect_err(|_| {
+            state.metrics.record_throttle(function_name);
+        })?;
     let started = std::time::Instant::now();
     let ran = state.node.run(job, mode).await;
     let elapsed = started.elapsed();
@@ -210,26 +214,40 @@ async fn enqueue(
     }
     // The target must exist; its code is not needed until the event runs.
     resolve(state, name).await?;
-    let (id, n) = (request_id.to_owned(), name.to_owned());
-    let payload = if payload.is_empty() {
-        b"{}".to_vec()
-    } else {
-        payload.to_vec()
+    let event = ignition_store::NewEvent {
+        request_id: request_id.to_owned(),
+        function: name.to_owned(),
+        payload: if payload.is_empty() {
+            b"{}".to_vec()
+        } else {
+            payload.to_vec()
+        },
+        max_attempts: state.events.retries.saturating_add(1),
+        max_age_s: None,
     };
-    let attempts = state.events.retries.saturating_add(1);
     let limit = state.events.max_pending;
-    let accepted = blocking(state, move |s| {
-        s.enqueue_event(&id, &n, &payload, attempts, limit)
+    let tenant_limit = state.quotas.of_function(name).queued_events;
+    let enqueued = blocking(state, move |s| {
+        s.enqueue_event_within(&event, limit, Some(tenant_limit))
     })
     .await?;
-    if !accepted {
-        // The store would grow without bound; the caller may try again (SDKs do by themselves).
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TooManyRequestsException",
-            format!("the node holds its limit of {limit} asynchronous invocations (queued or running); try again later"),
-        )
-        .with_reason("EventQueueFull"));
+    // Past a limit the store would grow without bound; the caller may try again (SDKs do).
+    match enqueued {
+        ignition_store::Enqueued::Stored => {}
+        ignition_store::Enqueued::NodeFull => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequestsException",
+                format!("the node holds its limit of {limit} asynchronous invocations (queued or running); try again later"),
+            )
+            .with_reason("EventQueueFull"))
+        }
+        ignition_store::Enqueued::TenantFull => {
+            return Err(crate::quotas::exceeded(
+                ignition_store::Quota::QueuedEvents,
+                tenant_limit,
+            ))
+        }
     }
     state.events.wake.notify_one();
     Ok(with_ids(

@@ -9,6 +9,8 @@
 //! - `GET /v1/stats`: the worker's counters; `POST /v1/floor`: time one bare VMM start-up.
 //! - `GET /v1/functions/{name}/logs?since=SEQ&request_id=ID`: invocation logs.
 //! - `GET /metrics`: Prometheus metrics.
+//! - `GET|PUT /v1/tenants/{tenant}/quotas` (operators) and Lambda's GetAccountSettings
+//!   ([`quotas`]).
 //! - Lambda's function URL configuration under `/2021-10-31/functions/{name}/url[s]`
 //!   ([`function_urls`]), and the URLs themselves at `/lambda-url/<url-id>/...` or, with
 //!   `--url-domain`, at `<url-id>.DOMAIN` ([`url_requests`]).
@@ -33,6 +35,7 @@ mod functions;
 mod invoke;
 mod lambda;
 mod metrics;
+mod quotas;
 mod schedule_firer;
 mod schedules;
 mod sigv4;
@@ -53,6 +56,7 @@ pub use error::ApiError;
 pub use events::{spawn_dispatcher, EventConfig};
 pub use function_urls::{validate_url_domain, UrlSettings};
 pub use metrics::Metrics;
+pub use quotas::Quotas;
 pub use schedule_firer::{fire_due, spawn_schedule_firer, GRACE_MS};
 
 /// Largest deploy request: a base64-encoded archive of up to 64 MiB plus the JSON around it.
@@ -85,6 +89,8 @@ pub struct AppState {
     pub egress_deny: Arc<ignition_net::EgressDeny>,
     /// Where function URLs live.
     pub urls: UrlSettings,
+    /// Tenants' quotas.
+    pub quotas: Arc<Quotas>,
 }
 
 /// The router with every route.
@@ -165,6 +171,18 @@ pub fn router(state: AppState) -> Router {
             "/2021-10-31/functions/{name}/urls",
             get(function_urls::list),
         )
+        .route(
+            "/v1/tenants/{tenant}/quotas",
+            get(quotas::get).put(quotas::put),
+        )
+        .route(
+            "/2016-08-19/account-settings",
+            get(quotas::account_settings),
+        )
+        .route(
+            "/2016-08-19/account-settings/",
+            get(quotas::account_settings),
+        )
         .route("/schedules", get(schedules::list))
         .route(
             "/schedules/{name}",
@@ -206,5 +224,15 @@ where
     tokio::task::spawn_blocking(move || f(&store))
         .await
         .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
-        .map_err(|e| ApiError::internal(e.to_string()))
+        .map_err(store_error)
+}
+
+/// A store error as the client sees it: a quota's own answer, or a server error.
+pub(crate) fn store_error(e: ignition_store::StoreError) -> ApiError {
+    match e {
+        ignition_store::StoreError::QuotaExceeded { quota, limit } => {
+            quotas::exceeded(quota, limit)
+        }
+        e => ApiError::internal(e.to_string()),
+    }
 }

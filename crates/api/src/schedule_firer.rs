@@ -113,8 +113,12 @@ pub async fn fire_due(state: &AppState, now_ms: i64) -> Result<usize, crate::Api
             continue;
         };
         let limit = state.events.max_pending;
+        let tenant_limit = state.quotas.of(&r.tenant).queued_events;
         let (tenant, name, f) = (r.tenant.clone(), r.name.clone(), firing.clone());
-        let fired = blocking(state, move |s| s.fire_schedule(&tenant, &name, &f, limit)).await?;
+        let fired = blocking(state, move |s| {
+            s.fire_schedule(&tenant, &name, &f, limit, Some(tenant_limit))
+        })
+        .await?;
         match fired {
             Fired::Done if firing.event.is_some() => {
                 queued += 1;
@@ -122,7 +126,7 @@ pub async fn fire_due(state: &AppState, now_ms: i64) -> Result<usize, crate::Api
             }
             Fired::Done => {}
             Fired::QueueFull => {
-                tracing::warn!(schedule = %r.name, tenant = %r.tenant, "schedule missed a firing: the event queue is full");
+                tracing::warn!(schedule = %r.name, tenant = %r.tenant, "schedule missed a firing: the event queue (the node's or the tenant's) is full");
             }
             Fired::Stale => {}
         }

@@ -40,7 +40,8 @@ pub(crate) async fn publish(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let stored = caller.function(&name)?;
     let user = crate::lambda::function_name(&name)?;
-    let (n, record) = blocking(&state, move |s| s.publish_version(&stored))
+    let max = state.quotas.of_function(&stored).versions;
+    let (n, record) = blocking(&state, move |s| s.publish_version(&stored, Some(max)))
         .await?
         .ok_or_else(|| ApiError::not_found(&user))?;
     Ok((StatusCode::CREATED, Json(version_config(&user, record, n))))

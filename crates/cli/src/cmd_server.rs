@@ -196,6 +196,22 @@ pub(crate) struct ServerArgs {
     /// Without it a URL is `/lambda-url/<url-id>/` on the node, which needs no DNS.
     #[arg(long, value_name = "DOMAIN", value_parser = parse_url_domain)]
     url_domain: Option<String>,
+    /// Functions a tenant may have (an operator's key sets a tenant's own quotas at
+    /// `PUT /v1/tenants/TENANT/quotas`).
+    #[arg(long, default_value_t = 500)]
+    quota_functions: u64,
+    /// Published versions a tenant's function may have.
+    #[arg(long, default_value_t = 100)]
+    quota_versions: u64,
+    /// MiB of code a tenant may store, over its functions and versions (each bundle once).
+    #[arg(long, default_value_t = 2048)]
+    quota_code_mib: u64,
+    /// Asynchronous invocations a tenant may have queued or running.
+    #[arg(long, default_value_t = 1000)]
+    quota_queued_events: u64,
+    /// Invocations a tenant may run at once.
+    #[arg(long, default_value_t = 1000)]
+    quota_concurrency: u64,
     /// Destinations no function reaches, whatever its policy (CIDRs, IPv4 or IPv6; repeatable
     /// or comma-separated). Given, it replaces the default list: loopback, 0.0.0.0/8, the
     /// private ranges, 100.64.0.0/10, link-local (cloud metadata), multicast, 240.0.0.0/4, and
@@ -349,6 +365,13 @@ impl ServerArgs {
                 max_queued_events: self.max_queued_events,
                 max_event_age: Duration::from_secs(self.max_event_age),
                 url_domain: self.url_domain.clone(),
+                quotas: ignition_node::TenantQuotas {
+                    functions: self.quota_functions,
+                    versions: self.quota_versions,
+                    code_mib: self.quota_code_mib,
+                    queued_events: self.quota_queued_events,
+                    concurrency: self.quota_concurrency,
+                },
             },
         })
     }

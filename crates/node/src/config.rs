@@ -319,6 +319,8 @@ pub struct ApiSettings {
     /// `--url-domain`: function URLs are `<url-id>.DOMAIN`, routed by the Host header
     /// (wildcard DNS); without it they are `/lambda-url/<url-id>/` on any node.
     pub url_domain: Option<String>,
+    /// Every tenant's quotas, unless an operator set its own.
+    pub quotas: ignition_types::TenantQuotas,
 }
 
 impl Default for ApiSettings {
@@ -332,6 +334,7 @@ impl Default for ApiSettings {
             max_queued_events: 10_000,
             max_event_age: Duration::from_secs(6 * 3600),
             url_domain: None,
+            quotas: ignition_types::TenantQuotas::default(),
         }
     }
 }

@@ -27,6 +27,7 @@ pub use config::{
 };
 pub use error::NodeError;
 pub use http::{HttpSettings, TlsFiles};
+pub use ignition_types::TenantQuotas;
 pub use vmm::resolve_vmm;
 
 /// A node that serves its API.
@@ -99,6 +100,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .clone()
         .unwrap_or_else(|| hostname().unwrap_or_else(|| "node-1".to_owned()));
     let reserved = store.reserved_concurrency().map_err(NodeError::Store)?;
+    let quota_overrides = store.all_quota_overrides().map_err(NodeError::Store)?;
     let store = Arc::new(store);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -134,6 +136,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         dev_mode: api.dev,
         body_timeout: config.http.body_timeout,
         egress_deny,
+        quotas: ignition_api::Quotas::new(config.api.quotas, quota_overrides),
         urls: ignition_api::UrlSettings {
             domain: api.url_domain.clone(),
             https: config.http.tls.is_some(),
