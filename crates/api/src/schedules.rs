@@ -25,6 +25,9 @@ const DEFAULT_RETRIES: u32 = 185;
 const DEFAULT_MAX_AGE_S: u32 = 86_400;
 /// Largest `Target.Input` (EventBridge Scheduler's limit).
 const MAX_INPUT: usize = 8192;
+/// Schedules a tenant may have (EventBridge Scheduler's default quota is a million per
+/// account; a node's store is smaller).
+pub(crate) const MAX_SCHEDULES: usize = 1000;
 
 /// A schedule as it is stored: what was asked, checked, and the function it invokes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,6 +376,14 @@ pub(crate) async fn create(
     let def = definition(&state, &caller, body_of(body)?, now).await?;
     let next = first_fire(&def, now)?;
     let text = encode(&def)?;
+    let tenant = caller.tenant.clone();
+    if blocking(&state, move |s| s.schedules(&tenant)).await?.len() >= MAX_SCHEDULES {
+        return Err(ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "ServiceQuotaExceededException",
+            format!("the account has its quota of {MAX_SCHEDULES} schedules"),
+        ));
+    }
     let (tenant, n) = (caller.tenant.clone(), name.clone());
     let created = blocking(&state, move |s| s.create_schedule(&tenant, &n, &text, next)).await?;
     if !created {
