@@ -218,13 +218,41 @@ pub fn spawn_dispatcher(state: AppState) {
     });
 }
 
-/// `GET /v1/functions/{name}/failed-events`: the function's failure destination.
+/// `?marker=&limit=` of the failed events.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct Page {
+    marker: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Failed events listed at once by default, and at most.
+const PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+/// `GET /v1/functions/{name}/failed-events?marker=M&limit=N`: the function's failure
+/// destination (every version's and alias's), newest first, a page at a time; `next_marker`
+/// fetches the next page.
 pub(crate) async fn failed(
     State(state): State<AppState>,
     caller: crate::auth::Caller,
     Path(name): Path<String>,
+    axum::extract::Query(page): axum::extract::Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let n = caller.function(&name)?;
-    let events = blocking(&state, move |s| s.failed_events(&n)).await?;
-    Ok(Json(json!({ "function": name, "events": events })))
+    let limit = page.limit.unwrap_or(PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit: 1 to {MAX_PAGE}")));
+    }
+    let offset: u64 = match &page.marker {
+        None => 0,
+        Some(m) => m.parse().map_err(|_| {
+            ApiError::invalid(format!("marker: {m:?} is not a marker this API gave"))
+        })?,
+    };
+    let (events, more) = blocking(&state, move |s| s.failed_events(&n, offset, limit)).await?;
+    let mut doc = json!({ "function": name, "events": events });
+    if more {
+        doc["next_marker"] = (offset + u64::from(limit)).to_string().into();
+    }
+    Ok(Json(doc))
 }

@@ -290,15 +290,32 @@ impl Store {
         Ok(())
     }
 
-    /// The events of `function` whose attempts are spent, newest first.
-    pub fn failed_events(&self, function: &str) -> Result<Vec<Event>, StoreError> {
+    /// The events of `function` (any of its versions and aliases) whose attempts are spent,
+    /// newest first: `limit` of them from the `offset`-th, and whether more follow.
+    pub fn failed_events(
+        &self,
+        function: &str,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<Event>, bool), StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM events WHERE status = 'failed' AND function = ?1
-             ORDER BY updated_at DESC, created_at DESC"
+            "SELECT {COLUMNS} FROM events WHERE status = 'failed'
+             AND (function = ?1 OR substr(function, 1, length(?1) + 1) = ?1 || ':')
+             ORDER BY updated_at DESC, created_at DESC, request_id LIMIT ?2 OFFSET ?3"
         ))?;
-        let rows = stmt.query_map(params![function], row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = stmt.query_map(
+            params![
+                function,
+                i64::from(limit) + 1,
+                i64::try_from(offset).unwrap_or(i64::MAX)
+            ],
+            row,
+        )?;
+        let mut events: Vec<Event> = rows.collect::<Result<_, _>>()?;
+        let more = events.len() > limit as usize;
+        events.truncate(limit as usize);
+        Ok((events, more))
     }
 
     /// When the earliest queued event is due (Unix ms), if any is queued.
@@ -355,7 +372,8 @@ mod tests {
         assert_eq!(s.claim_due_events(2000, 10).unwrap()[0].attempts, 3);
         s.finish_event("r1", &fail(3000)).unwrap();
         assert!(s.claim_due_events(i64::MAX, 10).unwrap().is_empty());
-        let failed = s.failed_events("f").unwrap();
+        let (failed, more) = s.failed_events("f", 0, 10).unwrap();
+        assert!(!more);
         assert_eq!(failed.len(), 1);
         assert_eq!(
             (failed[0].attempts, failed[0].last_error.as_deref()),
@@ -407,5 +425,37 @@ mod tests {
         .unwrap();
         assert!(s.enqueue_event("c", "f", b"3", 1, 2).unwrap());
         assert_eq!(s.event_counts().unwrap(), (2, 0, 1));
+    }
+
+    #[test]
+    fn failed_events_are_listed_by_page_with_their_versions() {
+        let s = Store::in_memory().unwrap();
+        for (id, target) in [
+            ("a", "f"),
+            ("b", "f:1"),
+            ("c", "f:live"),
+            ("d", "fx"),
+            ("e", "f"),
+        ] {
+            assert!(s.enqueue_event(id, target, b"{}", 1, 10).unwrap());
+        }
+        for e in s.claim_due_events(0, 10).unwrap() {
+            let failed = Attempt::Failed {
+                error: "boom".into(),
+                next_at_ms: 0,
+            };
+            s.finish_event(&e.request_id, &failed).unwrap();
+        }
+        let (first, more) = s.failed_events("f", 0, 3).unwrap();
+        assert_eq!((first.len(), more), (3, true));
+        let (rest, more) = s.failed_events("f", 3, 3).unwrap();
+        assert_eq!((rest.len(), more), (1, false));
+        let mut ids: Vec<_> = first
+            .iter()
+            .chain(&rest)
+            .map(|e| e.request_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["a", "b", "c", "e"], "not fx, another function");
     }
 }
