@@ -9,6 +9,10 @@
 //! A snapshot is never restored unverified: `meta.json` records the key, the format version and
 //! SHA-256 digests of both files. The state file is checked at every restore (it is small); the
 //! memory file fully once per process, then by size and modification time.
+//!
+//! Disk. With a budget (`--snapshot-disk-mib`), committing a snapshot evicts the least recently
+//! used others (a restore marks its snapshot used by touching its directory, so the order
+//! survives a restart) until the blocks they take fit; the snapshot just made is never evicted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,6 +82,10 @@ pub(crate) struct Snapshot {
 #[derive(Debug)]
 pub(crate) struct SnapshotStore {
     root: PathBuf,
+    /// Bytes of disk the snapshots may take, if bounded.
+    budget: Option<u64>,
+    /// Snapshots evicted to keep to the budget.
+    evicted: std::sync::atomic::AtomicU64,
     /// Memory files verified in full: path -> (len, mtime).
     verified: Mutex<HashMap<PathBuf, (u64, std::time::SystemTime)>>,
     /// One builder per key at a time.
@@ -97,9 +105,17 @@ pub(crate) fn key(parts: &[&[u8]]) -> String {
 }
 
 impl SnapshotStore {
+    #[cfg(test)]
     pub(crate) fn new(root: PathBuf) -> Self {
+        Self::bounded(root, None)
+    }
+
+    /// A store whose snapshots take at most `budget` bytes of disk (but the newest, always).
+    pub(crate) fn bounded(root: PathBuf, budget: Option<u64>) -> Self {
         Self {
             root,
+            budget,
+            evicted: std::sync::atomic::AtomicU64::new(0),
             verified: Mutex::new(HashMap::new()),
             building: Mutex::new(HashMap::new()),
         }
@@ -194,6 +210,7 @@ impl SnapshotStore {
         let dir = self.dir(function, key);
         std::fs::rename(staging, &dir).map_err(io(&dir))?;
         self.mark_verified(&dir.join(MEMORY));
+        self.keep_to_budget(&dir);
         Ok(Snapshot {
             key: key.to_owned(),
             files: SnapshotFiles {
@@ -225,7 +242,10 @@ impl SnapshotStore {
             return Ok(None);
         }
         match self.verify(&dir, key) {
-            Ok(s) => Ok(Some(s)),
+            Ok(s) => {
+                mark_used(&dir);
+                Ok(Some(s))
+            }
             Err(e) => {
                 tracing::warn!(snapshot = %dir.display(), error = %e, "removing an invalid snapshot");
                 let _ = std::fs::remove_dir_all(&dir);
@@ -277,6 +297,60 @@ impl SnapshotStore {
         })
     }
 
+    /// Snapshots evicted to keep to the disk budget, since start.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Evicts the least recently used snapshots but `keep` until the rest fit the budget.
+    fn keep_to_budget(&self, keep: &Path) {
+        let Some(budget) = self.budget else { return };
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        let mut snapshots: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with(".staging-"))
+            .filter_map(|e| {
+                let used = e.metadata().ok()?.modified().ok()?;
+                Some((used, disk_bytes(&e.path()), e.path()))
+            })
+            .collect();
+        let mut total: u64 = snapshots.iter().map(|(_, b, _)| b).sum();
+        snapshots.sort();
+        for (_, bytes, path) in snapshots {
+            if total <= budget {
+                break;
+            }
+            if path == keep {
+                continue;
+            }
+            tracing::info!(snapshot = %path.display(), bytes, budget, "evicting the least recently used snapshot");
+            if std::fs::remove_dir_all(&path).is_ok() {
+                total = total.saturating_sub(bytes);
+                self.evicted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Removes every snapshot of each function `matches` names.
+    pub(crate) fn remove_matching(&self, matches: &dyn Fn(&str) -> bool) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // `<function>-<20 hex>`.
+            let Some((function, key)) = name.rsplit_once('-') else {
+                continue;
+            };
+            if key.len() == 20 && key.chars().all(|c| c.is_ascii_hexdigit()) && matches(function) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
     /// Removes every snapshot of `function`.
     pub(crate) fn remove_function(&self, function: &str) {
         let prefix = format!("{function}-");
@@ -293,6 +367,29 @@ impl SnapshotStore {
             }
         }
     }
+}
+
+/// Marks a snapshot used now (its directory's modification time orders eviction).
+fn mark_used(dir: &Path) {
+    let now = std::time::SystemTime::now();
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.set_modified(now)) {
+        tracing::debug!(snapshot = %dir.display(), error = %e, "marking a snapshot used");
+    }
+}
+
+/// Bytes of disk the files under `dir` take (allocated blocks: a sparse memory file counts only
+/// what it holds).
+fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -349,5 +446,36 @@ mod tests {
             fresh.load("f", &k),
             Err(SnapshotError::Invalid(..))
         ));
+    }
+
+    #[test]
+    fn a_disk_budget_evicts_the_least_recently_used_snapshots() {
+        let root = tempfile::tempdir().unwrap();
+        let mem = vec![1u8; 64 * 1024];
+        // Room for two snapshots of this size (and their small files), not three.
+        let store =
+            SnapshotStore::bounded(root.path().to_path_buf(), Some(2 * 64 * 1024 + 64 * 1024));
+        let (ka, kb, kc) = (key(&[b"a"]), key(&[b"b"]), key(&[b"c"]));
+        stage(&store, "a", &ka, &mem);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        stage(&store, "b", &kb, &mem);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // `a` restored since: `b` is now the least recently used.
+        assert!(store.load("a", &ka).unwrap().is_some());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        stage(&store, "c", &kc, &mem);
+        assert!(store.load("b", &kb).unwrap().is_none(), "evicted");
+        assert!(store.load("a", &ka).unwrap().is_some());
+        assert!(
+            store.load("c", &kc).unwrap().is_some(),
+            "the newest is kept"
+        );
+        assert_eq!(store.evicted(), 1);
+        let unbounded = SnapshotStore::new(root.path().to_path_buf());
+        stage(&unbounded, "d", &key(&[b"d"]), &mem);
+        assert!(
+            unbounded.load("a", &ka).unwrap().is_some(),
+            "no budget, no eviction"
+        );
     }
 }
