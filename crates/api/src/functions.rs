@@ -227,7 +227,7 @@ pub(crate) async fn delete(
     let n = stored.clone();
     if blocking(&state, move |s| s.delete_function(&n)).await? {
         let name = stored;
-        state.worker.invalidate(&name).await;
+        state.worker.forget_function(&name).await;
         let n = name.clone();
         blocking(&state, move |s| {
             s.delete_logs(&n)?;

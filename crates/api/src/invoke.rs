@@ -278,7 +278,10 @@ pub(crate) async fn load_target(
     let (name, record, version) = resolve(state, target).await?;
     let executed = version.map_or_else(|| "$LATEST".to_owned(), |v| v.to_string());
     // A version is a function of its own to the worker (its snapshot, its warm slots).
-    let spec_name = version.map_or_else(|| name.to_owned(), |v| format!("{name}@{v}"));
+    let spec_name = version.map_or_else(
+        || name.to_owned(),
+        |v| ignition_worker::version_spec_name(name, v),
+    );
     let hash = record.code_sha256.clone();
     let code_tar = blocking(state, move |s| s.get_bundle(&hash))
         .await?

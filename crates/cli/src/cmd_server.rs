@@ -71,6 +71,10 @@ pub(crate) struct ServerArgs {
     /// Restores that may run at once to refill the pool (default: the number of CPUs).
     #[arg(long)]
     refill_parallelism: Option<usize>,
+    /// MiB of disk function snapshots may take (each about its function's memory); past it the
+    /// least recently used are evicted (0: unbounded).
+    #[arg(long, default_value_t = 10 * 1024)]
+    snapshot_disk_mib: u64,
     /// Run VMM processes without namespaces, seccomp and cgroups (for hosts where the server
     /// cannot create them).
     #[arg(long)]
@@ -325,6 +329,7 @@ impl ServerArgs {
                 pool_memory_mib: self.pool_memory_mib,
                 keep_alive: Duration::from_secs(self.keep_alive),
                 refill_parallelism: self.refill_parallelism,
+                snapshot_disk_mib: (self.snapshot_disk_mib > 0).then_some(self.snapshot_disk_mib),
             },
             network: NetworkConfig {
                 mode: network,

@@ -330,7 +330,7 @@ async fn delete(
     match kind {
         Kind::Function => {
             blocking(&node.store, move |s| s.delete_function(&n)).await?;
-            node.worker.invalidate(name).await;
+            node.worker.forget_function(name).await;
         }
         Kind::Key => {
             blocking(&node.store, move |s| s.delete_key(&n)).await?;

@@ -202,6 +202,8 @@ pub struct WorkerLimits {
     pub keep_alive: Duration,
     /// Restores that may run at once to refill the pool (default: the number of CPUs).
     pub refill_parallelism: Option<usize>,
+    /// MiB of disk function snapshots may take; the least recently used go past it.
+    pub snapshot_disk_mib: Option<u64>,
 }
 
 impl Default for WorkerLimits {
@@ -213,6 +215,7 @@ impl Default for WorkerLimits {
             pool_memory_mib: 1024,
             keep_alive: Duration::from_secs(60),
             refill_parallelism: None,
+            snapshot_disk_mib: Some(10 * 1024),
         }
     }
 }

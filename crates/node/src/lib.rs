@@ -84,6 +84,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             boot_timeout: limits.boot_timeout,
             load_timeout: limits.init_timeout,
             snapshot_dir: data_dir.join("snapshots"),
+            snapshot_disk_mib: limits.snapshot_disk_mib,
             pool: PoolConfig {
                 memory_budget_mib: limits.pool_memory_mib,
                 keep_alive: limits.keep_alive,

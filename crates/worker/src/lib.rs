@@ -24,5 +24,6 @@ pub use error::ExecError;
 pub use pool::{PoolConfig, PoolStatus};
 pub use snapshot::SnapshotError;
 pub use worker::{
-    Execution, Job, StartKind, StartMode, Timings, Worker, WorkerConfig, WorkerStats,
+    is_version_of, version_spec_name, Execution, Job, StartKind, StartMode, Timings, Worker,
+    WorkerConfig, WorkerStats,
 };

@@ -6,7 +6,8 @@
 //! function has had an arrival within the keep-alive, and at `min_ready` (zero by default)
 //! after. The arrival rate is counted over the last [`RATE_WINDOW`]; the refill time is a moving
 //! average of measured restores. Slots above the target are destroyed once the function has been
-//! idle for the keep-alive.
+//! idle for the keep-alive, and a function's entry itself (which holds its code) once it has
+//! neither slots nor demand.
 //!
 //! Memory. Every ready slot is charged its measured proportional set size (PSS: pages shared
 //! with other VMs restored from the same snapshot count by their share). A refill reserves an
@@ -276,6 +277,11 @@ impl WarmPool {
         self.wake.notify_one();
     }
 
+    /// Functions with a pool entry (slots, demand, or a minimum).
+    pub(crate) fn functions(&self) -> usize {
+        self.lock().fns.len()
+    }
+
     /// The pool of `name`.
     pub(crate) fn status(&self, name: &str) -> PoolStatus {
         let keep_alive = self.config.keep_alive;
@@ -316,6 +322,20 @@ impl WarmPool {
     }
 
     /// Drops every slot of `name` (its code or configuration changed, or it was deleted).
+    /// Drops the pools of every function `matches` names, destroying their slots.
+    pub(crate) fn invalidate_matching(&self, matches: &dyn Fn(&str) -> bool) {
+        let names: Vec<String> = self
+            .lock()
+            .fns
+            .keys()
+            .filter(|k| matches(k))
+            .cloned()
+            .collect();
+        for n in names {
+            self.invalidate(&n);
+        }
+    }
+
     pub(crate) fn invalidate(&self, name: &str) {
         let mut st = self.lock();
         if let Some(p) = st.fns.remove(name) {
@@ -368,6 +388,13 @@ impl WarmPool {
                         freed += s.pss_mib;
                         doomed.push(s.guest);
                     }
+                }
+                if idle && target == 0 && p.ready.is_empty() && p.filling == 0 && p.waiting == 0 {
+                    // Idle past the keep-alive with nothing kept: the entry (which holds the
+                    // function's code) goes; the next invocation makes a new one.
+                    st.charged_mib -= freed;
+                    st.fns.remove(&name);
+                    continue;
                 }
                 let want = target.saturating_sub(p.ready.len() + p.filling);
                 let function = p.function.clone();

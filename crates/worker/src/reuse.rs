@@ -87,6 +87,17 @@ impl<G> ReusedVms<G> {
         list.into_iter().map(|x| x.vm).collect()
     }
 
+    /// Removes the idle VMs of every function `matches` names.
+    pub(crate) fn remove_matching(&mut self, matches: &dyn Fn(&str) -> bool) -> Vec<G> {
+        let names: Vec<String> = self
+            .by_function
+            .keys()
+            .filter(|k| matches(k))
+            .cloned()
+            .collect();
+        names.iter().flat_map(|n| self.remove_function(n)).collect()
+    }
+
     /// Removes every idle VM.
     pub(crate) fn drain(&mut self) -> Vec<G> {
         self.by_function

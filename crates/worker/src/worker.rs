@@ -31,6 +31,9 @@ pub struct WorkerConfig {
     pub load_timeout: Duration,
     /// Where snapshots are kept.
     pub snapshot_dir: std::path::PathBuf,
+    /// MiB of disk the snapshots may take (least recently used evicted past it); `None`:
+    /// unbounded.
+    pub snapshot_disk_mib: Option<u64>,
     /// The warm pool's bounds.
     pub pool: PoolConfig,
     /// The node's VM networking; `None`: VMs have no network interface.
@@ -158,6 +161,21 @@ pub struct Execution {
     pub timings: Timings,
 }
 
+/// The worker's name for version `version` of the function `function`: a version is a
+/// function of its own to the worker (its snapshot, its warm slots).
+pub fn version_spec_name(function: &str, version: u32) -> String {
+    format!("{function}@{version}")
+}
+
+/// Whether the worker's name `spec` is `function` or one of its versions.
+pub fn is_version_of(spec: &str, function: &str) -> bool {
+    spec == function
+        || spec
+            .strip_prefix(function)
+            .and_then(|r| r.strip_prefix('@'))
+            .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Counters since the worker started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WorkerStats {
@@ -171,6 +189,10 @@ pub struct WorkerStats {
     pub base_snapshots_built: u64,
     /// Snapshots found corrupt or stale and rebuilt.
     pub snapshots_invalid: u64,
+    /// Snapshots evicted to keep to `--snapshot-disk-mib`.
+    pub snapshots_evicted: u64,
+    /// Functions the warm pool holds an entry (and so the code) of.
+    pub pool_functions: u64,
     /// Restores that failed and fell back to a boot.
     pub restore_fallbacks: u64,
     /// Invocations served by a warm pool slot.
@@ -217,7 +239,12 @@ impl Worker {
         let launcher = Arc::new(Launcher {
             driver,
             image,
-            snapshots: Arc::new(SnapshotStore::new(config.snapshot_dir.clone())),
+            snapshots: Arc::new(SnapshotStore::bounded(
+                config.snapshot_dir.clone(),
+                config
+                    .snapshot_disk_mib
+                    .map(|m| m.saturating_mul(1024 * 1024)),
+            )),
             config: config.clone(),
             stats: LaunchStats::default(),
         });
@@ -260,6 +287,8 @@ impl Worker {
             snapshots_built: s.snapshots_built.load(Ordering::Relaxed),
             base_snapshots_built: s.base_snapshots_built.load(Ordering::Relaxed),
             snapshots_invalid: s.snapshots_invalid.load(Ordering::Relaxed),
+            snapshots_evicted: self.launcher.snapshots.evicted(),
+            pool_functions: self.pool.functions() as u64,
             restore_fallbacks: s.restore_fallbacks.load(Ordering::Relaxed),
             pool_hits: self.pool_hits.load(Ordering::Relaxed),
             warm_hits: self.warm_hits.load(Ordering::Relaxed),
@@ -319,6 +348,18 @@ impl Worker {
             },
             n,
         );
+    }
+
+    /// Forgets everything prepared for `name` and every published version of it (warm slots,
+    /// reused VMs, snapshots): called when the function is deleted.
+    pub async fn forget_function(&self, name: &str) {
+        let of = |spec: &str| is_version_of(spec, name);
+        self.pool.invalidate_matching(&of);
+        let reused = self.lock_reused().remove_matching(&of);
+        for guest in reused {
+            guest.destroy().await;
+        }
+        self.launcher.snapshots.remove_matching(&of);
     }
 
     /// Forgets everything prepared for `name`: warm slots, reused VMs, snapshots. Called when

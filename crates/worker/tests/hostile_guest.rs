@@ -55,6 +55,7 @@ fn worker(image: GuestImage, run_dir: &Path, snapshots: &Path) -> Arc<Worker> {
             boot_timeout: Duration::from_secs(60),
             load_timeout: Duration::from_secs(30),
             snapshot_dir: snapshots.to_path_buf(),
+            snapshot_disk_mib: None,
             pool: PoolConfig {
                 memory_budget_mib: 0,
                 keep_alive: Duration::from_secs(1),

@@ -25,6 +25,7 @@ fn worker(
             boot_timeout: Duration::from_secs(5),
             load_timeout: Duration::from_secs(5),
             snapshot_dir: dir.join("snapshots"),
+            snapshot_disk_mib: None,
             pool: PoolConfig {
                 memory_budget_mib: pool_mib,
                 keep_alive: Duration::from_millis(500),
@@ -229,5 +230,57 @@ async fn in_process_worker_cuts_what_a_guest_says_in_its_own_words() {
     );
     assert!(err.error_message.ends_with("[truncated by the host]"));
     assert_eq!(w.stats().guest_strings_truncated, 1);
+    w.shutdown().await;
+}
+
+#[tokio::test]
+async fn in_process_worker_drops_an_idle_functions_pool_entry_after_the_keep_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = InProcessGuest::new();
+    let w = worker(&guest, dir.path(), 2, 1024);
+    w.run(job("once", "vm.handler", false), StartMode::Auto)
+        .await
+        .unwrap();
+    assert_eq!(w.stats().pool_functions, 1, "demand made an entry");
+    // Keep-alive 500 ms: its slots go, then the entry holding its code.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.stats().pool_functions > 0 {
+        assert!(Instant::now() < deadline, "{:?}", w.pool_status("once"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(w.pool_status("once").ready, 0);
+    w.shutdown().await;
+    assert_eq!(guest.counters().live(), 0);
+}
+
+#[tokio::test]
+async fn in_process_worker_forgets_a_function_with_every_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = InProcessGuest::new();
+    let w = worker(&guest, dir.path(), 2, 0);
+    let v1 = ignition_worker::version_spec_name("f", 1);
+    for name in ["f", v1.as_str(), "fx"] {
+        w.run(job(name, "vm.handler", false), StartMode::Auto)
+            .await
+            .unwrap();
+    }
+    let snapshots = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.') && !n.starts_with("runtime."))
+            .map(|n| n.rsplit_once('-').unwrap().0.to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(snapshots(), ["f", "f@1", "fx"]);
+    w.forget_function("f").await;
+    assert_eq!(
+        snapshots(),
+        ["fx"],
+        "f and its version went; fx is another function"
+    );
     w.shutdown().await;
 }
