@@ -58,6 +58,7 @@ pub(crate) async fn stats(_: Operator, State(state): State<AppState>) -> Json<Va
         "cluster": state.node.stats().await,
         "worker": state.worker.stats(),
         "network": state.worker.network_stats(),
+        "code_cache": state.specs.stats(),
     }))
 }
 

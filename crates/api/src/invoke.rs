@@ -110,6 +110,7 @@ pub(crate) async fn invoke(
             );
             r
         }
+        Err(e @ ExecError::QueueFull(_)) => return Err(queue_full(&e)),
         Err(e) => {
             return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -123,6 +124,16 @@ pub(crate) async fn invoke(
         response.headers_mut().insert("X-Amz-Executed-Version", v);
     }
     Ok(response)
+}
+
+/// The answer to an invocation the node's queue had no room for.
+pub(crate) fn queue_full(e: &ExecError) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequestsException",
+        format!("Rate Exceeded: {e} (--max-queued-invocations)"),
+    )
+    .with_reason("ConcurrentInvocationLimitExceeded")
 }
 
 /// The query of an invoke.
@@ -282,28 +293,37 @@ pub(crate) async fn load_target(
         || name.to_owned(),
         |v| ignition_worker::version_spec_name(name, v),
     );
-    let hash = record.code_sha256.clone();
-    let code_tar = blocking(state, move |s| s.get_bundle(&hash))
-        .await?
-        .ok_or_else(|| {
-            ApiError::internal(format!(
-                "code bundle {} of {name} is missing",
-                record.code_sha256
-            ))
-        })?;
     let config = record.config;
-    let name = name.to_owned();
+    // The spec, code included, is shared by every invocation of this function as it is now.
+    let key = crate::spec_cache::key(&spec_name, &record.code_sha256, &config);
+    let function = match state.specs.get(&key) {
+        Some(spec) => spec,
+        None => {
+            let hash = record.code_sha256.clone();
+            let code_tar = blocking(state, move |s| s.get_bundle(&hash))
+                .await?
+                .ok_or_else(|| {
+                    ApiError::internal(format!(
+                        "code bundle {} of {name} is missing",
+                        record.code_sha256
+                    ))
+                })?;
+            let spec = Arc::new(FunctionSpec {
+                name: spec_name,
+                runtime: config.runtime,
+                handler: config.handler.clone(),
+                memory_mib: config.memory_mib,
+                env: config.env.clone().into_iter().collect(),
+                code_tar,
+                display_name: display_name(name),
+                version: executed.clone(),
+            });
+            state.specs.insert(key, Arc::clone(&spec));
+            spec
+        }
+    };
     let job = Job {
-        function: Arc::new(FunctionSpec {
-            name: spec_name,
-            runtime: config.runtime,
-            handler: config.handler.clone(),
-            memory_mib: config.memory_mib,
-            env: config.env.into_iter().collect(),
-            code_tar,
-            display_name: display_name(&name),
-            version: executed.clone(),
-        }),
+        function,
         code_sha256: record.code_sha256,
         reuse: config.reuse,
         egress: config.egress.into(),

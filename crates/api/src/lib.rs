@@ -39,6 +39,7 @@ mod quotas;
 mod schedule_firer;
 mod schedules;
 mod sigv4;
+mod spec_cache;
 mod url_requests;
 mod versions;
 
@@ -58,6 +59,7 @@ pub use function_urls::{validate_url_domain, UrlSettings};
 pub use metrics::Metrics;
 pub use quotas::Quotas;
 pub use schedule_firer::{fire_due, spawn_schedule_firer, GRACE_MS};
+pub use spec_cache::{SpecCache, SpecCacheStats};
 
 /// Largest deploy request: a base64-encoded archive of up to 64 MiB plus the JSON around it.
 pub(crate) const MAX_DEPLOY_BODY: usize = 96 * 1024 * 1024;
@@ -91,6 +93,8 @@ pub struct AppState {
     pub urls: UrlSettings,
     /// Tenants' quotas.
     pub quotas: Arc<Quotas>,
+    /// Functions' specs, code included, shared by their invocations.
+    pub specs: Arc<SpecCache>,
 }
 
 /// The router with every route.
