@@ -97,6 +97,11 @@ async fn attempt(
             format!("{THROTTLED}{e}")
         })?;
     let outcome = state.node.run(job, StartMode::Auto).await.outcome;
+    if let Err(e @ ignition_worker::ExecError::QueueFull(_)) = &outcome {
+        // Nothing ran: like a throttle, it waits and does not spend an attempt.
+        state.metrics.record_throttle(function);
+        return Err(format!("{THROTTLED}{e}"));
+    }
     crate::invoke::keep_log(state, function, request_id, &outcome);
     if let Err(e) = &outcome {
         state.metrics.record_failure(function, e);

@@ -162,6 +162,11 @@ async fn handle(
             "ServiceException",
             "Gateway Timeout",
         ),
+        Err(ExecError::QueueFull(_)) => refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequestsException",
+            "Rate Exceeded.",
+        ),
         Err(e) => {
             tracing::warn!(%request_id, error = %e, node = %executor, "a function URL's invocation failed");
             refusal(

@@ -75,6 +75,11 @@ pub(crate) struct ServerArgs {
     /// least recently used are evicted (0: unbounded).
     #[arg(long, default_value_t = 10 * 1024)]
     snapshot_disk_mib: u64,
+    /// Invocations waiting for a microVM the node holds at most; past it an invocation gets
+    /// 429 TooManyRequestsException. A queued invocation whose caller has gone is dropped
+    /// unrun.
+    #[arg(long, default_value_t = 1000)]
+    max_queued_invocations: usize,
     /// Run VMM processes without namespaces, seccomp and cgroups (for hosts where the server
     /// cannot create them).
     #[arg(long)]
@@ -216,6 +221,10 @@ pub(crate) struct ServerArgs {
     /// Invocations a tenant may run at once.
     #[arg(long, default_value_t = 1000)]
     quota_concurrency: u64,
+    /// MiB of functions' code the node keeps in memory, shared by their invocations (the
+    /// least recently invoked go past it and are read from the store again).
+    #[arg(long, default_value_t = 512)]
+    code_cache_mib: u64,
     /// Destinations no function reaches, whatever its policy (CIDRs, IPv4 or IPv6; repeatable
     /// or comma-separated). Given, it replaces the default list: loopback, 0.0.0.0/8, the
     /// private ranges, 100.64.0.0/10, link-local (cloud metadata), multicast, 240.0.0.0/4, and
@@ -330,6 +339,7 @@ impl ServerArgs {
                 keep_alive: Duration::from_secs(self.keep_alive),
                 refill_parallelism: self.refill_parallelism,
                 snapshot_disk_mib: (self.snapshot_disk_mib > 0).then_some(self.snapshot_disk_mib),
+                max_queued: self.max_queued_invocations,
             },
             network: NetworkConfig {
                 mode: network,
@@ -377,6 +387,7 @@ impl ServerArgs {
                     queued_events: self.quota_queued_events,
                     concurrency: self.quota_concurrency,
                 },
+                code_cache_mib: self.code_cache_mib,
             },
         })
     }

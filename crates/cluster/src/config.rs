@@ -12,6 +12,9 @@ pub struct NodeConfig {
     pub node_id: String,
     /// Executions the node runs at once (`--slots`).
     pub slots: usize,
+    /// Invocations the node's queue holds at most; past it an invocation is refused
+    /// ([`ignition_worker::ExecError::QueueFull`]).
+    pub max_queued: usize,
     /// Cluster membership; `None`: a node of its own.
     pub cluster: Option<ClusterConfig>,
 }

@@ -72,6 +72,8 @@ pub struct Node {
     pub(crate) store: Arc<Store>,
     pub(crate) slots_total: usize,
     pub(crate) slots: Arc<Semaphore>,
+    /// Invocations the queue holds at most.
+    pub(crate) max_queued: usize,
     pub(crate) queue: LocalQueue<Task>,
     pub(crate) ledger: Mutex<Ledger<Task>>,
     pub(crate) held: Mutex<HashMap<(String, String), Held>>,
@@ -110,6 +112,7 @@ impl Node {
             store,
             slots_total: slots,
             slots: Arc::new(Semaphore::new(slots)),
+            max_queued: config.max_queued.max(1),
             queue: LocalQueue::default(),
             ledger: Mutex::new(Ledger::new(lease)),
             held: Mutex::new(HashMap::new()),
@@ -171,6 +174,10 @@ impl Node {
     pub async fn run(&self, job: Job, mode: StartMode) -> Ran {
         if self.stopping.load(Ordering::Relaxed) {
             return self.failed(ExecError::ShuttingDown);
+        }
+        if self.queue.len() >= self.max_queued {
+            self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+            return self.failed(ExecError::QueueFull(self.max_queued));
         }
         let (reply, answer) = oneshot::channel();
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
@@ -235,6 +242,8 @@ impl Node {
             lease_lost: get(&c.lease_lost),
             results_lost: get(&c.results_lost),
             bundles_fetched: get(&c.bundles_fetched),
+            callers_gone: get(&c.callers_gone),
+            queue_full: get(&c.queue_full),
         }
     }
 
@@ -310,6 +319,12 @@ impl Node {
                     break;
                 }
                 if let Some(task) = self.queue.pop() {
+                    if task.reply.is_closed() {
+                        // Its caller went away while it waited (a client that disconnected):
+                        // nobody would read the result, so it does not take a VM.
+                        self.counters.callers_gone.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     tokio::spawn(Arc::clone(&self).run_local(task, permit));
                     break;
                 }

@@ -82,7 +82,18 @@ impl NodeService for Service {
         }
         let lease = n.cluster.as_ref().map(|c| c.lease).unwrap_or_default();
         let grant = n.policy.grant(n.queue.len(), r.max as usize);
-        let tasks = n.queue.take(grant);
+        let tasks: Vec<_> = n
+            .queue
+            .take(grant)
+            .into_iter()
+            .filter(|t| {
+                let gone = t.reply.is_closed();
+                if gone {
+                    n.counters.callers_gone.fetch_add(1, Ordering::Relaxed);
+                }
+                !gone
+            })
+            .collect();
         let now = tokio::time::Instant::now().into_std();
         let mut invocations = Vec::with_capacity(tasks.len());
         let mut ledger = n.ledger.lock().unwrap_or_else(|p| p.into_inner());

@@ -22,6 +22,8 @@ pub(crate) struct Counters {
     pub(crate) lease_lost: AtomicU64,
     pub(crate) results_lost: AtomicU64,
     pub(crate) bundles_fetched: AtomicU64,
+    pub(crate) callers_gone: AtomicU64,
+    pub(crate) queue_full: AtomicU64,
 }
 
 /// What `/v1/stats` and `/metrics` show of a node.
@@ -71,4 +73,8 @@ pub struct NodeStats {
     pub results_lost: u64,
     /// Bundles fetched from peers.
     pub bundles_fetched: u64,
+    /// Queued invocations dropped unrun because their caller had gone.
+    pub callers_gone: u64,
+    /// Invocations refused because the queue held its limit.
+    pub queue_full: u64,
 }

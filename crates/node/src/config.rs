@@ -204,6 +204,8 @@ pub struct WorkerLimits {
     pub refill_parallelism: Option<usize>,
     /// MiB of disk function snapshots may take; the least recently used go past it.
     pub snapshot_disk_mib: Option<u64>,
+    /// Invocations waiting for a microVM the node holds at most (429 past it).
+    pub max_queued: usize,
 }
 
 impl Default for WorkerLimits {
@@ -216,6 +218,7 @@ impl Default for WorkerLimits {
             keep_alive: Duration::from_secs(60),
             refill_parallelism: None,
             snapshot_disk_mib: Some(10 * 1024),
+            max_queued: 1000,
         }
     }
 }
@@ -324,6 +327,8 @@ pub struct ApiSettings {
     pub url_domain: Option<String>,
     /// Every tenant's quotas, unless an operator set its own.
     pub quotas: ignition_types::TenantQuotas,
+    /// MiB of code the node keeps in memory for invocations (functions' specs).
+    pub code_cache_mib: u64,
 }
 
 impl Default for ApiSettings {
@@ -338,6 +343,7 @@ impl Default for ApiSettings {
             max_event_age: Duration::from_secs(6 * 3600),
             url_domain: None,
             quotas: ignition_types::TenantQuotas::default(),
+            code_cache_mib: 512,
         }
     }
 }

@@ -114,6 +114,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         ignition_cluster::NodeConfig {
             node_id: node_id.clone(),
             slots: config.cluster.slots.unwrap_or(limits.max_vms),
+            max_queued: limits.max_queued,
             cluster,
         },
         Arc::clone(&worker),
@@ -138,6 +139,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         body_timeout: config.http.body_timeout,
         egress_deny,
         quotas: ignition_api::Quotas::new(config.api.quotas, quota_overrides),
+        specs: Arc::new(ignition_api::SpecCache::new(
+            config.api.code_cache_mib.saturating_mul(1024 * 1024),
+        )),
         urls: ignition_api::UrlSettings {
             domain: api.url_domain.clone(),
             https: config.http.tls.is_some(),

@@ -45,6 +45,9 @@ pub enum ExecError {
     /// The worker is shutting down.
     #[error("the worker is shutting down")]
     ShuttingDown,
+    /// The node's queue holds its limit of invocations waiting for a slot.
+    #[error("the node's queue holds its limit of {0} invocations waiting for a microVM")]
+    QueueFull(usize),
     /// Another node of the cluster took the invocation and could not run it, or the
     /// invocation could not be placed.
     #[error("cluster: {0}")]
