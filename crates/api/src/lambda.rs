@@ -253,6 +253,30 @@ pub(crate) async fn list(
     Ok(Json(json!({ "Functions": configs })))
 }
 
+/// Refills of a function's warm slots that fail in a row before it is reported `Failed`.
+const FAILED_AFTER: u32 = 3;
+
+/// `State`/`StateReason` from what the node knows beyond the record: a function whose warm
+/// slots fail to be built, again and again, is `Failed` with the reason (it returns to
+/// `Active` when one is built).
+fn with_node_state(state: &AppState, caller: &Caller, name: &str, mut c: Value) -> Value {
+    let Ok(stored) = caller.function(name) else {
+        return c;
+    };
+    let pool = state.worker.pool_status(&stored);
+    if pool.failures >= FAILED_AFTER {
+        c["State"] = "Failed".into();
+        c["StateReasonCode"] = "InternalError".into();
+        c["StateReason"] = format!(
+            "{} attempts in a row to prepare a microVM for the function failed; the last: {}",
+            pool.failures,
+            pool.last_error.unwrap_or_default()
+        )
+        .into();
+    }
+    c
+}
+
 /// `GET /2015-03-31/functions/{name}` (GetFunction).
 pub(crate) async fn get(
     State(state): State<AppState>,
@@ -261,7 +285,7 @@ pub(crate) async fn get(
 ) -> Result<Json<Value>, ApiError> {
     let r = record(&state, &caller, &name).await?;
     Ok(Json(json!({
-        "Configuration": configuration(&r),
+        "Configuration": with_node_state(&state, &caller, &name, configuration(&r)),
         "Code": { "RepositoryType": "Ignition", "Location": "" },
     })))
 }
@@ -273,7 +297,12 @@ pub(crate) async fn get_configuration(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let r = record(&state, &caller, &name).await?;
-    Ok(Json(configuration(&r)))
+    Ok(Json(with_node_state(
+        &state,
+        &caller,
+        &name,
+        configuration(&r),
+    )))
 }
 
 /// `PUT /2015-03-31/functions/{name}/code` (UpdateFunctionCode).

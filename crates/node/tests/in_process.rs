@@ -508,8 +508,6 @@ async fn in_process_rules_that_only_reach_protected_destinations_are_refused_at_
 async fn in_process_a_function_whose_guest_always_dies_fails_clearly_and_the_node_still_stops() {
     let n = start_with(InProcessGuest::new(), |c| c.worker.pool_memory_mib = 512).await;
     let handler = ignition_in_process_guest::CRASH_ON_LOAD;
-    let module = format!("{}.py", handler.split('.').next().unwrap());
-    let _ = module;
     assert_eq!(deploy(&n, "doomed", handler, json!({})).await.status(), 201);
     let r = invoke(&n, "doomed", &json!({})).await;
     assert_eq!(r.status(), 502, "{:?}", r.text().await);
@@ -521,7 +519,36 @@ async fn in_process_a_function_whose_guest_always_dies_fails_clearly_and_the_nod
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // It backs off, says why, and the function is reported Failed with the reason.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pool = loop {
+        let pool = get_json(n.url("/v1/functions/doomed/pool")).await["pool"].clone();
+        if pool["failures"].as_u64().unwrap() >= 3 {
+            break pool;
+        }
+        assert!(Instant::now() < deadline, "{pool}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        pool["last_error"].as_str().unwrap().contains("snapshot"),
+        "{pool}"
+    );
+    assert!(pool["retry_in_ms"].as_u64().unwrap() > 0, "{pool}");
+    let f = get_json(n.url("/2015-03-31/functions/doomed")).await;
+    assert_eq!(f["Configuration"]["State"], "Failed", "{f}");
+    assert!(
+        f["Configuration"]["StateReason"]
+            .as_str()
+            .unwrap()
+            .contains("failed"),
+        "{f}"
+    );
+    let boots = n.counters.boots() + n.counters.restores();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        n.counters.boots() + n.counters.restores() <= boots + 2,
+        "backing off, not retrying in a loop"
+    );
     let counters = Arc::clone(&n.counters);
     tokio::time::timeout(Duration::from_secs(30), n.node.shutdown())
         .await

@@ -79,6 +79,24 @@ pub struct PoolStatus {
     /// What each ready slot is charged against the memory budget, MiB: its PSS when it became
     /// ready (slots made after it share its clean pages and lower its PSS).
     pub slot_charged_mib: Vec<f64>,
+    /// Refills that failed in a row (0 once one succeeds).
+    pub failures: u32,
+    /// Why the last refill failed, while they fail.
+    pub last_error: Option<String>,
+    /// How long until the next refill may start, ms, while refills back off.
+    pub retry_in_ms: Option<u64>,
+}
+
+/// The first pause after a failed refill; it doubles with each failure in a row.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The longest pause between refills of a function whose refills fail.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The pause after `failures` failed refills in a row.
+fn backoff(failures: u32) -> Duration {
+    BACKOFF_MIN
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX)
 }
 
 struct Slot {
@@ -97,6 +115,10 @@ struct FnPool {
     last_demand: Option<Instant>,
     refill_ms: f64,
     available: Arc<Notify>,
+    /// Refills that failed in a row, why the last did, and when the next may start.
+    failures: u32,
+    last_error: Option<String>,
+    retry_at: Option<Instant>,
 }
 
 impl FnPool {
@@ -210,6 +232,9 @@ impl WarmPool {
             last_demand: None,
             refill_ms: 500.0,
             available: Arc::new(Notify::new()),
+            failures: 0,
+            last_error: None,
+            retry_at: None,
         })
     }
 
@@ -300,6 +325,12 @@ impl WarmPool {
             refill_ms: p.refill_ms,
             slot_pss_mib: Vec::new(),
             slot_charged_mib: p.ready.iter().map(|s| s.pss_mib).collect(),
+            failures: p.failures,
+            last_error: p.last_error.clone(),
+            retry_in_ms: p
+                .retry_at
+                .filter(|t| *t > now)
+                .map(|t| u64::try_from(t.duration_since(now).as_millis()).unwrap_or(u64::MAX)),
         };
         drop(st);
         // Read outside the lock: each is a walk of a VMM's page tables.
@@ -396,7 +427,12 @@ impl WarmPool {
                     st.fns.remove(&name);
                     continue;
                 }
-                let want = target.saturating_sub(p.ready.len() + p.filling);
+                let backing_off = p.retry_at.is_some_and(|t| now < t);
+                let want = if backing_off {
+                    0
+                } else {
+                    target.saturating_sub(p.ready.len() + p.filling)
+                };
                 let function = p.function.clone();
                 let key = p.key.clone();
                 st.charged_mib -= freed;
@@ -428,28 +464,28 @@ impl WarmPool {
 
     async fn fill(self: Arc<Self>, function: FunctionRef, key: String, estimate: f64) {
         let started = Instant::now();
-        let restored = match self.launcher.snapshot(&function).await {
+        let restored: Result<Guest, String> = match self.launcher.snapshot(&function).await {
             Ok((snap, _)) => match self
                 .launcher
                 .restore(&function, &snap, CpuPriority::Background)
                 .await
             {
                 Ok(mut guest) => match guest.warm_up(crate::guest::WARMUP_LIMIT).await {
-                    Ok(()) => Some(guest),
+                    Ok(()) => Ok(guest),
                     Err(e) => {
-                        tracing::warn!(function = %function.spec.name, error = %e, "pool refill: warm-up failed");
                         guest.destroy().await;
-                        None
+                        Err(format!("warm-up failed: {e}"))
                     }
                 },
-                Err(e) => {
-                    tracing::warn!(function = %function.spec.name, error = %e, "pool refill: restore failed");
-                    None
-                }
+                Err(e) => Err(format!("restore failed: {e}")),
             },
+            Err(e) => Err(format!("no snapshot: {e}")),
+        };
+        let (restored, error) = match restored {
+            Ok(g) => (Some(g), None),
             Err(e) => {
-                tracing::warn!(function = %function.spec.name, error = %e, "pool refill: no snapshot");
-                None
+                tracing::warn!(function = %function.spec.name, error = %e, "pool refill failed");
+                (None, Some(e))
             }
         };
         let pss = restored
@@ -469,7 +505,20 @@ impl WarmPool {
             let mut pushed = false;
             if let Some(p) = st.fns.get_mut(&function.spec.name).filter(|p| p.key == key) {
                 p.filling = p.filling.saturating_sub(1);
-                p.refill_ms = 0.7 * p.refill_ms + 0.3 * elapsed_ms;
+                match error {
+                    None => {
+                        p.refill_ms = 0.7 * p.refill_ms + 0.3 * elapsed_ms;
+                        p.failures = 0;
+                        p.last_error = None;
+                        p.retry_at = None;
+                    }
+                    Some(e) => {
+                        // No tight loop of failing restores: each failure doubles the pause.
+                        p.failures = p.failures.saturating_add(1);
+                        p.retry_at = Some(Instant::now() + backoff(p.failures));
+                        p.last_error = Some(e);
+                    }
+                }
                 if fits {
                     if let Some(guest) = leftover.take() {
                         p.ready.push_back(Slot {
@@ -491,5 +540,20 @@ impl WarmPool {
             g.destroy().await;
         }
         self.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_refills_back_off_exponentially_to_a_cap() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(9), Duration::from_secs(256));
+        assert_eq!(backoff(10), BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
     }
 }
