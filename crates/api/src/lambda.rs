@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
@@ -26,29 +26,44 @@ use crate::{blocking, ApiError, AppState};
 /// The account and region in ARNs (there is one of each).
 pub(crate) const ARN_PREFIX: &str = "arn:aws:lambda:local:000000000000:function:";
 
-/// A name, or the name inside a function ARN (`arn:aws:lambda:REGION:ACCOUNT:function:NAME`)
-/// or a qualified name (`NAME:QUALIFIER`).
-pub(crate) fn function_name(name_or_arn: &str) -> Result<String, ApiError> {
-    let name = match name_or_arn.strip_prefix("arn:") {
-        Some(_) => name_or_arn.split(':').nth(6).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "FunctionName: {name_or_arn:?} is not a function ARN"
-            ))
-        })?,
-        None => name_or_arn.split(':').next().unwrap_or(name_or_arn),
+/// The parts of what Lambda accepts as a function's name: a name, a qualified name
+/// (`NAME:QUALIFIER`), a partial ARN (`ACCOUNT:function:NAME[:QUALIFIER]`) or an ARN
+/// (`arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]`): (name, qualifier).
+fn name_parts(name_or_arn: &str) -> Result<(&str, Option<&str>), ApiError> {
+    let parts: Vec<&str> = name_or_arn.split(':').collect();
+    let bad = || {
+        ApiError::invalid(format!(
+            "FunctionName: {name_or_arn:?} is not a function name or ARN"
+        ))
     };
+    let (name, q) = match parts.as_slice() {
+        ["arn", _, "lambda", _, _, "function", name] => (*name, None),
+        ["arn", _, "lambda", _, _, "function", name, q] => (*name, Some(*q)),
+        ["arn", ..] => return Err(bad()),
+        [account, "function", name] if account.bytes().all(|b| b.is_ascii_digit()) => (*name, None),
+        [account, "function", name, q] if account.bytes().all(|b| b.is_ascii_digit()) => {
+            (*name, Some(*q))
+        }
+        [name] => (*name, None),
+        [name, q] => (*name, Some(*q)),
+        _ => return Err(bad()),
+    };
+    Ok((name, q.filter(|q| !q.is_empty())))
+}
+
+/// The function's name in what Lambda accepts as one ([`name_parts`]).
+pub(crate) fn function_name(name_or_arn: &str) -> Result<String, ApiError> {
+    let (name, _) = name_parts(name_or_arn)?;
     validate_name(name).map_err(|e| ApiError::invalid(format!("FunctionName: {e}")))?;
     Ok(name.to_owned())
 }
 
-/// The qualifier in a qualified ARN or name, if any.
+/// The qualifier in a qualified name, partial ARN or ARN, if any.
 pub(crate) fn qualifier(name_or_arn: &str) -> Option<String> {
-    let q = if name_or_arn.starts_with("arn:") {
-        name_or_arn.split(':').nth(7)
-    } else {
-        name_or_arn.split_once(':').map(|(_, q)| q)
-    };
-    q.filter(|q| !q.is_empty()).map(str::to_owned)
+    name_parts(name_or_arn)
+        .ok()
+        .and_then(|(_, q)| q)
+        .map(str::to_owned)
 }
 
 fn conflict(name: &str) -> ApiError {
@@ -277,32 +292,77 @@ fn with_node_state(state: &AppState, caller: &Caller, name: &str, mut c: Value) 
     c
 }
 
-/// `GET /2015-03-31/functions/{name}` (GetFunction).
+/// `?Qualifier=` of Get and Delete.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct QualifierQuery {
+    #[serde(rename = "Qualifier")]
+    qualifier: Option<String>,
+}
+
+/// The qualifier a request names, in its ARN or name or in `?Qualifier=` (they must agree).
+fn requested_qualifier(name_or_arn: &str, q: QualifierQuery) -> Result<Option<String>, ApiError> {
+    match (qualifier(name_or_arn), q.qualifier) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::invalid(format!(
+            "the qualifier in FunctionName ({a}) and Qualifier ({b}) differ"
+        ))),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// The configuration a Get names: `$LATEST`'s, or a version's (directly or through an alias),
+/// as Lambda reports it (`Version`, and the ARN qualified as asked).
+async fn qualified_configuration(
+    state: &AppState,
+    caller: &Caller,
+    name_or_arn: &str,
+    q: QualifierQuery,
+) -> Result<Value, ApiError> {
+    let user = function_name(name_or_arn)?;
+    match requested_qualifier(name_or_arn, q)?.filter(|q| q != "$LATEST") {
+        None => {
+            let r = record(state, caller, name_or_arn).await?;
+            Ok(with_node_state(state, caller, &user, configuration(&r)))
+        }
+        Some(q) => {
+            let target = format!("{}:{q}", caller.function(name_or_arn)?);
+            let (_, mut r, version) = crate::invoke::resolve(state, &target)
+                .await
+                .map_err(|_| ApiError::not_found(&format!("{user}:{q}")))?;
+            r.config.name = user.clone();
+            let mut c = configuration(&r);
+            c["Version"] = version
+                .map_or_else(|| "$LATEST".to_owned(), |v| v.to_string())
+                .into();
+            c["FunctionArn"] = format!("{ARN_PREFIX}{user}:{q}").into();
+            Ok(c)
+        }
+    }
+}
+
+/// `GET /2015-03-31/functions/{name}[?Qualifier=]` (GetFunction).
 pub(crate) async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(q): Query<QualifierQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = record(&state, &caller, &name).await?;
+    let c = qualified_configuration(&state, &caller, &name, q).await?;
     Ok(Json(json!({
-        "Configuration": with_node_state(&state, &caller, &name, configuration(&r)),
+        "Configuration": c,
         "Code": { "RepositoryType": "Ignition", "Location": "" },
     })))
 }
 
-/// `GET /2015-03-31/functions/{name}/configuration` (GetFunctionConfiguration).
+/// `GET /2015-03-31/functions/{name}/configuration[?Qualifier=]` (GetFunctionConfiguration).
 pub(crate) async fn get_configuration(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(q): Query<QualifierQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = record(&state, &caller, &name).await?;
-    Ok(Json(with_node_state(
-        &state,
-        &caller,
-        &name,
-        configuration(&r),
-    )))
+    Ok(Json(
+        qualified_configuration(&state, &caller, &name, q).await?,
+    ))
 }
 
 /// `PUT /2015-03-31/functions/{name}/code` (UpdateFunctionCode).
@@ -364,13 +424,51 @@ pub(crate) async fn update_configuration(
 }
 
 /// `DELETE /2015-03-31/functions/{name}` (DeleteFunction).
+/// With a `Qualifier` (a version number), only that version goes, as on Lambda; a version
+/// an alias points at cannot be deleted.
 pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(q): Query<QualifierQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let name = function_name(&name)?;
-    crate::functions::delete(State(state), caller, Path(name)).await
+    let qualifier = requested_qualifier(&name, q)?;
+    let user = function_name(&name)?;
+    let Some(q) = qualifier else {
+        return crate::functions::delete(State(state), caller, Path(user)).await;
+    };
+    if q == "$LATEST" {
+        return Err(ApiError::invalid(
+            "$LATEST version cannot be deleted without deleting the function.",
+        ));
+    }
+    let n: u32 = q.parse().map_err(|_| {
+        ApiError::invalid(format!(
+            "Qualifier: {q:?} is not a version number; only a version can be deleted on its own"
+        ))
+    })?;
+    let stored = caller.function(&name)?;
+    let s = stored.clone();
+    let aliases = blocking(&state, move |st| st.list_aliases(&s)).await?;
+    if let Some(a) = aliases.iter().find(|a| a.version == n) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ResourceConflictException",
+            format!(
+                "Unable to delete version because the following aliases reference it: [{}]",
+                a.name
+            ),
+        ));
+    }
+    let s = stored.clone();
+    if !blocking(&state, move |st| st.delete_version(&s, n)).await? {
+        return Err(ApiError::not_found(&format!("{user}:{n}")));
+    }
+    state
+        .worker
+        .forget_function(&ignition_worker::version_spec_name(&stored, n))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]
@@ -386,6 +484,21 @@ mod tests {
         );
         assert!(function_name("arn:aws:lambda").is_err());
         assert!(function_name("bad name").is_err());
+        assert_eq!(function_name("123456789012:function:echo").unwrap(), "echo");
+        assert_eq!(
+            qualifier("123456789012:function:echo:live").as_deref(),
+            Some("live")
+        );
+        assert_eq!(qualifier("echo:7").as_deref(), Some("7"));
+        assert_eq!(
+            qualifier("arn:aws:lambda:us-east-1:123456789012:function:echo:live").as_deref(),
+            Some("live")
+        );
+        assert_eq!(qualifier("echo"), None);
+        assert!(
+            function_name("a:b:c").is_err(),
+            "neither a name nor a partial ARN"
+        );
         assert_eq!(hex_to_base64("00ff"), "AP8=");
     }
 }

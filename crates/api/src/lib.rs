@@ -195,6 +195,8 @@ pub fn router(state: AppState) -> Router {
                 .put(schedules::update)
                 .delete(schedules::delete),
         )
+        .fallback(unknown_operation)
+        .method_not_allowed_fallback(unknown_method)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require,
@@ -206,6 +208,24 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(access_log::log))
         .with_state(state)
+}
+
+/// A path no operation has: Lambda's `UnknownOperationException`, so SDKs say what happened.
+async fn unknown_operation(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "UnknownOperationException",
+        format!("no operation is {method} {}", uri.path()),
+    )
+}
+
+/// A path whose operations take other methods.
+async fn unknown_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "UnknownOperationException",
+        format!("{} has no operation for method {method}", uri.path()),
+    )
 }
 
 async fn health(
