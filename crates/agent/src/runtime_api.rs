@@ -37,6 +37,8 @@ pub(crate) struct Invocation {
     pub(crate) vm_id: String,
     /// A warm-up: the runtime should answer without calling the handler.
     pub(crate) warmup: bool,
+    /// The caller's client context (JSON), as `Lambda-Runtime-Client-Context`.
+    pub(crate) client_context: Option<String>,
 }
 
 /// How the runtime answered.
@@ -267,6 +269,13 @@ fn handle(broker: &Broker, mut req: Request) {
                     resp.add_header(h);
                 }
             }
+            if let Some(h) = inv
+                .client_context
+                .as_deref()
+                .and_then(|c| header("Lambda-Runtime-Client-Context", c))
+            {
+                resp.add_header(h);
+            }
             for (k, v) in [
                 ("Lambda-Runtime-Aws-Request-Id", inv.request_id.clone()),
                 (
@@ -355,6 +364,7 @@ mod tests {
             function_arn: String::new(),
             vm_id: String::new(),
             warmup: false,
+            client_context: None,
         }
     }
 

@@ -178,6 +178,7 @@ fn warm_up(loaded: &Loaded, broker: &Broker, logs: &LogBuffer) -> Result<(), Str
             function_arn: loaded.function_arn.clone(),
             vm_id: String::new(),
             warmup: true,
+            client_context: None,
         },
         WARMUP_LIMIT,
     );
@@ -233,6 +234,7 @@ fn invoke(
             function_arn: loaded.function_arn.clone(),
             vm_id: req.vm_id,
             warmup: false,
+            client_context: req.client_context,
         },
         Duration::from_millis(req.timeout_ms),
     );

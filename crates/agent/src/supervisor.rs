@@ -83,6 +83,17 @@ pub(crate) struct Launch<'a> {
     pub(crate) env: &'a [(String, String)],
 }
 
+/// The region in the ARNs a node hands out (`AWS_REGION`).
+const REGION: &str = "local";
+
+/// `AWS_EXECUTION_ENV`, as Lambda names its runtimes' environments.
+fn execution_env(runtime: Runtime) -> &'static str {
+    match runtime {
+        Runtime::Python3 => "AWS_Lambda_python3",
+        Runtime::Provided => "AWS_Lambda_provided",
+    }
+}
+
 /// Starts the runtime and the threads that drain its output.
 pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, String> {
     let mut cmd = match launch.runtime {
@@ -93,11 +104,15 @@ pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, S
         }
         Runtime::Provided => Command::new(format!("{TASK_ROOT}/bootstrap")),
     };
-    cmd.env_clear()
-        .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    cmd.env_clear();
+    // Lambda's defaults a function may set itself (its own TZ, say).
+    for (k, v) in [("TZ", ":UTC"), ("LANG", "C.UTF-8")] {
+        if !launch.env.iter().any(|(name, _)| name == k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd.envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("LANG", "C.UTF-8")
-        .env("TZ", ":UTC")
         .env("HOME", "/tmp")
         .env("AWS_LAMBDA_RUNTIME_API", RUNTIME_API_ADDR)
         .env("IGNITION_RUNTIME_API_SOCKET", RUNTIME_API_SOCKET)
@@ -106,6 +121,18 @@ pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, S
         .env("LAMBDA_RUNTIME_DIR", "/opt/ignition")
         .env("AWS_LAMBDA_FUNCTION_NAME", launch.function_name)
         .env("AWS_LAMBDA_FUNCTION_VERSION", launch.version)
+        .env("AWS_REGION", REGION)
+        .env("AWS_DEFAULT_REGION", REGION)
+        .env("AWS_EXECUTION_ENV", execution_env(launch.runtime))
+        .env("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
+        .env(
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            format!("/aws/lambda/{}", launch.function_name),
+        )
+        .env(
+            "AWS_LAMBDA_LOG_STREAM_NAME",
+            format!("ignition/[{}]", launch.version),
+        )
         .env(
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
             launch.memory_mib.to_string(),

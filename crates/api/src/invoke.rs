@@ -94,11 +94,20 @@ pub(crate) async fn invoke(
         .get("X-Amz-Log-Type")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"Tail"));
     let function_name = base_name(&name).to_owned();
+    let client_context = client_context(&headers)?;
     let Ran {
         outcome,
         executor,
         executed,
-    } = run_sync(&state, &name, &request_id, payload.to_vec(), mode).await?;
+    } = run_sync(
+        &state,
+        &name,
+        &request_id,
+        payload.to_vec(),
+        client_context,
+        mode,
+    )
+    .await?;
     let response = match outcome {
         Ok(exec) => success_response(&exec, &request_id, want_tail),
         Err(ExecError::Timeout(after)) => {
@@ -124,6 +133,28 @@ pub(crate) async fn invoke(
         response.headers_mut().insert("X-Amz-Executed-Version", v);
     }
     Ok(response)
+}
+
+/// Lambda's limit on `X-Amz-Client-Context` (base64).
+const MAX_CLIENT_CONTEXT: usize = 3583;
+
+/// `X-Amz-Client-Context`, decoded: base64 of a JSON document of at most 3583 bytes encoded.
+fn client_context(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("X-Amz-Client-Context") else {
+        return Ok(None);
+    };
+    let bad = |why: &str| ApiError::invalid(format!("X-Amz-Client-Context: {why}"));
+    if v.len() > MAX_CLIENT_CONTEXT {
+        return Err(bad(&format!(
+            "at most {MAX_CLIENT_CONTEXT} bytes of base64"
+        )));
+    }
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(v.as_bytes())
+        .map_err(|_| bad("not base64"))?;
+    let text = String::from_utf8(json).map_err(|_| bad("not UTF-8 JSON"))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|_| bad("not a JSON document"))?;
+    Ok(Some(text))
 }
 
 /// The answer to an invocation the node's queue had no room for.
@@ -178,9 +209,11 @@ pub(crate) async fn run_sync(
     target: &str,
     request_id: &str,
     payload: Vec<u8>,
+    client_context: Option<String>,
     mode: StartMode,
 ) -> Result<Ran, ApiError> {
-    let (job, executed) = load_target(state, target, request_id.to_owned(), payload).await?;
+    let (mut job, executed) = load_target(state, target, request_id.to_owned(), payload).await?;
+    job.client_context = client_context;
     // Logs, metrics and limits are the function's, whichever version runs.
     let function_name = base_name(target);
     let tenant_limit = state.quotas.of_function(function_name).concurrency;
@@ -333,6 +366,7 @@ pub(crate) async fn load_target(
         } else {
             payload
         },
+        client_context: None,
         timeout: Duration::from_secs(u64::from(config.timeout_s)),
     };
     Ok((job, executed))

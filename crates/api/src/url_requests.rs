@@ -125,6 +125,7 @@ async fn handle(
         &target,
         request_id,
         event.to_string().into_bytes(),
+        None,
         StartMode::Auto,
     )
     .await

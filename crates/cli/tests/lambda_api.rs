@@ -577,3 +577,61 @@ fn requests_are_authenticated_and_tenants_see_only_their_own() {
     );
     server.stop_and_check_clean();
 }
+
+#[test]
+fn the_guest_has_lambdas_environment_and_the_callers_client_context() {
+    let server = TestServer::start(&[]);
+    let handler = "import os\n\
+        KEYS = ['AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_EXECUTION_ENV', 'AWS_LAMBDA_FUNCTION_VERSION',\n\
+                'AWS_LAMBDA_LOG_GROUP_NAME', 'AWS_LAMBDA_LOG_STREAM_NAME', 'AWS_LAMBDA_INITIALIZATION_TYPE', 'TZ']\n\
+        def handler(e, c):\n\
+        \x20   cc = c.client_context\n\
+        \x20   return {'env': {k: os.environ.get(k) for k in KEYS}, 'group': c.log_group_name,\n\
+        \x20           'custom': cc.custom if cc else None}\n";
+    assert_eq!(create(&server, "envy", handler).0, 201);
+    let context = base64::engine::general_purpose::STANDARD
+        .encode(r#"{"custom": {"cart": "42"}, "env": {"platform": "test"}}"#);
+    let (status, _, body) =
+        json(server.invoke_with("envy", &[("X-Amz-Client-Context", context.as_str())], "{}"));
+    assert_eq!(status, 200, "{body}");
+    let env = &body["env"];
+    assert_eq!(env["AWS_REGION"], "local", "{body}");
+    assert_eq!(env["AWS_DEFAULT_REGION"], "local");
+    assert_eq!(env["AWS_EXECUTION_ENV"], "AWS_Lambda_python3");
+    assert_eq!(env["AWS_LAMBDA_FUNCTION_VERSION"], "$LATEST");
+    assert_eq!(env["AWS_LAMBDA_LOG_GROUP_NAME"], "/aws/lambda/envy");
+    assert_eq!(env["AWS_LAMBDA_INITIALIZATION_TYPE"], "on-demand");
+    assert_eq!(env["TZ"], ":UTC");
+    assert!(env["AWS_LAMBDA_LOG_STREAM_NAME"].is_string());
+    assert_eq!(body["group"], "/aws/lambda/envy");
+    assert_eq!(body["custom"], j!({"cart": "42"}));
+    // Without a client context, there is none; a bad one is refused before anything runs.
+    let (_, _, body) = json(server.invoke("envy", "{}"));
+    assert_eq!(body["custom"], Value::Null);
+    let (status, _, e) =
+        json(server.invoke_with("envy", &[("X-Amz-Client-Context", "not base64!")], "{}"));
+    assert_eq!(
+        (status, e["errorType"].as_str()),
+        (400, Some("InvalidParameterValueException"))
+    );
+    // A function's own TZ is its own; a variable the platform sets is refused.
+    let put = |vars: Value| {
+        json(
+            server
+                .http()
+                .put(format!(
+                    "{}/2015-03-31/functions/envy/configuration",
+                    server.url
+                ))
+                .json(&j!({ "Environment": { "Variables": vars } }))
+                .send()
+                .unwrap(),
+        )
+    };
+    assert_eq!(put(j!({"TZ": "Europe/Paris"})).0, 200);
+    let (_, _, body) = json(server.invoke("envy", "{}"));
+    assert_eq!(body["env"]["TZ"], "Europe/Paris");
+    let (status, _, e) = put(j!({"AWS_REGION": "eu-west-1"}));
+    assert_eq!(status, 400, "{e}");
+    server.stop_and_check_clean();
+}

@@ -41,6 +41,7 @@ pub(crate) fn invocation(
         payload: job.payload.clone(),
         start_mode: start_mode_name(mode).to_owned(),
         lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+        client_context: job.client_context.clone(),
     }
 }
 
@@ -82,6 +83,7 @@ pub(crate) fn job(inv: &pb::Invocation, code_tar: Vec<u8>) -> Result<(Job, Start
             egress: egress.into(),
             request_id: inv.request_id.clone(),
             payload: inv.payload.clone(),
+            client_context: inv.client_context.clone(),
             timeout: Duration::from_millis(f.timeout_ms),
         },
         mode,
@@ -240,6 +242,7 @@ mod tests {
                 .into(),
             request_id: "r1".into(),
             payload: b"{\"x\":1}".to_vec(),
+            client_context: Some(r#"{"custom":{"k":"v"}}"#.to_owned()),
             timeout: Duration::from_millis(2500),
         }
     }
@@ -271,6 +274,7 @@ mod tests {
         );
         assert_eq!(back.egress.len(), 1);
         assert_eq!(back.egress[0].to_string(), j.egress[0].to_string());
+        assert_eq!(back.client_context, j.client_context);
     }
 
     #[test]

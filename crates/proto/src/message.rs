@@ -50,6 +50,9 @@ pub struct InvokeRequest {
     /// differs from what the interface has (a restored slot's interface has none yet).
     /// `None`: the VM has no network.
     pub network: Option<NetworkConfig>,
+    /// The caller's client context (`X-Amz-Client-Context`, decoded: JSON), handed to the
+    /// runtime as `Lambda-Runtime-Client-Context`.
+    pub client_context: Option<String>,
 }
 
 /// The address configuration of the guest's network interface.

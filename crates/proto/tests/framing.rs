@@ -118,6 +118,7 @@ fn host_message() -> impl Strategy<Value = HostMessage> {
                 host_time_unix_ms: t / 2,
                 entropy: vec![1, 2, 3],
                 vm_id: "vm-1".into(),
+                client_context: None,
                 network: (t % 2 == 0).then(|| ignition_proto::NetworkConfig {
                     address: [10, 200, 0, 2],
                     prefix_len: 30,

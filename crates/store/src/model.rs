@@ -31,7 +31,15 @@ pub const MEMORY_MIB: std::ops::RangeInclusive<u32> = 128..=10240;
 /// Seconds.
 pub const TIMEOUT_S: std::ops::RangeInclusive<u32> = 1..=900;
 const MAX_ENV_BYTES: usize = 4096;
-const RESERVED_ENV: &[&str] = &["_HANDLER", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR", "PATH"];
+const RESERVED_ENV: &[&str] = &[
+    "_HANDLER",
+    "LAMBDA_TASK_ROOT",
+    "LAMBDA_RUNTIME_DIR",
+    "PATH",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_EXECUTION_ENV",
+];
 
 /// Checks a function name: `[A-Za-z0-9_-]{1,64}`.
 pub fn validate_name(name: &str) -> Result<(), ModelError> {
@@ -236,6 +244,9 @@ mod tests {
         );
         let mut env = BTreeMap::new();
         env.insert("AWS_LAMBDA_X".into(), "1".into());
+        assert_eq!(field(FunctionConfig { env, ..config() }), "environment");
+        let mut env = BTreeMap::new();
+        env.insert("AWS_REGION".into(), "eu-west-1".into());
         assert_eq!(field(FunctionConfig { env, ..config() }), "environment");
         let mut env = BTreeMap::new();
         env.insert("1BAD".into(), "1".into());

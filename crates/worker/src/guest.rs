@@ -254,6 +254,7 @@ impl Guest {
         &mut self,
         request_id: &str,
         payload: Vec<u8>,
+        client_context: Option<String>,
         timeout: Duration,
     ) -> Result<InvokeResult, ExecError> {
         self.resume().await?;
@@ -268,6 +269,7 @@ impl Guest {
             entropy: host_entropy(),
             vm_id: self.vm.id().to_owned(),
             network: self.network_config(),
+            client_context,
         };
         self.chan
             .send(&HostMessage::Invoke(req), deadline)

@@ -109,6 +109,8 @@ pub struct Job {
     pub request_id: String,
     /// The event (JSON bytes).
     pub payload: Vec<u8>,
+    /// The caller's client context (JSON), for the runtime.
+    pub client_context: Option<String>,
     /// The function's timeout; the VM is killed when it passes.
     pub timeout: Duration,
 }
@@ -452,7 +454,12 @@ impl Worker {
         }
         let t = Instant::now();
         let mut outcome = guest
-            .invoke(&job.request_id, job.payload, job.timeout)
+            .invoke(
+                &job.request_id,
+                job.payload,
+                job.client_context,
+                job.timeout,
+            )
             .await;
         if let Ok(r) = &mut outcome {
             if crate::guest::cap_error_strings(&mut r.outcome) {

@@ -93,6 +93,7 @@ fn job(handler: &str, timeout: Duration) -> Job {
         egress: Arc::from(Vec::new()),
         request_id: format!("req-{handler}"),
         payload: b"{}".to_vec(),
+        client_context: None,
         timeout,
     }
 }

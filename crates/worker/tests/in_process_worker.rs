@@ -53,6 +53,7 @@ fn job(name: &str, handler: &str, reuse: bool) -> Job {
         egress: Arc::from(Vec::new()),
         request_id: uuid_like(),
         payload: b"{}".to_vec(),
+        client_context: None,
         timeout: Duration::from_secs(3),
     }
 }

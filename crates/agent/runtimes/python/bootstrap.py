@@ -117,6 +117,16 @@ def post_error(path, exc):
     })
 
 
+class ClientContext:
+    """What the caller sent as X-Amz-Client-Context, as Lambda's Python runtime offers it."""
+
+    def __init__(self, doc):
+        doc = doc if isinstance(doc, dict) else {}
+        self.client = doc.get("client")
+        self.custom = doc.get("custom")
+        self.env = doc.get("env")
+
+
 class Context:
     def __init__(self, headers):
         self.aws_request_id = headers.get("lambda-runtime-aws-request-id", "")
@@ -125,8 +135,14 @@ class Context:
         self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
         self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
-        self.log_group_name = "/aws/lambda/" + self.function_name
-        self.log_stream_name = "ignition"
+        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+        self.identity = None
+        raw = headers.get("lambda-runtime-client-context")
+        try:
+            self.client_context = ClientContext(json.loads(raw)) if raw else None
+        except ValueError:
+            self.client_context = None
 
     def get_remaining_time_in_millis(self):
         return max(0, self._deadline_ms - int(time.time() * 1000))
