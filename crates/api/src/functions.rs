@@ -48,6 +48,9 @@ pub(crate) struct DeployRequest {
     egress: Vec<String>,
     /// The code: a zip or tar.gz archive, base64-encoded.
     code: String,
+    /// Free text, at most 256 characters.
+    #[serde(default)]
+    description: String,
 }
 
 /// More rules than this is a policy that should be a network, not a list.
@@ -129,6 +132,7 @@ pub(crate) async fn put(
         env: req.env,
         reuse: req.reuse,
         egress,
+        description: req.description,
     };
     let archive = base64::engine::general_purpose::STANDARD
         .decode(req.code.as_bytes())

@@ -95,7 +95,8 @@ pub(crate) fn configuration(r: &FunctionRecord) -> Value {
         "Handler": c.handler,
         "CodeSize": r.code_size,
         "CodeSha256": sha,
-        "Description": "",
+        "Description": c.description,
+        "RevisionId": revision_id(r),
         "Timeout": c.timeout_s,
         "MemorySize": c.memory_mib,
         "LastModified": iso8601(r.updated_at),
@@ -106,6 +107,38 @@ pub(crate) fn configuration(r: &FunctionRecord) -> Value {
         "PackageType": "Zip",
         "Architectures": ["x86_64"],
     })
+}
+
+/// A resource's revision, as Lambda's `RevisionId` (a UUID's shape): it changes whenever the
+/// configuration or the code does.
+pub(crate) fn revision_id(r: &FunctionRecord) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(serde_json::to_vec(&r.config).unwrap_or_default());
+    h.update(r.code_sha256.as_bytes());
+    h.update(r.updated_at.to_le_bytes());
+    let x = hex::encode(h.finalize());
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
+}
+
+/// Refuses a change whose `RevisionId` is not the resource's current one (Lambda's optimistic
+/// concurrency: the caller read an older revision).
+pub(crate) fn check_revision(sent: Option<&str>, current: &FunctionRecord) -> Result<(), ApiError> {
+    match sent {
+        Some(id) if id != revision_id(current) => Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailedException",
+            "The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn hex_to_base64(hex: &str) -> String {
@@ -160,6 +193,10 @@ pub(crate) struct CreateFunction {
     timeout: Option<u32>,
     environment: Option<Environment>,
     package_type: Option<String>,
+    description: Option<String>,
+    #[serde(default)]
+    publish: bool,
+    tags: Option<BTreeMap<String, String>>,
 }
 
 /// The body of UpdateFunctionConfiguration.
@@ -171,6 +208,8 @@ pub(crate) struct UpdateConfiguration {
     memory_size: Option<u32>,
     timeout: Option<u32>,
     environment: Option<Environment>,
+    description: Option<String>,
+    revision_id: Option<String>,
 }
 
 /// The body of UpdateFunctionCode.
@@ -181,6 +220,9 @@ pub(crate) struct UpdateCode {
     #[serde(rename = "S3Bucket")]
     s3_bucket: Option<String>,
     image_uri: Option<String>,
+    #[serde(default)]
+    publish: bool,
+    revision_id: Option<String>,
 }
 
 fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
@@ -241,6 +283,8 @@ pub(crate) async fn create(
         .handler
         .ok_or_else(|| ApiError::invalid("Handler is required"))?;
     let zip = req.code.zip()?;
+    let tags = req.tags.unwrap_or_default();
+    crate::tags::check(&tags)?;
     if record(&state, &caller, &name).await.is_ok() {
         return Err(conflict(&name));
     }
@@ -253,19 +297,48 @@ pub(crate) async fn create(
         env: req.environment.unwrap_or_default().variables,
         reuse: false,
         egress: Vec::new(),
+        description: req.description.unwrap_or_default(),
     };
     let rec = save(&state, &caller, config, zip).await?;
+    if !tags.is_empty() {
+        let stored = caller.function(&rec.config.name)?;
+        blocking(&state, move |s| s.tag(&stored, &tags)).await?;
+    }
+    if req.publish {
+        return Ok((
+            StatusCode::CREATED,
+            Json(publish(&state, &caller, &rec.config.name).await?),
+        ));
+    }
     Ok((StatusCode::CREATED, Json(configuration(&rec))))
+}
+
+/// Publishes `$LATEST` of the caller's function `name` (CreateFunction's and
+/// UpdateFunctionCode's `Publish`): the new version's configuration.
+async fn publish(state: &AppState, caller: &Caller, name: &str) -> Result<Value, ApiError> {
+    let stored = caller.function(name)?;
+    let max = state.quotas.of_function(&stored).versions;
+    let user = name.to_owned();
+    let (n, record) = blocking(state, move |s| s.publish_version(&stored, Some(max)))
+        .await?
+        .ok_or_else(|| ApiError::not_found(&user))?;
+    Ok(crate::versions::version_config(name, record, n))
 }
 
 /// `GET /2015-03-31/functions/` (ListFunctions).
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
+    Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let functions = own_functions(&state, &caller).await?;
+    let (functions, next) = page.of(functions)?;
     let configs: Vec<Value> = functions.iter().map(configuration).collect();
-    Ok(Json(json!({ "Functions": configs })))
+    let mut doc = json!({ "Functions": configs });
+    if let Some(m) = next {
+        doc["NextMarker"] = m.into();
+    }
+    Ok(Json(doc))
 }
 
 /// Refills of a function's warm slots that fail in a row before it is reported `Failed`.
@@ -347,10 +420,68 @@ pub(crate) async fn get(
     Query(q): Query<QualifierQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let c = qualified_configuration(&state, &caller, &name, q).await?;
-    Ok(Json(json!({
+    let stored = caller.function(&name)?;
+    let mut doc = json!({
         "Configuration": c,
         "Code": { "RepositoryType": "Ignition", "Location": "" },
+    });
+    let tags = crate::tags::of(&state, &stored).await?;
+    if !tags.is_empty() {
+        doc["Tags"] = json!(tags);
+    }
+    if let Some((_, r)) = state
+        .concurrency
+        .reservations()
+        .into_iter()
+        .find(|(f, _)| *f == stored)
+    {
+        doc["Concurrency"] = json!({ "ReservedConcurrentExecutions": r });
+    }
+    Ok(Json(doc))
+}
+
+/// `GET /2020-06-30/functions/{name}/code-signing-config` (GetFunctionCodeSigningConfig):
+/// Ignition has no code signing, so none is set (Terraform reads it).
+pub(crate) async fn code_signing_config(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let r = record(&state, &caller, &name).await?;
+    Ok(Json(json!({
+        "CodeSigningConfigArn": "",
+        "FunctionName": r.config.name,
     })))
+}
+
+/// `?Marker=&MaxItems=` of Lambda's lists.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Page {
+    #[serde(rename = "Marker")]
+    marker: Option<String>,
+    #[serde(rename = "MaxItems")]
+    max_items: Option<usize>,
+}
+
+impl Page {
+    /// The items of this page of `all` (at most `MaxItems`, 1-10000, from `Marker`), and the
+    /// `NextMarker` when more follow.
+    pub(crate) fn of<T>(&self, all: Vec<T>) -> Result<(Vec<T>, Option<String>), ApiError> {
+        let max = self.max_items.unwrap_or(50);
+        if !(1..=10_000).contains(&max) {
+            return Err(ApiError::invalid("MaxItems: 1 to 10000"));
+        }
+        let start: usize = match &self.marker {
+            None => 0,
+            Some(m) => m.parse().map_err(|_| {
+                ApiError::invalid(format!("Marker: {m:?} is not a marker this API gave"))
+            })?,
+        };
+        let total = all.len();
+        let page: Vec<T> = all.into_iter().skip(start).take(max).collect();
+        let next = (start + max < total).then(|| (start + max).to_string());
+        Ok((page, next))
+    }
 }
 
 /// `GET /2015-03-31/functions/{name}/configuration[?Qualifier=]` (GetFunctionConfiguration).
@@ -374,6 +505,7 @@ pub(crate) async fn update_code(
 ) -> Result<Json<Value>, ApiError> {
     let req = body(req)?;
     let r = record(&state, &caller, &name).await?;
+    check_revision(req.revision_id.as_deref(), &r)?;
     let zip = CodeSpec {
         zip_file: req.zip_file,
         s3_bucket: req.s3_bucket,
@@ -381,6 +513,9 @@ pub(crate) async fn update_code(
     }
     .zip()?;
     let rec = save(&state, &caller, r.config, zip).await?;
+    if req.publish {
+        return Ok(Json(publish(&state, &caller, &rec.config.name).await?));
+    }
     Ok(Json(configuration(&rec)))
 }
 
@@ -393,6 +528,7 @@ pub(crate) async fn update_configuration(
 ) -> Result<Json<Value>, ApiError> {
     let req = body(req)?;
     let r = record(&state, &caller, &name).await?;
+    check_revision(req.revision_id.as_deref(), &r)?;
     let mut config = r.config.clone();
     if let Some(rt) = &req.runtime {
         config.runtime = runtime(rt)?;
@@ -408,6 +544,9 @@ pub(crate) async fn update_configuration(
     }
     if let Some(e) = req.environment {
         config.env = e.variables;
+    }
+    if let Some(d) = req.description {
+        config.description = d;
     }
     // The stored code is the canonical tar; it goes through the same checks as an upload.
     let hash = r.code_sha256.clone();

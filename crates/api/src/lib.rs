@@ -40,6 +40,7 @@ mod schedule_firer;
 mod schedules;
 mod sigv4;
 mod spec_cache;
+mod tags;
 mod url_requests;
 mod versions;
 
@@ -186,6 +187,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2016-08-19/account-settings/",
             get(quotas::account_settings),
+        )
+        .route(
+            "/2017-03-31/tags/{arn}",
+            get(tags::list).post(tags::tag).delete(tags::untag),
+        )
+        .route(
+            "/2020-06-30/functions/{name}/code-signing-config",
+            get(lambda::code_signing_config),
         )
         .route("/schedules", get(schedules::list))
         .route(

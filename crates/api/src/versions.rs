@@ -14,7 +14,11 @@ use crate::auth::Caller;
 use crate::lambda::{configuration, ARN_PREFIX};
 use crate::{blocking, ApiError, AppState};
 
-fn version_config(name: &str, mut record: ignition_store::FunctionRecord, version: u32) -> Value {
+pub(crate) fn version_config(
+    name: &str,
+    mut record: ignition_store::FunctionRecord,
+    version: u32,
+) -> Value {
     record.config.name = name.to_owned();
     let mut c = configuration(&record);
     c["Version"] = version.to_string().into();
@@ -37,9 +41,23 @@ pub(crate) async fn publish(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let stored = caller.function(&name)?;
     let user = crate::lambda::function_name(&name)?;
+    let req: PublishBody = if body.iter().all(u8::is_ascii_whitespace) {
+        PublishBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("bad request body: {e}")))?
+    };
+    if req.revision_id.is_some() {
+        let s = stored.clone();
+        let current = blocking(&state, move |st| st.get_function(&s))
+            .await?
+            .ok_or_else(|| ApiError::not_found(&user))?;
+        crate::lambda::check_revision(req.revision_id.as_deref(), &current)?;
+    }
     let max = state.quotas.of_function(&stored).versions;
     let (n, record) = blocking(&state, move |s| s.publish_version(&stored, Some(max)))
         .await?
@@ -52,6 +70,7 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    axum::extract::Query(page): axum::extract::Query<crate::lambda::Page>,
 ) -> Result<Json<Value>, ApiError> {
     let stored = caller.function(&name)?;
     let user = crate::lambda::function_name(&name)?;
@@ -71,7 +90,19 @@ pub(crate) async fn list(
             versions.push(version_config(&user, r, n));
         }
     }
-    Ok(Json(json!({ "Versions": versions })))
+    let (versions, next) = page.of(versions)?;
+    let mut doc = json!({ "Versions": versions });
+    if let Some(m) = next {
+        doc["NextMarker"] = m.into();
+    }
+    Ok(Json(doc))
+}
+
+/// The body of PublishVersion (`RevisionId` checked; the rest ignored).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct PublishBody {
+    revision_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,12 +174,18 @@ pub(crate) async fn list_aliases(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    axum::extract::Query(page): axum::extract::Query<crate::lambda::Page>,
 ) -> Result<Json<Value>, ApiError> {
     let stored = caller.function(&name)?;
     let user = crate::lambda::function_name(&name)?;
     let aliases = blocking(&state, move |s| s.list_aliases(&stored)).await?;
+    let (aliases, next) = page.of(aliases)?;
     let list: Vec<Value> = aliases.iter().map(|a| alias_json(&user, a)).collect();
-    Ok(Json(json!({ "Aliases": list })))
+    let mut doc = json!({ "Aliases": list });
+    if let Some(m) = next {
+        doc["NextMarker"] = m.into();
+    }
+    Ok(Json(doc))
 }
 
 async fn find_alias(state: &AppState, stored: &str, alias: &str) -> Result<Alias, ApiError> {

@@ -125,3 +125,150 @@ async fn in_process_an_unknown_operation_is_lambdas_error() {
     assert_eq!((status, kind.as_str()), (405, "UnknownOperationException"));
     n.node.shutdown().await.unwrap();
 }
+
+/// The calls Terraform's `aws_lambda_function` makes on create and read, and what it needs
+/// back: what was sent comes back (description, tags), a revision id that changes with every
+/// change and is checked when sent, pages, and no code signing.
+#[tokio::test]
+async fn in_process_create_with_tags_and_publish_and_read_back_what_was_sent() {
+    use base64::Engine;
+    use reqwest::Method;
+    let n = start_with(InProcessGuest::new(), |_| {}).await;
+    let fns = |p: &str| n.url(&format!("/2015-03-31/functions{p}"));
+    let zip = base64::engine::general_purpose::STANDARD.encode(zip_of(&[(
+        "echo.py",
+        b"def handler(e, c):\n    return e\n",
+    )]));
+    let (status, _, created) = call(
+        Method::POST,
+        fns(""),
+        Some(json!({
+            "FunctionName": "tf",
+            "Runtime": "python3.11",
+            "Role": "arn:aws:iam::1:role/r",
+            "Handler": "echo.handler",
+            "Code": {"ZipFile": zip},
+            "Description": "made by terraform",
+            "Tags": {"team": "platform", "env": "test"},
+            "Publish": true,
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        created["Version"], "1",
+        "Publish: the new version: {created}"
+    );
+    assert_eq!(created["Description"], "made by terraform");
+    let (_, _, got) = call(Method::GET, fns("/tf"), None).await;
+    assert_eq!(got["Configuration"]["Description"], "made by terraform");
+    assert_eq!(got["Tags"], json!({"team": "platform", "env": "test"}));
+    assert!(got.get("Concurrency").is_none());
+    let revision = got["Configuration"]["RevisionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(revision.len(), 36, "{revision}");
+    let (_, _, again) = call(Method::GET, fns("/tf"), None).await;
+    assert_eq!(
+        again["Configuration"]["RevisionId"],
+        revision.as_str(),
+        "a read changes nothing"
+    );
+
+    let arn = got["Configuration"]["FunctionArn"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tags = |q: &str| n.url(&format!("/2017-03-31/tags/{}{q}", arn.replace(':', "%3A")));
+    let (_, _, listed) = call(Method::GET, tags(""), None).await;
+    assert_eq!(listed["Tags"]["team"], "platform");
+    assert_eq!(
+        call(Method::POST, tags(""), Some(json!({"Tags": {"cost": "1"}})))
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        call(Method::DELETE, tags("?tagKeys=env&tagKeys=team"), None)
+            .await
+            .0,
+        204
+    );
+    let (_, _, listed) = call(Method::GET, tags(""), None).await;
+    assert_eq!(listed["Tags"], json!({"cost": "1"}));
+    let (status, _, _) = call(
+        Method::POST,
+        tags(""),
+        Some(json!({"Tags": {"aws:x": "1"}})),
+    )
+    .await;
+    assert_eq!(status, 400, "aws: keys are AWS's");
+
+    // RevisionId: a stale one is refused; the current one goes through and changes it.
+    let stale = json!({"Timeout": 5, "RevisionId": "00000000-0000-0000-0000-000000000000"});
+    let (status, kind, _) = call(Method::PUT, fns("/tf/configuration"), Some(stale)).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (412, "PreconditionFailedException")
+    );
+    let fresh = json!({"Timeout": 5, "RevisionId": revision, "Description": "changed"});
+    let (status, _, updated) = call(Method::PUT, fns("/tf/configuration"), Some(fresh)).await;
+    assert_eq!(status, 200, "{updated}");
+    assert_ne!(updated["RevisionId"], revision.as_str());
+    assert_eq!(updated["Description"], "changed");
+    let (status, kind, _) = call(
+        Method::POST,
+        fns("/tf/versions"),
+        Some(json!({"RevisionId": revision})),
+    )
+    .await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (412, "PreconditionFailedException")
+    );
+    let (status, _, v2) = call(Method::POST, fns("/tf/versions"), Some(json!({}))).await;
+    assert_eq!((status, v2["Version"].as_str()), (201, Some("2")));
+
+    // What else Terraform reads.
+    let (status, _, signing) = call(
+        Method::GET,
+        n.url("/2020-06-30/functions/tf/code-signing-config"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, signing["FunctionName"].as_str()),
+        (200, Some("tf"))
+    );
+    assert_eq!(
+        call(
+            Method::PUT,
+            n.url("/2017-10-31/functions/tf/concurrency"),
+            Some(json!({"ReservedConcurrentExecutions": 2}))
+        )
+        .await
+        .0,
+        200
+    );
+    let (_, _, got) = call(Method::GET, fns("/tf"), None).await;
+    assert_eq!(got["Concurrency"]["ReservedConcurrentExecutions"], 2);
+
+    // Pages: versions one at a time.
+    let (_, _, page) = call(Method::GET, fns("/tf/versions?MaxItems=1"), None).await;
+    assert_eq!(page["Versions"].as_array().unwrap().len(), 1);
+    let mut seen = vec![page["Versions"][0]["Version"].as_str().unwrap().to_owned()];
+    let mut marker = page["NextMarker"].as_str().map(str::to_owned);
+    while let Some(m) = marker {
+        let (_, _, page) = call(
+            Method::GET,
+            fns(&format!("/tf/versions?MaxItems=1&Marker={m}")),
+            None,
+        )
+        .await;
+        seen.push(page["Versions"][0]["Version"].as_str().unwrap().to_owned());
+        marker = page["NextMarker"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen, ["$LATEST", "1", "2"]);
+    n.node.shutdown().await.unwrap();
+}

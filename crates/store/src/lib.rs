@@ -12,6 +12,7 @@ mod model;
 mod quotas;
 mod schedules;
 mod sqlite;
+mod tags;
 mod urls;
 mod versions;
 
@@ -24,5 +25,6 @@ pub use model::{
 pub use quotas::{Quota, TenantUsage};
 pub use schedules::{Fired, Firing, ScheduleRecord};
 pub use sqlite::{sha256_hex, Store, StoreError};
+pub use tags::MAX_TAGS;
 pub use urls::{is_url_id, Cors, FunctionUrl, UrlAuth};
 pub use versions::{validate_alias, Alias};

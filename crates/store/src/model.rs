@@ -83,6 +83,9 @@ pub struct FunctionConfig {
     /// Egress rules (stored in their canonical text form). Empty: no egress at all.
     #[serde(default)]
     pub egress: Vec<ignition_types::EgressRule>,
+    /// Free text (Lambda's `Description`), at most 256 characters.
+    #[serde(default)]
+    pub description: String,
 }
 
 impl FunctionConfig {
@@ -134,6 +137,9 @@ impl FunctionConfig {
                     TIMEOUT_S.end()
                 ),
             ));
+        }
+        if self.description.chars().count() > 256 {
+            return Err(invalid("description", "at most 256 characters"));
         }
         let mut total = 0;
         for (k, v) in &self.env {
@@ -202,6 +208,7 @@ mod tests {
             env: BTreeMap::new(),
             reuse: false,
             egress: Vec::new(),
+            description: String::new(),
         }
     }
 

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS functions (
     env         TEXT NOT NULL,
     reuse       INTEGER NOT NULL DEFAULT 0,
     egress      TEXT NOT NULL DEFAULT '[]',
+    description TEXT NOT NULL DEFAULT '',
     code_sha256 TEXT NOT NULL REFERENCES bundles(sha256),
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
@@ -118,6 +119,12 @@ CREATE TABLE IF NOT EXISTS schedules (
     PRIMARY KEY (tenant, name)
 );
 CREATE INDEX IF NOT EXISTS schedules_due ON schedules (next_fire_ms);
+CREATE TABLE IF NOT EXISTS tags (
+    function    TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    PRIMARY KEY (function, key)
+);
 CREATE TABLE IF NOT EXISTS tenant_quotas (
     tenant      TEXT PRIMARY KEY,
     overrides   TEXT NOT NULL
@@ -236,6 +243,7 @@ impl Store {
             "DELETE FROM function_urls WHERE function = ?1",
             params![name],
         )?;
+        tx.execute("DELETE FROM tags WHERE function = ?1", params![name])?;
         gc_bundle(&tx, &hash)?;
         for h in version_hashes {
             gc_bundle(&tx, &h)?;
@@ -291,8 +299,8 @@ pub(crate) fn put_function_on(
     let created_at = previous.as_ref().map_or(t, |(_, c)| *c);
     tx.execute(
         "INSERT OR REPLACE INTO functions
-         (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at, reuse, egress)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at, reuse, egress, description)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             config.name,
             config.runtime.as_str(),
@@ -304,7 +312,8 @@ pub(crate) fn put_function_on(
             created_at,
             t,
             config.reuse,
-            egress
+            egress,
+            config.description
         ],
     )?;
     if let Some((old, _)) = previous {
@@ -366,11 +375,22 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         }
         conn.pragma_update(None, "user_version", 4)?;
     }
+    if version < 5 {
+        let has_description = conn
+            .prepare("SELECT 1 FROM pragma_table_info('functions') WHERE name = 'description'")?
+            .exists([])?;
+        if !has_description {
+            conn.execute_batch(
+                "ALTER TABLE functions ADD COLUMN description TEXT NOT NULL DEFAULT ''",
+            )?;
+        }
+        conn.pragma_update(None, "user_version", 5)?;
+    }
     Ok(())
 }
 
 const SELECT: &str = "SELECT f.name, f.runtime, f.handler, f.memory_mib, f.timeout_s, f.env,
-    f.code_sha256, b.size, f.created_at, f.updated_at, f.reuse, f.egress
+    f.code_sha256, b.size, f.created_at, f.updated_at, f.reuse, f.egress, f.description
     FROM functions f JOIN bundles b ON b.sha256 = f.code_sha256";
 
 pub(crate) fn gc_bundle(tx: &rusqlite::Transaction<'_>, hash: &str) -> Result<(), StoreError> {
@@ -406,6 +426,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecor
             env,
             reuse: r.get(10)?,
             egress,
+            description: r.get(12)?,
         },
         code_sha256: r.get(6)?,
         code_size: u64::try_from(size).unwrap_or(0),
@@ -430,6 +451,7 @@ mod tests {
             env: BTreeMap::from([("GREETING".into(), "hi".into())]),
             reuse: name == "b",
             egress: vec!["198.18.0.0/15:443/tcp".parse().unwrap()],
+            description: format!("about {name}"),
         }
     }
 
@@ -483,7 +505,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("ignition.db")).unwrap();
         conn.execute_batch(&SCHEMA.replace(
-            "    reuse       INTEGER NOT NULL DEFAULT 0,\n    egress      TEXT NOT NULL DEFAULT '[]',\n",
+            "    reuse       INTEGER NOT NULL DEFAULT 0,\n    egress      TEXT NOT NULL DEFAULT '[]',\n    description TEXT NOT NULL DEFAULT '',\n",
             "",
         ))
             .unwrap();
@@ -500,6 +522,7 @@ mod tests {
         let old = s.get_function("old").unwrap().unwrap();
         assert!(!old.config.reuse);
         assert!(old.config.egress.is_empty());
+        assert!(old.config.description.is_empty());
     }
 
     #[test]

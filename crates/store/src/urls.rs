@@ -292,6 +292,7 @@ mod tests {
                 env: Default::default(),
                 reuse: false,
                 egress: Vec::new(),
+                description: String::new(),
             },
             b"x",
         )

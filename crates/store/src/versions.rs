@@ -342,6 +342,7 @@ mod tests {
             env: Default::default(),
             reuse: false,
             egress: Vec::new(),
+            description: String::new(),
         }
     }
 
