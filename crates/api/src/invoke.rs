@@ -319,6 +319,8 @@ pub(crate) async fn load_target(
     request_id: String,
     payload: Vec<u8>,
 ) -> Result<(Job, String), ApiError> {
+    let routed = route(state, target).await?;
+    let target = routed.as_deref().unwrap_or(target);
     let (name, record, version) = resolve(state, target).await?;
     let executed = version.map_or_else(|| "$LATEST".to_owned(), |v| v.to_string());
     // A version is a function of its own to the worker (its snapshot, its warm slots).
@@ -372,6 +374,29 @@ pub(crate) async fn load_target(
     Ok((job, executed))
 }
 
+/// For an alias with a weighted second version, the version this invocation runs, drawn by
+/// weight (`NAME:N`); `None` for every other target.
+async fn route(state: &AppState, target: &str) -> Result<Option<String>, ApiError> {
+    let (name, qualifier) = ignition_types::Target::split_stored(target);
+    let Some(alias) =
+        qualifier.filter(|q| *q != "$LATEST" && !q.bytes().all(|b| b.is_ascii_digit()))
+    else {
+        return Ok(None);
+    };
+    let (n, a) = (name.to_owned(), alias.to_owned());
+    let Some(alias) = blocking(state, move |s| s.get_alias(&n, &a)).await? else {
+        return Ok(None);
+    };
+    Ok(alias.routing.map(|r| {
+        let v = if rand::random::<u32>() % 1_000_000 < r.ppm {
+            r.version
+        } else {
+            alias.version
+        };
+        format!("{name}:{v}")
+    }))
+}
+
 /// The stored function of a target `NAME[:QUALIFIER]`: logs, metrics and limits are the
 /// function's, whichever version runs.
 pub(crate) fn base_name(target: &str) -> &str {
@@ -394,12 +419,10 @@ pub(crate) async fn resolve<'a>(
         ),
         Some(alias) => {
             let (n, a) = (n.clone(), alias.to_owned());
-            Some(
-                blocking(state, move |s| s.get_alias(&n, &a))
-                    .await?
-                    .ok_or_else(|| ApiError::not_found(target))?
-                    .version,
-            )
+            let alias = blocking(state, move |s| s.get_alias(&n, &a))
+                .await?
+                .ok_or_else(|| ApiError::not_found(target))?;
+            Some(alias.version)
         }
     };
     let record = match version {

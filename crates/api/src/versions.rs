@@ -26,7 +26,22 @@ pub(crate) fn version_config(
     c
 }
 
+/// The share a weight in millionths stands for, as Lambda writes it (0.2).
+fn weight(ppm: u32) -> f64 {
+    f64::from(ppm) / 1_000_000.0
+}
+
 fn alias_json(function: &str, a: &Alias) -> Value {
+    let mut v = alias_fields(function, a);
+    if let Some(r) = a.routing {
+        v["RoutingConfig"] = json!({
+            "AdditionalVersionWeights": { r.version.to_string(): weight(r.ppm) }
+        });
+    }
+    v
+}
+
+fn alias_fields(function: &str, a: &Alias) -> Value {
     json!({
         "AliasArn": format!("{ARN_PREFIX}{function}:{}", a.name),
         "Name": a.name,
@@ -111,6 +126,48 @@ pub(crate) struct AliasBody {
     name: Option<String>,
     function_version: Option<String>,
     description: Option<String>,
+    routing_config: Option<RoutingConfig>,
+}
+
+/// An alias's `RoutingConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct RoutingConfig {
+    #[serde(default)]
+    additional_version_weights: std::collections::BTreeMap<String, f64>,
+}
+
+/// Checks a `RoutingConfig` against the alias's version: at most one other version, which
+/// exists, with a weight from 0 to 1.
+async fn routing(
+    state: &AppState,
+    stored: &str,
+    primary: u32,
+    config: RoutingConfig,
+) -> Result<Option<ignition_store::Routing>, ApiError> {
+    let mut weights = config.additional_version_weights.into_iter();
+    let Some((v, w)) = weights.next() else {
+        return Ok(None);
+    };
+    if weights.next().is_some() {
+        return Err(ApiError::invalid(
+            "RoutingConfig.AdditionalVersionWeights: at most one additional version",
+        ));
+    }
+    let version = version_exists(state, stored, &v).await?;
+    if version == primary {
+        return Err(ApiError::invalid(
+            "RoutingConfig.AdditionalVersionWeights: the additional version must differ from FunctionVersion",
+        ));
+    }
+    if !(0.0..=1.0).contains(&w) {
+        return Err(ApiError::invalid(
+            "RoutingConfig.AdditionalVersionWeights: a weight is from 0.0 to 1.0",
+        ));
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let ppm = (w * 1_000_000.0).round() as u32;
+    Ok(Some(ignition_store::Routing { version, ppm }))
 }
 
 async fn version_exists(state: &AppState, stored: &str, v: &str) -> Result<u32, ApiError> {
@@ -153,10 +210,18 @@ pub(crate) async fn create_alias(
         .function_version
         .ok_or_else(|| ApiError::invalid("FunctionVersion is required"))?;
     let version = version_exists(&state, &stored, &v).await?;
+    let routing = routing(
+        &state,
+        &stored,
+        version,
+        req.routing_config.unwrap_or_default(),
+    )
+    .await?;
     let alias = Alias {
         name: alias_name,
         version,
         description: req.description.unwrap_or_default(),
+        routing,
     };
     let a = alias.clone();
     if !blocking(&state, move |s| s.put_alias(&stored, &a, true)).await? {
@@ -221,6 +286,11 @@ pub(crate) async fn update_alias(
     }
     if let Some(d) = req.description {
         a.description = d;
+    }
+    if let Some(r) = req.routing_config {
+        a.routing = routing(&state, &stored, a.version, r).await?;
+    } else if a.routing.is_some_and(|r| r.version == a.version) {
+        a.routing = None;
     }
     let a2 = a.clone();
     blocking(&state, move |s| s.put_alias(&stored, &a2, false)).await?;

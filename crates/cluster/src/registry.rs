@@ -85,13 +85,11 @@ async fn local(node: &Arc<Node>) -> Result<Vec<(String, String, u64)>, ClusterEr
         )
     }));
     // An alias carries no time of its own: a change found here is stamped when found.
-    out.extend(aliases.iter().map(|(f, a)| {
-        (
-            format!("alias:{f}:{}", a.name),
-            alias_digest(a.version, &a.description),
-            0,
-        )
-    }));
+    out.extend(
+        aliases
+            .iter()
+            .map(|(f, a)| (format!("alias:{f}:{}", a.name), alias_digest(a), 0)),
+    );
     out.extend(keys.iter().map(|(k, created)| {
         (
             format!("key:{}", k.access_key_id),
@@ -102,8 +100,12 @@ async fn local(node: &Arc<Node>) -> Result<Vec<(String, String, u64)>, ClusterEr
     Ok(out)
 }
 
-fn alias_digest(version: u32, description: &str) -> String {
-    ignition_store::sha256_hex(format!("{version}\n{description}").as_bytes())
+fn alias_digest(a: &ignition_store::Alias) -> String {
+    let routing = a
+        .routing
+        .map(|r| format!("{}:{}", r.version, r.ppm))
+        .unwrap_or_default();
+    ignition_store::sha256_hex(format!("{}\n{}\n{routing}", a.version, a.description).as_bytes())
 }
 
 /// `NAME@N` → (NAME, N).
@@ -423,14 +425,20 @@ async fn fetch(
                 }),
             )
             .await?;
-            if alias_digest(reply.version, &reply.description) != want {
-                return Err(stale());
-            }
             let alias = ignition_store::Alias {
                 name: a.to_owned(),
                 version: reply.version,
                 description: reply.description,
+                routing: reply
+                    .routing_version
+                    .map(|version| ignition_store::Routing {
+                        version,
+                        ppm: reply.routing_ppm,
+                    }),
             };
+            if alias_digest(&alias) != want {
+                return Err(stale());
+            }
             let f = f.to_owned();
             blocking(&node.store, move |s| s.replace_alias(&f, &alias)).await?;
         }

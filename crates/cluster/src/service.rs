@@ -218,6 +218,8 @@ impl NodeService for Service {
         Ok(Response::new(pb::AliasReply {
             version: alias.version,
             description: alias.description,
+            routing_version: alias.routing.map(|r| r.version),
+            routing_ppm: alias.routing.map_or(0, |r| r.ppm),
         }))
     }
 

@@ -272,3 +272,82 @@ async fn in_process_create_with_tags_and_publish_and_read_back_what_was_sent() {
     assert_eq!(seen, ["$LATEST", "1", "2"]);
     n.node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_a_weighted_alias_splits_its_invocations_by_weight() {
+    use reqwest::Method;
+    let n = start_with(InProcessGuest::new(), |_| {}).await;
+    let fns = |p: &str| n.url(&format!("/2015-03-31/functions/{p}"));
+    assert_eq!(deploy(&n, "w", "vm.handler", json!({})).await.status(), 201);
+    assert_eq!(call(Method::POST, fns("w/versions"), None).await.0, 201);
+    assert_eq!(
+        deploy(&n, "w", "vm.handler", json!({"timeout_s": 4}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(call(Method::POST, fns("w/versions"), None).await.0, 201);
+    for (bad, why) in [
+        (json!({"2": 1.5}), "a weight over 1"),
+        (json!({"1": 0.5}), "the alias's own version"),
+        (json!({"2": 0.1, "3": 0.1}), "two additional versions"),
+        (json!({"9": 0.1}), "a version that does not exist"),
+    ] {
+        let body = json!({"Name": "bad", "FunctionVersion": "1", "RoutingConfig": {"AdditionalVersionWeights": bad}});
+        let (status, _, e) = call(Method::POST, fns("w/aliases"), Some(body)).await;
+        assert!(status == 400 || status == 404, "{why}: {status} {e}");
+    }
+    let body = json!({
+        "Name": "live",
+        "FunctionVersion": "1",
+        "RoutingConfig": {"AdditionalVersionWeights": {"2": 0.2}},
+    });
+    let (status, _, alias) = call(Method::POST, fns("w/aliases"), Some(body)).await;
+    assert_eq!(status, 201, "{alias}");
+    assert_eq!(alias["RoutingConfig"]["AdditionalVersionWeights"]["2"], 0.2);
+    let (_, _, got) = call(Method::GET, fns("w/aliases/live"), None).await;
+    assert_eq!(got["RoutingConfig"]["AdditionalVersionWeights"]["2"], 0.2);
+
+    let client = reqwest::Client::new();
+    let mut on_2 = 0;
+    for _ in 0..200 {
+        let r = client
+            .post(fns("w/invocations?Qualifier=live"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let executed = r.headers()["X-Amz-Executed-Version"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["version"],
+            executed.as_str(),
+            "the header says which ran"
+        );
+        if executed == "2" {
+            on_2 += 1;
+        }
+    }
+    let share = f64::from(on_2) / 200.0;
+    assert!((share - 0.2).abs() <= 0.1, "version 2 ran {on_2} of 200");
+
+    // Cleared, the alias runs its one version.
+    let body = json!({"RoutingConfig": {"AdditionalVersionWeights": {}}});
+    let (status, _, alias) = call(Method::PUT, fns("w/aliases/live"), Some(body)).await;
+    assert_eq!(status, 200);
+    assert!(alias.get("RoutingConfig").is_none(), "{alias}");
+    for _ in 0..10 {
+        let r = client
+            .post(fns("w/invocations?Qualifier=live"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["X-Amz-Executed-Version"], "1");
+    }
+    n.node.shutdown().await.unwrap();
+}

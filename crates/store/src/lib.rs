@@ -27,4 +27,4 @@ pub use schedules::{Fired, Firing, ScheduleRecord};
 pub use sqlite::{sha256_hex, Store, StoreError};
 pub use tags::MAX_TAGS;
 pub use urls::{is_url_id, Cors, FunctionUrl, UrlAuth};
-pub use versions::{validate_alias, Alias};
+pub use versions::{validate_alias, Alias, Routing};

@@ -95,6 +95,8 @@ CREATE TABLE IF NOT EXISTS aliases (
     name        TEXT NOT NULL,
     version     INTEGER NOT NULL,
     description TEXT NOT NULL DEFAULT '',
+    routing_version INTEGER,
+    routing_ppm INTEGER,
     PRIMARY KEY (function, name)
 );
 CREATE TABLE IF NOT EXISTS credentials (
@@ -385,6 +387,18 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             )?;
         }
         conn.pragma_update(None, "user_version", 5)?;
+    }
+    if version < 6 {
+        let has_routing = conn
+            .prepare("SELECT 1 FROM pragma_table_info('aliases') WHERE name = 'routing_version'")?
+            .exists([])?;
+        if !has_routing {
+            conn.execute_batch(
+                "ALTER TABLE aliases ADD COLUMN routing_version INTEGER;
+                 ALTER TABLE aliases ADD COLUMN routing_ppm INTEGER;",
+            )?;
+        }
+        conn.pragma_update(None, "user_version", 6)?;
     }
     Ok(())
 }

@@ -16,7 +16,36 @@ pub struct Alias {
     pub version: u32,
     /// Free text.
     pub description: String,
+    /// A second version that takes a share of the alias's invocations (Lambda's
+    /// `RoutingConfig.AdditionalVersionWeights`).
+    pub routing: Option<Routing>,
 }
+
+/// A weighted second version of an alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Routing {
+    /// The version.
+    pub version: u32,
+    /// Its share of the invocations, in millionths.
+    pub ppm: u32,
+}
+
+/// An alias from a row whose columns from `first` are name, version, description,
+/// routing_version, routing_ppm.
+fn alias_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Alias> {
+    let routing_version: Option<u32> = r.get(first + 3)?;
+    let routing_ppm: Option<u32> = r.get(first + 4)?;
+    Ok(Alias {
+        name: r.get(first)?,
+        version: r.get(first + 1)?,
+        description: r.get(first + 2)?,
+        routing: routing_version
+            .zip(routing_ppm)
+            .map(|(version, ppm)| Routing { version, ppm }),
+    })
+}
+
+const ALIAS_COLUMNS: &str = "name, version, description, routing_version, routing_ppm";
 
 /// Checks an alias name: 1-128 of letters, digits, `-` and `_`, not all digits.
 pub fn validate_alias(name: &str) -> Result<(), String> {
@@ -155,13 +184,22 @@ impl Store {
         validate_alias(&alias.name).map_err(StoreError::Invalid)?;
         let conn = self.conn();
         let sql = if create {
-            "INSERT OR IGNORE INTO aliases (function, name, version, description) VALUES (?1, ?2, ?3, ?4)"
+            "INSERT OR IGNORE INTO aliases (function, name, version, description, routing_version, routing_ppm)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
         } else {
-            "UPDATE aliases SET version = ?3, description = ?4 WHERE function = ?1 AND name = ?2"
+            "UPDATE aliases SET version = ?3, description = ?4, routing_version = ?5, routing_ppm = ?6
+             WHERE function = ?1 AND name = ?2"
         };
         Ok(conn.execute(
             sql,
-            params![function, alias.name, alias.version, alias.description],
+            params![
+                function,
+                alias.name,
+                alias.version,
+                alias.description,
+                alias.routing.map(|r| r.version),
+                alias.routing.map(|r| r.ppm)
+            ],
         )? > 0)
     }
 
@@ -170,15 +208,9 @@ impl Store {
         Ok(self
             .conn()
             .query_row(
-                "SELECT name, version, description FROM aliases WHERE function = ?1 AND name = ?2",
+                &format!("SELECT {ALIAS_COLUMNS} FROM aliases WHERE function = ?1 AND name = ?2"),
                 params![function, name],
-                |r| {
-                    Ok(Alias {
-                        name: r.get(0)?,
-                        version: r.get(1)?,
-                        description: r.get(2)?,
-                    })
-                },
+                |r| alias_row(r, 0),
             )
             .optional()?)
     }
@@ -186,16 +218,10 @@ impl Store {
     /// The aliases of `function`, by name.
     pub fn list_aliases(&self, function: &str) -> Result<Vec<Alias>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT name, version, description FROM aliases WHERE function = ?1 ORDER BY name",
-        )?;
-        let rows = stmt.query_map(params![function], |r| {
-            Ok(Alias {
-                name: r.get(0)?,
-                version: r.get(1)?,
-                description: r.get(2)?,
-            })
-        })?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {ALIAS_COLUMNS} FROM aliases WHERE function = ?1 ORDER BY name"
+        ))?;
+        let rows = stmt.query_map(params![function], |r| alias_row(r, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -285,19 +311,10 @@ impl Store {
     /// Every alias of every function: (function, alias).
     pub fn all_aliases(&self) -> Result<Vec<(String, Alias)>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT function, name, version, description FROM aliases ORDER BY function, name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                Alias {
-                    name: r.get(1)?,
-                    version: r.get(2)?,
-                    description: r.get(3)?,
-                },
-            ))
-        })?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT function, {ALIAS_COLUMNS} FROM aliases ORDER BY function, name"
+        ))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, alias_row(r, 1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -305,8 +322,16 @@ impl Store {
     pub fn replace_alias(&self, function: &str, alias: &Alias) -> Result<(), StoreError> {
         validate_alias(&alias.name).map_err(StoreError::Invalid)?;
         self.conn().execute(
-            "INSERT OR REPLACE INTO aliases (function, name, version, description) VALUES (?1, ?2, ?3, ?4)",
-            params![function, alias.name, alias.version, alias.description],
+            "INSERT OR REPLACE INTO aliases (function, name, version, description, routing_version, routing_ppm)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                function,
+                alias.name,
+                alias.version,
+                alias.description,
+                alias.routing.map(|r| r.version),
+                alias.routing.map(|r| r.ppm)
+            ],
         )?;
         Ok(())
     }
@@ -362,6 +387,7 @@ mod tests {
             name: "live".into(),
             version: 3,
             description: "d".into(),
+            routing: None,
         };
         s.replace_alias("f", &alias).unwrap();
         s.replace_alias("f", &alias).unwrap();
@@ -406,6 +432,7 @@ mod tests {
             name: "live".into(),
             version: 1,
             description: String::new(),
+            routing: None,
         };
         assert!(s.put_alias("f", &alias, true).unwrap());
         assert!(!s.put_alias("f", &alias, true).unwrap(), "exists");
@@ -439,5 +466,26 @@ mod tests {
             0,
             "every version's bundle went with the function"
         );
+    }
+
+    #[test]
+    fn an_aliass_weighted_version_is_kept() {
+        let s = Store::in_memory().unwrap();
+        let mut alias = Alias {
+            name: "live".into(),
+            version: 1,
+            description: String::new(),
+            routing: Some(Routing {
+                version: 2,
+                ppm: 200_000,
+            }),
+        };
+        assert!(s.put_alias("f", &alias, true).unwrap());
+        assert_eq!(s.get_alias("f", "live").unwrap().unwrap(), alias);
+        alias.routing = None;
+        assert!(s.put_alias("f", &alias, false).unwrap());
+        assert_eq!(s.list_aliases("f").unwrap(), [alias.clone()]);
+        s.replace_alias("f", &alias).unwrap();
+        assert_eq!(s.all_aliases().unwrap(), [("f".to_owned(), alias)]);
     }
 }
