@@ -40,6 +40,22 @@ pub(crate) fn iso8601(unix: i64) -> String {
     )
 }
 
+/// An instant with milliseconds, as Lambda's invocation records write it:
+/// `2026-11-29T10:54:17.123Z`.
+pub(crate) fn iso8601_ms(unix_ms: i64) -> String {
+    let c = civil(unix_ms.div_euclid(1000));
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        c.year,
+        c.month,
+        c.day,
+        c.hour,
+        c.minute,
+        c.second,
+        unix_ms.rem_euclid(1000)
+    )
+}
+
 /// The request time of an HTTP event (`requestContext.time`): `12/Mar/2020:19:03:58 +0000`.
 pub(crate) fn common_log_time(unix: i64) -> String {
     const MONTHS: [&str; 12] = [
@@ -73,5 +89,6 @@ mod tests {
         assert_eq!(iso8601(1_795_949_657), "2026-11-29T10:54:17.000+0000");
         assert_eq!(common_log_time(1_583_348_638), "04/Mar/2020:19:03:58 +0000");
         assert_eq!(common_log_time(951_782_400), "29/Feb/2000:00:00:00 +0000");
+        assert_eq!(iso8601_ms(1_795_949_657_123), "2026-11-29T10:54:17.123Z");
     }
 }

@@ -76,13 +76,13 @@ impl Default for EventConfig {
     }
 }
 
-/// Runs one attempt of an event; `Ok(())` when the function succeeded.
+/// Runs one attempt of an event; `Ok` with the function's result when it succeeded.
 async fn attempt(
     state: &AppState,
     function: &str,
     request_id: &str,
     payload: Vec<u8>,
-) -> Result<(), String> {
+) -> Result<Vec<u8>, String> {
     let target = function;
     let function = crate::invoke::base_name(target);
     let job = load_job(state, target, request_id.to_owned(), payload)
@@ -109,7 +109,7 @@ async fn attempt(
     let exec = outcome.map_err(|e| e.to_string())?;
     state.metrics.record(function, &exec);
     match exec.result.outcome {
-        Outcome::Success(_) => Ok(()),
+        Outcome::Success(result) => Ok(result),
         Outcome::FunctionError(e) | Outcome::InitError(e) => {
             Err(format!("{}: {}", e.error_type, e.error_message))
         }
@@ -177,10 +177,17 @@ pub fn spawn_dispatcher(state: AppState) {
                     let outcome = if age_ms > max_age_ms {
                         Err(String::new())
                     } else {
-                        attempt(&state, &event.function, &event.request_id, event.payload).await
+                        attempt(
+                            &state,
+                            &event.function,
+                            &event.request_id,
+                            event.payload.clone(),
+                        )
+                        .await
                     };
+                    let response = outcome.as_ref().ok().cloned();
                     let record = match outcome {
-                        Ok(()) => Attempt::Succeeded,
+                        Ok(_) => Attempt::Succeeded,
                         Err(_) if age_ms > max_age_ms => {
                             tracing::info!(function = %event.function, request_id = %event.request_id,
                                 "asynchronous invocation expired");
@@ -211,9 +218,27 @@ pub fn spawn_dispatcher(state: AppState) {
                             }
                         }
                     };
+                    let condition = match &record {
+                        Attempt::Succeeded => Some("Success"),
+                        Attempt::Expired { .. } => Some("EventAgeExceeded"),
+                        Attempt::Failed { .. } if event.attempts >= event.max_attempts => {
+                            Some("RetriesExhausted")
+                        }
+                        _ => None,
+                    };
+                    let error = match &record {
+                        Attempt::Failed { error, .. } | Attempt::Expired { error } => {
+                            Some(error.clone())
+                        }
+                        _ => None,
+                    };
                     let id = event.request_id.clone();
                     if let Err(e) = blocking(&state, move |s| s.finish_event(&id, &record)).await {
                         tracing::warn!(request_id = %event.request_id, error = %e, "cannot record an event's attempt");
+                    }
+                    if let Some(condition) = condition {
+                        crate::destinations::deliver(&state, &event, condition, response, error)
+                            .await;
                     }
                     drop(permit);
                     state.events.wake.notify_one();

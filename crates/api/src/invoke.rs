@@ -258,6 +258,10 @@ async fn enqueue(
     }
     // The target must exist; its code is not needed until the event runs.
     resolve(state, name).await?;
+    // The function's own settings (PutFunctionEventInvokeConfig) over the node's.
+    let settings = crate::event_invoke_config::for_target(state, name)
+        .await
+        .unwrap_or_default();
     let event = ignition_store::NewEvent {
         request_id: request_id.to_owned(),
         function: name.to_owned(),
@@ -266,8 +270,11 @@ async fn enqueue(
         } else {
             payload.to_vec()
         },
-        max_attempts: state.events.retries.saturating_add(1),
-        max_age_s: None,
+        max_attempts: settings
+            .maximum_retry_attempts
+            .unwrap_or(state.events.retries)
+            .saturating_add(1),
+        max_age_s: settings.maximum_event_age_in_seconds,
     };
     let limit = state.events.max_pending;
     let tenant_limit = state.quotas.of_function(name).queued_events;

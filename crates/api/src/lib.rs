@@ -28,7 +28,9 @@ mod admin;
 pub mod auth;
 mod clock;
 mod concurrency;
+mod destinations;
 mod error;
+mod event_invoke_config;
 pub mod events;
 mod function_urls;
 mod functions;
@@ -195,6 +197,17 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2020-06-30/functions/{name}/code-signing-config",
             get(lambda::code_signing_config),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config",
+            get(event_invoke_config::get)
+                .put(event_invoke_config::put)
+                .post(event_invoke_config::update)
+                .delete(event_invoke_config::delete),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config/list",
+            get(event_invoke_config::list),
         )
         .route("/schedules", get(schedules::list))
         .route(

@@ -351,3 +351,145 @@ async fn in_process_a_weighted_alias_splits_its_invocations_by_weight() {
     }
     n.node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_event_invoke_configs_set_retries_and_send_records_to_destinations() {
+    use reqwest::Method;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let s = Arc::clone(&seen);
+    let guest = InProcessGuest::new().with_handler(
+        "sink.handler",
+        Arc::new(move |call| {
+            let s = Arc::clone(&s);
+            Box::pin(async move {
+                s.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&call.payload).unwrap());
+                ignition_in_process_guest::Reply::json(&json!({}))
+            })
+        }),
+    );
+    let n = start_with(guest, |_| {}).await;
+    for (name, handler) in [
+        ("fails", "fail.handler"),
+        ("ok", "echo.handler"),
+        ("sink", "sink.handler"),
+    ] {
+        assert_eq!(deploy(&n, name, handler, json!({})).await.status(), 201);
+    }
+    let config = |f: &str| n.url(&format!("/2019-09-25/functions/{f}/event-invoke-config"));
+    let sink = "arn:aws:lambda:local:000000000000:function:sink";
+    for (bad, why) in [
+        (json!({"MaximumRetryAttempts": 3}), "retries"),
+        (json!({"MaximumEventAgeInSeconds": 30}), "age"),
+        (
+            json!({"DestinationConfig": {"OnFailure": {"Destination": "arn:aws:sqs:us-east-1:1:q"}}}),
+            "sqs",
+        ),
+        (
+            json!({"DestinationConfig": {"OnFailure": {"Destination": "arn:aws:lambda:local:0:function:nope"}}}),
+            "missing",
+        ),
+    ] {
+        let (status, kind, e) = call(Method::PUT, config("fails"), Some(bad)).await;
+        assert_eq!(
+            (status, kind.as_str()),
+            (400, "InvalidParameterValueException"),
+            "{why}: {e}"
+        );
+    }
+    let (status, _, set) = call(
+        Method::PUT,
+        config("fails"),
+        Some(json!({"MaximumRetryAttempts": 0, "DestinationConfig": {"OnFailure": {"Destination": sink}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["MaximumRetryAttempts"], 0);
+    assert!(set["FunctionArn"]
+        .as_str()
+        .unwrap()
+        .ends_with(":fails:$LATEST"));
+    let (status, _, _) = call(
+        Method::PUT,
+        config("ok"),
+        Some(json!({"DestinationConfig": {"OnSuccess": {"Destination": sink}}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let event = |f: &str, body: Value| {
+        reqwest::Client::new()
+            .post(n.url(&format!("/2015-03-31/functions/{f}/invocations")))
+            .header("X-Amz-Invocation-Type", "Event")
+            .json(&body)
+            .send()
+    };
+    assert_eq!(event("fails", json!({"n": 1})).await.unwrap().status(), 202);
+    assert_eq!(event("ok", json!({"n": 2})).await.unwrap().status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "records: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let records = seen.lock().unwrap().clone();
+    let failure = records
+        .iter()
+        .find(|r| r["requestContext"]["condition"] == "RetriesExhausted")
+        .expect("the failure's record");
+    assert_eq!(failure["requestPayload"], json!({"n": 1}));
+    assert_eq!(
+        failure["requestContext"]["approximateInvokeCount"], 1,
+        "no retries: {failure}"
+    );
+    assert_eq!(failure["responseContext"]["functionError"], "Unhandled");
+    assert!(
+        failure["responsePayload"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("boom"),
+        "{failure}"
+    );
+    let success = records
+        .iter()
+        .find(|r| r["requestContext"]["condition"] == "Success")
+        .expect("the success's record");
+    assert_eq!(success["responsePayload"], json!({"n": 2}));
+    assert_eq!(success["version"], "1.0");
+
+    // Update changes what is given; list, get and delete.
+    let (_, _, updated) = call(
+        Method::POST,
+        config("fails"),
+        Some(json!({"MaximumEventAgeInSeconds": 120})),
+    )
+    .await;
+    assert_eq!(updated["MaximumEventAgeInSeconds"], 120);
+    assert_eq!(
+        updated["DestinationConfig"]["OnFailure"]["Destination"],
+        sink
+    );
+    let (_, _, listed) = call(
+        Method::GET,
+        n.url("/2019-09-25/functions/fails/event-invoke-config/list"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        listed["FunctionEventInvokeConfigs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(call(Method::DELETE, config("fails"), None).await.0, 204);
+    let (status, kind, _) = call(Method::GET, config("fails"), None).await;
+    assert_eq!((status, kind.as_str()), (404, "ResourceNotFoundException"));
+    n.node.shutdown().await.unwrap();
+}

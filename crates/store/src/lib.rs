@@ -6,6 +6,7 @@
 //! function refers to any more is removed in the same transaction that dropped the last reference.
 
 mod credentials;
+mod event_configs;
 mod events;
 mod logs;
 mod model;
@@ -17,6 +18,7 @@ mod urls;
 mod versions;
 
 pub use credentials::{validate_tenant, AccessKey, OPERATOR};
+pub use event_configs::EventInvokeConfig;
 pub use events::{Attempt, Enqueued, Event, NewEvent, KEEP_FAILED};
 pub use logs::{LogEntry, KEEP_LOGS, MAX_LOG_BYTES};
 pub use model::{

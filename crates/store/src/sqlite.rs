@@ -121,6 +121,13 @@ CREATE TABLE IF NOT EXISTS schedules (
     PRIMARY KEY (tenant, name)
 );
 CREATE INDEX IF NOT EXISTS schedules_due ON schedules (next_fire_ms);
+CREATE TABLE IF NOT EXISTS event_invoke_configs (
+    function    TEXT NOT NULL,
+    qualifier   TEXT NOT NULL DEFAULT '',
+    config      TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (function, qualifier)
+);
 CREATE TABLE IF NOT EXISTS tags (
     function    TEXT NOT NULL,
     key         TEXT NOT NULL,
@@ -246,6 +253,10 @@ impl Store {
             params![name],
         )?;
         tx.execute("DELETE FROM tags WHERE function = ?1", params![name])?;
+        tx.execute(
+            "DELETE FROM event_invoke_configs WHERE function = ?1",
+            params![name],
+        )?;
         gc_bundle(&tx, &hash)?;
         for h in version_hashes {
             gc_bundle(&tx, &h)?;
