@@ -37,6 +37,7 @@ mod functions;
 mod invoke;
 mod lambda;
 mod metrics;
+mod provisioned;
 mod quotas;
 mod schedule_firer;
 mod schedules;
@@ -60,6 +61,7 @@ pub use error::ApiError;
 pub use events::{spawn_dispatcher, EventConfig};
 pub use function_urls::{validate_url_domain, UrlSettings};
 pub use metrics::Metrics;
+pub use provisioned::restore as restore_provisioned;
 pub use quotas::Quotas;
 pub use schedule_firer::{fire_due, spawn_schedule_firer, GRACE_MS};
 pub use spec_cache::{SpecCache, SpecCacheStats};
@@ -208,6 +210,12 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/2019-09-25/functions/{name}/event-invoke-config/list",
             get(event_invoke_config::list),
+        )
+        .route(
+            "/2019-09-30/functions/{name}/provisioned-concurrency",
+            get(provisioned::get)
+                .put(provisioned::put)
+                .delete(provisioned::delete),
         )
         .route("/schedules", get(schedules::list))
         .route(

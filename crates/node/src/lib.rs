@@ -158,6 +158,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     // The handle is not kept: like the dispatcher, the firer lives as long as the runtime, and
     // what it does is one store transaction at a time.
     drop(ignition_api::spawn_schedule_firer(state.clone()));
+    {
+        // What was provisioned before a restart is provisioned again, in the background.
+        let state = state.clone();
+        tokio::spawn(async move { ignition_api::restore_provisioned(&state).await });
+    }
     if let Some(network) = &network {
         follow_peers(Arc::clone(&state.node), Arc::downgrade(network));
     }

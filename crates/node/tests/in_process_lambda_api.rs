@@ -493,3 +493,95 @@ async fn in_process_event_invoke_configs_set_retries_and_send_records_to_destina
     assert_eq!((status, kind.as_str()), (404, "ResourceNotFoundException"));
     n.node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_provisioned_concurrency_is_the_pools_minimum_for_a_version() {
+    use reqwest::Method;
+    use std::time::{Duration, Instant};
+    let n = start_with(InProcessGuest::new(), |c| c.worker.pool_memory_mib = 100).await;
+    let fns = |p: &str| n.url(&format!("/2015-03-31/functions/{p}"));
+    assert_eq!(deploy(&n, "p", "vm.handler", json!({})).await.status(), 201);
+    assert_eq!(call(Method::POST, fns("p/versions"), None).await.0, 201);
+    let alias = json!({"Name": "live", "FunctionVersion": "1"});
+    assert_eq!(
+        call(Method::POST, fns("p/aliases"), Some(alias)).await.0,
+        201
+    );
+    let pc = |q: &str| {
+        n.url(&format!(
+            "/2019-09-30/functions/p/provisioned-concurrency{q}"
+        ))
+    };
+    let (status, _, _) = call(
+        Method::PUT,
+        pc(""),
+        Some(json!({"ProvisionedConcurrentExecutions": 1})),
+    )
+    .await;
+    assert_eq!(status, 400, "a qualifier is required");
+    let (status, _, _) = call(
+        Method::PUT,
+        pc("?Qualifier=$LATEST"),
+        Some(json!({"ProvisionedConcurrentExecutions": 1})),
+    )
+    .await;
+    assert_eq!(status, 400, "not $LATEST");
+    let (status, _, put) = call(
+        Method::PUT,
+        pc("?Qualifier=live"),
+        Some(json!({"ProvisionedConcurrentExecutions": 2})),
+    )
+    .await;
+    assert_eq!(status, 202, "{put}");
+    assert_eq!(put["RequestedProvisionedConcurrentExecutions"], 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, _, got) = call(Method::GET, pc("?Qualifier=live"), None).await;
+        if got["Status"] == "READY" {
+            assert_eq!(got["AvailableProvisionedConcurrentExecutions"], 2);
+            break;
+        }
+        assert_eq!(got["Status"], "IN_PROGRESS", "{got}");
+        assert!(Instant::now() < deadline, "{got}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pool = get_json(n.url("/v1/stats")).await;
+    assert!(
+        pool["worker"]["pool_functions"].as_u64().unwrap() >= 1,
+        "{pool}"
+    );
+    // More than the pool's budget holds fails, saying why.
+    let (_, _, over) = call(
+        Method::PUT,
+        pc("?Qualifier=1"),
+        Some(json!({"ProvisionedConcurrentExecutions": 50})),
+    )
+    .await;
+    assert_eq!(over["Status"], "FAILED", "{over}");
+    assert!(
+        over["StatusReason"]
+            .as_str()
+            .unwrap()
+            .contains("--pool-memory-mib"),
+        "{over}"
+    );
+    let (_, _, listed) = call(Method::GET, pc("?List=ALL"), None).await;
+    assert_eq!(
+        listed["ProvisionedConcurrencyConfigs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(call(Method::DELETE, pc("?Qualifier=1"), None).await.0, 204);
+    assert_eq!(
+        call(Method::DELETE, pc("?Qualifier=live"), None).await.0,
+        204
+    );
+    let (status, kind, _) = call(Method::GET, pc("?Qualifier=live"), None).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (404, "ProvisionedConcurrencyConfigNotFoundException")
+    );
+    n.node.shutdown().await.unwrap();
+}

@@ -128,6 +128,13 @@ CREATE TABLE IF NOT EXISTS event_invoke_configs (
     updated_at  INTEGER NOT NULL,
     PRIMARY KEY (function, qualifier)
 );
+CREATE TABLE IF NOT EXISTS provisioned (
+    function    TEXT NOT NULL,
+    qualifier   TEXT NOT NULL,
+    slots       INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (function, qualifier)
+);
 CREATE TABLE IF NOT EXISTS tags (
     function    TEXT NOT NULL,
     key         TEXT NOT NULL,
@@ -253,6 +260,7 @@ impl Store {
             params![name],
         )?;
         tx.execute("DELETE FROM tags WHERE function = ?1", params![name])?;
+        tx.execute("DELETE FROM provisioned WHERE function = ?1", params![name])?;
         tx.execute(
             "DELETE FROM event_invoke_configs WHERE function = ?1",
             params![name],

@@ -346,6 +346,11 @@ impl WarmPool {
         self.lock().charged_mib
     }
 
+    /// The budget, and what a slot is expected to cost (the average measured so far), MiB.
+    pub(crate) fn budget(&self) -> (u64, f64) {
+        (self.config.memory_budget_mib, self.lock().slot_mib)
+    }
+
     /// Slots ready and being filled, over all functions.
     pub(crate) fn sizes(&self) -> (usize, usize) {
         let st = self.lock();

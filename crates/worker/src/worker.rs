@@ -334,6 +334,11 @@ impl Worker {
         self.pool.charged_mib()
     }
 
+    /// The pool's memory budget and the expected cost of a slot, MiB.
+    pub fn pool_budget(&self) -> (u64, f64) {
+        self.pool.budget()
+    }
+
     /// Keeps `n` warm slots of the function regardless of demand.
     pub fn set_min_ready(
         &self,
