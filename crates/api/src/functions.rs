@@ -126,6 +126,7 @@ pub(crate) async fn put(
     let config = FunctionConfig {
         name: stored,
         runtime,
+        runtime_name: req.runtime.clone(),
         handler: req.handler,
         memory_mib: req.memory_mib,
         timeout_s: req.timeout_s,

@@ -74,12 +74,13 @@ fn conflict(name: &str) -> ApiError {
     )
 }
 
-/// Lambda's name for a runtime.
-fn lambda_runtime(r: Runtime) -> &'static str {
-    match r {
-        // The guest image's Python (Debian 12).
-        Runtime::Python3 => "python3.11",
-        Runtime::Provided => "provided",
+/// The runtime as Lambda's API answers it: the name it was made with (`python3`, the CLI's
+/// short form, is the guest image's `python3.X`).
+fn lambda_runtime(c: &FunctionConfig) -> &str {
+    match (c.runtime, c.runtime_name.as_str()) {
+        (Runtime::Python3, "" | "python3") => ignition_types::GUEST_PYTHON,
+        (Runtime::Provided, "") => "provided",
+        (_, name) => name,
     }
 }
 
@@ -90,7 +91,7 @@ pub(crate) fn configuration(r: &FunctionRecord) -> Value {
     json!({
         "FunctionName": c.name,
         "FunctionArn": format!("{ARN_PREFIX}{}", c.name),
-        "Runtime": lambda_runtime(c.runtime),
+        "Runtime": lambda_runtime(c),
         "Role": "arn:aws:iam::000000000000:role/ignition",
         "Handler": c.handler,
         "CodeSize": r.code_size,
@@ -274,11 +275,11 @@ pub(crate) async fn create(
     if req.package_type.as_deref().is_some_and(|p| p != "Zip") {
         return Err(ApiError::invalid("PackageType: only Zip is supported"));
     }
-    let runtime = runtime(
-        req.runtime
-            .as_deref()
-            .ok_or_else(|| ApiError::invalid("Runtime is required"))?,
-    )?;
+    let runtime_name = req
+        .runtime
+        .clone()
+        .ok_or_else(|| ApiError::invalid("Runtime is required"))?;
+    let runtime = runtime(&runtime_name)?;
     let handler = req
         .handler
         .ok_or_else(|| ApiError::invalid("Handler is required"))?;
@@ -291,6 +292,7 @@ pub(crate) async fn create(
     let config = FunctionConfig {
         name,
         runtime,
+        runtime_name: runtime_name.clone(),
         handler,
         memory_mib: req.memory_size.unwrap_or(128),
         timeout_s: req.timeout.unwrap_or(3),
@@ -532,6 +534,7 @@ pub(crate) async fn update_configuration(
     let mut config = r.config.clone();
     if let Some(rt) = &req.runtime {
         config.runtime = runtime(rt)?;
+        config.runtime_name = rt.clone();
     }
     if let Some(h) = req.handler {
         config.handler = h;

@@ -82,8 +82,15 @@ fn bad_requests_get_clear_errors() {
     );
     let tgz = tar_gz_of(&[("pkg/mod.py", b"def h(e, c):\n    return 1\n")]);
     assert_eq!(
-        put(&server, "t", &deploy_body("python3.12", "pkg.mod.h", &tgz)).0,
+        put(&server, "t", &deploy_body("python3.11", "pkg.mod.h", &tgz)).0,
         201
+    );
+    // A Python the guest image does not have is refused, naming what it has.
+    let (s, b) = put(&server, "t2", &deploy_body("python3.12", "pkg.mod.h", &tgz));
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["errorMessage"].as_str().unwrap().contains("python3.11"),
+        "{b}"
     );
 
     // Unknown function.

@@ -34,7 +34,7 @@ fn create(server: &TestServer, name: &str, handler_body: &str) -> (u16, Value) {
             .post(format!("{}/2015-03-31/functions", server.url))
             .json(&j!({
                 "FunctionName": name,
-                "Runtime": "python3.12",
+                "Runtime": "python3.11",
                 "Role": "arn:aws:iam::123456789012:role/ignored",
                 "Handler": "app.handler",
                 "Code": { "ZipFile": zip(&[("app.py", handler_body)]) },

@@ -585,3 +585,81 @@ async fn in_process_provisioned_concurrency_is_the_pools_minimum_for_a_version()
     );
     n.node.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn in_process_the_runtime_sent_is_the_runtime_answered() {
+    use base64::Engine;
+    use reqwest::Method;
+    let n = start_with(InProcessGuest::new(), |_| {}).await;
+    let fns = |p: &str| n.url(&format!("/2015-03-31/functions{p}"));
+    let zip = base64::engine::general_purpose::STANDARD.encode(zip_of(&[
+        ("bootstrap", b"#!/bin/sh\n"),
+        ("echo.py", b"def handler(e, c):\n    return e\n"),
+    ]));
+    let create = |name: &str, runtime: &str, handler: &str| {
+        call(
+            Method::POST,
+            fns(""),
+            Some(
+                json!({"FunctionName": name, "Runtime": runtime, "Role": "r", "Handler": handler, "Code": {"ZipFile": zip}}),
+            ),
+        )
+    };
+    let (status, _, e) = create("sh", "provided.al2023", "x").await;
+    assert_eq!(status, 400, "bootstrap is not executable in this zip: {e}");
+    let executable = {
+        use std::io::Write;
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+        w.start_file("bootstrap", options).unwrap();
+        w.write_all(b"#!/bin/sh\n").unwrap();
+        base64::engine::general_purpose::STANDARD.encode(w.finish().unwrap().into_inner())
+    };
+    let (status, _, c) = call(
+        Method::POST,
+        fns(""),
+        Some(json!({"FunctionName": "sh", "Runtime": "provided.al2023", "Role": "r", "Handler": "x", "Code": {"ZipFile": executable}})),
+    )
+    .await;
+    assert_eq!(
+        (status, c["Runtime"].as_str()),
+        (201, Some("provided.al2023")),
+        "{c}"
+    );
+    let (status, _, c) = create("py", "python3.11", "echo.handler").await;
+    assert_eq!(
+        (status, c["Runtime"].as_str()),
+        (201, Some("python3.11")),
+        "{c}"
+    );
+    let (status, kind, e) = create("new", "python3.12", "echo.handler").await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (400, "InvalidParameterValueException")
+    );
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("python3.11") && message.contains("provided.al2023"),
+        "{message}"
+    );
+    // The CLI's short form answers as the guest's Python.
+    assert_eq!(
+        deploy(&n, "short", "echo.handler", json!({}))
+            .await
+            .status(),
+        201
+    );
+    let (_, _, got) = call(Method::GET, fns("/short"), None).await;
+    assert_eq!(got["Configuration"]["Runtime"], "python3.11");
+    let (status, _, updated) = call(
+        Method::PUT,
+        fns("/py/configuration"),
+        Some(json!({"Runtime": "python3"})),
+    )
+    .await;
+    assert_eq!(
+        (status, updated["Runtime"].as_str()),
+        (200, Some("python3.11"))
+    );
+    n.node.shutdown().await.unwrap();
+}

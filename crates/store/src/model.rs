@@ -68,6 +68,10 @@ pub struct FunctionConfig {
     pub name: String,
     /// Runtime.
     pub runtime: Runtime,
+    /// The runtime as it was named when the function was made or changed (`python3.11`,
+    /// `provided.al2023`, ...): what Lambda's API answers. Empty: the canonical name.
+    #[serde(default)]
+    pub runtime_name: String,
     /// `FILE.FUNC` (Python) or a value passed to the bootstrap as `_HANDLER`.
     pub handler: String,
     /// VM memory.
@@ -202,6 +206,7 @@ mod tests {
         FunctionConfig {
             name: "hello".into(),
             runtime: Runtime::Python3,
+            runtime_name: String::new(),
             handler: "app.handler".into(),
             memory_mib: 128,
             timeout_s: 3,
@@ -262,7 +267,7 @@ mod tests {
 
     #[test]
     fn runtimes_accept_lambda_names() {
-        assert_eq!(Runtime::parse("python3.12"), Ok(Runtime::Python3));
+        assert_eq!(Runtime::parse("python3.11"), Ok(Runtime::Python3));
         assert_eq!(Runtime::parse("provided.al2023"), Ok(Runtime::Provided));
         assert!(Runtime::parse("nodejs20.x").is_err());
         assert_eq!(config().python_module_file().as_deref(), Some("app.py"));

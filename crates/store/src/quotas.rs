@@ -216,6 +216,7 @@ mod tests {
         FunctionConfig {
             name: name.into(),
             runtime: crate::Runtime::Python3,
+            runtime_name: String::new(),
             handler: "a.b".into(),
             memory_mib: 128,
             timeout_s: 3,

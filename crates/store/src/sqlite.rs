@@ -324,7 +324,12 @@ pub(crate) fn put_function_on(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             config.name,
-            config.runtime.as_str(),
+            // What the function was made with; a name the runtime parses back from.
+            if config.runtime_name.is_empty() {
+                config.runtime.as_str()
+            } else {
+                config.runtime_name.as_str()
+            },
             config.handler,
             config.memory_mib,
             config.timeout_s,
@@ -438,12 +443,12 @@ pub(crate) fn gc_bundle(tx: &rusqlite::Transaction<'_>, hash: &str) -> Result<()
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecord, StoreError>> {
     let name: String = r.get(0)?;
-    let runtime: String = r.get(1)?;
+    let runtime_name: String = r.get(1)?;
     let env: String = r.get(5)?;
     let size: i64 = r.get(7)?;
     let egress: String = r.get(11)?;
     let (Ok(runtime), Ok(env), Ok(egress)) = (
-        Runtime::parse(&runtime),
+        Runtime::parse(&runtime_name),
         serde_json::from_str(&env),
         serde_json::from_str(&egress),
     ) else {
@@ -453,6 +458,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecor
         config: FunctionConfig {
             name,
             runtime,
+            runtime_name,
             handler: r.get(2)?,
             memory_mib: r.get(3)?,
             timeout_s: r.get(4)?,
@@ -478,6 +484,7 @@ mod tests {
         FunctionConfig {
             name: name.into(),
             runtime: Runtime::Python3,
+            runtime_name: "python3.11".into(),
             handler: "app.handler".into(),
             memory_mib: 128,
             timeout_s: 3,

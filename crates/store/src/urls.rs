@@ -286,6 +286,7 @@ mod tests {
             &crate::FunctionConfig {
                 name: "t.f".into(),
                 runtime: crate::Runtime::Python3,
+                runtime_name: String::new(),
                 handler: "a.b".into(),
                 memory_mib: 128,
                 timeout_s: 3,

@@ -361,6 +361,7 @@ mod tests {
         FunctionConfig {
             name: "f".into(),
             runtime: crate::Runtime::Python3,
+            runtime_name: String::new(),
             handler: handler.into(),
             memory_mib: 128,
             timeout_s: 3,

@@ -14,4 +14,4 @@ mod runtime;
 pub use egress::{parse_rules, EgressRule, Ipv4Net, PolicyError, Protocol};
 pub use function::{FunctionId, Target, DEFAULT_TENANT};
 pub use quota::{QuotaOverrides, TenantQuotas};
-pub use runtime::{Runtime, UnknownRuntime};
+pub use runtime::{Runtime, UnknownRuntime, GUEST_PYTHON, SUPPORTED_RUNTIMES};

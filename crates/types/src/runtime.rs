@@ -13,19 +13,31 @@ pub enum Runtime {
     Provided,
 }
 
+/// Lambda's name for the guest image's Python (Debian 12's).
+pub const GUEST_PYTHON: &str = "python3.11";
+
+/// The runtime names accepted, as Lambda names them (and `python3`, the CLI's short form).
+pub const SUPPORTED_RUNTIMES: [&str; 5] = [
+    GUEST_PYTHON,
+    "python3",
+    "provided.al2023",
+    "provided.al2",
+    "provided",
+];
+
 /// A runtime name Ignition does not run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid runtime: {0:?} is not supported (use python3 or provided)")]
+#[error(
+    "invalid runtime: {0:?} is not supported; the guest image runs python3.11 (python3 for short), provided.al2023, provided.al2 and provided"
+)]
 pub struct UnknownRuntime(pub String);
 
 impl Runtime {
-    /// Parses a user-facing runtime name; Lambda's `python3.x` and `provided.al2*` are accepted.
+    /// Parses a runtime name: one of [`SUPPORTED_RUNTIMES`], the runtimes the guest image has.
     pub fn parse(s: &str) -> Result<Self, UnknownRuntime> {
         match s {
-            "python3" => Ok(Self::Python3),
-            s if s.starts_with("python3.") => Ok(Self::Python3),
-            "provided" => Ok(Self::Provided),
-            s if s.starts_with("provided.") => Ok(Self::Provided),
+            "python3" | GUEST_PYTHON => Ok(Self::Python3),
+            "provided" | "provided.al2" | "provided.al2023" => Ok(Self::Provided),
             other => Err(UnknownRuntime(other.to_owned())),
         }
     }
@@ -53,9 +65,21 @@ mod tests {
 
     #[test]
     fn parses_lambda_names_and_round_trips_the_canonical_ones() {
-        assert_eq!(Runtime::parse("python3.12"), Ok(Runtime::Python3));
+        assert_eq!(Runtime::parse("python3.11"), Ok(Runtime::Python3));
         assert_eq!(Runtime::parse("provided.al2023"), Ok(Runtime::Provided));
+        assert!(
+            Runtime::parse("python3.12").is_err(),
+            "not the guest's Python"
+        );
         assert!(Runtime::parse("nodejs20.x").is_err());
+        for s in SUPPORTED_RUNTIMES {
+            assert!(Runtime::parse(s).is_ok(), "{s}");
+        }
+        let e = Runtime::parse("java21").unwrap_err().to_string();
+        assert!(
+            e.contains("python3.11") && e.contains("provided.al2023"),
+            "{e}"
+        );
         assert!(Runtime::parse("").is_err());
         for r in [Runtime::Python3, Runtime::Provided] {
             assert_eq!(Runtime::parse(r.as_str()), Ok(r));
