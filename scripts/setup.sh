@@ -12,6 +12,8 @@ for pkg_cmd in qemu-system-x86:qemu-system-x86_64 debootstrap:debootstrap e2fspr
 done
 # The AWS SDK for Python, for the test that drives Ignition's Lambda API with it.
 /usr/bin/python3 -c 'import boto3' >/dev/null 2>&1 || need_apt+=(python3-boto3)
+# The AWS CLI (Debian's), for the test that manages functions with it as users do.
+[ -x /usr/bin/aws ] || need_apt+=(awscli)
 # Standard CNI plugins, for `--network cni` and its tests.
 [ -x /usr/lib/cni/ptp ] || need_apt+=(containernetworking-plugins)
 # debootstrap verifies the archive's signatures with this keyring (a Recommends, so named here).

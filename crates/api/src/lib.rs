@@ -197,6 +197,10 @@ pub fn router(state: AppState) -> Router {
             get(tags::list).post(tags::tag).delete(tags::untag),
         )
         .route(
+            "/2015-03-31/functions/{name}/policy",
+            get(lambda::get_policy),
+        )
+        .route(
             "/2020-06-30/functions/{name}/code-signing-config",
             get(lambda::code_signing_config),
         )
