@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::auth::Caller;
 use crate::lambda::{function_name, Page, ARN_PREFIX};
-use crate::{blocking, ApiError, AppState};
+use crate::{blocking, ApiError, AppState, QualifierQuery};
 
 /// One destination.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,13 +43,6 @@ pub(crate) struct Settings {
     pub(crate) maximum_event_age_in_seconds: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) destination_config: Option<DestinationConfig>,
-}
-
-/// `?Qualifier=`.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct QualifierQuery {
-    #[serde(rename = "Qualifier")]
-    qualifier: Option<String>,
 }
 
 /// The settings in force for a stored target `NAME[:QUALIFIER]`: its own.
@@ -144,13 +137,6 @@ fn answer(user: &str, qualifier: Option<&str>, settings: &Settings, updated_at: 
     v
 }
 
-fn body(
-    b: Result<Json<Settings>, axum::extract::rejection::JsonRejection>,
-) -> Result<Settings, ApiError> {
-    b.map(|Json(s)| s)
-        .map_err(|e| ApiError::invalid(format!("bad request body: {}", e.body_text())))
-}
-
 async fn save(
     state: &AppState,
     stored: String,
@@ -181,7 +167,7 @@ pub(crate) async fn put(
     Query(q): Query<QualifierQuery>,
     req: Result<Json<Settings>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let settings = body(req)?;
+    let settings = crate::json_body(req)?;
     let (stored, user, qualifier) = target(&state, &caller, &name, q).await?;
     check(&state, &caller, &settings).await?;
     save(&state, stored, &user, qualifier, settings).await
@@ -195,7 +181,7 @@ pub(crate) async fn update(
     Query(q): Query<QualifierQuery>,
     req: Result<Json<Settings>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let change = body(req)?;
+    let change = crate::json_body(req)?;
     let (stored, user, qualifier) = target(&state, &caller, &name, q).await?;
     check(&state, &caller, &change).await?;
     let (s, q2) = (stored.clone(), qualifier.clone());

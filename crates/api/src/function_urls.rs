@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::auth::Caller;
 use crate::clock::iso8601;
 use crate::lambda::ARN_PREFIX;
-use crate::{blocking, ApiError, AppState};
+use crate::{blocking, ApiError, AppState, QualifierQuery};
 
 /// Where a node's function URLs live.
 #[derive(Debug, Clone, Default)]
@@ -103,13 +103,6 @@ pub(crate) fn request_host<'a>(
         .ok()
         .filter(|a| a.as_str() == host && !host.contains('@'))
         .map(|_| host)
-}
-
-/// `?Qualifier=`.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct QualifierQuery {
-    #[serde(rename = "Qualifier")]
-    qualifier: Option<String>,
 }
 
 /// The body of Create- and UpdateFunctionUrlConfig.
@@ -247,11 +240,6 @@ fn host_of<'a>(headers: &'a HeaderMap, uri: &'a axum::http::Uri) -> &'a str {
     request_host(headers, uri).unwrap_or("localhost")
 }
 
-fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(t)| t)
-        .map_err(|e| ApiError::invalid(format!("bad request body: {}", e.body_text())))
-}
-
 /// `POST /2021-10-31/functions/{name}/url` (CreateFunctionUrlConfig).
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -262,7 +250,7 @@ pub(crate) async fn create(
     uri: axum::http::Uri,
     req: Result<Json<UrlConfigBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let req = body(req)?;
+    let req = crate::json_body(req)?;
     let auth = auth_type(
         req.auth_type
             .as_deref()
@@ -331,7 +319,7 @@ pub(crate) async fn update(
     uri: axum::http::Uri,
     req: Result<Json<UrlConfigBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let req = body(req)?;
+    let req = crate::json_body(req)?;
     let auth = req.auth_type.as_deref().map(auth_type).transpose()?;
     check_invoke_mode(req.invoke_mode.as_deref())?;
     if let Some(cors) = &req.cors {

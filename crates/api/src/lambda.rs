@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use crate::auth::Caller;
 use crate::clock::iso8601;
 use crate::functions::{own_functions, store_function};
-use crate::{blocking, ApiError, AppState};
+use crate::{blocking, ApiError, AppState, QualifierQuery};
 
 /// The account and region in ARNs (there is one of each).
 pub(crate) const ARN_PREFIX: &str = "arn:aws:lambda:local:000000000000:function:";
@@ -226,11 +226,6 @@ pub(crate) struct UpdateCode {
     revision_id: Option<String>,
 }
 
-fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(t)| t)
-        .map_err(|e| ApiError::invalid(format!("bad request body: {}", e.body_text())))
-}
-
 fn runtime(s: &str) -> Result<Runtime, ApiError> {
     Runtime::parse(s).map_err(|e| ApiError::invalid(format!("Runtime: {e}")))
 }
@@ -270,7 +265,7 @@ pub(crate) async fn create(
     caller: Caller,
     req: Result<Json<CreateFunction>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let req = body(req)?;
+    let req = crate::json_body(req)?;
     let name = function_name(&req.function_name)?;
     if req.package_type.as_deref().is_some_and(|p| p != "Zip") {
         return Err(ApiError::invalid("PackageType: only Zip is supported"));
@@ -365,13 +360,6 @@ fn with_node_state(state: &AppState, caller: &Caller, name: &str, mut c: Value) 
         .into();
     }
     c
-}
-
-/// `?Qualifier=` of Get and Delete.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct QualifierQuery {
-    #[serde(rename = "Qualifier")]
-    qualifier: Option<String>,
 }
 
 /// The qualifier a request names, in its ARN or name or in `?Qualifier=` (they must agree).
@@ -520,7 +508,7 @@ pub(crate) async fn update_code(
     Path(name): Path<String>,
     req: Result<Json<UpdateCode>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let req = body(req)?;
+    let req = crate::json_body(req)?;
     let r = record(&state, &caller, &name).await?;
     check_revision(req.revision_id.as_deref(), &r)?;
     let zip = CodeSpec {
@@ -543,7 +531,7 @@ pub(crate) async fn update_configuration(
     Path(name): Path<String>,
     req: Result<Json<UpdateConfiguration>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let req = body(req)?;
+    let req = crate::json_body(req)?;
     let r = record(&state, &caller, &name).await?;
     check_revision(req.revision_id.as_deref(), &r)?;
     let mut config = r.config.clone();

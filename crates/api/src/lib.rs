@@ -272,6 +272,21 @@ async fn health(
     }))
 }
 
+/// `?Qualifier=` (a version or an alias), as Lambda's operations take it.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct QualifierQuery {
+    #[serde(rename = "Qualifier")]
+    pub(crate) qualifier: Option<String>,
+}
+
+/// A JSON request body, or Lambda's answer to one that is not (the message names the problem).
+pub(crate) fn json_body<T>(
+    b: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    b.map(|Json(t)| t)
+        .map_err(|e| ApiError::invalid(format!("bad request body: {}", e.body_text())))
+}
+
 /// Runs a store operation off the async threads.
 pub(crate) async fn blocking<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
 where

@@ -14,16 +14,10 @@ use serde_json::{json, Value};
 use crate::auth::Caller;
 use crate::clock::iso8601;
 use crate::invoke::load_job;
-use crate::{blocking, ApiError, AppState};
+use crate::{blocking, ApiError, AppState, QualifierQuery};
 
 /// Slots one version or alias may ask for (the budget bounds it further).
 const MAX_PROVISIONED: u32 = 1024;
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct ProvisionedQuery {
-    #[serde(rename = "Qualifier")]
-    qualifier: Option<String>,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -37,7 +31,7 @@ async fn target(
     state: &AppState,
     caller: &Caller,
     name: &str,
-    q: ProvisionedQuery,
+    q: QualifierQuery,
 ) -> Result<(String, String, String), ApiError> {
     let stored = caller.function(name)?;
     let qualifier = crate::lambda::qualifier(name)
@@ -108,7 +102,7 @@ pub(crate) async fn put(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Query(q): Query<ProvisionedQuery>,
+    Query(q): Query<QualifierQuery>,
     req: Result<Json<ProvisionedBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) =
@@ -159,7 +153,7 @@ pub(crate) async fn get(
         }
         return Ok(Json(json!({ "ProvisionedConcurrencyConfigs": configs })));
     }
-    let query = ProvisionedQuery {
+    let query = QualifierQuery {
         qualifier: q.get("Qualifier").cloned(),
     };
     let (_, qualifier, _) = target(&state, &caller, &name, query).await?;
@@ -186,7 +180,7 @@ pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Query(q): Query<ProvisionedQuery>,
+    Query(q): Query<QualifierQuery>,
 ) -> Result<StatusCode, ApiError> {
     let (stored, qualifier, t) = target(&state, &caller, &name, q).await?;
     if !blocking(&state, move |s| s.delete_provisioned(&stored, &qualifier)).await? {

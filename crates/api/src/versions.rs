@@ -186,11 +186,6 @@ async fn version_exists(state: &AppState, stored: &str, v: &str) -> Result<u32, 
     Ok(n)
 }
 
-fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(t)| t)
-        .map_err(|e| ApiError::invalid(format!("bad request body: {}", e.body_text())))
-}
-
 /// `POST /2015-03-31/functions/{name}/aliases` (CreateAlias).
 pub(crate) async fn create_alias(
     State(state): State<AppState>,
@@ -198,7 +193,7 @@ pub(crate) async fn create_alias(
     Path(name): Path<String>,
     req: Result<Json<AliasBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let req = body(req)?;
+    let req = crate::json_body(req)?;
     let stored = caller.function(&name)?;
     let user = crate::lambda::function_name(&name)?;
     let alias_name = req
@@ -278,7 +273,7 @@ pub(crate) async fn update_alias(
     Path((name, alias)): Path<(String, String)>,
     req: Result<Json<AliasBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let req = body(req)?;
+    let req = crate::json_body(req)?;
     let stored = caller.function(&name)?;
     let mut a = find_alias(&state, &stored, &alias).await?;
     if let Some(v) = req.function_version {
