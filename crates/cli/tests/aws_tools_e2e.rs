@@ -54,7 +54,7 @@ fn the_aws_cli_manages_functions_as_on_lambda() {
     let one = |k: &str| s[k][0].clone();
     assert_eq!(one("create"), "python3.11\tmade by the cli", "{s:?}");
     assert_eq!(s["publish"], ["1", "2", "3"]);
-    assert_eq!(one("alias"), "0.5");
+    assert_eq!(one("alias"), r#"{"2":0.5}"#);
     assert_eq!(
         one("event-config"),
         "arn:aws:lambda:local:000000000000:function:sink"
