@@ -1,7 +1,8 @@
 //! The tools people manage Lambda functions with, unmodified, against a real server with real
 //! microVMs: the AWS CLI (Debian's `awscli`) through a shell script of the commands a user
 //! types, and the sequence of calls Terraform's `aws_lambda_function` makes, replayed with
-//! boto3, read twice with no difference from what was sent.
+//! boto3, read twice with no difference from what was sent; and each operation added for them
+//! called with boto3, whose client checks the request's shape and parses the answer's.
 
 // Real microVMs, root and QEMU: run by scripts/test.sh, which turns the feature on.
 #![cfg(feature = "vm-tests")]
@@ -90,5 +91,36 @@ fn terraforms_create_and_read_see_what_was_sent() {
     assert_eq!(one("reserved"), "None");
     assert_eq!(one("diff-from-sent"), "none");
     assert_eq!(one("diff-between-reads"), "none");
+    server.stop_and_check_clean();
+}
+
+#[test]
+fn the_operations_added_answer_boto3_in_its_own_shapes() {
+    let server = TestServer::start_secure(&[]);
+    let (id, secret) = server.create_key("acme");
+    let s = run(
+        "/usr/bin/python3",
+        "lambda_shapes.py",
+        &[&server.url, &id, &secret],
+    );
+    let one = |k: &str| s[k][0].clone();
+    assert_eq!(one("tags"), "{'b': '2'}", "{s:?}");
+    assert_eq!(one("provisioned"), "IN_PROGRESS 1");
+    assert_eq!(one("list-provisioned"), "1");
+    assert_eq!(one("url"), "AWS_IAM");
+    assert_eq!(one("url-gone"), "ResourceNotFoundException");
+    assert_eq!(one("eic"), "1 datetime");
+    assert_eq!(one("eic-list"), "1");
+    assert_eq!(one("settings"), "1000");
+    assert_eq!(one("alias"), "shape:live");
+    assert_eq!(one("aliases"), "1");
+    assert_eq!(one("delete-aliased"), "ResourceConflictException");
+    assert_eq!(
+        one("schedule"),
+        "ENABLED {'MaximumWindowInMinutes': 5, 'Mode': 'FLEXIBLE'} datetime"
+    );
+    assert_eq!(one("schedules"), "[('s1', 'DISABLED')]");
+    assert_eq!(one("schedule-gone"), "ResourceNotFoundException");
+    assert_eq!(one("cs"), "''");
     server.stop_and_check_clean();
 }
