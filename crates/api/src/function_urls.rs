@@ -133,14 +133,8 @@ async fn target(
 ) -> Result<(String, String, Option<String>), ApiError> {
     let stored = caller.function(name_or_arn)?;
     let user = crate::lambda::function_name(name_or_arn)?;
-    let qualifier = match (crate::lambda::qualifier(name_or_arn), query.qualifier) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(ApiError::invalid(format!(
-                "the qualifier in FunctionName ({a}) and Qualifier ({b}) differ"
-            )))
-        }
-        (a, b) => a.or(b).filter(|q| q != "$LATEST"),
-    };
+    let qualifier =
+        crate::lambda::requested_qualifier(name_or_arn, query)?.filter(|q| q != "$LATEST");
     if let Some(q) = &qualifier {
         if q.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ApiError::validation(format!(

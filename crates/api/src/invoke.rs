@@ -326,15 +326,10 @@ pub(crate) async fn load_target(
     request_id: String,
     payload: Vec<u8>,
 ) -> Result<(Job, String), ApiError> {
-    let routed = route(state, target).await?;
-    let target = routed.as_deref().unwrap_or(target);
-    let (name, record, version) = resolve(state, target).await?;
+    // A weighted alias sends this invocation to one of its versions, drawn here.
+    let (name, record, version) = resolve_as(state, target, true).await?;
     let executed = version.map_or_else(|| "$LATEST".to_owned(), |v| v.to_string());
-    // A version is a function of its own to the worker (its snapshot, its warm slots).
-    let spec_name = version.map_or_else(
-        || name.to_owned(),
-        |v| ignition_worker::version_spec_name(name, v),
-    );
+    let spec_name = spec_name(name, version);
     let config = record.config;
     // The spec, code included, is shared by every invocation of this function as it is now.
     let key = crate::spec_cache::key(&spec_name, &record.code_sha256, &config);
@@ -381,29 +376,6 @@ pub(crate) async fn load_target(
     Ok((job, executed))
 }
 
-/// For an alias with a weighted second version, the version this invocation runs, drawn by
-/// weight (`NAME:N`); `None` for every other target.
-async fn route(state: &AppState, target: &str) -> Result<Option<String>, ApiError> {
-    let (name, qualifier) = ignition_types::Target::split_stored(target);
-    let Some(alias) =
-        qualifier.filter(|q| *q != "$LATEST" && !q.bytes().all(|b| b.is_ascii_digit()))
-    else {
-        return Ok(None);
-    };
-    let (n, a) = (name.to_owned(), alias.to_owned());
-    let Some(alias) = blocking(state, move |s| s.get_alias(&n, &a)).await? else {
-        return Ok(None);
-    };
-    Ok(alias.routing.map(|r| {
-        let v = if rand::random::<u32>() % 1_000_000 < r.ppm {
-            r.version
-        } else {
-            alias.version
-        };
-        format!("{name}:{v}")
-    }))
-}
-
 /// The stored function of a target `NAME[:QUALIFIER]`: logs, metrics and limits are the
 /// function's, whichever version runs.
 pub(crate) fn base_name(target: &str) -> &str {
@@ -415,6 +387,25 @@ pub(crate) fn base_name(target: &str) -> &str {
 pub(crate) async fn resolve<'a>(
     state: &AppState,
     target: &'a str,
+) -> Result<(&'a str, ignition_store::FunctionRecord, Option<u32>), ApiError> {
+    resolve_as(state, target, false).await
+}
+
+/// The worker's name for a function's `$LATEST` (`None`) or version: a version is a function
+/// of its own to the worker (its snapshot, its warm slots).
+pub(crate) fn spec_name(name: &str, version: Option<u32>) -> String {
+    version.map_or_else(
+        || name.to_owned(),
+        |v| ignition_worker::version_spec_name(name, v),
+    )
+}
+
+/// [`resolve`]; with `routed`, an alias with a weighted second version picks one of its two
+/// versions by weight (an invocation), rather than its own (a read of the alias).
+async fn resolve_as<'a>(
+    state: &AppState,
+    target: &'a str,
+    routed: bool,
 ) -> Result<(&'a str, ignition_store::FunctionRecord, Option<u32>), ApiError> {
     let (name, qualifier) = ignition_types::Target::split_stored(target);
     let n = name.to_owned();
@@ -429,7 +420,10 @@ pub(crate) async fn resolve<'a>(
             let alias = blocking(state, move |s| s.get_alias(&n, &a))
                 .await?
                 .ok_or_else(|| ApiError::not_found(target))?;
-            Some(alias.version)
+            Some(match alias.routing {
+                Some(r) if routed && rand::random::<u32>() % 1_000_000 < r.ppm => r.version,
+                _ => alias.version,
+            })
         }
     };
     let record = match version {

@@ -363,7 +363,10 @@ fn with_node_state(state: &AppState, caller: &Caller, name: &str, mut c: Value) 
 }
 
 /// The qualifier a request names, in its ARN or name or in `?Qualifier=` (they must agree).
-fn requested_qualifier(name_or_arn: &str, q: QualifierQuery) -> Result<Option<String>, ApiError> {
+pub(crate) fn requested_qualifier(
+    name_or_arn: &str,
+    q: QualifierQuery,
+) -> Result<Option<String>, ApiError> {
     match (qualifier(name_or_arn), q.qualifier) {
         (Some(a), Some(b)) if a != b => Err(ApiError::invalid(format!(
             "the qualifier in FunctionName ({a}) and Qualifier ({b}) differ"

@@ -306,6 +306,8 @@ pub(crate) fn store_error(e: ignition_store::StoreError) -> ApiError {
         ignition_store::StoreError::QuotaExceeded { quota, limit } => {
             quotas::exceeded(quota, limit)
         }
+        // A value the store refuses is the client's to change.
+        ignition_store::StoreError::Invalid(message) => ApiError::invalid(message),
         e => ApiError::internal(e.to_string()),
     }
 }

@@ -105,8 +105,7 @@ pub(crate) async fn put(
     Query(q): Query<QualifierQuery>,
     req: Result<Json<ProvisionedBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(req) =
-        req.map_err(|e| ApiError::invalid(format!("bad request body: {}", e.body_text())))?;
+    let req = crate::json_body(req)?;
     let n = req.provisioned_concurrent_executions;
     if !(1..=MAX_PROVISIONED).contains(&n) {
         return Err(ApiError::invalid(format!(
@@ -169,10 +168,7 @@ pub(crate) async fn get(
 async fn spec_name(state: &AppState, function: &str, qualifier: &str) -> Result<String, ApiError> {
     let t = format!("{function}:{qualifier}");
     let (name, _, version) = crate::invoke::resolve(state, &t).await?;
-    Ok(version.map_or_else(
-        || name.to_owned(),
-        |v| ignition_worker::version_spec_name(name, v),
-    ))
+    Ok(crate::invoke::spec_name(name, version))
 }
 
 /// `DELETE .../provisioned-concurrency?Qualifier=` (DeleteProvisionedConcurrencyConfig).

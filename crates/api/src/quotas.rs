@@ -131,8 +131,7 @@ pub(crate) async fn put(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     tenant_param(&tenant)?;
-    let Json(body) =
-        body.map_err(|e| ApiError::invalid(format!("bad request body: {}", e.body_text())))?;
+    let body = crate::json_body(body)?;
     if let Some(unknown) = body
         .as_object()
         .into_iter()

@@ -86,16 +86,14 @@ pub(crate) async fn tag(
     Path(arn): Path<String>,
     body: Result<Json<TagBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Json(body) =
-        body.map_err(|e| ApiError::invalid(format!("bad request body: {}", e.body_text())))?;
+    let body = crate::json_body(body)?;
     check(&body.tags)?;
     let stored = function(&state, &caller, &arn).await?;
     blocking(&state, move |st| st.tag(&stored, &body.tags))
         .await
         .map_err(|e| match e.status {
-            StatusCode::INTERNAL_SERVER_ERROR if e.message.contains("at most") => {
-                ApiError::invalid(format!("Tags: {}", e.message))
-            }
+            // The store refuses what would pass the tag limit.
+            StatusCode::BAD_REQUEST => ApiError::invalid(format!("Tags: {}", e.message)),
             _ => e,
         })?;
     Ok(StatusCode::NO_CONTENT)
