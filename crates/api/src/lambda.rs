@@ -348,7 +348,7 @@ fn with_node_state(state: &AppState, caller: &Caller, name: &str, mut c: Value) 
     let Ok(stored) = caller.function(name) else {
         return c;
     };
-    let pool = state.worker.pool_status(&stored);
+    let pool = state.worker.pool_counts(&stored);
     if pool.failures >= FAILED_AFTER {
         c["State"] = "Failed".into();
         c["StateReasonCode"] = "InternalError".into();

@@ -59,7 +59,7 @@ async fn provision(state: &AppState, target: &str, slots: u32) -> Result<String,
 
 /// The configuration as Lambda reports it, from the pool of `spec`.
 fn status(state: &AppState, spec: &str, requested: u32, updated_at: i64) -> Value {
-    let pool = state.worker.pool_status(spec);
+    let pool = state.worker.pool_counts(spec);
     let (budget, slot_mib) = state.worker.pool_budget();
     let ready = u32::try_from(pool.ready).unwrap_or(u32::MAX).min(requested);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

@@ -309,14 +309,26 @@ impl WarmPool {
 
     /// The pool of `name`.
     pub(crate) fn status(&self, name: &str) -> PoolStatus {
+        let (mut status, pids) = self.counts(name);
+        // Read outside the lock: each is a walk of a VMM's page tables.
+        status.slot_pss_mib = pids
+            .into_iter()
+            .filter_map(|pid| pid.and_then(crate::guest::pss_mib_of))
+            .collect();
+        status
+    }
+
+    /// The pool of `name` without measuring its slots (`slot_pss_mib` empty): cheap, for
+    /// callers that need its counts and health only.
+    pub(crate) fn counts(&self, name: &str) -> (PoolStatus, Vec<Option<u32>>) {
         let keep_alive = self.config.keep_alive;
         let mut st = self.lock();
         let Some(p) = st.fns.get_mut(name) else {
-            return PoolStatus::default();
+            return (PoolStatus::default(), Vec::new());
         };
         let now = Instant::now();
         let pids: Vec<Option<u32>> = p.ready.iter().map(|s| s.guest.pid()).collect();
-        let mut status = PoolStatus {
+        let status = PoolStatus {
             ready: p.ready.len(),
             filling: p.filling,
             target: p.target(now, keep_alive),
@@ -332,13 +344,7 @@ impl WarmPool {
                 .filter(|t| *t > now)
                 .map(|t| u64::try_from(t.duration_since(now).as_millis()).unwrap_or(u64::MAX)),
         };
-        drop(st);
-        // Read outside the lock: each is a walk of a VMM's page tables.
-        status.slot_pss_mib = pids
-            .into_iter()
-            .filter_map(|pid| pid.and_then(crate::guest::pss_mib_of))
-            .collect();
-        status
+        (status, pids)
     }
 
     /// MiB charged to the budget now.

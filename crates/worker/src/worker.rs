@@ -324,6 +324,12 @@ impl Worker {
         self.pool.status(name)
     }
 
+    /// [`Self::pool_status`] without measuring each slot's PSS (`slot_pss_mib` empty): what
+    /// reads of a function's state take, often and cheaply.
+    pub fn pool_counts(&self, name: &str) -> PoolStatus {
+        self.pool.counts(name).0
+    }
+
     /// Warm slots ready and being filled, over all functions.
     pub fn pool_sizes(&self) -> (usize, usize) {
         self.pool.sizes()
