@@ -59,7 +59,22 @@ pub(crate) async fn stats(_: Operator, State(state): State<AppState>) -> Json<Va
         "worker": state.worker.stats(),
         "network": state.worker.network_stats(),
         "code_cache": state.specs.stats(),
+        "process": { "rss_mib": process_rss_mib() },
     }))
+}
+
+/// The node process's resident memory in MiB (`VmRSS`), `null` where the kernel does not say.
+fn process_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
 
 pub(crate) async fn floor(

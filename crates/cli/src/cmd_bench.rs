@@ -39,6 +39,11 @@ pub(crate) struct BenchArgs {
     /// Warm slots kept while measuring idle slot memory.
     #[arg(long, default_value_t = 8)]
     memory_slots: usize,
+    /// Measure only the warm-pool start at concurrency 1 (`--samples` each) of `--function` and
+    /// then of this function, in this one run, with the node's resident memory after each: with
+    /// the same code padded in one of them, the invoke cost against the code's size.
+    #[arg(long, value_name = "FUNCTION")]
+    compare: Option<String>,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -295,6 +300,9 @@ async fn bench(
     b.get_json(&format!("/v1/functions/{}", b.function))
         .await
         .with_context(|| format!("function {} must be deployed first", b.function))?;
+    if let Some(other) = &args.compare {
+        return compare(&b, other, &args).await;
+    }
     let n = args.samples.max(1);
 
     // The pool stays empty while the cold modes run.
@@ -423,6 +431,68 @@ async fn bench(
             &series,
         );
         std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `--compare`: warm-pool invocations of two functions, one after the other, and the node's
+/// resident memory after each (`/v1/stats`, an operator's).
+async fn compare(b: &Bench, other: &str, args: &BenchArgs) -> Result<ExitCode> {
+    let c = Bench {
+        base: b.base.clone(),
+        function: other.to_owned(),
+        http: b.http.clone(),
+    };
+    c.get_json(&format!("/v1/functions/{other}"))
+        .await
+        .with_context(|| format!("function {other} must be deployed first"))?;
+    let n = args.samples.max(1);
+    let mut rows = Vec::new();
+    for x in [b, &c] {
+        x.set_min_ready(1).await?;
+        // The first slot waits for the function's snapshot; the first invocation is not a sample.
+        x.wait_ready(1, Duration::from_secs(300)).await?;
+        let _ = x.invoke("pool").await;
+        let (v, errors) = sequential(x, "pool", n, Some(1)).await?;
+        x.set_min_ready(0).await?;
+        let stats = b.get_json("/v1/stats").await?;
+        let rss = stats["process"]["rss_mib"].as_f64().unwrap_or(f64::NAN);
+        rows.push((x.function.clone(), summarize(&v), errors, rss));
+    }
+    println!(
+        "\n{:<24} {:>6} {:>9} {:>9} {:>9} {:>12} {:>7}",
+        "pool, concurrency 1", "n", "p50 ms", "p90 ms", "p99 ms", "node RSS MiB", "errors"
+    );
+    for (f, s, e, rss) in &rows {
+        println!(
+            "{f:<24} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>12.1} {e:>7}",
+            s.n, s.p50_ms, s.p90_ms, s.p99_ms, rss
+        );
+    }
+    let ratio = rows[1].1.p50_ms / rows[0].1.p50_ms;
+    let rss_delta = rows[1].3 - rows[0].3;
+    println!(
+        "\n{other} / {}: p50 {ratio:.2}x   node RSS {rss_delta:+.1} MiB",
+        b.function
+    );
+    let errors: u64 = rows.iter().map(|r| r.2).sum();
+    if let Some(path) = &args.json {
+        let report = json!({
+            "mode": "pool",
+            "concurrency": 1,
+            "functions": rows.iter().map(|(f, s, e, rss)| json!({
+                "function": f, "summary": s, "errors": e, "node_rss_mib_after": rss,
+            })).collect::<Vec<_>>(),
+            "p50_ratio": ratio,
+            "node_rss_mib_delta": rss_delta,
+            "host": host_info(),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(if errors == 0 {
         ExitCode::SUCCESS
