@@ -42,7 +42,7 @@ pub fn power_off() -> ! {
     }
 }
 
-fn mount_fs(
+pub(crate) fn mount_fs(
     src: &str,
     target: &str,
     fstype: &str,

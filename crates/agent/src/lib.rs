@@ -13,6 +13,7 @@
 #![cfg(target_os = "linux")]
 
 pub mod channel;
+mod code_drive;
 mod entropy;
 mod handlers;
 pub mod init;

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ignition_proto::{
-    ErrorBody, FunctionSpec, GuestMessage, HostMessage, InvokeRequest, InvokeResult, Outcome,
+    Code, ErrorBody, FunctionSpec, GuestMessage, HostMessage, InvokeRequest, InvokeResult, Outcome,
 };
 
 use crate::init::{console, power_off, Guest};
@@ -103,11 +103,16 @@ fn load(
     runtime_pid: &Arc<Mutex<Option<nix::unistd::Pid>>>,
 ) -> Result<Loaded, String> {
     std::fs::create_dir_all(TASK_ROOT).map_err(|e| format!("mkdir {TASK_ROOT}: {e}"))?;
-    let mut archive = tar::Archive::new(&spec.code_tar[..]);
-    archive.set_preserve_permissions(true);
-    archive
-        .unpack(TASK_ROOT)
-        .map_err(|e| format!("unpack function code: {e}"))?;
+    match &spec.code {
+        Code::Drive => crate::code_drive::mount_at(TASK_ROOT)?,
+        Code::Tar(tar) => {
+            let mut archive = tar::Archive::new(&tar[..]);
+            archive.set_preserve_permissions(true);
+            archive
+                .unpack(TASK_ROOT)
+                .map_err(|e| format!("unpack function code: {e}"))?;
+        }
+    }
     // Hold the pid lock across the spawn so the reaper cannot see the runtime's exit before it
     // knows the runtime's pid.
     let mut slot = runtime_pid.lock().unwrap_or_else(|p| p.into_inner());

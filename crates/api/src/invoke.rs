@@ -351,7 +351,7 @@ pub(crate) async fn load_target(
                 handler: config.handler.clone(),
                 memory_mib: config.memory_mib,
                 env: config.env.clone().into_iter().collect(),
-                code_tar,
+                code: ignition_proto::Code::Tar(code_tar),
                 display_name: display_name(name),
                 version: executed.clone(),
             });

@@ -84,7 +84,7 @@ impl SpecCache {
     /// Keeps `spec` under `key`, evicting the least recently used until it fits; one larger
     /// than the whole budget is not kept.
     pub(crate) fn insert(&self, key: String, spec: Arc<FunctionSpec>) {
-        let size = spec.code_tar.len() as u64;
+        let size = spec.code.held_bytes() as u64;
         if size > self.budget {
             return;
         }
@@ -92,7 +92,7 @@ impl SpecCache {
         inner.tick += 1;
         let tick = inner.tick;
         if let Some((old, _)) = inner.entries.insert(key, (spec, tick)) {
-            inner.bytes -= old.code_tar.len() as u64;
+            inner.bytes -= old.code.held_bytes() as u64;
         }
         inner.bytes += size;
         while inner.bytes > self.budget {
@@ -105,7 +105,7 @@ impl SpecCache {
                 break;
             };
             if let Some((gone, _)) = inner.entries.remove(&oldest) {
-                inner.bytes -= gone.code_tar.len() as u64;
+                inner.bytes -= gone.code.held_bytes() as u64;
             }
         }
     }
@@ -134,7 +134,7 @@ mod tests {
             handler: "a.b".into(),
             memory_mib: 128,
             env: Vec::new(),
-            code_tar: vec![0; bytes],
+            code: ignition_proto::Code::Tar(vec![0; bytes]),
             display_name: name.into(),
             version: "$LATEST".into(),
         })

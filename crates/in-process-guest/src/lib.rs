@@ -152,6 +152,22 @@ impl VmmDriver for InProcessGuest {
             let what = what.to_owned();
             move |source| VmmError::Io { what, source }
         };
+        // The guest runs closures, not the code; but a VM the worker starts without its code
+        // drive in place would not find its code in a real guest either.
+        let drive = match &spec.source {
+            VmSource::Boot { image, .. } | VmSource::Restore { image, .. } => &image.code_drive,
+            _ => {
+                return Err(VmmError::Control(
+                    "the in-process guest cannot start this source".to_owned(),
+                ))
+            }
+        };
+        if !drive.is_file() {
+            return Err(VmmError::Control(format!(
+                "the code drive {} does not exist",
+                drive.display()
+            )));
+        }
         let (memory, memory_file, restored) = match &spec.source {
             VmSource::Boot {
                 snapshot_memory, ..

@@ -18,14 +18,50 @@ pub struct FunctionSpec {
     pub memory_mib: u32,
     /// User environment variables.
     pub env: Vec<(String, String)>,
-    /// The code: an uncompressed tar of regular files and directories, validated by the host.
-    #[serde(with = "serde_bytes")]
-    pub code_tar: Vec<u8>,
+    /// Where the function's code is.
+    pub code: Code,
     /// The name the function's owner knows it by (`AWS_LAMBDA_FUNCTION_NAME`, the ARN);
     /// `name` is the host's key for it, which carries a tenant and a version.
     pub display_name: String,
     /// `$LATEST` or a published version number (`AWS_LAMBDA_FUNCTION_VERSION`).
     pub version: String,
+}
+
+/// Where a function's code comes from.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Code {
+    /// An uncompressed tar of regular files and directories, validated by the host. The host
+    /// holds code in this form until it has put it on a drive; a guest unpacks it into its own
+    /// memory.
+    Tar(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A read-only filesystem on the VM's code drive ([`CODE_DRIVE_SERIAL`]), built by the host
+    /// from the tar: the guest mounts it at `/var/task`, and reads the code through its page
+    /// cache, which the kernel can drop, so code takes no guest memory it cannot give back.
+    Drive,
+}
+
+/// The serial number of the VM's code drive, by which the guest finds its device (also the
+/// drive's id where the VMM takes the id as the serial, as Firecracker does).
+pub const CODE_DRIVE_SERIAL: &str = "ignition_code";
+
+impl Code {
+    /// Bytes of code the host holds (a drive's are on disk, not here).
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            Self::Tar(t) => t.len(),
+            Self::Drive => 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Up to 64 MiB of bytes have no place in a log line.
+        match self {
+            Self::Tar(t) => write!(f, "Tar({} bytes)", t.len()),
+            Self::Drive => f.write_str("Drive"),
+        }
+    }
 }
 
 /// One invocation.

@@ -96,6 +96,12 @@ pub struct BootImage {
     pub initramfs: PathBuf,
     /// The root filesystem, attached read-only.
     pub rootfs: PathBuf,
+    /// The code drive's backing file, attached read-only with the serial number
+    /// [`ignition_proto::CODE_DRIVE_SERIAL`]: a function's code image, or a placeholder of the
+    /// same size where the VM has no function yet (a base snapshot). Every VM has the drive, so
+    /// a snapshot taken with one file restores with another: that is how a function's code
+    /// reaches a VM restored from the base snapshot.
+    pub code_drive: PathBuf,
     /// Extra kernel command-line words (`ignition.*` options for the agent).
     pub extra_cmdline: Vec<String>,
 }
@@ -132,6 +138,10 @@ pub enum VmSource {
         /// `Some(file)`: map this file shared instead, a copy of the snapshot's memory the caller
         /// made, so that this VM can itself be snapshotted (a new snapshot derived from a base).
         derive_into: Option<PathBuf>,
+        /// The code drive's file when the snapshot was taken (`image.code_drive` is the one the
+        /// restored VM gets). A VMM that reopens the snapshot's own file before it can be
+        /// pointed at the new one (Firecracker) needs both within its reach.
+        snapshot_code_drive: PathBuf,
     },
 }
 

@@ -36,6 +36,9 @@ pub enum ExecError {
     /// A snapshot could not be made or used.
     #[error("snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
+    /// The function's code could not be put on its drive.
+    #[error("{0}")]
+    CodeImage(#[from] crate::code_image::CodeImageError),
     /// No warm slot could be had before the deadline.
     #[error("no warm slot became available within {0:?}")]
     NoSlot(Duration),

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use ignition_image::GuestImage;
 use ignition_net::{EgressRule, VmNet};
-use ignition_proto::{FunctionSpec, NetworkConfig};
+use ignition_proto::{Code, FunctionSpec, NetworkConfig};
 use ignition_vmm::jail::CpuPriority;
 use ignition_vmm::{BootImage, NetAttach, SnapshotFiles, VmSource, VmSpec, VmmDriver};
 use tokio::time::Instant;
 
+use crate::code_image::CodeImages;
 use crate::guest::{ms, Guest};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::{ExecError, WorkerConfig};
@@ -84,6 +85,7 @@ pub(crate) struct Launcher {
     pub(crate) image: GuestImage,
     pub(crate) config: WorkerConfig,
     pub(crate) snapshots: Arc<SnapshotStore>,
+    pub(crate) code: CodeImages,
     pub(crate) stats: LaunchStats,
 }
 
@@ -93,12 +95,27 @@ fn scratch_mib(memory_mib: u32) -> u32 {
     (memory_mib / 4).max(16)
 }
 
+/// What the guest is told to load: the function with its code on the drive (the tar the host
+/// holds stays here).
+fn on_drive(s: &FunctionSpec) -> FunctionSpec {
+    FunctionSpec {
+        name: s.name.clone(),
+        runtime: s.runtime,
+        handler: s.handler.clone(),
+        memory_mib: s.memory_mib,
+        env: s.env.clone(),
+        code: Code::Drive,
+        display_name: s.display_name.clone(),
+        version: s.version.clone(),
+    }
+}
+
 fn new_vm_id() -> String {
     format!("vm-{}", uuid::Uuid::new_v4().simple())
 }
 
 impl Launcher {
-    fn boot_image(&self, memory_mib: u32) -> BootImage {
+    fn boot_image(&self, memory_mib: u32, code_drive: std::path::PathBuf) -> BootImage {
         BootImage {
             // Firecracker boots the uncompressed ELF kernel; QEMU the bzImage. Same kernel.
             kernel: if self.driver.name() == "firecracker" {
@@ -108,6 +125,7 @@ impl Launcher {
             },
             initramfs: self.image.initramfs.clone(),
             rootfs: self.image.rootfs.clone(),
+            code_drive,
             extra_cmdline: [format!("ignition.scratch_mib={}", scratch_mib(memory_mib))]
                 .into_iter()
                 .chain(self.boot_network().map(|n| format!("ignition.net={n}")))
@@ -159,6 +177,23 @@ impl Launcher {
             })
             .unwrap_or_default();
         function.snapshot_key(&format!("{}{dns}", self.device_key()))
+    }
+
+    /// The image on `function`'s code drive, built now if it is not on disk.
+    async fn code_drive(&self, function: &FunctionRef) -> Result<std::path::PathBuf, ExecError> {
+        let (path, built) = self
+            .code
+            .ensure(&function.code_sha256, &function.spec)
+            .await?;
+        if built {
+            self.snapshots.keep_to_budget(&path);
+        }
+        Ok(path)
+    }
+
+    /// The code drive of a VM without a function (the base snapshot's).
+    fn placeholder_drive(&self) -> Result<std::path::PathBuf, ExecError> {
+        Ok(self.code.placeholder()?)
     }
 
     /// A VM spec, with a network of its own (allowed `egress`) when the node has networking.
@@ -214,10 +249,11 @@ impl Launcher {
     ) -> Result<(Guest, [u64; 3]), ExecError> {
         let memory_mib = function.spec.memory_mib;
         let t = Instant::now();
+        let code = self.code_drive(function).await?;
         let (spec, net) = self
             .spec(
                 VmSource::Boot {
-                    image: self.boot_image(memory_mib),
+                    image: self.boot_image(memory_mib, code),
                     snapshot_memory,
                 },
                 memory_mib,
@@ -234,7 +270,7 @@ impl Launcher {
             let ready = ms(t.elapsed());
             let t = Instant::now();
             guest
-                .load((*function.spec).clone(), self.config.load_timeout)
+                .load(on_drive(&function.spec), self.config.load_timeout)
                 .await?;
             Ok::<_, ExecError>((ready, ms(t.elapsed())))
         }
@@ -342,12 +378,15 @@ impl Launcher {
                 })
             })?;
         let memory_mib = function.spec.memory_mib;
+        let code = self.code_drive(function).await?;
         let (spec, net) = self
             .spec(
                 VmSource::Restore {
-                    image: self.boot_image(memory_mib),
+                    // The base VM had the placeholder; this one gets the function's code.
+                    image: self.boot_image(memory_mib, code),
                     snapshot: base.files.clone(),
                     derive_into: Some(files.memory.clone()),
+                    snapshot_code_drive: self.placeholder_drive()?,
                 },
                 memory_mib,
                 &[],
@@ -366,7 +405,7 @@ impl Launcher {
         let made = async {
             guest.resume().await?;
             guest
-                .load((*function.spec).clone(), self.config.load_timeout)
+                .load(on_drive(&function.spec), self.config.load_timeout)
                 .await?;
             guest
                 .warm_up_runtime(self.snapshot_network(function), crate::guest::WARMUP_LIMIT)
@@ -405,7 +444,7 @@ impl Launcher {
             let (spec, net) = self
                 .spec(
                     VmSource::Boot {
-                        image: self.boot_image(memory_mib),
+                        image: self.boot_image(memory_mib, self.placeholder_drive()?),
                         snapshot_memory: Some(files.memory.clone()),
                     },
                     memory_mib,
@@ -454,12 +493,16 @@ impl Launcher {
         priority: CpuPriority,
     ) -> Result<Guest, ExecError> {
         let memory_mib = function.spec.memory_mib;
+        // The function's snapshot was taken with its code drive; an image evicted since is
+        // built again here.
+        let code = self.code_drive(function).await?;
         let (spec, net) = self
             .spec(
                 VmSource::Restore {
-                    image: self.boot_image(memory_mib),
+                    image: self.boot_image(memory_mib, code.clone()),
                     snapshot: snapshot.files.clone(),
                     derive_into: None,
+                    snapshot_code_drive: code,
                 },
                 memory_mib,
                 &function.egress,

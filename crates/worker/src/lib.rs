@@ -11,6 +11,7 @@
 //! into reuse, and then a VM only ever serves that one function.
 
 mod channel;
+mod code_image;
 mod error;
 mod guest;
 mod launcher;

@@ -28,6 +28,9 @@ const FORMAT: u32 = 2;
 const META: &str = "meta.json";
 const MEMORY: &str = "memory";
 const STATE: &str = "state";
+/// The directory, inside the snapshot root, of the functions' code images
+/// ([`crate::code_image`]); they share the snapshots' disk budget.
+pub(crate) const CODE_DIR: &str = ".code";
 
 /// Why a snapshot could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -302,36 +305,59 @@ impl SnapshotStore {
         self.evicted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Evicts the least recently used snapshots but `keep` until the rest fit the budget.
-    fn keep_to_budget(&self, keep: &Path) {
+    /// Evicts the least recently used snapshots and code images but `keep` until the rest fit
+    /// the budget. Code images in use by running VMs stay open for them; one a snapshot needs
+    /// later is built again before its restore.
+    pub(crate) fn keep_to_budget(&self, keep: &Path) {
         let Some(budget) = self.budget else { return };
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
-            return;
-        };
-        let mut snapshots: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with(".staging-"))
-            .filter_map(|e| {
-                let used = e.metadata().ok()?.modified().ok()?;
-                Some((used, disk_bytes(&e.path()), e.path()))
-            })
-            .collect();
-        let mut total: u64 = snapshots.iter().map(|(_, b, _)| b).sum();
-        snapshots.sort();
-        for (_, bytes, path) in snapshots {
+        let mut entries = self.budgeted();
+        let mut total: u64 = entries.iter().map(|(_, b, _)| b).sum();
+        entries.sort();
+        for (_, bytes, path) in entries {
             if total <= budget {
                 break;
             }
             if path == keep {
                 continue;
             }
-            tracing::info!(snapshot = %path.display(), bytes, budget, "evicting the least recently used snapshot");
-            if std::fs::remove_dir_all(&path).is_ok() {
+            tracing::info!(path = %path.display(), bytes, budget, "evicting the least recently used snapshot or code image");
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if removed.is_ok() {
                 total = total.saturating_sub(bytes);
                 self.evicted
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
+    }
+
+    /// What the budget counts, with when each was last used and the disk it takes: snapshot
+    /// directories, and code images (not the placeholder every base snapshot needs).
+    fn budgeted(&self) -> Vec<(std::time::SystemTime, u64, PathBuf)> {
+        let used = |p: &Path| std::fs::metadata(p).ok()?.modified().ok();
+        let mut out: Vec<_> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            // Dot names: staging directories and the code directory.
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| Some((used(&e.path())?, disk_bytes(&e.path()), e.path())))
+            .collect();
+        out.extend(
+            std::fs::read_dir(self.root.join(CODE_DIR))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.ends_with(".img") && n.len() == 64 + 4
+                })
+                .filter_map(|e| Some((used(&e.path())?, disk_bytes(&e.path()), e.path()))),
+        );
+        out
     }
 
     /// Removes every snapshot of each function `matches` names.
@@ -377,11 +403,16 @@ fn mark_used(dir: &Path) {
     }
 }
 
-/// Bytes of disk the files under `dir` take (allocated blocks: a sparse memory file counts only
-/// what it holds).
-fn disk_bytes(dir: &Path) -> u64 {
+/// Bytes of disk a file, or the files in a directory, take (allocated blocks: a sparse memory
+/// file or code image counts only what it holds).
+fn disk_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir)
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.is_file() {
+            return m.blocks() * 512;
+        }
+    }
+    std::fs::read_dir(path)
         .map(|entries| {
             entries
                 .flatten()

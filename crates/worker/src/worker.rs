@@ -247,6 +247,9 @@ impl Worker {
                     .snapshot_disk_mib
                     .map(|m| m.saturating_mul(1024 * 1024)),
             )),
+            code: crate::code_image::CodeImages::new(
+                config.snapshot_dir.join(crate::snapshot::CODE_DIR),
+            ),
             config: config.clone(),
             stats: LaunchStats::default(),
         });

@@ -84,11 +84,14 @@ fn job(handler: &str, timeout: Duration) -> Job {
             handler: handler.into(),
             memory_mib: 128,
             env: Vec::new(),
-            code_tar,
+            code: ignition_proto::Code::Tar(code_tar.clone()),
             display_name: "victim".into(),
             version: "$LATEST".into(),
         }),
-        code_sha256: format!("test-{handler}"),
+        code_sha256: {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&code_tar))
+        },
         reuse: false,
         egress: Arc::from(Vec::new()),
         request_id: format!("req-{handler}"),

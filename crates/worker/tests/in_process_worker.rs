@@ -36,6 +36,16 @@ fn worker(
     )
 }
 
+/// An in-process guest runs closures, not the code; the worker still puts the code on a drive.
+fn empty_tar() -> Vec<u8> {
+    tar::Builder::new(Vec::new()).into_inner().unwrap()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 fn job(name: &str, handler: &str, reuse: bool) -> Job {
     Job {
         function: Arc::new(FunctionSpec {
@@ -44,11 +54,11 @@ fn job(name: &str, handler: &str, reuse: bool) -> Job {
             handler: handler.into(),
             memory_mib: 128,
             env: Vec::new(),
-            code_tar: Vec::new(),
+            code: ignition_proto::Code::Tar(empty_tar()),
             display_name: name.into(),
             version: "$LATEST".into(),
         }),
-        code_sha256: format!("code-of-{name}"),
+        code_sha256: sha256_hex(&empty_tar()),
         reuse,
         egress: Arc::from(Vec::new()),
         request_id: uuid_like(),

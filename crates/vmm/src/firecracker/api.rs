@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use ignition_proto::CODE_DRIVE_SERIAL;
 use serde::Serialize;
 
 /// `PUT /boot-source`.
@@ -32,6 +33,13 @@ pub(crate) struct Drive {
     pub(crate) path_on_host: String,
     pub(crate) is_root_device: bool,
     pub(crate) is_read_only: bool,
+}
+
+/// `PATCH /drives/{drive_id}`: a drive's backing file changed after boot.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub(crate) struct PartialDrive {
+    pub(crate) drive_id: String,
+    pub(crate) path_on_host: String,
 }
 
 /// `PUT /network-interfaces/{iface_id}`.
@@ -150,6 +158,7 @@ pub(crate) struct Machine<'a> {
     pub(crate) initrd: &'a Path,
     pub(crate) boot_args: String,
     pub(crate) rootfs: &'a Path,
+    pub(crate) code_drive: &'a Path,
     pub(crate) vcpus: u8,
     pub(crate) memory_mib: u32,
     pub(crate) tap: Option<&'a str>,
@@ -215,6 +224,16 @@ pub(crate) fn boot(m: &Machine<'_>) -> Vec<Call> {
             is_read_only: true,
         },
     ));
+    calls.push(call(
+        "PUT",
+        format!("/drives/{CODE_DRIVE_SERIAL}"),
+        &Drive {
+            drive_id: CODE_DRIVE_SERIAL.into(),
+            path_on_host: s(m.code_drive),
+            is_root_device: false,
+            is_read_only: true,
+        },
+    ));
     if let Some(tap) = m.tap {
         calls.push(call(
             "PUT",
@@ -269,6 +288,17 @@ pub(crate) fn restore(m: &Machine<'_>, state: &Path, memory: &Path) -> Vec<Call>
             vsock_override: VsockOverride {
                 uds_path: s(m.vsock_uds),
             },
+        },
+    ));
+    // The snapshot reopens the code drive's file it was taken with (the base snapshot's is a
+    // placeholder); this points the drive at the function's image, which the guest mounts when
+    // it is told to load the function (a function's own snapshot already has it).
+    calls.push(call(
+        "PATCH",
+        format!("/drives/{CODE_DRIVE_SERIAL}"),
+        &PartialDrive {
+            drive_id: CODE_DRIVE_SERIAL.into(),
+            path_on_host: s(m.code_drive),
         },
     ));
     calls

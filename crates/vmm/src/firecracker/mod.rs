@@ -260,6 +260,7 @@ impl VmmDriver for FirecrackerDriver {
             initrd: &image.initramfs,
             boot_args,
             rootfs: &image.rootfs,
+            code_drive: &image.code_drive,
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
             tap,

@@ -65,6 +65,11 @@ const DEFS: &[Def] = &[
         ],
     },
     Def {
+        name: "PartialDrive",
+        required: &["drive_id"],
+        props: &[("drive_id", Ty::Str), ("path_on_host", Ty::Str)],
+    },
+    Def {
         name: "NetworkInterface",
         required: &["host_dev_name", "iface_id"],
         props: &[
@@ -164,6 +169,7 @@ const PATHS: &[(&str, &str, &str)] = &[
     ("PUT", "/boot-source", "BootSource"),
     ("PUT", "/machine-config", "MachineConfiguration"),
     ("PUT", "/drives/{}", "Drive"),
+    ("PATCH", "/drives/{}", "PartialDrive"),
     ("PUT", "/network-interfaces/{}", "NetworkInterface"),
     ("PUT", "/vsock", "Vsock"),
     ("PUT", "/logger", "Logger"),
@@ -233,7 +239,7 @@ fn validate(c: &Call) {
     // The id in the path must be the body's.
     if pattern.ends_with("{}") {
         let id = c.path.rsplit('/').next().unwrap();
-        let field = if *name == "Drive" {
+        let field = if name.ends_with("Drive") {
             "drive_id"
         } else {
             "iface_id"
@@ -253,6 +259,7 @@ fn machine<'a>(tap: Option<&'a str>) -> Machine<'a> {
         initrd: Path::new("/img/initrd"),
         boot_args: "console=ttyS0 reboot=k panic=-1".into(),
         rootfs: Path::new("/img/rootfs.ext4"),
+        code_drive: Path::new("/code/abc.img"),
         vcpus: 1,
         memory_mib: 128,
         tap,
@@ -299,7 +306,21 @@ fn boot_configures_before_it_starts_and_restore_maps_the_memory_file() {
         Path::new("/s/state"),
         Path::new("/s/mem"),
     );
-    let load = restore.last().unwrap();
+    let code = boot
+        .iter()
+        .find(|c| c.path == "/drives/ignition_code")
+        .unwrap();
+    assert_eq!(code.body["is_read_only"], true);
+    assert_eq!(code.body["path_on_host"], "/code/abc.img");
+    // The code drive is pointed at the function's image after the load, before the agent is
+    // asked to mount it.
+    let patch = restore.last().unwrap();
+    assert_eq!(
+        (patch.method, patch.path.as_str()),
+        ("PATCH", "/drives/ignition_code")
+    );
+    assert_eq!(patch.body["path_on_host"], "/code/abc.img");
+    let load = restore.iter().find(|c| c.path == "/snapshot/load").unwrap();
     assert_eq!(load.body["mem_backend"]["backend_type"], "File");
     assert_eq!(load.body["mem_backend"]["backend_path"], "/s/mem");
     assert_eq!(load.body["network_overrides"][0]["host_dev_name"], "tap0");

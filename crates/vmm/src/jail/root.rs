@@ -16,11 +16,26 @@ pub(crate) fn vm_paths(spec: &VmSpec, run_dir: &Path, binary: &Path) -> Vec<(Pat
     // A restored guest's kernel is in its memory: only a boot reads the kernel and initramfs.
     match &spec.source {
         VmSource::Boot { image, .. } => {
-            for file in [&image.kernel, &image.initramfs, &image.rootfs] {
+            for file in [
+                &image.kernel,
+                &image.initramfs,
+                &image.rootfs,
+                &image.code_drive,
+            ] {
                 paths.push((file.clone(), Access::ReadOnly));
             }
         }
-        VmSource::Restore { image, .. } => paths.push((image.rootfs.clone(), Access::ReadOnly)),
+        VmSource::Restore {
+            image,
+            snapshot_code_drive,
+            ..
+        } => {
+            for file in [&image.rootfs, &image.code_drive, snapshot_code_drive] {
+                if !paths.iter().any(|(p, _)| p == file) {
+                    paths.push((file.clone(), Access::ReadOnly));
+                }
+            }
+        }
     }
     if !binary.starts_with("/usr") && binary.is_absolute() {
         paths.push((binary.to_owned(), Access::ReadOnly));

@@ -85,10 +85,20 @@ pub(crate) fn share_with_group(file: &Path, gid: u32) -> Result<(), VmmError> {
     std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o660)).map_err(io())
 }
 
+/// Makes `file` readable, not writable, by the VMMs' group, and by no one else but root: a code
+/// drive is read by every VMM of the functions that share its code, and by nothing else.
+pub(crate) fn share_read_only_with_group(file: &Path, gid: u32) -> Result<(), VmmError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = || VmmError::io(format!("share {} with the VMM group", file.display()));
+    std::os::unix::fs::chown(file, Some(0), Some(gid)).map_err(io())?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o640)).map_err(io())
+}
+
 /// Gives a jailed VMM running as `user` what it must write: its run directory (where it makes its
 /// own sockets) and the sockets and files the host made there for it before it starts (not the
 /// directories: its jail root stays root's), and the directory a snapshot is written to; and
-/// lets it open a restored snapshot's memory file, through the VMMs' group.
+/// lets it open a restored snapshot's memory file and read its code drives, through the VMMs'
+/// group.
 pub(crate) fn hand_over(spec: &VmSpec, run_dir: &Path, user: VmmIdentity) -> Result<(), VmmError> {
     give(run_dir, user)?;
     let entries =
@@ -96,6 +106,17 @@ pub(crate) fn hand_over(spec: &VmSpec, run_dir: &Path, user: VmmIdentity) -> Res
     for e in entries.flatten() {
         if e.file_type().is_ok_and(|t| t.is_socket() || t.is_file()) {
             give(&e.path(), user)?;
+        }
+    }
+    match &spec.source {
+        VmSource::Boot { image, .. } => share_read_only_with_group(&image.code_drive, user.gid)?,
+        VmSource::Restore {
+            image,
+            snapshot_code_drive,
+            ..
+        } => {
+            share_read_only_with_group(&image.code_drive, user.gid)?;
+            share_read_only_with_group(snapshot_code_drive, user.gid)?;
         }
     }
     match &spec.source {

@@ -10,7 +10,7 @@ use crate::{Accel, BootImage, VmSource, VmSpec};
 /// The version of the device model built here. A snapshot restores only into the devices it was
 /// taken with (QEMU refuses a device whose features differ), so it is part of every snapshot's
 /// key: change it with any device option.
-pub(crate) const DEVICE_MODEL: u32 = 2;
+pub(crate) const DEVICE_MODEL: u32 = 3;
 
 /// Host-side paths of one VM's sockets.
 #[derive(Debug, Clone)]
@@ -69,14 +69,31 @@ fn kernel_args(a: &mut Vec<OsString>, image: &BootImage, tsc_khz: u32) {
     push(a, &["-append", &cmdline]);
 }
 
-/// The read-only root filesystem: a device, so boots and restores both have it.
-fn root_drive(a: &mut Vec<OsString>, image: &BootImage) {
+/// The read-only root filesystem and the code drive: devices, so boots and restores both have
+/// them. A restore opens the code drive's file named here, whichever the snapshot was taken
+/// with (QEMU migrates a device's state, not its backing file).
+fn drives(a: &mut Vec<OsString>, image: &BootImage) {
     push(a, &["-drive"]);
     let mut drive = OsString::from("id=root,file=");
     drive.push(escape_commas(&image.rootfs));
     drive.push(",format=raw,if=none,readonly=on");
     a.push(drive);
     push(a, &["-device", "virtio-blk-device,drive=root"]);
+    push(a, &["-drive"]);
+    let mut drive = OsString::from("id=code,file=");
+    drive.push(escape_commas(&image.code_drive));
+    drive.push(",format=raw,if=none,readonly=on");
+    a.push(drive);
+    push(
+        a,
+        &[
+            "-device",
+            &format!(
+                "virtio-blk-device,drive=code,serial={}",
+                ignition_proto::CODE_DRIVE_SERIAL
+            ),
+        ],
+    );
 }
 
 /// The machine, accelerator, memory and the options every VMM gets.
@@ -171,6 +188,7 @@ pub(crate) fn build(
             image,
             snapshot,
             derive_into,
+            ..
         } => {
             // Loaded over QMP (`migrate-incoming`) once QEMU is up; `-S` keeps it paused after.
             push(&mut a, &["-incoming", "defer", "-S"]);
@@ -195,7 +213,7 @@ pub(crate) fn build(
         let machine = a.iter().position(|x| x == "microvm").unwrap_or(1);
         a[machine] = "microvm,memory-backend=mem".into();
     }
-    root_drive(&mut a, image);
+    drives(&mut a, image);
     a
 }
 
@@ -212,6 +230,7 @@ mod tests {
             kernel: PathBuf::from("/k/vmlinuz"),
             initramfs: PathBuf::from("/k/initrd"),
             rootfs: PathBuf::from("/k/root,fs.ext4"),
+            code_drive: PathBuf::from("/c/code.img"),
             extra_cmdline: vec!["ignition.scratch_mib=32".into()],
         }
     }
@@ -246,6 +265,11 @@ mod tests {
         assert!(joined.contains("-M microvm -accel tcg -m 128"), "{joined}");
         assert!(joined.contains("-cpu qemu64 -smp 1"), "{joined}");
         assert!(joined.contains("file=/k/root,,fs.ext4,format=raw,if=none,readonly=on"));
+        assert!(
+            joined.contains("id=code,file=/c/code.img,format=raw,if=none,readonly=on")
+                && joined.contains("virtio-blk-device,drive=code,serial=ignition_code"),
+            "the code drive, read-only, found by its serial: {joined}"
+        );
         assert!(joined.contains("virtserialport,chardev=agent,name=ignition.agent"));
         assert!(joined.contains("unix:/r/qmp.sock,server=on,wait=off"));
         assert!(joined.contains("ignition.scratch_mib=32"));
@@ -294,6 +318,7 @@ mod tests {
                 state: PathBuf::from("/s/state"),
             },
             derive_into: None,
+            snapshot_code_drive: PathBuf::from("/c/placeholder.img"),
         };
         let r = joined(&restore);
         assert!(
@@ -311,6 +336,10 @@ mod tests {
             );
         }
         assert!(r.contains("-incoming defer -S"), "{r}");
+        assert!(
+            r.contains("id=code,file=/c/code.img,"),
+            "a restore opens the code drive it is given: {r}"
+        );
         let mut derive = restore.clone();
         if let VmSource::Restore { derive_into, .. } = &mut derive.source {
             *derive_into = Some(PathBuf::from("/s/copy"));

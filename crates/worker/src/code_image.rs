@@ -1,0 +1,364 @@
+//! Functions' code as read-only filesystem images: one per code hash, built once from the
+//! function's tar with `mkfs.ext4 -d`, and handed to every VM of every function with that code
+//! as its code drive. The host's page cache holds what the guests read of it, once, however
+//! many VMs share it; inside a guest it is page cache too, which the kernel drops under memory
+//! pressure, so a bundle of any accepted size runs at any memory size.
+//!
+//! Every image is extended (sparsely) to [`DRIVE_BYTES`], the placeholder too: the base
+//! snapshot's kernel learned the drive's size when it probed it, and a restore with another file
+//! must not change it. The filesystem inside is only as large as the code needs.
+//!
+//! Images live in the snapshot directory's `.code/` and count against its disk budget (the
+//! snapshot store evicts least recently used images too); one evicted under a snapshot that
+//! needs it is built again from the tar before the restore.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use ignition_proto::{Code, FunctionSpec};
+use tokio::sync::Mutex as AsyncMutex;
+
+/// The size of every code drive as the guest sees it (sparse: an image takes on disk only what
+/// its filesystem wrote).
+pub(crate) const DRIVE_BYTES: u64 = 4 << 30;
+/// The placeholder's file name; no code hash can take it (hashes are hex).
+const PLACEHOLDER: &str = "placeholder.img";
+/// Free room kept in each filesystem beyond what its files take, and its smallest size.
+const SLACK_BYTES: u64 = 4 << 20;
+const BLOCK: u64 = 4096;
+
+/// Why a code image could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CodeImageError {
+    /// A file operation failed.
+    #[error("code image {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `mkfs.ext4` could not be run or failed.
+    #[error("building the code image with mkfs.ext4: {0}")]
+    Mkfs(String),
+    /// The code's hash is not a SHA-256 in hex (it names a file).
+    #[error("code hash {0:?} is not a hex SHA-256")]
+    BadHash(String),
+    /// The image is gone and the host holds no tar to build it from.
+    #[error("the code image for {0} is missing and no code is at hand to build it")]
+    NoCode(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CodeImageError {
+    let what = what.into();
+    move |source| CodeImageError::Io { what, source }
+}
+
+/// The code images of one node.
+#[derive(Debug)]
+pub(crate) struct CodeImages {
+    dir: PathBuf,
+    /// One build per code hash at a time.
+    building: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+}
+
+impl CodeImages {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            building: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The directory the images are kept in.
+    #[cfg(test)]
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The image for a VM that has no function yet: zeros, of the drive's size.
+    pub(crate) fn placeholder(&self) -> Result<PathBuf, CodeImageError> {
+        let path = self.dir.join(PLACEHOLDER);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == DRIVE_BYTES) {
+            return Ok(path);
+        }
+        std::fs::create_dir_all(&self.dir).map_err(io(format!("mkdir {}", self.dir.display())))?;
+        let tmp = self
+            .dir
+            .join(format!(".{PLACEHOLDER}-{}", std::process::id()));
+        let f = std::fs::File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
+        f.set_len(DRIVE_BYTES)
+            .map_err(io(format!("size {}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(io(format!("install {}", path.display())))?;
+        Ok(path)
+    }
+
+    /// The image of `function`'s code (its tar hashes to `sha256`), built from the tar if it is
+    /// not on disk (then `true` comes with it). Marks it used (its modification time orders
+    /// eviction).
+    pub(crate) async fn ensure(
+        &self,
+        sha256: &str,
+        function: &Arc<FunctionSpec>,
+    ) -> Result<(PathBuf, bool), CodeImageError> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CodeImageError::BadHash(sha256.to_owned()));
+        }
+        let path = self.dir.join(format!("{sha256}.img"));
+        if mark_used(&path) {
+            return Ok((path, false));
+        }
+        let lock = {
+            let mut b = self.building.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(b.entry(sha256.to_owned()).or_default())
+        };
+        let _held = lock.lock().await;
+        if mark_used(&path) {
+            return Ok((path, false));
+        }
+        let (dir, target, spec) = (self.dir.clone(), path.clone(), Arc::clone(function));
+        let hash = sha256.to_owned();
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || match &spec.code {
+            Code::Tar(tar) => build(&dir, &target, tar),
+            Code::Drive => Err(CodeImageError::NoCode(hash)),
+        })
+        .await
+        .map_err(|e| CodeImageError::Mkfs(format!("build task: {e}")))??;
+        tracing::info!(code = %sha256, ms = started.elapsed().as_millis() as u64, "code image built");
+        Ok((path, true))
+    }
+}
+
+/// Touches `path` if it exists; whether it does.
+fn mark_used(path: &Path) -> bool {
+    match std::fs::File::open(path) {
+        Ok(f) => {
+            if let Err(e) = f.set_modified(std::time::SystemTime::now()) {
+                tracing::debug!(image = %path.display(), error = %e, "marking a code image used");
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Unpacks `tar` into a scratch tree and makes `target` from it.
+fn build(dir: &Path, target: &Path, tar: &[u8]) -> Result<(), CodeImageError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("mkdir {}", dir.display())))?;
+    let scratch = tempfile_dir(dir)?;
+    let result = (|| {
+        let tree = scratch.join("tree");
+        std::fs::create_dir_all(&tree).map_err(io("mkdir tree"))?;
+        let mut archive = tar::Archive::new(tar);
+        archive.set_preserve_permissions(true);
+        archive.set_preserve_mtime(true);
+        archive
+            .unpack(&tree)
+            .map_err(io("unpack the function's code"))?;
+        let (bytes, inodes) = tree_usage(&tree);
+        let image = scratch.join("image");
+        // An estimate of ext4's own overhead can fall short for odd trees: try larger.
+        let mut size = fs_bytes(bytes, inodes);
+        let mut last = String::new();
+        for _ in 0..3 {
+            let _ = std::fs::remove_file(&image);
+            match mkfs(&tree, &image, size, inodes) {
+                Ok(()) => {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&image)
+                        .map_err(io("open the image"))?;
+                    f.set_len(DRIVE_BYTES).map_err(io("size the image"))?;
+                    f.sync_all().map_err(io("sync the image"))?;
+                    return std::fs::rename(&image, target)
+                        .map_err(io(format!("install {}", target.display())));
+                }
+                Err(e) => last = e,
+            }
+            size *= 2;
+        }
+        Err(CodeImageError::Mkfs(last))
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// A fresh scratch directory in `dir`.
+fn tempfile_dir(dir: &Path) -> Result<PathBuf, CodeImageError> {
+    let p = dir.join(format!(".build-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir(&p).map_err(io(format!("mkdir {}", p.display())))?;
+    Ok(p)
+}
+
+/// Bytes the tree's files take in whole blocks, and its number of files and directories.
+fn tree_usage(root: &Path) -> (u64, u64) {
+    let (mut bytes, mut inodes) = (0u64, 1u64);
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            inodes += 1;
+            bytes += m.len().div_ceil(BLOCK).max(1) * BLOCK;
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
+/// A filesystem size for `bytes` of files and `inodes` entries: the data, an inode each, and
+/// room for ext4's own tables.
+fn fs_bytes(bytes: u64, inodes: u64) -> u64 {
+    let raw = bytes + bytes / 16 + inodes * 256 + SLACK_BYTES;
+    raw.div_ceil(1 << 20) * (1 << 20)
+}
+
+/// The `mkfs.ext4` binary: on `PATH`, or where Debian puts it (`/usr/sbin` is not on every
+/// user's `PATH`).
+fn mkfs_binary() -> PathBuf {
+    ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("mkfs.ext4"))
+}
+
+fn mkfs(tree: &Path, image: &Path, size: u64, inodes: u64) -> Result<(), String> {
+    let out = Command::new(mkfs_binary())
+        // No journal (never written), no reserved blocks, no room to grow: a read-only image.
+        .args(["-q", "-F", "-b", "4096", "-m", "0", "-L", "code"])
+        .args(["-O", "^has_journal,^resize_inode"])
+        .args(["-E", "root_owner=0:0"])
+        .args(["-N", &(inodes + 16).to_string()])
+        .arg("-d")
+        .arg(tree)
+        .arg(image)
+        .arg(format!("{}k", size / 1024))
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| format!("run {}: {e}", mkfs_binary().display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, body) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, *body).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn hash(tar: &[u8]) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(tar))
+    }
+
+    fn spec(code: Code) -> Arc<FunctionSpec> {
+        Arc::new(FunctionSpec {
+            name: "t.f".into(),
+            runtime: ignition_proto::Runtime::Python3,
+            handler: "app.handler".into(),
+            memory_mib: 128,
+            env: Vec::new(),
+            code,
+            display_name: "f".into(),
+            version: "$LATEST".into(),
+        })
+    }
+
+    /// The content of `path` inside the ext4 image, read with e2fsprogs' own `debugfs`.
+    fn read_in_image(image: &Path, path: &str) -> Vec<u8> {
+        let debugfs = ["/usr/sbin/debugfs", "/sbin/debugfs"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("debugfs");
+        let out = Command::new(debugfs)
+            .args(["-R", &format!("cat {path}")])
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    }
+
+    #[tokio::test]
+    async fn an_image_is_built_once_per_hash_at_the_drive_size_and_sparse() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let images = CodeImages::new(dir.path().join(".code"));
+        let body = b"def handler(e, c):\n    return 1\n";
+        let tar = tar_of(&[("app.py", body), ("lib/data.bin", &[7u8; 100_000])]);
+        let sha = hash(&tar);
+        let (path, built) = images
+            .ensure(&sha, &spec(Code::Tar(tar.clone())))
+            .await
+            .unwrap();
+        assert!(built);
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            m.len(),
+            DRIVE_BYTES,
+            "every drive has the size the guest saw at boot"
+        );
+        assert!(
+            m.blocks() * 512 < 16 << 20,
+            "sparse: {} bytes",
+            m.blocks() * 512
+        );
+        assert_eq!(read_in_image(&path, "/app.py"), body);
+        assert_eq!(read_in_image(&path, "/lib/data.bin"), vec![7u8; 100_000]);
+        // Present: found without the tar, and not built again.
+        let (again, built) = images.ensure(&sha, &spec(Code::Drive)).await.unwrap();
+        assert!(!built);
+        assert_eq!(std::fs::metadata(again).unwrap().ino(), m.ino());
+        // Missing and no tar: a clear error; a hash that is not one never names a file.
+        assert!(matches!(
+            images.ensure(&"a".repeat(64), &spec(Code::Drive)).await,
+            Err(CodeImageError::NoCode(_))
+        ));
+        assert!(matches!(
+            images
+                .ensure("../../etc/passwd", &spec(Code::Tar(tar)))
+                .await,
+            Err(CodeImageError::BadHash(_))
+        ));
+        let p = images.placeholder().unwrap();
+        assert_eq!(std::fs::metadata(p).unwrap().len(), DRIVE_BYTES);
+        let left: Vec<_> = std::fs::read_dir(images.dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "no scratch left: {left:?}");
+    }
+
+    #[test]
+    fn the_filesystem_has_room_for_what_it_holds() {
+        assert!(fs_bytes(0, 1) >= SLACK_BYTES);
+        let forty = 40 << 20;
+        assert!(fs_bytes(forty, 3) > forty);
+    }
+}
