@@ -58,7 +58,6 @@ pub(crate) async fn stats(_: Operator, State(state): State<AppState>) -> Json<Va
         "cluster": state.node.stats().await,
         "worker": state.worker.stats(),
         "network": state.worker.network_stats(),
-        "code_cache": state.specs.stats(),
         "process": { "rss_mib": process_rss_mib() },
     }))
 }

@@ -331,34 +331,18 @@ pub(crate) async fn load_target(
     let executed = version.map_or_else(|| "$LATEST".to_owned(), |v| v.to_string());
     let spec_name = spec_name(name, version);
     let config = record.config;
-    // The spec, code included, is shared by every invocation of this function as it is now.
-    let key = crate::spec_cache::key(&spec_name, &record.code_sha256, &config);
-    let function = match state.specs.get(&key) {
-        Some(spec) => spec,
-        None => {
-            let hash = record.code_sha256.clone();
-            let code_tar = blocking(state, move |s| s.get_bundle(&hash))
-                .await?
-                .ok_or_else(|| {
-                    ApiError::internal(format!(
-                        "code bundle {} of {name} is missing",
-                        record.code_sha256
-                    ))
-                })?;
-            let spec = Arc::new(FunctionSpec {
-                name: spec_name,
-                runtime: config.runtime,
-                handler: config.handler.clone(),
-                memory_mib: config.memory_mib,
-                env: config.env.clone().into_iter().collect(),
-                code: ignition_proto::Code::Tar(code_tar),
-                display_name: display_name(name),
-                version: executed.clone(),
-            });
-            state.specs.insert(key, Arc::clone(&spec));
-            spec
-        }
-    };
+    // The code is not read here: the worker puts it on the VM's drive from the image it keeps
+    // by hash, built from the store the first time the hash is needed.
+    let function = Arc::new(FunctionSpec {
+        name: spec_name,
+        runtime: config.runtime,
+        handler: config.handler.clone(),
+        memory_mib: config.memory_mib,
+        env: config.env.clone().into_iter().collect(),
+        code: ignition_proto::Code::Drive,
+        display_name: display_name(name),
+        version: executed.clone(),
+    });
     let job = Job {
         function,
         code_sha256: record.code_sha256,

@@ -42,7 +42,6 @@ mod quotas;
 mod schedule_firer;
 mod schedules;
 mod sigv4;
-mod spec_cache;
 mod tags;
 mod url_requests;
 mod versions;
@@ -64,7 +63,6 @@ pub use metrics::Metrics;
 pub use provisioned::restore as restore_provisioned;
 pub use quotas::Quotas;
 pub use schedule_firer::{fire_due, spawn_schedule_firer, GRACE_MS};
-pub use spec_cache::{SpecCache, SpecCacheStats};
 
 /// Largest deploy request: a base64-encoded archive of up to 64 MiB plus the JSON around it.
 pub(crate) const MAX_DEPLOY_BODY: usize = 96 * 1024 * 1024;
@@ -98,8 +96,6 @@ pub struct AppState {
     pub urls: UrlSettings,
     /// Tenants' quotas.
     pub quotas: Arc<Quotas>,
-    /// Functions' specs, code included, shared by their invocations.
-    pub specs: Arc<SpecCache>,
 }
 
 /// The router with every route.

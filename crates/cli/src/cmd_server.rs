@@ -221,10 +221,6 @@ pub(crate) struct ServerArgs {
     /// Invocations a tenant may run at once.
     #[arg(long, default_value_t = 1000)]
     quota_concurrency: u64,
-    /// MiB of functions' code the node keeps in memory, shared by their invocations (the
-    /// least recently invoked go past it and are read from the store again).
-    #[arg(long, default_value_t = 512)]
-    code_cache_mib: u64,
     /// Destinations no function reaches, whatever its policy (CIDRs, IPv4 or IPv6; repeatable
     /// or comma-separated). Given, it replaces the default list: loopback, 0.0.0.0/8, the
     /// private ranges, 100.64.0.0/10, link-local (cloud metadata), multicast, 240.0.0.0/4, and
@@ -387,7 +383,6 @@ impl ServerArgs {
                     queued_events: self.quota_queued_events,
                     concurrency: self.quota_concurrency,
                 },
-                code_cache_mib: self.code_cache_mib,
             },
         })
     }

@@ -327,8 +327,6 @@ pub struct ApiSettings {
     pub url_domain: Option<String>,
     /// Every tenant's quotas, unless an operator set its own.
     pub quotas: ignition_types::TenantQuotas,
-    /// MiB of code the node keeps in memory for invocations (functions' specs).
-    pub code_cache_mib: u64,
 }
 
 impl Default for ApiSettings {
@@ -343,7 +341,6 @@ impl Default for ApiSettings {
             max_event_age: Duration::from_secs(6 * 3600),
             url_domain: None,
             quotas: ignition_types::TenantQuotas::default(),
-            code_cache_mib: 512,
         }
     }
 }

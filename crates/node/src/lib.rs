@@ -42,6 +42,16 @@ pub struct RunningNode {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// The store as the worker's source of code bundles, for the images it builds.
+#[derive(Debug)]
+struct StoreCode(Arc<Store>);
+
+impl ignition_worker::CodeSource for StoreCode {
+    fn bundle(&self, sha256: &str) -> Result<Option<Vec<u8>>, String> {
+        self.0.get_bundle(sha256).map_err(|e| e.to_string())
+    }
+}
+
 /// Starts a node: when this returns, the API answers at [`RunningNode::addr`].
 pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     config.check_safety()?;
@@ -57,7 +67,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             "resolving {}",
             config.data_dir.display()
         )))?;
-    let store = Store::open(&data_dir).map_err(NodeError::Store)?;
+    let store = Arc::new(Store::open(&data_dir).map_err(NodeError::Store)?);
     let image = guest_image(config.image.clone()).await?;
 
     let run_dir = config
@@ -93,6 +103,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             },
             network: network.clone(),
+            code_source: Some(Arc::new(StoreCode(Arc::clone(&store)))),
         },
     );
     let node_id = config
@@ -102,7 +113,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .unwrap_or_else(|| hostname().unwrap_or_else(|| "node-1".to_owned()));
     let reserved = store.reserved_concurrency().map_err(NodeError::Store)?;
     let quota_overrides = store.all_quota_overrides().map_err(NodeError::Store)?;
-    let store = Arc::new(store);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(NodeError::io(format!("listening on {}", config.listen)))?;
@@ -139,9 +149,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         body_timeout: config.http.body_timeout,
         egress_deny,
         quotas: ignition_api::Quotas::new(config.api.quotas, quota_overrides),
-        specs: Arc::new(ignition_api::SpecCache::new(
-            config.api.code_cache_mib.saturating_mul(1024 * 1024),
-        )),
         urls: ignition_api::UrlSettings {
             domain: api.url_domain.clone(),
             https: config.http.tls.is_some(),

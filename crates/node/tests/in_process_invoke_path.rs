@@ -1,5 +1,5 @@
 //! What an invocation holds while it waits, on nodes started in-process with the in-process
-//! guest as their VMM: its function's code is read once and shared (the spec cache), the
+//! guest as their VMM: it reads no code (the worker puts each bundle on disk once), the
 //! node's queue is bounded, and a queued invocation whose caller has gone never takes a VM.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -8,6 +8,7 @@ mod in_process_support;
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use ignition_in_process_guest::InProcessGuest;
 use in_process_support::*;
 use serde_json::{json, Value};
@@ -17,7 +18,7 @@ async fn stats(n: &TestNode) -> Value {
 }
 
 #[tokio::test]
-async fn in_process_invocations_share_one_copy_of_their_functions_code() {
+async fn in_process_invocations_read_no_code_and_each_bundle_is_put_on_disk_once() {
     let n = start_with(InProcessGuest::new(), |_| {}).await;
     assert_eq!(
         deploy(&n, "echo", "echo.handler", json!({})).await.status(),
@@ -26,15 +27,9 @@ async fn in_process_invocations_share_one_copy_of_their_functions_code() {
     for _ in 0..5 {
         assert_eq!(invoke(&n, "echo", &json!({})).await.status(), 200);
     }
-    let cache = &stats(&n).await["worker"];
-    let code = &stats(&n).await["code_cache"];
-    assert_eq!(
-        (code["misses"].as_u64(), code["hits"].as_u64()),
-        (Some(1), Some(4)),
-        "{code} {cache}"
-    );
-    assert_eq!(code["entries"], 1);
-    // A new configuration is a new spec; the store is read for it once.
+    let built = |s: &Value| s["worker"]["code_images_built"].as_u64();
+    assert_eq!(built(&stats(&n).await), Some(1), "{}", stats(&n).await);
+    // A new configuration of the same code uses the same image.
     assert_eq!(
         deploy(&n, "echo", "echo.handler", json!({"memory_mib": 256}))
             .await
@@ -42,13 +37,19 @@ async fn in_process_invocations_share_one_copy_of_their_functions_code() {
         200
     );
     assert_eq!(invoke(&n, "echo", &json!({})).await.status(), 200);
-    assert_eq!(invoke(&n, "echo", &json!({})).await.status(), 200);
-    let code = &stats(&n).await["code_cache"];
+    assert_eq!(built(&stats(&n).await), Some(1));
+    // Other code is another image, made when it is first invoked, not at deploy.
+    let other = zip_of(&[("echo.py", b"# other code\n")]);
+    let code = base64::engine::general_purpose::STANDARD.encode(other);
     assert_eq!(
-        (code["misses"].as_u64(), code["hits"].as_u64()),
-        (Some(2), Some(5)),
-        "{code}"
+        deploy(&n, "other", "echo.handler", json!({ "code": code }))
+            .await
+            .status(),
+        201
     );
+    assert_eq!(built(&stats(&n).await), Some(1));
+    assert_eq!(invoke(&n, "other", &json!({})).await.status(), 200);
+    assert_eq!(built(&stats(&n).await), Some(2));
     n.node.shutdown().await.unwrap();
 }
 

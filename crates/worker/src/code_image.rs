@@ -49,6 +49,17 @@ pub enum CodeImageError {
     /// The image is gone and the host holds no tar to build it from.
     #[error("the code image for {0} is missing and no code is at hand to build it")]
     NoCode(String),
+    /// The node's code source failed, or sent other bytes than the hash names.
+    #[error("reading code bundle {0}: {1}")]
+    Source(String, String),
+}
+
+/// Where the node keeps code bundles (its store): read when an image must be built for a job
+/// whose spec carries no tar, which is every local invocation's (the invoke path reads no code).
+pub trait CodeSource: Send + Sync + std::fmt::Debug {
+    /// The canonical tar of the bundle `sha256`, if the node has it. Called on a blocking
+    /// thread.
+    fn bundle(&self, sha256: &str) -> Result<Option<Vec<u8>>, String>;
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CodeImageError {
@@ -60,14 +71,18 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CodeImageError 
 #[derive(Debug)]
 pub(crate) struct CodeImages {
     dir: PathBuf,
+    source: Option<Arc<dyn CodeSource>>,
+    built: std::sync::atomic::AtomicU64,
     /// One build per code hash at a time.
     building: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
 }
 
 impl CodeImages {
-    pub(crate) fn new(dir: PathBuf) -> Self {
+    pub(crate) fn new(dir: PathBuf, source: Option<Arc<dyn CodeSource>>) -> Self {
         Self {
             dir,
+            source,
+            built: Default::default(),
             building: Mutex::new(HashMap::new()),
         }
     }
@@ -76,6 +91,11 @@ impl CodeImages {
     #[cfg(test)]
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Images built since start.
+    pub(crate) fn built(&self) -> u64 {
+        self.built.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The image for a VM that has no function yet: zeros, of the drive's size.
@@ -119,17 +139,37 @@ impl CodeImages {
             return Ok((path, false));
         }
         let (dir, target, spec) = (self.dir.clone(), path.clone(), Arc::clone(function));
-        let hash = sha256.to_owned();
+        let (hash, source) = (sha256.to_owned(), self.source.clone());
         let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || match &spec.code {
-            Code::Tar(tar) => build(&dir, &target, tar),
-            Code::Drive => Err(CodeImageError::NoCode(hash)),
+        tokio::task::spawn_blocking(move || match (&spec.code, source) {
+            (Code::Tar(tar), _) => build(&dir, &target, tar),
+            (Code::Drive, Some(source)) => {
+                let tar = source
+                    .bundle(&hash)
+                    .map_err(|e| CodeImageError::Source(hash.clone(), e))?
+                    .ok_or_else(|| CodeImageError::NoCode(hash.clone()))?;
+                if sha256_hex(&tar) != hash.to_ascii_lowercase() {
+                    return Err(CodeImageError::Source(
+                        hash,
+                        "the bytes do not hash to it".to_owned(),
+                    ));
+                }
+                build(&dir, &target, &tar)
+            }
+            (Code::Drive, None) => Err(CodeImageError::NoCode(hash)),
         })
         .await
         .map_err(|e| CodeImageError::Mkfs(format!("build task: {e}")))??;
+        self.built
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(code = %sha256, ms = started.elapsed().as_millis() as u64, "code image built");
         Ok((path, true))
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Touches `path` if it exists; whether it does.
@@ -272,8 +312,18 @@ mod tests {
     }
 
     fn hash(tar: &[u8]) -> String {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(tar))
+        sha256_hex(tar)
+    }
+
+    /// A store holding one bundle, counting its reads.
+    #[derive(Debug)]
+    struct OneBundle(Vec<u8>, std::sync::atomic::AtomicUsize);
+
+    impl CodeSource for OneBundle {
+        fn bundle(&self, sha256: &str) -> Result<Option<Vec<u8>>, String> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok((sha256 == hash(&self.0)).then(|| self.0.clone()))
+        }
     }
 
     fn spec(code: Code) -> Arc<FunctionSpec> {
@@ -308,7 +358,7 @@ mod tests {
     async fn an_image_is_built_once_per_hash_at_the_drive_size_and_sparse() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let images = CodeImages::new(dir.path().join(".code"));
+        let images = CodeImages::new(dir.path().join(".code"), None);
         let body = b"def handler(e, c):\n    return 1\n";
         let tar = tar_of(&[("app.py", body), ("lib/data.bin", &[7u8; 100_000])]);
         let sha = hash(&tar);
@@ -353,6 +403,25 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
             .collect();
         assert!(left.is_empty(), "no scratch left: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_spec_without_its_tar_gets_the_code_from_the_source_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = tar_of(&[("app.py", b"x = 1\n")]);
+        let source = Arc::new(OneBundle(tar.clone(), Default::default()));
+        let images = CodeImages::new(dir.path().join(".code"), Some(source.clone()));
+        let sha = hash(&tar);
+        for _ in 0..3 {
+            let (path, _) = images.ensure(&sha, &spec(Code::Drive)).await.unwrap();
+            assert_eq!(read_in_image(&path, "/app.py"), b"x = 1\n");
+        }
+        assert_eq!(source.1.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // A hash the source does not have is missing code, not a panic or an empty image.
+        assert!(matches!(
+            images.ensure(&"b".repeat(64), &spec(Code::Drive)).await,
+            Err(CodeImageError::NoCode(_))
+        ));
     }
 
     #[test]

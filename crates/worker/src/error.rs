@@ -38,7 +38,7 @@ pub enum ExecError {
     Snapshot(#[from] SnapshotError),
     /// The function's code could not be put on its drive.
     #[error("{0}")]
-    CodeImage(#[from] crate::code_image::CodeImageError),
+    CodeImage(#[from] crate::CodeImageError),
     /// No warm slot could be had before the deadline.
     #[error("no warm slot became available within {0:?}")]
     NoSlot(Duration),

@@ -38,6 +38,9 @@ pub struct WorkerConfig {
     pub pool: PoolConfig,
     /// The node's VM networking; `None`: VMs have no network interface.
     pub network: Option<Arc<ignition_net::Network>>,
+    /// Where a job whose spec carries no code tar gets the code for its image; `None`: such a
+    /// job fails unless the image is on disk.
+    pub code_source: Option<Arc<dyn crate::CodeSource>>,
 }
 
 /// How the caller wants the guest started.
@@ -191,9 +194,12 @@ pub struct WorkerStats {
     pub base_snapshots_built: u64,
     /// Snapshots found corrupt or stale and rebuilt.
     pub snapshots_invalid: u64,
-    /// Snapshots evicted to keep to `--snapshot-disk-mib`.
+    /// Snapshots and code images evicted to keep to `--snapshot-disk-mib`.
     pub snapshots_evicted: u64,
-    /// Functions the warm pool holds an entry (and so the code) of.
+    /// Code images built: a bundle's first use on this node, or its first since its image was
+    /// evicted.
+    pub code_images_built: u64,
+    /// Functions the warm pool holds an entry of.
     pub pool_functions: u64,
     /// Restores that failed and fell back to a boot.
     pub restore_fallbacks: u64,
@@ -249,6 +255,7 @@ impl Worker {
             )),
             code: crate::code_image::CodeImages::new(
                 config.snapshot_dir.join(crate::snapshot::CODE_DIR),
+                config.code_source.clone(),
             ),
             config: config.clone(),
             stats: LaunchStats::default(),
@@ -293,6 +300,7 @@ impl Worker {
             base_snapshots_built: s.base_snapshots_built.load(Ordering::Relaxed),
             snapshots_invalid: s.snapshots_invalid.load(Ordering::Relaxed),
             snapshots_evicted: self.launcher.snapshots.evicted(),
+            code_images_built: self.launcher.code.built(),
             pool_functions: self.pool.functions() as u64,
             restore_fallbacks: s.restore_fallbacks.load(Ordering::Relaxed),
             pool_hits: self.pool_hits.load(Ordering::Relaxed),

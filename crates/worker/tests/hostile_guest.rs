@@ -63,6 +63,7 @@ fn worker(image: GuestImage, run_dir: &Path, snapshots: &Path) -> Arc<Worker> {
             },
             // The protocol is what is under test; the guest needs no network.
             network: None,
+            code_source: None,
         },
     )
 }

@@ -32,6 +32,7 @@ fn worker(
                 refill_parallelism: 2,
             },
             network: None,
+            code_source: None,
         },
     )
 }
