@@ -265,7 +265,15 @@ pub(crate) fn boot(m: &Machine<'_>) -> Vec<Call> {
 
 /// Loads a snapshot into a fresh Firecracker process and resumes it (the agent reconnects its
 /// vsock channel, which a snapshot resets, before the driver pauses the VM again).
-pub(crate) fn restore(m: &Machine<'_>, state: &Path, memory: &Path) -> Vec<Call> {
+/// `new_code_drive`: the snapshot was taken with another code drive than `m`'s (a base
+/// snapshot's placeholder), which is swapped in; the guest has not touched the drive since
+/// its boot then, as Firecracker requires of a drive changed under a running guest.
+pub(crate) fn restore(
+    m: &Machine<'_>,
+    state: &Path,
+    memory: &Path,
+    new_code_drive: bool,
+) -> Vec<Call> {
     let mut calls = observability(m);
     calls.push(call(
         "PUT",
@@ -290,9 +298,11 @@ pub(crate) fn restore(m: &Machine<'_>, state: &Path, memory: &Path) -> Vec<Call>
             },
         },
     ));
-    // The snapshot reopens the code drive's file it was taken with (the base snapshot's is a
-    // placeholder); this points the drive at the function's image, which the guest mounts when
-    // it is told to load the function (a function's own snapshot already has it).
+    // The snapshot reopens the code drive's file it was taken with; this points the drive at
+    // the function's image, which the guest mounts when it is told to load the function.
+    if !new_code_drive {
+        return calls;
+    }
     calls.push(call(
         "PATCH",
         format!("/drives/{CODE_DRIVE_SERIAL}"),

@@ -272,9 +272,16 @@ impl VmmDriver for FirecrackerDriver {
             wait_api(&api_sock, &mut child, Duration::from_secs(10)).await?;
             let calls = match &spec.source {
                 VmSource::Boot { .. } => api::boot(&machine),
-                VmSource::Restore { snapshot, .. } => {
-                    api::restore(&machine, &snapshot.state, &snapshot.memory)
-                }
+                VmSource::Restore {
+                    snapshot,
+                    snapshot_code_drive,
+                    ..
+                } => api::restore(
+                    &machine,
+                    &snapshot.state,
+                    &snapshot.memory,
+                    *snapshot_code_drive != image.code_drive,
+                ),
             };
             for c in &calls {
                 api.call(c).await?;

@@ -274,7 +274,12 @@ fn every_request_the_driver_makes_follows_the_api_specification() {
     for tap in [None, Some("tap0")] {
         let m = machine(tap);
         let mut calls = api::boot(&m);
-        calls.extend(api::restore(&m, Path::new("/s/state"), Path::new("/s/mem")));
+        calls.extend(api::restore(
+            &m,
+            Path::new("/s/state"),
+            Path::new("/s/mem"),
+            true,
+        ));
         calls.push(api::snapshot(Path::new("/s/state"), Path::new("/s/mem")));
         calls.push(api::set_state(true));
         calls.push(api::set_state(false));
@@ -305,6 +310,17 @@ fn boot_configures_before_it_starts_and_restore_maps_the_memory_file() {
         &machine(Some("tap0")),
         Path::new("/s/state"),
         Path::new("/s/mem"),
+        true,
+    );
+    let same = api::restore(
+        &machine(None),
+        Path::new("/s/state"),
+        Path::new("/s/mem"),
+        false,
+    );
+    assert!(
+        !same.iter().any(|c| c.method == "PATCH"),
+        "a function's snapshot keeps the drive it was taken with, mounted"
     );
     let code = boot
         .iter()
