@@ -130,8 +130,8 @@ fn load(
     *slot = Some(pid);
     Ok(Loaded {
         function_arn: format!(
-            "arn:aws:lambda:local:000000000000:function:{}",
-            spec.display_name
+            "arn:aws:lambda:local:{}:function:{}",
+            spec.account_id, spec.display_name
         ),
         runtime: spec.runtime,
     })

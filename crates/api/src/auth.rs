@@ -40,10 +40,48 @@ impl Caller {
         }
     }
 
-    /// The stored name of the caller's function `name` (a name or an ARN).
+    /// The caller's account id (every ARN it sees carries it).
+    pub(crate) fn account_id(&self) -> String {
+        ignition_types::account_id(&self.tenant)
+    }
+
+    /// The stored name of the caller's function `name` (a name, a partial ARN or an ARN). An
+    /// ARN naming another account's function is refused: another tenant's functions are not
+    /// the caller's to see or change.
     pub(crate) fn function(&self, name_or_arn: &str) -> Result<String, ApiError> {
         let name = crate::lambda::function_name(name_or_arn)?;
+        self.in_own_account(name_or_arn)?;
         Ok(FunctionId::new(&self.tenant, &name).stored())
+    }
+
+    /// Refuses `resource` (a name, a partial ARN or an ARN) when it names another account.
+    fn in_own_account(&self, resource: &str) -> Result<(), ApiError> {
+        match crate::lambda::account_of(resource) {
+            Some(account) if account != self.account_id() => Err(denied(
+                "AccessDeniedException",
+                format!(
+                    "User: arn:aws:iam::{}:user/ignition is not authorized to perform this action on resource: {resource} (account {account} is not yours)",
+                    self.account_id()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a request whose path names a function (`.../functions/{name}/...`) or a tagged
+    /// resource (`.../tags/{arn}`) by an ARN of another account: every handler then meets only
+    /// the caller's own account, whichever way it turns the ARN into a name.
+    fn path_in_own_account(&self, path: &str) -> Result<(), ApiError> {
+        let path = crate::sigv4::percent_decode(path);
+        let mut segments = path.split('/');
+        while let Some(s) = segments.next() {
+            if s == "functions" || s == "tags" {
+                if let Some(resource) = segments.next() {
+                    self.in_own_account(resource)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The caller's name for the stored function `stored`, or `None` when it is not theirs.
@@ -200,6 +238,9 @@ pub(crate) async fn require(State(state): State<AppState>, req: Request, next: N
             }
         }
     };
+    if let Err(e) = caller.path_in_own_account(parts.uri.path()) {
+        return e.into_response();
+    }
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(caller.clone());
     let mut resp = next.run(req).await;

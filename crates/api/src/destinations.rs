@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 
 use crate::auth::Caller;
 use crate::clock::{iso8601_ms, now_ms};
-use crate::lambda::ARN_PREFIX;
 use crate::{blocking, AppState};
 
 /// Queues the record of `event`'s end (`condition`: `Success`, `RetriesExhausted` or
@@ -66,7 +65,10 @@ pub(crate) async fn deliver(
         "timestamp": iso8601_ms(now_ms()),
         "requestContext": {
             "requestId": event.request_id,
-            "functionArn": format!("{ARN_PREFIX}{}:{}", id.name, qualifier.unwrap_or("$LATEST")),
+            "functionArn": crate::lambda::function_arn(
+                &ignition_types::account_id(&id.tenant),
+                &format!("{}:{}", id.name, qualifier.unwrap_or("$LATEST")),
+            ),
             "condition": condition,
             "approximateInvokeCount": event.attempts,
         },

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::auth::Caller;
-use crate::lambda::{function_name, Page, ARN_PREFIX};
+use crate::lambda::{function_arn, function_name, Page};
 use crate::{blocking, ApiError, AppState, QualifierQuery};
 
 /// One destination.
@@ -126,11 +126,17 @@ async fn target(
     Ok((stored, user, qualifier))
 }
 
-fn answer(user: &str, qualifier: Option<&str>, settings: &Settings, updated_at: i64) -> Value {
+fn answer(
+    account: &str,
+    user: &str,
+    qualifier: Option<&str>,
+    settings: &Settings,
+    updated_at: i64,
+) -> Value {
     let mut v = serde_json::to_value(settings).unwrap_or_else(|_| json!({}));
     let arn = match qualifier {
-        Some(q) => format!("{ARN_PREFIX}{user}:{q}"),
-        None => format!("{ARN_PREFIX}{user}:$LATEST"),
+        Some(q) => function_arn(account, &format!("{user}:{q}")),
+        None => function_arn(account, &format!("{user}:$LATEST")),
     };
     v["FunctionArn"] = arn.into();
     v["LastModified"] = updated_at.into();
@@ -139,6 +145,7 @@ fn answer(user: &str, qualifier: Option<&str>, settings: &Settings, updated_at: 
 
 async fn save(
     state: &AppState,
+    caller: &Caller,
     stored: String,
     user: &str,
     qualifier: Option<String>,
@@ -152,6 +159,7 @@ async fn save(
     })
     .await?;
     Ok(Json(answer(
+        &caller.account_id(),
         user,
         qualifier.as_deref(),
         &settings,
@@ -170,7 +178,7 @@ pub(crate) async fn put(
     let settings = crate::json_body(req)?;
     let (stored, user, qualifier) = target(&state, &caller, &name, q).await?;
     check(&state, &caller, &settings).await?;
-    save(&state, stored, &user, qualifier, settings).await
+    save(&state, &caller, stored, &user, qualifier, settings).await
 }
 
 /// `POST .../event-invoke-config` (UpdateFunctionEventInvokeConfig): changes what is given.
@@ -199,7 +207,7 @@ pub(crate) async fn update(
     if change.destination_config.is_some() {
         settings.destination_config = change.destination_config;
     }
-    save(&state, stored, &user, qualifier, settings).await
+    save(&state, &caller, stored, &user, qualifier, settings).await
 }
 
 fn none_set(user: &str) -> ApiError {
@@ -227,6 +235,7 @@ pub(crate) async fn get(
     let settings: Settings = serde_json::from_str(&found.json)
         .map_err(|e| ApiError::internal(format!("stored settings do not decode: {e}")))?;
     Ok(Json(answer(
+        &caller.account_id(),
         &user,
         qualifier.as_deref(),
         &settings,
@@ -268,6 +277,7 @@ pub(crate) async fn list(
         .filter_map(|c| {
             let settings: Settings = serde_json::from_str(&c.json).ok()?;
             Some(answer(
+                &caller.account_id(),
                 &user,
                 c.qualifier.as_deref(),
                 &settings,

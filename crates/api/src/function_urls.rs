@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::auth::Caller;
 use crate::clock::iso8601;
-use crate::lambda::ARN_PREFIX;
+use crate::lambda::function_arn;
 use crate::{blocking, ApiError, AppState, QualifierQuery};
 
 /// Where a node's function URLs live.
@@ -211,10 +211,10 @@ fn check_cors(cors: &Cors) -> Result<(), ApiError> {
 }
 
 /// A `FunctionUrlConfig` as Lambda answers it.
-fn url_json(state: &AppState, host: &str, user: &str, url: &FunctionUrl) -> Value {
+fn url_json(state: &AppState, host: &str, account: &str, user: &str, url: &FunctionUrl) -> Value {
     let arn = match &url.qualifier {
-        Some(q) => format!("{ARN_PREFIX}{user}:{q}"),
-        None => format!("{ARN_PREFIX}{user}"),
+        Some(q) => function_arn(account, &format!("{user}:{q}")),
+        None => function_arn(account, user),
     };
     let mut v = json!({
         "FunctionUrl": state.urls.address(host, &url.url_id),
@@ -265,12 +265,19 @@ pub(crate) async fn create(
             StatusCode::CONFLICT,
             "ResourceConflictException",
             format!(
-                "Failed to create function url config for [functionArn = {ARN_PREFIX}{user}{}]. Error message: FunctionUrlConfig exists for this Lambda function",
+                "Failed to create function url config for [functionArn = {}{}]. Error message: FunctionUrlConfig exists for this Lambda function",
+                function_arn(&caller.account_id(), &user),
                 qualifier.map(|q| format!(":{q}")).unwrap_or_default()
             ),
         )
     })?;
-    let mut v = url_json(&state, host_of(&headers, &uri), &user, &url);
+    let mut v = url_json(
+        &state,
+        host_of(&headers, &uri),
+        &caller.account_id(),
+        &user,
+        &url,
+    );
     if let Some(o) = v.as_object_mut() {
         o.remove("LastModifiedTime");
     }
@@ -300,7 +307,13 @@ pub(crate) async fn get(
     })
     .await?
     .ok_or_else(no_url)?;
-    Ok(Json(url_json(&state, host_of(&headers, &uri), &user, &url)))
+    Ok(Json(url_json(
+        &state,
+        host_of(&headers, &uri),
+        &caller.account_id(),
+        &user,
+        &url,
+    )))
 }
 
 /// `PUT /2021-10-31/functions/{name}/url` (UpdateFunctionUrlConfig).
@@ -325,7 +338,13 @@ pub(crate) async fn update(
     })
     .await?
     .ok_or_else(no_url)?;
-    Ok(Json(url_json(&state, host_of(&headers, &uri), &user, &url)))
+    Ok(Json(url_json(
+        &state,
+        host_of(&headers, &uri),
+        &caller.account_id(),
+        &user,
+        &url,
+    )))
 }
 
 /// `DELETE /2021-10-31/functions/{name}/url` (DeleteFunctionUrlConfig).
@@ -374,7 +393,7 @@ pub(crate) async fn list(
         .iter()
         .skip(start)
         .take(max)
-        .map(|u| url_json(&state, host, &user, u))
+        .map(|u| url_json(&state, host, &caller.account_id(), &user, u))
         .collect();
     let mut v = json!({ "FunctionUrlConfigs": page });
     if start + max < urls.len() {

@@ -342,6 +342,9 @@ pub(crate) async fn load_target(
         code: ignition_proto::Code::Drive,
         display_name: display_name(name),
         version: executed.clone(),
+        account_id: ignition_types::account_id(
+            &ignition_types::FunctionId::from_stored(name).tenant,
+        ),
     });
     let job = Job {
         function,

@@ -24,7 +24,10 @@ use crate::functions::{own_functions, store_function};
 use crate::{blocking, ApiError, AppState, QualifierQuery};
 
 /// The account and region in ARNs (there is one of each).
-pub(crate) const ARN_PREFIX: &str = "arn:aws:lambda:local:000000000000:function:";
+/// The ARN of `name` (which may carry `:QUALIFIER`) in `account`.
+pub(crate) fn function_arn(account: &str, name: &str) -> String {
+    format!("arn:aws:lambda:local:{account}:function:{name}")
+}
 
 /// The parts of what Lambda accepts as a function's name: a name, a qualified name
 /// (`NAME:QUALIFIER`), a partial ARN (`ACCOUNT:function:NAME[:QUALIFIER]`) or an ARN
@@ -49,6 +52,17 @@ fn name_parts(name_or_arn: &str) -> Result<(&str, Option<&str>), ApiError> {
         _ => return Err(bad()),
     };
     Ok((name, q.filter(|q| !q.is_empty())))
+}
+
+/// The account a partial ARN or an ARN names, if it names one.
+pub(crate) fn account_of(name_or_arn: &str) -> Option<&str> {
+    let parts: Vec<&str> = name_or_arn.split(':').collect();
+    match parts.as_slice() {
+        ["arn", _, "lambda", _, account, "function", ..] | [account, "function", ..] => {
+            Some(*account)
+        }
+        _ => None,
+    }
 }
 
 /// The function's name in what Lambda accepts as one ([`name_parts`]).
@@ -85,14 +99,14 @@ fn lambda_runtime(c: &FunctionConfig) -> &str {
 }
 
 /// A `FunctionConfiguration`.
-pub(crate) fn configuration(r: &FunctionRecord) -> Value {
+pub(crate) fn configuration(account: &str, r: &FunctionRecord) -> Value {
     let c = &r.config;
     let sha = hex_to_base64(&r.code_sha256);
     json!({
         "FunctionName": c.name,
-        "FunctionArn": format!("{ARN_PREFIX}{}", c.name),
+        "FunctionArn": function_arn(account, &c.name),
         "Runtime": lambda_runtime(c),
-        "Role": "arn:aws:iam::000000000000:role/ignition",
+        "Role": format!("arn:aws:iam::{account}:role/ignition"),
         "Handler": c.handler,
         "CodeSize": r.code_size,
         "CodeSha256": sha,
@@ -307,7 +321,10 @@ pub(crate) async fn create(
             Json(publish(&state, &caller, &rec.config.name).await?),
         ));
     }
-    Ok((StatusCode::CREATED, Json(configuration(&rec))))
+    Ok((
+        StatusCode::CREATED,
+        Json(configuration(&caller.account_id(), &rec)),
+    ))
 }
 
 /// Publishes `$LATEST` of the caller's function `name` (CreateFunction's and
@@ -319,7 +336,12 @@ async fn publish(state: &AppState, caller: &Caller, name: &str) -> Result<Value,
     let (n, record) = blocking(state, move |s| s.publish_version(&stored, Some(max)))
         .await?
         .ok_or_else(|| ApiError::not_found(&user))?;
-    Ok(crate::versions::version_config(name, record, n))
+    Ok(crate::versions::version_config(
+        &caller.account_id(),
+        name,
+        record,
+        n,
+    ))
 }
 
 /// `GET /2015-03-31/functions/` (ListFunctions).
@@ -330,7 +352,10 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let functions = own_functions(&state, &caller).await?;
     let (functions, next) = page.of(functions)?;
-    let configs: Vec<Value> = functions.iter().map(configuration).collect();
+    let configs: Vec<Value> = functions
+        .iter()
+        .map(|f| configuration(&caller.account_id(), f))
+        .collect();
     let mut doc = json!({ "Functions": configs });
     if let Some(m) = next {
         doc["NextMarker"] = m.into();
@@ -387,7 +412,12 @@ async fn qualified_configuration(
     match requested_qualifier(name_or_arn, q)?.filter(|q| q != "$LATEST") {
         None => {
             let r = record(state, caller, name_or_arn).await?;
-            Ok(with_node_state(state, caller, &user, configuration(&r)))
+            Ok(with_node_state(
+                state,
+                caller,
+                &user,
+                configuration(&caller.account_id(), &r),
+            ))
         }
         Some(q) => {
             let target = format!("{}:{q}", caller.function(name_or_arn)?);
@@ -395,11 +425,11 @@ async fn qualified_configuration(
                 .await
                 .map_err(|_| ApiError::not_found(&format!("{user}:{q}")))?;
             r.config.name = user.clone();
-            let mut c = configuration(&r);
+            let mut c = configuration(&caller.account_id(), &r);
             c["Version"] = version
                 .map_or_else(|| "$LATEST".to_owned(), |v| v.to_string())
                 .into();
-            c["FunctionArn"] = format!("{ARN_PREFIX}{user}:{q}").into();
+            c["FunctionArn"] = function_arn(&caller.account_id(), &format!("{user}:{q}")).into();
             Ok(c)
         }
     }
@@ -524,7 +554,7 @@ pub(crate) async fn update_code(
     if req.publish {
         return Ok(Json(publish(&state, &caller, &rec.config.name).await?));
     }
-    Ok(Json(configuration(&rec)))
+    Ok(Json(configuration(&caller.account_id(), &rec)))
 }
 
 /// `PUT /2015-03-31/functions/{name}/configuration` (UpdateFunctionConfiguration).
@@ -568,7 +598,7 @@ pub(crate) async fn update_configuration(
         .and_then(|()| gz.finish())
         .map_err(|e| ApiError::internal(format!("re-pack the code: {e}")))?;
     let rec = save(&state, &caller, config, archive).await?;
-    Ok(Json(configuration(&rec)))
+    Ok(Json(configuration(&caller.account_id(), &rec)))
 }
 
 /// `DELETE /2015-03-31/functions/{name}` (DeleteFunction).

@@ -146,8 +146,11 @@ pub(crate) async fn get(
         for p in &all {
             let spec = spec_name(&state, &p.function, &p.qualifier).await?;
             let mut v = status(&state, &spec, p.slots, p.updated_at);
-            v["FunctionArn"] =
-                format!("{}{user}:{}", crate::lambda::ARN_PREFIX, p.qualifier).into();
+            v["FunctionArn"] = crate::lambda::function_arn(
+                &caller.account_id(),
+                &format!("{user}:{}", p.qualifier),
+            )
+            .into();
             configs.push(v);
         }
         return Ok(Json(json!({ "ProvisionedConcurrencyConfigs": configs })));

@@ -17,7 +17,13 @@ use crate::clock::now_ms;
 use crate::{blocking, ApiError, AppState};
 
 /// The account and region in schedule ARNs.
-const ARN_PREFIX: &str = "arn:aws:scheduler:local:000000000000:schedule/default/";
+/// The ARN of `caller`'s schedule `name` (in the `default` group, the only one).
+fn schedule_arn(caller: &Caller, name: &str) -> String {
+    format!(
+        "arn:aws:scheduler:local:{}:schedule/default/{name}",
+        caller.account_id()
+    )
+}
 /// The only schedule group.
 const GROUP: &str = "default";
 /// EventBridge Scheduler's defaults for a target's retry policy.
@@ -393,9 +399,7 @@ pub(crate) async fn create(
             format!("Schedule {name} already exists."),
         ));
     }
-    Ok(Json(
-        json!({ "ScheduleArn": format!("{ARN_PREFIX}{name}") }),
-    ))
+    Ok(Json(json!({ "ScheduleArn": schedule_arn(&caller, &name) })))
 }
 
 /// `PUT /schedules/{Name}` (UpdateSchedule): replaces the whole definition, as AWS's does.
@@ -422,9 +426,7 @@ pub(crate) async fn update(
     {
         return Err(not_found(&name));
     }
-    Ok(Json(
-        json!({ "ScheduleArn": format!("{ARN_PREFIX}{name}") }),
-    ))
+    Ok(Json(json!({ "ScheduleArn": schedule_arn(&caller, &name) })))
 }
 
 fn seconds(ms: i64) -> f64 {
@@ -435,7 +437,7 @@ fn seconds(ms: i64) -> f64 {
 
 /// A schedule in GetSchedule's shape, plus what Ignition knows of its firings
 /// (`IgnitionNextFire`, `IgnitionFired`, `IgnitionMissed`; SDKs ignore fields they do not know).
-fn schedule_json(r: &ignition_store::ScheduleRecord, def: &Definition) -> Value {
+fn schedule_json(caller: &Caller, r: &ignition_store::ScheduleRecord, def: &Definition) -> Value {
     let mut window =
         json!({ "Mode": if def.window_minutes.is_some() { "FLEXIBLE" } else { "OFF" } });
     if let Some(m) = def.window_minutes {
@@ -453,7 +455,7 @@ fn schedule_json(r: &ignition_store::ScheduleRecord, def: &Definition) -> Value 
         target["Input"] = i.as_str().into();
     }
     let mut v = json!({
-        "Arn": format!("{ARN_PREFIX}{}", r.name),
+        "Arn": schedule_arn(caller, &r.name),
         "Name": r.name,
         "GroupName": GROUP,
         "ScheduleExpression": def.expression,
@@ -495,7 +497,7 @@ pub(crate) async fn get(
         .await?
         .ok_or_else(|| not_found(&name))?;
     let def = decode(&r.definition)?;
-    Ok(Json(schedule_json(&r, &def)))
+    Ok(Json(schedule_json(&caller, &r, &def)))
 }
 
 /// `DELETE /schedules/{Name}` (DeleteSchedule).
@@ -551,7 +553,7 @@ pub(crate) async fn list(
             .as_deref()
             .is_none_or(|p| r.name.starts_with(p));
         if state_ok && prefix_ok {
-            let full = schedule_json(r, &def);
+            let full = schedule_json(&caller, r, &def);
             matching.push(json!({
                 "Arn": full["Arn"],
                 "Name": full["Name"],

@@ -11,18 +11,19 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Caller;
-use crate::lambda::{configuration, ARN_PREFIX};
+use crate::lambda::{configuration, function_arn};
 use crate::{blocking, ApiError, AppState};
 
 pub(crate) fn version_config(
+    account: &str,
     name: &str,
     mut record: ignition_store::FunctionRecord,
     version: u32,
 ) -> Value {
     record.config.name = name.to_owned();
-    let mut c = configuration(&record);
+    let mut c = configuration(account, &record);
     c["Version"] = version.to_string().into();
-    c["FunctionArn"] = format!("{ARN_PREFIX}{name}:{version}").into();
+    c["FunctionArn"] = function_arn(account, &format!("{name}:{version}")).into();
     c
 }
 
@@ -31,8 +32,8 @@ fn weight(ppm: u32) -> f64 {
     f64::from(ppm) / 1_000_000.0
 }
 
-fn alias_json(function: &str, a: &Alias) -> Value {
-    let mut v = alias_fields(function, a);
+fn alias_json(account: &str, function: &str, a: &Alias) -> Value {
+    let mut v = alias_fields(account, function, a);
     if let Some(r) = a.routing {
         v["RoutingConfig"] = json!({
             "AdditionalVersionWeights": { r.version.to_string(): weight(r.ppm) }
@@ -41,9 +42,9 @@ fn alias_json(function: &str, a: &Alias) -> Value {
     v
 }
 
-fn alias_fields(function: &str, a: &Alias) -> Value {
+fn alias_fields(account: &str, function: &str, a: &Alias) -> Value {
     json!({
-        "AliasArn": format!("{ARN_PREFIX}{function}:{}", a.name),
+        "AliasArn": function_arn(account, &format!("{function}:{}", a.name)),
         "Name": a.name,
         "FunctionVersion": a.version.to_string(),
         "Description": a.description,
@@ -77,7 +78,10 @@ pub(crate) async fn publish(
     let (n, record) = blocking(&state, move |s| s.publish_version(&stored, Some(max)))
         .await?
         .ok_or_else(|| ApiError::not_found(&user))?;
-    Ok((StatusCode::CREATED, Json(version_config(&user, record, n))))
+    Ok((
+        StatusCode::CREATED,
+        Json(version_config(&caller.account_id(), &user, record, n)),
+    ))
 }
 
 /// `GET /2015-03-31/functions/{name}/versions` (ListVersionsByFunction).
@@ -98,11 +102,11 @@ pub(crate) async fn list(
     };
     let mut latest = latest.ok_or_else(|| ApiError::not_found(&user))?;
     latest.config.name = user.clone();
-    let mut versions = vec![configuration(&latest)];
+    let mut versions = vec![configuration(&caller.account_id(), &latest)];
     for n in numbers {
         let stored = stored.clone();
         if let Some(r) = blocking(&state, move |s| s.get_version(&stored, n)).await? {
-            versions.push(version_config(&user, r, n));
+            versions.push(version_config(&caller.account_id(), &user, r, n));
         }
     }
     let (versions, next) = page.of(versions)?;
@@ -226,7 +230,10 @@ pub(crate) async fn create_alias(
             format!("Alias already exists: {}", alias.name),
         ));
     }
-    Ok((StatusCode::CREATED, Json(alias_json(&user, &alias))))
+    Ok((
+        StatusCode::CREATED,
+        Json(alias_json(&caller.account_id(), &user, &alias)),
+    ))
 }
 
 /// `GET /2015-03-31/functions/{name}/aliases` (ListAliases).
@@ -240,7 +247,10 @@ pub(crate) async fn list_aliases(
     let user = crate::lambda::function_name(&name)?;
     let aliases = blocking(&state, move |s| s.list_aliases(&stored)).await?;
     let (aliases, next) = page.of(aliases)?;
-    let list: Vec<Value> = aliases.iter().map(|a| alias_json(&user, a)).collect();
+    let list: Vec<Value> = aliases
+        .iter()
+        .map(|a| alias_json(&caller.account_id(), &user, a))
+        .collect();
     let mut doc = json!({ "Aliases": list });
     if let Some(m) = next {
         doc["NextMarker"] = m.into();
@@ -263,7 +273,11 @@ pub(crate) async fn get_alias(
 ) -> Result<Json<Value>, ApiError> {
     let stored = caller.function(&name)?;
     let a = find_alias(&state, &stored, &alias).await?;
-    Ok(Json(alias_json(&crate::lambda::function_name(&name)?, &a)))
+    Ok(Json(alias_json(
+        &caller.account_id(),
+        &crate::lambda::function_name(&name)?,
+        &a,
+    )))
 }
 
 /// `PUT /2015-03-31/functions/{name}/aliases/{alias}` (UpdateAlias).
@@ -289,7 +303,11 @@ pub(crate) async fn update_alias(
     }
     let a2 = a.clone();
     blocking(&state, move |s| s.put_alias(&stored, &a2, false)).await?;
-    Ok(Json(alias_json(&crate::lambda::function_name(&name)?, &a)))
+    Ok(Json(alias_json(
+        &caller.account_id(),
+        &crate::lambda::function_name(&name)?,
+        &a,
+    )))
 }
 
 /// `DELETE /2015-03-31/functions/{name}/aliases/{alias}` (DeleteAlias).

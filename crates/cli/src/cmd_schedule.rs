@@ -50,9 +50,28 @@ pub(crate) fn run(cmd: ScheduleCommand, global: &crate::GlobalArgs) -> Result<Ex
                 serde_json::from_str::<serde::de::IgnoredAny>(i)
                     .context("--input is not valid JSON")?;
             }
+            // The target is an ARN, which carries the caller's account id: the function's own
+            // tells it (and that the function exists).
+            let (fname, qualifier) = match function.split_once(':') {
+                Some((f, q)) => (f, Some(q)),
+                None => (function.as_str(), None),
+            };
+            let got = client.json(
+                client
+                    .http()
+                    .get(client.url(&format!("/2015-03-31/functions/{fname}"))),
+                "schedule create",
+            )?;
+            let arn = got["Configuration"]["FunctionArn"]
+                .as_str()
+                .context("the server did not say the function's ARN")?;
+            let account = arn.split(':').nth(4).unwrap_or_default();
             let mut target = json!({
-                "Arn": format!("arn:aws:lambda:local:000000000000:function:{function}"),
-                "RoleArn": "arn:aws:iam::000000000000:role/ignition",
+                "Arn": match qualifier {
+                    Some(q) => format!("{arn}:{q}"),
+                    None => arn.to_owned(),
+                },
+                "RoleArn": format!("arn:aws:iam::{account}:role/ignition"),
             });
             if let Some(i) = input {
                 target["Input"] = i.into();

@@ -56,9 +56,12 @@ fn the_aws_cli_manages_functions_as_on_lambda() {
     assert_eq!(one("create"), "python3.11\tmade by the cli", "{s:?}");
     assert_eq!(s["publish"], ["1", "2", "3"]);
     assert_eq!(one("alias"), r#"{"2":0.5}"#);
+    let account = ignition_types::account_id("acme");
+    assert_eq!(one("account"), account, "the tenant's own account id");
+    assert_ne!(account, "000000000000");
     assert_eq!(
         one("event-config"),
-        "arn:aws:lambda:local:000000000000:function:sink"
+        format!("arn:aws:lambda:local:{account}:function:sink")
     );
     assert_eq!(one("tags"), "cli");
     assert_eq!(one("page1"), "1 True", "--max-items 1 pages");

@@ -155,7 +155,10 @@ fn a_schedule_made_with_boto3_fires_every_minute_in_real_time() {
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         doc["arn"],
-        "arn:aws:scheduler:local:000000000000:schedule/default/every-minute"
+        format!(
+            "arn:aws:scheduler:local:{}:schedule/default/every-minute",
+            ignition_types::account_id("acme")
+        )
     );
     assert_eq!(doc["expression"], "rate(1 minute)");
     assert_eq!(doc["state"], "ENABLED");

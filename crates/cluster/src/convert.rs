@@ -77,6 +77,9 @@ pub(crate) fn job(inv: &pb::Invocation, code_tar: Vec<u8>) -> Result<(Job, Start
                 code: ignition_proto::Code::Tar(code_tar),
                 display_name: f.display_name.clone(),
                 version: f.version.clone(),
+                account_id: ignition_types::account_id(
+                    &ignition_types::FunctionId::from_stored(&f.name).tenant,
+                ),
             }),
             code_sha256: f.code_sha256.clone(),
             reuse: f.reuse,
@@ -234,6 +237,7 @@ mod tests {
                 code: ignition_proto::Code::Tar(b"code".to_vec()),
                 display_name: "hello".into(),
                 version: "2".into(),
+                account_id: ignition_types::account_id("t"),
             }),
             code_sha256: "ab".repeat(32),
             reuse: true,

@@ -663,3 +663,118 @@ async fn in_process_the_runtime_sent_is_the_runtime_answered() {
     );
     n.node.shutdown().await.unwrap();
 }
+
+/// #21: each tenant has its own account id in every ARN it sees, and an ARN naming another
+/// account does not reach that account's function (there are no resource policies to let it).
+#[tokio::test]
+async fn in_process_each_tenant_sees_its_own_account_id_and_cannot_reach_anothers_by_arn() {
+    let n = start_with(InProcessGuest::new(), |c| c.api.dev = false).await;
+    let store = &n.node.state().store;
+    let keys: Vec<String> = ["alice", "bob"]
+        .iter()
+        .map(|t| {
+            let k = store.create_key(t).unwrap();
+            format!("Bearer {}:{}", k.access_key_id, k.secret_access_key)
+        })
+        .collect();
+    let send = |auth: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = reqwest::Client::new()
+            .request(method, n.url(path))
+            .header("authorization", auth);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let kind = r
+                .headers()
+                .get("x-amzn-ErrorType")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            (status, kind, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    use base64::Engine as _;
+    let code = base64::engine::general_purpose::STANDARD.encode(zip_of(&[(
+        "echo.py",
+        b"def handler(e, c):\n    return e\n",
+    )]));
+    let mut arns = Vec::new();
+    for key in &keys {
+        let body = json!({"FunctionName": "f", "Runtime": "python3.11", "Role": "r",
+            "Handler": "echo.handler", "Code": {"ZipFile": code}});
+        let (status, _, c) = send(
+            key,
+            reqwest::Method::POST,
+            "/2015-03-31/functions",
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 201, "{c}");
+        arns.push(c["FunctionArn"].as_str().unwrap().to_owned());
+    }
+    let account = |arn: &str| arn.split(':').nth(4).unwrap().to_owned();
+    assert_eq!(account(&arns[0]), ignition_types::account_id("alice"));
+    assert_eq!(account(&arns[1]), ignition_types::account_id("bob"));
+    assert_ne!(account(&arns[0]), account(&arns[1]));
+    assert_ne!(account(&arns[0]), "000000000000");
+    // An alias's ARN carries it too.
+    let (_, _, v) = send(
+        &keys[0],
+        reqwest::Method::POST,
+        "/2015-03-31/functions/f/versions",
+        None,
+    )
+    .await;
+    assert_eq!(v["FunctionArn"], format!("{}:1", arns[0]), "{v}");
+
+    // Alice by her own ARN and partial ARN: her function.
+    let alice_partial = format!("{}:function:f", account(&arns[0]));
+    for name in [&arns[0], &alice_partial] {
+        let (status, _, got) = send(
+            &keys[0],
+            reqwest::Method::GET,
+            &format!("/2015-03-31/functions/{name}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{got}");
+    }
+    // Bob naming Alice's function by ARN: refused, for reading, invoking and deleting, and her
+    // function is untouched.
+    for (method, path) in [
+        (
+            reqwest::Method::GET,
+            format!("/2015-03-31/functions/{}", arns[0]),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/2015-03-31/functions/{}/invocations", arns[0]),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/2015-03-31/functions/{alice_partial}/invocations"),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/2015-03-31/functions/{}", arns[0]),
+        ),
+    ] {
+        let (status, kind, got) = send(&keys[1], method.clone(), &path, None).await;
+        assert_eq!(
+            (status, kind.as_str()),
+            (403, "AccessDeniedException"),
+            "{method} {path}: {got}"
+        );
+    }
+    let (status, _, _) = send(
+        &keys[0],
+        reqwest::Method::GET,
+        "/2015-03-31/functions/f",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "Alice's function is still there");
+    n.node.shutdown().await.unwrap();
+}

@@ -25,6 +25,8 @@ pub struct FunctionSpec {
     pub display_name: String,
     /// `$LATEST` or a published version number (`AWS_LAMBDA_FUNCTION_VERSION`).
     pub version: String,
+    /// The owning tenant's account id, for the function's ARN in the runtime's context.
+    pub account_id: String,
 }
 
 /// Where a function's code comes from.

@@ -6,11 +6,13 @@
 //! - [`FunctionId`]: whose function, by which name.
 //! - [`TenantQuotas`]: how much of a node a tenant may hold or use.
 
+mod account;
 pub mod egress;
 mod function;
 mod quota;
 mod runtime;
 
+pub use account::{account_id, is_account_id, DEFAULT_ACCOUNT_ID};
 pub use egress::{parse_rules, EgressRule, Ipv4Net, PolicyError, Protocol};
 pub use function::{FunctionId, Target, DEFAULT_TENANT};
 pub use quota::{QuotaOverrides, TenantQuotas};

@@ -336,6 +336,7 @@ mod tests {
             code,
             display_name: "f".into(),
             version: "$LATEST".into(),
+            account_id: ignition_types::DEFAULT_ACCOUNT_ID.into(),
         })
     }
 

@@ -107,6 +107,7 @@ fn on_drive(s: &FunctionSpec) -> FunctionSpec {
         code: Code::Drive,
         display_name: s.display_name.clone(),
         version: s.version.clone(),
+        account_id: s.account_id.clone(),
     }
 }
 

@@ -88,6 +88,7 @@ fn job(handler: &str, timeout: Duration) -> Job {
             code: ignition_proto::Code::Tar(code_tar.clone()),
             display_name: "victim".into(),
             version: "$LATEST".into(),
+            account_id: ignition_types::DEFAULT_ACCOUNT_ID.into(),
         }),
         code_sha256: {
             use sha2::Digest;

@@ -58,6 +58,7 @@ fn job(name: &str, handler: &str, reuse: bool) -> Job {
             code: ignition_proto::Code::Tar(empty_tar()),
             display_name: name.into(),
             version: "$LATEST".into(),
+            account_id: ignition_types::DEFAULT_ACCOUNT_ID.into(),
         }),
         code_sha256: sha256_hex(&empty_tar()),
         reuse,
