@@ -96,11 +96,16 @@ fn the_control_plane_speaks_lambdas_shapes_and_errors() {
     let (status, _, list) = get("/2015-03-31/functions/");
     assert_eq!(status, 200);
     assert_eq!(list["Functions"][0]["FunctionName"], "shapes");
-    let (_, _, f) = get("/2015-03-31/functions/arn:aws:lambda:us-east-1:1:function:shapes");
+    let (_, _, f) =
+        get("/2015-03-31/functions/arn:aws:lambda:us-east-1:000000000000:function:shapes");
     assert_eq!(
         f["Configuration"]["Handler"], "app.handler",
         "an ARN names the function: {f}"
     );
+    // The account part is not ignored: another account's ARN does not reach this one's function.
+    let (status, _, e) = get("/2015-03-31/functions/arn:aws:lambda:us-east-1:1:function:shapes");
+    assert_eq!(status, 403, "{e}");
+    assert_eq!(e["errorType"], "AccessDeniedException");
     let (status, headers, e) = get("/2015-03-31/functions/missing");
     assert_eq!(status, 404);
     assert_eq!(headers["x-amzn-errortype"], "ResourceNotFoundException");
