@@ -25,13 +25,11 @@ pub(crate) async fn invoke(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    // A name or a function ARN, as Lambda accepts, of the caller's own functions, with a
-    // qualifier (version or alias) from the ARN or `?Qualifier=`.
+    // A name or a function ARN, as Lambda accepts, of the caller's own functions or of
+    // another account's whose policy lets the caller invoke it, with a qualifier (version or
+    // alias) from the ARN or `?Qualifier=`.
     let qualifier = crate::lambda::qualifier(&name).or(query.qualifier.clone());
-    let name = match qualifier {
-        Some(q) => format!("{}:{q}", caller.function(&name)?),
-        None => caller.function(&name)?,
-    };
+    let name = crate::policies::invoke_target(&state, &caller, &name, qualifier.as_deref()).await?;
     let payload = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(

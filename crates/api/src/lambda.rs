@@ -477,21 +477,6 @@ pub(crate) async fn code_signing_config(
     })))
 }
 
-/// `GET /2015-03-31/functions/{name}/policy` (GetPolicy): resource policies are not kept
-/// yet, so every function answers as a Lambda function without one does.
-pub(crate) async fn get_policy(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    record(&state, &caller, &name).await?;
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        "ResourceNotFoundException",
-        "The resource you requested does not exist.",
-    ))
-}
-
 /// `?Marker=&MaxItems=` of Lambda's lists.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Page {

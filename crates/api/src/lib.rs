@@ -37,6 +37,7 @@ mod functions;
 mod invoke;
 mod lambda;
 mod metrics;
+mod policies;
 mod provisioned;
 mod quotas;
 mod schedule_firer;
@@ -194,7 +195,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/2015-03-31/functions/{name}/policy",
-            get(lambda::get_policy),
+            get(policies::get).post(policies::add),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/policy/{sid}",
+            axum::routing::delete(policies::remove),
         )
         .route(
             "/2020-06-30/functions/{name}/code-signing-config",

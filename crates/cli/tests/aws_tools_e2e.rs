@@ -46,11 +46,21 @@ fn run(program: &str, script: &str, args: &[&str]) -> HashMap<String, Vec<String
 fn the_aws_cli_manages_functions_as_on_lambda() {
     let server = TestServer::start_secure(&[]);
     let (id, secret) = server.create_key("acme");
+    let (other_id, other_secret) = server.create_key("other");
+    let other_account = ignition_types::account_id("other");
     let work = tempfile::tempdir().unwrap();
     let s = run(
         "/bin/bash",
         "aws_cli.sh",
-        &[&server.url, &id, &secret, work.path().to_str().unwrap()],
+        &[
+            &server.url,
+            &id,
+            &secret,
+            work.path().to_str().unwrap(),
+            &other_id,
+            &other_secret,
+            &other_account,
+        ],
     );
     let one = |k: &str| s[k][0].clone();
     assert_eq!(one("create"), "python3.11\tmade by the cli", "{s:?}");
@@ -62,6 +72,16 @@ fn the_aws_cli_manages_functions_as_on_lambda() {
     assert_eq!(
         one("event-config"),
         format!("arn:aws:lambda:local:{account}:function:sink")
+    );
+    assert_eq!(
+        one("grant"),
+        format!("arn:aws:iam::{other_account}:root"),
+        "add-permission names the other tenant's account"
+    );
+    assert_eq!(
+        one("granted-invoke"),
+        "2",
+        "the other tenant invoked the function by its ARN, as its policy lets it"
     );
     assert_eq!(one("tags"), "cli");
     assert_eq!(one("page1"), "1 True", "--max-items 1 pages");

@@ -664,63 +664,94 @@ async fn in_process_the_runtime_sent_is_the_runtime_answered() {
     n.node.shutdown().await.unwrap();
 }
 
-/// #21: each tenant has its own account id in every ARN it sees, and an ARN naming another
-/// account does not reach that account's function (there are no resource policies to let it).
-#[tokio::test]
-async fn in_process_each_tenant_sees_its_own_account_id_and_cannot_reach_anothers_by_arn() {
+/// A request as the tenant whose bearer token `auth` is: (status, error type, body).
+async fn send_as(
+    n: &TestNode,
+    auth: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, String, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, n.url(path))
+        .header("authorization", auth);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let kind = r
+        .headers()
+        .get("x-amzn-ErrorType")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, kind, r.json::<Value>().await.unwrap_or(Value::Null))
+}
+
+/// Invoke `target` (a name or an ARN) as `auth` with `{"from": "x"}`.
+async fn invoke_as(n: &TestNode, auth: &str, target: &str) -> (u16, String, Value) {
+    let path = format!("/2015-03-31/functions/{target}/invocations");
+    send_as(
+        n,
+        auth,
+        reqwest::Method::POST,
+        &path,
+        Some(json!({"from": "x"})),
+    )
+    .await
+}
+
+/// A node with keys for `tenants`, and their bearer tokens.
+async fn node_with_tenants(tenants: &[&str]) -> (TestNode, Vec<String>) {
     let n = start_with(InProcessGuest::new(), |c| c.api.dev = false).await;
-    let store = &n.node.state().store;
-    let keys: Vec<String> = ["alice", "bob"]
+    let keys = tenants
         .iter()
         .map(|t| {
-            let k = store.create_key(t).unwrap();
+            let k = n.node.state().store.create_key(t).unwrap();
             format!("Bearer {}:{}", k.access_key_id, k.secret_access_key)
         })
         .collect();
-    let send = |auth: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
-        let mut req = reqwest::Client::new()
-            .request(method, n.url(path))
-            .header("authorization", auth);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        async move {
-            let r = req.send().await.unwrap();
-            let status = r.status().as_u16();
-            let kind = r
-                .headers()
-                .get("x-amzn-ErrorType")
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default();
-            (status, kind, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    (n, keys)
+}
+
+/// CreateFunction of an echo function `name` as `auth`; its ARN.
+async fn create_echo(n: &TestNode, auth: &str, name: &str) -> String {
     use base64::Engine as _;
     let code = base64::engine::general_purpose::STANDARD.encode(zip_of(&[(
         "echo.py",
         b"def handler(e, c):\n    return e\n",
     )]));
-    let mut arns = Vec::new();
-    for key in &keys {
-        let body = json!({"FunctionName": "f", "Runtime": "python3.11", "Role": "r",
-            "Handler": "echo.handler", "Code": {"ZipFile": code}});
-        let (status, _, c) = send(
-            key,
-            reqwest::Method::POST,
-            "/2015-03-31/functions",
-            Some(body),
-        )
-        .await;
-        assert_eq!(status, 201, "{c}");
-        arns.push(c["FunctionArn"].as_str().unwrap().to_owned());
-    }
+    let body = json!({"FunctionName": name, "Runtime": "python3.11", "Role": "r",
+        "Handler": "echo.handler", "Code": {"ZipFile": code}});
+    let (status, _, c) = send_as(
+        n,
+        auth,
+        reqwest::Method::POST,
+        "/2015-03-31/functions",
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{c}");
+    c["FunctionArn"].as_str().unwrap().to_owned()
+}
+
+/// #21: each tenant has its own account id in every ARN it sees, and an ARN naming another
+/// account does not reach that account's function without a policy that lets it.
+#[tokio::test]
+async fn in_process_each_tenant_sees_its_own_account_id_and_cannot_reach_anothers_by_arn() {
+    let (n, keys) = node_with_tenants(&["alice", "bob"]).await;
+    let arns = [
+        create_echo(&n, &keys[0], "f").await,
+        create_echo(&n, &keys[1], "f").await,
+    ];
     let account = |arn: &str| arn.split(':').nth(4).unwrap().to_owned();
     assert_eq!(account(&arns[0]), ignition_types::account_id("alice"));
     assert_eq!(account(&arns[1]), ignition_types::account_id("bob"));
     assert_ne!(account(&arns[0]), account(&arns[1]));
     assert_ne!(account(&arns[0]), "000000000000");
     // An alias's ARN carries it too.
-    let (_, _, v) = send(
+    let (_, _, v) = send_as(
+        &n,
         &keys[0],
         reqwest::Method::POST,
         "/2015-03-31/functions/f/versions",
@@ -732,7 +763,8 @@ async fn in_process_each_tenant_sees_its_own_account_id_and_cannot_reach_another
     // Alice by her own ARN and partial ARN: her function.
     let alice_partial = format!("{}:function:f", account(&arns[0]));
     for name in [&arns[0], &alice_partial] {
-        let (status, _, got) = send(
+        let (status, _, got) = send_as(
+            &n,
             &keys[0],
             reqwest::Method::GET,
             &format!("/2015-03-31/functions/{name}"),
@@ -761,14 +793,15 @@ async fn in_process_each_tenant_sees_its_own_account_id_and_cannot_reach_another
             format!("/2015-03-31/functions/{}", arns[0]),
         ),
     ] {
-        let (status, kind, got) = send(&keys[1], method.clone(), &path, None).await;
+        let (status, kind, got) = send_as(&n, &keys[1], method.clone(), &path, None).await;
         assert_eq!(
             (status, kind.as_str()),
             (403, "AccessDeniedException"),
             "{method} {path}: {got}"
         );
     }
-    let (status, _, _) = send(
+    let (status, _, _) = send_as(
+        &n,
         &keys[0],
         reqwest::Method::GET,
         "/2015-03-31/functions/f",
@@ -776,5 +809,120 @@ async fn in_process_each_tenant_sees_its_own_account_id_and_cannot_reach_another
     )
     .await;
     assert_eq!(status, 200, "Alice's function is still there");
+    n.node.shutdown().await.unwrap();
+}
+
+/// #21: a resource policy lets another tenant invoke a function by its ARN (and only invoke,
+/// only what the statement names, only while it is there); GetPolicy, AddPermission and
+/// RemovePermission answer in Lambda's shapes and errors.
+#[tokio::test]
+async fn in_process_a_policy_lets_another_account_invoke_and_nothing_more() {
+    use reqwest::Method;
+    let (n, keys) = node_with_tenants(&["alice", "bob", "carol"]).await;
+    let (alice, bob, carol) = (&keys[0], &keys[1], &keys[2]);
+    let arn = create_echo(&n, alice, "shared").await;
+    let fns = |p: &str| format!("/2015-03-31/functions/{p}");
+    // No policy yet: GetPolicy says so as Lambda does, and Bob cannot invoke.
+    let (status, kind, _) = send_as(&n, alice, Method::GET, &fns("shared/policy"), None).await;
+    assert_eq!((status, kind.as_str()), (404, "ResourceNotFoundException"));
+    let (status, kind, _) = invoke_as(&n, bob, &arn).await;
+    assert_eq!((status, kind.as_str()), (403, "AccessDeniedException"));
+
+    let bob_account = ignition_types::account_id("bob");
+    let grant = json!({"StatementId": "bob-invokes", "Action": "lambda:InvokeFunction",
+        "Principal": bob_account});
+    let (status, _, added) = send_as(
+        &n,
+        alice,
+        Method::POST,
+        &fns("shared/policy"),
+        Some(grant.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{added}");
+    let statement: Value = serde_json::from_str(added["Statement"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        statement["Principal"]["AWS"],
+        format!("arn:aws:iam::{bob_account}:root")
+    );
+    assert_eq!(statement["Resource"], arn.as_str());
+    let (status, kind, _) =
+        send_as(&n, alice, Method::POST, &fns("shared/policy"), Some(grant)).await;
+    assert_eq!(
+        (status, kind.as_str()),
+        (409, "ResourceConflictException"),
+        "a statement id once"
+    );
+    let (status, _, got) = send_as(&n, alice, Method::GET, &fns("shared/policy"), None).await;
+    assert_eq!(status, 200, "{got}");
+    let policy: Value = serde_json::from_str(got["Policy"].as_str().unwrap()).unwrap();
+    assert_eq!(policy["Statement"][0]["Sid"], "bob-invokes");
+    assert!(got["RevisionId"].as_str().is_some_and(|r| r.len() == 36));
+
+    // Bob invokes Alice's function by its ARN: hers runs.
+    let (status, _, out) = invoke_as(&n, bob, &arn).await;
+    assert_eq!((status, &out), (200, &json!({"from": "x"})));
+    // Only invoking: Bob still cannot read, change or delete it, nor grant himself more.
+    for (method, path) in [
+        (Method::GET, fns(&arn)),
+        (Method::DELETE, fns(&arn)),
+        (Method::GET, fns(&format!("{arn}/policy"))),
+    ] {
+        let (status, kind, _) = send_as(&n, bob, method.clone(), &path, None).await;
+        assert_eq!(
+            (status, kind.as_str()),
+            (403, "AccessDeniedException"),
+            "{method} {path}"
+        );
+    }
+    // Carol, whom no statement names, cannot invoke; nor can anyone by a qualifier the
+    // statement does not cover.
+    let (status, _, _) = invoke_as(&n, carol, &arn).await;
+    assert_eq!(status, 403);
+    let (status, _, _) = send_as(&n, alice, Method::POST, &fns("shared/versions"), None).await;
+    assert_eq!(status, 201);
+    let (status, _, _) = invoke_as(&n, bob, &format!("{arn}:1")).await;
+    assert_eq!(status, 403, "the statement is the unqualified function's");
+    // Removed, the grant is gone.
+    let (status, _, _) = send_as(
+        &n,
+        alice,
+        Method::DELETE,
+        &fns("shared/policy/bob-invokes"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, kind, _) = send_as(
+        &n,
+        alice,
+        Method::DELETE,
+        &fns("shared/policy/bob-invokes"),
+        None,
+    )
+    .await;
+    assert_eq!((status, kind.as_str()), (404, "ResourceNotFoundException"));
+    let (status, _, _) = invoke_as(&n, bob, &arn).await;
+    assert_eq!(status, 403);
+    // Bad input gets Lambda's error, not a stored statement.
+    for bad in [
+        json!({"StatementId": "x", "Action": "lambda:InvokeFunction", "Principal": "alice"}),
+        json!({"StatementId": "x", "Action": "s3:GetObject", "Principal": "*"}),
+        json!({"StatementId": "no spaces", "Action": "lambda:InvokeFunction", "Principal": "*"}),
+    ] {
+        let (status, kind, _) = send_as(
+            &n,
+            alice,
+            Method::POST,
+            &fns("shared/policy"),
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!(
+            (status, kind.as_str()),
+            (400, "InvalidParameterValueException"),
+            "{bad}"
+        );
+    }
     n.node.shutdown().await.unwrap();
 }

@@ -10,6 +10,7 @@ mod event_configs;
 mod events;
 mod logs;
 mod model;
+mod policies;
 mod provisioned;
 mod quotas;
 mod schedules;
@@ -25,6 +26,7 @@ pub use logs::{LogEntry, KEEP_LOGS, MAX_LOG_BYTES};
 pub use model::{
     validate_name, FunctionConfig, FunctionRecord, ModelError, Runtime, MEMORY_MIB, TIMEOUT_S,
 };
+pub use policies::{Added, MAX_POLICY_BYTES};
 pub use provisioned::Provisioned;
 pub use quotas::{Quota, TenantUsage};
 pub use schedules::{Fired, Firing, ScheduleRecord};

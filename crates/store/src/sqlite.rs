@@ -135,6 +135,13 @@ CREATE TABLE IF NOT EXISTS provisioned (
     updated_at  INTEGER NOT NULL,
     PRIMARY KEY (function, qualifier)
 );
+CREATE TABLE IF NOT EXISTS policies (
+    function    TEXT NOT NULL,
+    qualifier   TEXT NOT NULL,
+    sid         TEXT NOT NULL,
+    statement   TEXT NOT NULL,
+    PRIMARY KEY (function, qualifier, sid)
+);
 CREATE TABLE IF NOT EXISTS tags (
     function    TEXT NOT NULL,
     key         TEXT NOT NULL,
@@ -260,6 +267,7 @@ impl Store {
             params![name],
         )?;
         tx.execute("DELETE FROM tags WHERE function = ?1", params![name])?;
+        tx.execute("DELETE FROM policies WHERE function = ?1", params![name])?;
         tx.execute("DELETE FROM provisioned WHERE function = ?1", params![name])?;
         tx.execute(
             "DELETE FROM event_invoke_configs WHERE function = ?1",
