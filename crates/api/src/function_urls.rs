@@ -255,9 +255,9 @@ pub(crate) async fn create(
         check_cors(cors)?;
     }
     let (stored, user, qualifier) = target(&state, &caller, &name, query).await?;
-    let q = qualifier.clone();
+    let (q, st) = (qualifier.clone(), stored.clone());
     let url = blocking(&state, move |s| {
-        s.create_function_url(&stored, q.as_deref(), auth, req.cors.as_ref())
+        s.create_function_url(&st, q.as_deref(), auth, req.cors.as_ref())
     })
     .await?
     .ok_or_else(|| {
@@ -271,6 +271,16 @@ pub(crate) async fn create(
             ),
         )
     })?;
+    if auth == UrlAuth::None {
+        crate::policies::add_public_url_statement(
+            &state,
+            &caller,
+            &stored,
+            &user,
+            url.qualifier.as_deref(),
+        )
+        .await?;
+    }
     let mut v = url_json(
         &state,
         host_of(&headers, &uri),

@@ -99,6 +99,75 @@ fn grants_invoke(statement: &Value, account: &str) -> bool {
         && statement.get("Condition").is_none()
 }
 
+/// Whether `statement` lets `account` call the function's URL of `auth_type` (`NONE` or
+/// `AWS_IAM`): `lambda:InvokeFunctionUrl` (or `lambda:*`), and no condition but the one on the
+/// URL's auth type Lambda writes (which must then be this URL's).
+fn grants_url(statement: &Value, account: &str, auth_type: &str) -> bool {
+    let action_ok = match &statement["Action"] {
+        Value::String(a) => a == "lambda:InvokeFunctionUrl" || a == "lambda:*",
+        Value::Array(a) => a
+            .iter()
+            .any(|a| a == "lambda:InvokeFunctionUrl" || a == "lambda:*"),
+        _ => false,
+    };
+    let root = format!("arn:aws:iam::{account}:root");
+    let principal_ok = match &statement["Principal"] {
+        Value::String(p) => p == "*",
+        p => p["AWS"] == "*" || p["AWS"] == root.as_str() || p["AWS"] == account,
+    };
+    let condition_ok = match statement.get("Condition") {
+        None => true,
+        Some(c) => *c == json!({ "StringEquals": { "lambda:FunctionUrlAuthType": auth_type } }),
+    };
+    statement["Effect"] == "Allow" && action_ok && principal_ok && condition_ok
+}
+
+/// Whether the policy of `stored` at `qualifier` lets `account` call its URL of `auth_type`.
+pub(crate) async fn allows_url(
+    state: &AppState,
+    stored: &str,
+    qualifier: &str,
+    account: &str,
+    auth_type: &str,
+) -> Result<bool, ApiError> {
+    let (s, q) = (stored.to_owned(), qualifier.to_owned());
+    let statements = blocking(state, move |st| st.policy(&s, &q)).await?;
+    Ok(statements
+        .iter()
+        .filter_map(|s| serde_json::from_str::<Value>(s).ok())
+        .any(|s| grants_url(&s, account, auth_type)))
+}
+
+/// The statement Lambda's console adds with a URL of `AuthType: NONE`: anyone may call it.
+pub(crate) async fn add_public_url_statement(
+    state: &AppState,
+    caller: &Caller,
+    stored: &str,
+    user: &str,
+    qualifier: Option<&str>,
+) -> Result<(), ApiError> {
+    let resource = match qualifier {
+        Some(q) => function_arn(&caller.account_id(), &format!("{user}:{q}")),
+        None => function_arn(&caller.account_id(), user),
+    };
+    let statement = json!({
+        "Sid": "FunctionURLAllowPublicAccess",
+        "Effect": "Allow",
+        "Principal": "*",
+        "Action": "lambda:InvokeFunctionUrl",
+        "Resource": resource,
+        "Condition": { "StringEquals": { "lambda:FunctionUrlAuthType": "NONE" } },
+    })
+    .to_string();
+    let (s, q) = (stored.to_owned(), qualifier.unwrap_or_default().to_owned());
+    // Already there (a URL made before, deleted, made again): kept as it is.
+    blocking(state, move |st| {
+        st.add_permission(&s, &q, "FunctionURLAllowPublicAccess", &statement)
+    })
+    .await?;
+    Ok(())
+}
+
 /// The stored function and the qualifier a policy request names.
 fn target(
     caller: &Caller,
@@ -413,6 +482,30 @@ mod tests {
         assert!(
             !grants_invoke(&conditioned, "123456789012"),
             "a condition this node cannot check grants nothing"
+        );
+        let url = |p: Value, auth: &str| {
+            json!({"Effect": "Allow", "Principal": p, "Action": "lambda:InvokeFunctionUrl",
+                "Condition": {"StringEquals": {"lambda:FunctionUrlAuthType": auth}}})
+        };
+        let bob = principal("123456789012").unwrap();
+        assert!(grants_url(
+            &url(bob.clone(), "AWS_IAM"),
+            "123456789012",
+            "AWS_IAM"
+        ));
+        assert!(!grants_url(
+            &url(bob.clone(), "NONE"),
+            "123456789012",
+            "AWS_IAM"
+        ));
+        assert!(!grants_url(
+            &url(bob.clone(), "AWS_IAM"),
+            "210987654321",
+            "AWS_IAM"
+        ));
+        assert!(
+            !grants_invoke(&url(bob, "AWS_IAM"), "123456789012"),
+            "a URL grant is not an invoke grant"
         );
     }
 }

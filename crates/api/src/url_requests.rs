@@ -193,8 +193,8 @@ async fn handle(
 }
 
 /// The request's body, once the caller may call the URL: anyone for `NONE`; for `AWS_IAM` a
-/// key of the function's own tenant (checked before the body is read, then the signature with
-/// it). Development mode has no keys: its URLs are all open.
+/// key of the function's own tenant, or of an account its resource policy lets call the URL
+/// (checked before the body is read, then the signature with it). Development mode has no keys: its URLs are all open.
 async fn authorized_body(
     state: &AppState,
     url: &FunctionUrl,
@@ -222,7 +222,19 @@ async fn authorized_body(
         }
     };
     if caller.tenant != owner {
-        return Err(forbidden("the key is not of the function's account"));
+        let allowed = crate::policies::allows_url(
+            state,
+            &url.function,
+            url.qualifier.as_deref().unwrap_or_default(),
+            &caller.account_id(),
+            "AWS_IAM",
+        )
+        .await?;
+        if !allowed {
+            return Err(forbidden(
+                "the key is not of the function's account, and its policy does not let that account call the URL",
+            ));
+        }
     }
     Ok(bytes)
 }

@@ -381,7 +381,8 @@ async fn in_process_url_configuration_refuses_bad_input() {
 }
 
 #[tokio::test]
-async fn in_process_iam_urls_need_a_key_of_the_functions_tenant_and_domains_route_by_host() {
+async fn in_process_iam_urls_need_a_key_of_the_functions_tenant_or_its_policy_and_domains_route_by_host(
+) {
     let n = start_with(InProcessGuest::new(), |c| {
         c.api.dev = false;
         c.api.url_domain = Some("fn.test".to_owned());
@@ -455,6 +456,81 @@ async fn in_process_iam_urls_need_a_key_of_the_functions_tenant_and_domains_rout
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+
+    // #20: with a statement in the function's policy that lets the other tenant's account call
+    // the URL (as Lambda writes one for an AWS_IAM URL), its key is let in; without, not.
+    let grant = |auth: &str| {
+        json!({"StatementId": format!("other-{auth}"), "Action": "lambda:InvokeFunctionUrl",
+            "Principal": ignition_types::account_id("other"), "FunctionUrlAuthType": auth})
+    };
+    let r = client
+        .post(n.url("/2015-03-31/functions/echo/policy"))
+        .header("authorization", bearer(&acme))
+        .json(&grant("NONE"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = call(Some(bearer(&other))).await.unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "a grant for another auth type lets nobody in"
+    );
+    let r = client
+        .post(n.url("/2015-03-31/functions/echo/policy"))
+        .header("authorization", bearer(&acme))
+        .json(&grant("AWS_IAM"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = call(Some(bearer(&other))).await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the policy lets the other tenant's key call the URL"
+    );
+    let r = call(None).await.unwrap();
+    assert_eq!(r.status(), 403, "and still nobody unsigned");
+
+    // A URL with AuthType NONE adds Lambda's public statement to the function's policy.
+    let r = client
+        .put(n.url("/v1/functions/open"))
+        .header("authorization", bearer(&acme))
+        .json(&json!({"runtime": "python3", "handler": "echo.handler", "code": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = client
+        .post(n.url("/2021-10-31/functions/open/url"))
+        .header("authorization", bearer(&acme))
+        .json(&json!({"AuthType": "NONE"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let policy: Value = client
+        .get(n.url("/2015-03-31/functions/open/policy"))
+        .header("authorization", bearer(&acme))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let policy: Value = serde_json::from_str(policy["Policy"].as_str().unwrap()).unwrap();
+    let s = &policy["Statement"][0];
+    assert_eq!(s["Sid"], "FunctionURLAllowPublicAccess", "{policy}");
+    assert_eq!(
+        (s["Principal"].as_str(), s["Action"].as_str()),
+        (Some("*"), Some("lambda:InvokeFunctionUrl"))
+    );
+    assert_eq!(
+        s["Condition"]["StringEquals"]["lambda:FunctionUrlAuthType"],
+        "NONE"
+    );
     // Other names under the domain are the API's, which needs authentication.
     let r = client
         .get(n.url("/v1/functions"))
