@@ -132,7 +132,12 @@ pub(crate) fn revision_id(r: &FunctionRecord) -> String {
     h.update(serde_json::to_vec(&r.config).unwrap_or_default());
     h.update(r.code_sha256.as_bytes());
     h.update(r.updated_at.to_le_bytes());
-    let x = hex::encode(h.finalize());
+    revision_of_digest(&h.finalize())
+}
+
+/// A revision id from a digest: its first 16 bytes in a UUID's shape, as Lambda's look.
+pub(crate) fn revision_of_digest(digest: &[u8]) -> String {
+    let x = hex::encode(digest);
     format!(
         "{}-{}-{}-{}-{}",
         &x[0..8],

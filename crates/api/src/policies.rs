@@ -79,13 +79,14 @@ fn principal(p: &str) -> Result<Value, ApiError> {
     }
 }
 
-/// Whether `statement` lets `account` invoke.
-fn grants_invoke(statement: &Value, account: &str) -> bool {
+/// Whether `statement` allows one of `actions` to `account` (named by its id or root ARN, or
+/// `*`).
+fn allows(statement: &Value, actions: &[&str], account: &str) -> bool {
     let action_ok = match &statement["Action"] {
-        Value::String(a) => a == "lambda:InvokeFunction" || a == "lambda:*",
+        Value::String(a) => actions.contains(&a.as_str()),
         Value::Array(a) => a
             .iter()
-            .any(|a| a == "lambda:InvokeFunction" || a == "lambda:*"),
+            .any(|a| a.as_str().is_some_and(|a| actions.contains(&a))),
         _ => false,
     };
     let root = format!("arn:aws:iam::{account}:root");
@@ -93,33 +94,29 @@ fn grants_invoke(statement: &Value, account: &str) -> bool {
         Value::String(p) => p == "*",
         p => p["AWS"] == "*" || p["AWS"] == root.as_str() || p["AWS"] == account,
     };
-    statement["Effect"] == "Allow"
-        && action_ok
-        && principal_ok
+    statement["Effect"] == "Allow" && action_ok && principal_ok
+}
+
+/// Whether `statement` lets `account` invoke. A statement with a condition grants nothing: no
+/// condition Lambda writes for an invoke can be checked here.
+fn grants_invoke(statement: &Value, account: &str) -> bool {
+    allows(statement, &["lambda:InvokeFunction", "lambda:*"], account)
         && statement.get("Condition").is_none()
 }
 
 /// Whether `statement` lets `account` call the function's URL of `auth_type` (`NONE` or
-/// `AWS_IAM`): `lambda:InvokeFunctionUrl` (or `lambda:*`), and no condition but the one on the
-/// URL's auth type Lambda writes (which must then be this URL's).
+/// `AWS_IAM`): no condition but the one on the URL's auth type Lambda writes (which must then
+/// be this URL's).
 fn grants_url(statement: &Value, account: &str, auth_type: &str) -> bool {
-    let action_ok = match &statement["Action"] {
-        Value::String(a) => a == "lambda:InvokeFunctionUrl" || a == "lambda:*",
-        Value::Array(a) => a
-            .iter()
-            .any(|a| a == "lambda:InvokeFunctionUrl" || a == "lambda:*"),
-        _ => false,
-    };
-    let root = format!("arn:aws:iam::{account}:root");
-    let principal_ok = match &statement["Principal"] {
-        Value::String(p) => p == "*",
-        p => p["AWS"] == "*" || p["AWS"] == root.as_str() || p["AWS"] == account,
-    };
     let condition_ok = match statement.get("Condition") {
         None => true,
         Some(c) => *c == json!({ "StringEquals": { "lambda:FunctionUrlAuthType": auth_type } }),
     };
-    statement["Effect"] == "Allow" && action_ok && principal_ok && condition_ok
+    allows(
+        statement,
+        &["lambda:InvokeFunctionUrl", "lambda:*"],
+        account,
+    ) && condition_ok
 }
 
 /// Whether the policy of `stored` at `qualifier` lets `account` call its URL of `auth_type`.
@@ -349,15 +346,7 @@ fn policy_revision(statements: &[String]) -> String {
         h.update((s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
     }
-    let x = hex::encode(h.finalize());
-    format!(
-        "{}-{}-{}-{}-{}",
-        &x[0..8],
-        &x[8..12],
-        &x[12..16],
-        &x[16..20],
-        &x[20..32]
-    )
+    crate::lambda::revision_of_digest(&h.finalize())
 }
 
 /// A change sent with a `RevisionId` is made only on the policy it was read from.

@@ -11,7 +11,20 @@ use in_process_support::*;
 use serde_json::{json, Value};
 
 async fn call(method: reqwest::Method, url: String, body: Option<Value>) -> (u16, String, Value) {
+    request(None, method, url, body).await
+}
+
+/// A request, as the tenant whose bearer token `auth` is if given: (status, error type, body).
+async fn request(
+    auth: Option<&str>,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> (u16, String, Value) {
     let mut req = reqwest::Client::new().request(method, url);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -664,7 +677,7 @@ async fn in_process_the_runtime_sent_is_the_runtime_answered() {
     n.node.shutdown().await.unwrap();
 }
 
-/// A request as the tenant whose bearer token `auth` is: (status, error type, body).
+/// A request to `path` as the tenant whose bearer token `auth` is.
 async fn send_as(
     n: &TestNode,
     auth: &str,
@@ -672,20 +685,7 @@ async fn send_as(
     path: &str,
     body: Option<Value>,
 ) -> (u16, String, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, n.url(path))
-        .header("authorization", auth);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let kind = r
-        .headers()
-        .get("x-amzn-ErrorType")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    (status, kind, r.json::<Value>().await.unwrap_or(Value::Null))
+    request(Some(auth), method, n.url(path), body).await
 }
 
 /// Invoke `target` (a name or an ARN) as `auth` with `{"from": "x"}`.
