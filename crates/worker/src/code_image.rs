@@ -105,9 +105,10 @@ impl CodeImages {
             return Ok(path);
         }
         std::fs::create_dir_all(&self.dir).map_err(io(format!("mkdir {}", self.dir.display())))?;
+        // Two VMs' first starts may make it at once: each writes its own, one rename wins.
         let tmp = self
             .dir
-            .join(format!(".{PLACEHOLDER}-{}", std::process::id()));
+            .join(format!(".{PLACEHOLDER}-{}", uuid::Uuid::new_v4().simple()));
         let f = std::fs::File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
         f.set_len(DRIVE_BYTES)
             .map_err(io(format!("size {}", tmp.display())))?;
