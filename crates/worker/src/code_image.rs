@@ -79,6 +79,13 @@ pub(crate) struct CodeImages {
 
 impl CodeImages {
     pub(crate) fn new(dir: PathBuf, source: Option<Arc<dyn CodeSource>>) -> Self {
+        // Scratch an earlier process left when it died mid-build.
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                let p = e.path();
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+        }
         Self {
             dir,
             source,
