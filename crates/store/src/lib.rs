@@ -8,6 +8,7 @@
 mod credentials;
 mod event_configs;
 mod events;
+mod layers;
 mod logs;
 mod model;
 mod policies;
@@ -22,9 +23,11 @@ mod versions;
 pub use credentials::{validate_tenant, AccessKey, OPERATOR};
 pub use event_configs::EventInvokeConfig;
 pub use events::{Attempt, Enqueued, Event, NewEvent, KEEP_FAILED};
+pub use layers::{validate_layer_name, LayerMeta, LayerVersion};
 pub use logs::{LogEntry, KEEP_LOGS, MAX_LOG_BYTES};
 pub use model::{
-    validate_name, FunctionConfig, FunctionRecord, ModelError, Runtime, MEMORY_MIB, TIMEOUT_S,
+    validate_name, FunctionConfig, FunctionRecord, LayerRef, ModelError, Runtime, MAX_LAYERS,
+    MEMORY_MIB, TIMEOUT_S,
 };
 pub use policies::{Added, MAX_POLICY_BYTES};
 pub use provisioned::Provisioned;

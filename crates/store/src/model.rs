@@ -90,6 +90,26 @@ pub struct FunctionConfig {
     /// Free text (Lambda's `Description`), at most 256 characters.
     #[serde(default)]
     pub description: String,
+    /// Layer versions whose contents the guest sees under `/opt`, in order (later ones over
+    /// earlier ones), at most [`MAX_LAYERS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerRef>,
+}
+
+/// Layers a function may have (Lambda's limit).
+pub const MAX_LAYERS: usize = 5;
+
+/// A function's reference to one layer version: the version's ARN as the owner named it, and
+/// the bundle it had when the function took it (a layer version is immutable; deleting it
+/// does not change the functions that use it, as on Lambda).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRef {
+    /// `arn:aws:lambda:REGION:ACCOUNT:layer:NAME:VERSION`.
+    pub arn: String,
+    /// SHA-256 of the layer's canonical tar, hex.
+    pub code_sha256: String,
+    /// Size of that tar in bytes.
+    pub code_size: u64,
 }
 
 impl FunctionConfig {
@@ -144,6 +164,15 @@ impl FunctionConfig {
         }
         if self.description.chars().count() > 256 {
             return Err(invalid("description", "at most 256 characters"));
+        }
+        if self.layers.len() > MAX_LAYERS {
+            return Err(invalid(
+                "layers",
+                format!(
+                    "{} layers; a function has at most {MAX_LAYERS}",
+                    self.layers.len()
+                ),
+            ));
         }
         let mut total = 0;
         for (k, v) in &self.env {
@@ -214,6 +243,7 @@ mod tests {
             reuse: false,
             egress: Vec::new(),
             description: String::new(),
+            layers: Vec::new(),
         }
     }
 

@@ -59,9 +59,9 @@ fn tenant_of(stored: &str) -> String {
     ignition_types::FunctionId::from_stored(stored).tenant
 }
 
-/// Bytes of the distinct bundles the tenant's functions (but `except`'s `$LATEST`) and
-/// versions refer to, and whether `hash` is among them.
-fn code_bytes(
+/// Bytes of the distinct bundles the tenant's functions (but `except`'s `$LATEST`), versions
+/// and layer versions refer to, and whether `hash` is among them.
+pub(crate) fn code_bytes(
     conn: &rusqlite::Connection,
     tenant: &str,
     except: &str,
@@ -70,11 +70,13 @@ fn code_bytes(
     let sql = format!(
         "WITH used AS (
            SELECT code_sha256 AS h FROM functions WHERE {} AND name != ?2
-           UNION SELECT code_sha256 FROM versions WHERE {})
+           UNION SELECT code_sha256 FROM versions WHERE {}
+           UNION SELECT code_sha256 FROM layer_versions WHERE {})
          SELECT COALESCE(SUM(b.size), 0), COALESCE(MAX(b.sha256 = ?3), 0)
          FROM bundles b JOIN used ON used.h = b.sha256",
         of_tenant("name", 1),
-        of_tenant("function", 1)
+        of_tenant("function", 1),
+        of_tenant("name", 1)
     );
     let (bytes, has): (i64, bool) = conn.query_row(&sql, params![tenant, except, hash], |r| {
         Ok((r.get(0)?, r.get(1)?))
@@ -224,6 +226,7 @@ mod tests {
             reuse: false,
             egress: Vec::new(),
             description: String::new(),
+            layers: Vec::new(),
         }
     }
 

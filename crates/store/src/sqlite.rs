@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS functions (
     reuse       INTEGER NOT NULL DEFAULT 0,
     egress      TEXT NOT NULL DEFAULT '[]',
     description TEXT NOT NULL DEFAULT '',
+    layers      TEXT NOT NULL DEFAULT '[]',
     code_sha256 TEXT NOT NULL REFERENCES bundles(sha256),
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
@@ -162,6 +163,18 @@ CREATE TABLE IF NOT EXISTS function_urls (
     updated_at  INTEGER NOT NULL,
     PRIMARY KEY (function, qualifier)
 );
+CREATE TABLE IF NOT EXISTS layers (
+    name         TEXT PRIMARY KEY,
+    last_version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS layer_versions (
+    name        TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    meta        TEXT NOT NULL,
+    code_sha256 TEXT NOT NULL REFERENCES bundles(sha256),
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+);
 ";
 
 /// The store. One connection behind a mutex: SQLite serializes writers anyway, and every
@@ -245,20 +258,32 @@ impl Store {
     pub fn delete_function(&self, name: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let hash: Option<String> = tx
+        let latest: Option<(String, String)> = tx
             .query_row(
-                "SELECT code_sha256 FROM functions WHERE name = ?1",
+                "SELECT code_sha256, layers FROM functions WHERE name = ?1",
                 params![name],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let Some(hash) = hash else { return Ok(false) };
-        let version_hashes: Vec<String> = {
-            let mut stmt =
-                tx.prepare("SELECT DISTINCT code_sha256 FROM versions WHERE function = ?1")?;
-            let rows = stmt.query_map(params![name], |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
+        let Some((hash, layers)) = latest else {
+            return Ok(false);
         };
+        let mut hashes = vec![hash];
+        hashes.extend(layer_hashes(&layers));
+        {
+            let mut stmt =
+                tx.prepare("SELECT code_sha256, config FROM versions WHERE function = ?1")?;
+            let rows = stmt.query_map(params![name], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (h, config) = row?;
+                hashes.push(h);
+                hashes.extend(layer_hashes(&config));
+            }
+        }
+        hashes.sort();
+        hashes.dedup();
         tx.execute("DELETE FROM functions WHERE name = ?1", params![name])?;
         tx.execute("DELETE FROM versions WHERE function = ?1", params![name])?;
         tx.execute("DELETE FROM aliases WHERE function = ?1", params![name])?;
@@ -273,8 +298,7 @@ impl Store {
             "DELETE FROM event_invoke_configs WHERE function = ?1",
             params![name],
         )?;
-        gc_bundle(&tx, &hash)?;
-        for h in version_hashes {
+        for h in hashes {
             gc_bundle(&tx, &h)?;
         }
         tx.commit()?;
@@ -312,24 +336,26 @@ pub(crate) fn put_function_on(
         serde_json::to_string(&config.env).map_err(|_| StoreError::Corrupt(config.name.clone()))?;
     let egress = serde_json::to_string(&config.egress)
         .map_err(|_| StoreError::Corrupt(config.name.clone()))?;
+    let layers = serde_json::to_string(&config.layers)
+        .map_err(|_| StoreError::Corrupt(config.name.clone()))?;
     let t = now();
     let tx = conn.transaction()?;
-    let previous: Option<(String, i64)> = tx
+    let previous: Option<(String, i64, String)> = tx
         .query_row(
-            "SELECT code_sha256, created_at FROM functions WHERE name = ?1",
+            "SELECT code_sha256, created_at, layers FROM functions WHERE name = ?1",
             params![config.name],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
     tx.execute(
         "INSERT OR IGNORE INTO bundles (sha256, size, data, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![hash, code_tar.len() as i64, code_tar, t],
     )?;
-    let created_at = previous.as_ref().map_or(t, |(_, c)| *c);
+    let created_at = previous.as_ref().map_or(t, |(_, c, _)| *c);
     tx.execute(
         "INSERT OR REPLACE INTO functions
-         (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at, reuse, egress, description)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at, reuse, egress, description, layers)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             config.name,
             // What the function was made with; a name the runtime parses back from.
@@ -347,11 +373,15 @@ pub(crate) fn put_function_on(
             t,
             config.reuse,
             egress,
-            config.description
+            config.description,
+            layers
         ],
     )?;
-    if let Some((old, _)) = previous {
+    if let Some((old, _, old_layers)) = previous {
         gc_bundle(&tx, &old)?;
+        for h in layer_hashes(&old_layers) {
+            gc_bundle(&tx, &h)?;
+        }
     }
     tx.commit()?;
     Ok(FunctionRecord {
@@ -432,21 +462,51 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         }
         conn.pragma_update(None, "user_version", 6)?;
     }
+    if version < 7 {
+        let has_layers = conn
+            .prepare("SELECT 1 FROM pragma_table_info('functions') WHERE name = 'layers'")?
+            .exists([])?;
+        if !has_layers {
+            conn.execute_batch(
+                "ALTER TABLE functions ADD COLUMN layers TEXT NOT NULL DEFAULT '[]'",
+            )?;
+        }
+        conn.pragma_update(None, "user_version", 7)?;
+    }
     Ok(())
 }
 
 const SELECT: &str = "SELECT f.name, f.runtime, f.handler, f.memory_mib, f.timeout_s, f.env,
-    f.code_sha256, b.size, f.created_at, f.updated_at, f.reuse, f.egress, f.description
+    f.code_sha256, b.size, f.created_at, f.updated_at, f.reuse, f.egress, f.description, f.layers
     FROM functions f JOIN bundles b ON b.sha256 = f.code_sha256";
 
+/// Drops the bundle `hash` unless a function, a version or a layer version still refers to
+/// it (functions and versions name their layers' bundles in their JSON: a hash is 64 hex
+/// digits, which nothing else in it can contain).
 pub(crate) fn gc_bundle(tx: &rusqlite::Transaction<'_>, hash: &str) -> Result<(), StoreError> {
     tx.execute(
         "DELETE FROM bundles WHERE sha256 = ?1
-         AND NOT EXISTS (SELECT 1 FROM functions WHERE code_sha256 = ?1)
-         AND NOT EXISTS (SELECT 1 FROM versions WHERE code_sha256 = ?1)",
+         AND NOT EXISTS (SELECT 1 FROM functions WHERE code_sha256 = ?1 OR instr(layers, ?1) > 0)
+         AND NOT EXISTS (SELECT 1 FROM versions WHERE code_sha256 = ?1 OR instr(config, ?1) > 0)
+         AND NOT EXISTS (SELECT 1 FROM layer_versions WHERE code_sha256 = ?1)",
         params![hash],
     )?;
     Ok(())
+}
+
+/// The bundles of the layers in a stored `layers` column or version configuration.
+pub(crate) fn layer_hashes(json: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Layers {
+        #[serde(default)]
+        layers: Vec<crate::model::LayerRef>,
+    }
+    serde_json::from_str::<Vec<crate::model::LayerRef>>(json)
+        .or_else(|_| serde_json::from_str::<Layers>(json).map(|l| l.layers))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| l.code_sha256)
+        .collect()
 }
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecord, StoreError>> {
@@ -455,10 +515,12 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecor
     let env: String = r.get(5)?;
     let size: i64 = r.get(7)?;
     let egress: String = r.get(11)?;
-    let (Ok(runtime), Ok(env), Ok(egress)) = (
+    let layers: String = r.get(13)?;
+    let (Ok(runtime), Ok(env), Ok(egress), Ok(layers)) = (
         Runtime::parse(&runtime_name),
         serde_json::from_str(&env),
         serde_json::from_str(&egress),
+        serde_json::from_str(&layers),
     ) else {
         return Ok(Err(StoreError::Corrupt(name)));
     };
@@ -474,6 +536,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecor
             reuse: r.get(10)?,
             egress,
             description: r.get(12)?,
+            layers,
         },
         code_sha256: r.get(6)?,
         code_size: u64::try_from(size).unwrap_or(0),
@@ -500,6 +563,7 @@ mod tests {
             reuse: name == "b",
             egress: vec!["198.18.0.0/15:443/tcp".parse().unwrap()],
             description: format!("about {name}"),
+            layers: Vec::new(),
         }
     }
 
@@ -553,7 +617,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = Connection::open(dir.path().join("ignition.db")).unwrap();
         conn.execute_batch(&SCHEMA.replace(
-            "    reuse       INTEGER NOT NULL DEFAULT 0,\n    egress      TEXT NOT NULL DEFAULT '[]',\n    description TEXT NOT NULL DEFAULT '',\n",
+            "    reuse       INTEGER NOT NULL DEFAULT 0,\n    egress      TEXT NOT NULL DEFAULT '[]',\n    description TEXT NOT NULL DEFAULT '',\n    layers      TEXT NOT NULL DEFAULT '[]',\n",
             "",
         ))
             .unwrap();
@@ -571,6 +635,7 @@ mod tests {
         assert!(!old.config.reuse);
         assert!(old.config.egress.is_empty());
         assert!(old.config.description.is_empty());
+        assert!(old.config.layers.is_empty());
     }
 
     #[test]

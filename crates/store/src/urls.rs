@@ -294,6 +294,7 @@ mod tests {
                 reuse: false,
                 egress: Vec::new(),
                 description: String::new(),
+                layers: Vec::new(),
             },
             b"x",
         )

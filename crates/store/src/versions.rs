@@ -63,19 +63,24 @@ pub fn validate_alias(name: &str) -> Result<(), String> {
     }
 }
 
-/// The code hash of version `n` of `function`, if it exists.
-fn version_code(
+/// The bundles version `n` of `function` refers to (its code's, its layers'), if it exists.
+fn version_bundles(
     tx: &rusqlite::Transaction<'_>,
     function: &str,
     n: u32,
-) -> Result<Option<String>, StoreError> {
-    Ok(tx
+) -> Result<Option<Vec<String>>, StoreError> {
+    let row: Option<(String, String)> = tx
         .query_row(
-            "SELECT code_sha256 FROM versions WHERE function = ?1 AND version = ?2",
+            "SELECT code_sha256, config FROM versions WHERE function = ?1 AND version = ?2",
             params![function, n],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .optional()?)
+        .optional()?;
+    Ok(row.map(|(code, config)| {
+        std::iter::once(code)
+            .chain(crate::sqlite::layer_hashes(&config))
+            .collect()
+    }))
 }
 
 fn decode(function: &str, config: &str) -> Result<FunctionConfig, StoreError> {
@@ -275,7 +280,7 @@ impl Store {
             serde_json::to_string(config).map_err(|_| StoreError::Corrupt(function.to_owned()))?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let old = version_code(&tx, function, n)?;
+        let old = version_bundles(&tx, function, n)?;
         tx.execute(
             "INSERT OR IGNORE INTO bundles (sha256, size, data, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![hash, code_tar.len() as i64, code_tar, now()],
@@ -285,8 +290,8 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![function, n, json, hash, now()],
         )?;
-        if let Some(old) = old {
-            crate::sqlite::gc_bundle(&tx, &old)?;
+        for h in old.into_iter().flatten() {
+            crate::sqlite::gc_bundle(&tx, &h)?;
         }
         tx.commit()?;
         Ok(())
@@ -297,13 +302,16 @@ impl Store {
     pub fn delete_version(&self, function: &str, n: u32) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let old = version_code(&tx, function, n)?;
-        let Some(old) = old else { return Ok(false) };
+        let Some(old) = version_bundles(&tx, function, n)? else {
+            return Ok(false);
+        };
         tx.execute(
             "DELETE FROM versions WHERE function = ?1 AND version = ?2",
             params![function, n],
         )?;
-        crate::sqlite::gc_bundle(&tx, &old)?;
+        for h in old {
+            crate::sqlite::gc_bundle(&tx, &h)?;
+        }
         tx.commit()?;
         Ok(true)
     }
@@ -369,6 +377,7 @@ mod tests {
             reuse: false,
             egress: Vec::new(),
             description: String::new(),
+            layers: Vec::new(),
         }
     }
 
