@@ -1,5 +1,6 @@
-//! The function's code on its drive: finding the device by its serial number and mounting the
-//! filesystem the host built on it, read-only, at `/var/task`.
+//! The function's code on its drive: finding the device by its serial number, mounting the
+//! filesystem the host built on it read-only, and binding its `task/` (the function's code) at
+//! `/var/task` and its `opt/` (the function's layers, merged by the host) at `/opt`.
 //!
 //! The base snapshot's kernel probed the drive while it still held the placeholder the base VM
 //! booted with (a partition scan reads its first blocks), and a restore points the drive at the
@@ -40,8 +41,34 @@ fn find() -> Result<PathBuf, String> {
     }
 }
 
+/// Where the drive's filesystem is mounted while its two trees are bound to their places; it is
+/// detached afterwards, so that the function sees `/var/task` and `/opt` only.
+const STAGING: &str = "/run/ignition-code";
+
+/// Mounts the code drive and binds its trees at `task_root` and `opt_root`.
+pub(crate) fn mount(task_root: &str, opt_root: &str) -> Result<(), String> {
+    mount_drive(STAGING)?;
+    let bind = |from: &str, to: &str| -> Result<(), String> {
+        let from = format!("{STAGING}/{from}");
+        crate::init::mount_fs(&from, to, "", MsFlags::MS_BIND, None)
+            .map_err(|e| format!("bind {from} at {to}: {e}"))?;
+        // A bind keeps the source mount's flags only once remounted with them.
+        let ro = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOSUID;
+        nix::mount::mount(None::<&str>, to, None::<&str>, ro, None::<&str>)
+            .map_err(|e| format!("make {to} read-only: {e}"))
+    };
+    bind("task", task_root)?;
+    bind("opt", opt_root)?;
+    nix::mount::umount2(STAGING, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| format!("detach {STAGING}: {e}"))
+}
+
 /// Mounts the code drive's filesystem read-only at `target`.
-pub(crate) fn mount_at(target: &str) -> Result<(), String> {
+fn mount_drive(target: &str) -> Result<(), String> {
     let device = find()?;
     let shown = device.display().to_string();
     let dev = std::fs::File::open(&device).map_err(|e| format!("open {shown}: {e}"))?;

@@ -164,9 +164,13 @@ pub fn prepare_guest() -> Result<Guest, String> {
     let kernel_release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .map_err(|e| format!("uname: {e}"))?;
-    fs::create_dir_all("/opt/ignition").map_err(|e| format!("mkdir /opt/ignition: {e}"))?;
-    fs::write("/opt/ignition/bootstrap.py", crate::PYTHON_BOOTSTRAP)
-        .map_err(|e| format!("write python bootstrap: {e}"))?;
+    let runtime_dir = crate::supervisor::RUNTIME_DIR;
+    fs::create_dir_all(runtime_dir).map_err(|e| format!("mkdir {runtime_dir}: {e}"))?;
+    fs::write(
+        format!("{runtime_dir}/bootstrap.py"),
+        crate::PYTHON_BOOTSTRAP,
+    )
+    .map_err(|e| format!("write python bootstrap: {e}"))?;
     Ok(Guest {
         channel,
         kernel_release,

@@ -22,7 +22,7 @@ pub(crate) const RUNTIME_API_ADDR: &str = "127.0.0.1:9001";
 /// The same API on a Unix socket (`IGNITION_RUNTIME_API_SOCKET`), which Ignition's own runtimes
 /// use: a VM restored from a snapshot runs the kernel's Unix-socket path for the first time
 /// instead of TCP/IP over loopback, a fraction of the code for an emulated CPU to translate.
-pub(crate) const RUNTIME_API_SOCKET: &str = "/opt/ignition/runtime-api.sock";
+pub(crate) const RUNTIME_API_SOCKET: &str = "/var/runtime/runtime-api.sock";
 const PREFIX: &str = "/2018-06-01/runtime";
 /// Error bodies are small JSON documents; more than this is refused.
 const MAX_ERROR_BODY: usize = 256 * 1024;

@@ -104,7 +104,7 @@ fn load(
 ) -> Result<Loaded, String> {
     std::fs::create_dir_all(TASK_ROOT).map_err(|e| format!("mkdir {TASK_ROOT}: {e}"))?;
     match &spec.code {
-        Code::Drive => crate::code_drive::mount_at(TASK_ROOT)?,
+        Code::Drive => crate::code_drive::mount(TASK_ROOT, crate::supervisor::OPT_ROOT)?,
         Code::Tar(tar) => {
             let mut archive = tar::Archive::new(&tar[..]);
             archive.set_preserve_permissions(true);

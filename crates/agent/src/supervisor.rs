@@ -19,6 +19,10 @@ use crate::runtime_api::{Broker, RUNTIME_API_ADDR, RUNTIME_API_SOCKET};
 
 /// Where the function's code is unpacked (`LAMBDA_TASK_ROOT`).
 pub(crate) const TASK_ROOT: &str = "/var/task";
+/// Where the function's layers are (Lambda's `/opt`).
+pub(crate) const OPT_ROOT: &str = "/opt";
+/// The runtime's own files (Lambda's `LAMBDA_RUNTIME_DIR`): outside `/opt`, which layers own.
+pub(crate) const RUNTIME_DIR: &str = "/var/runtime";
 /// The unprivileged user the runtime runs as (Lambda's sandbox user has the same id). Inside the
 /// VM it cannot load modules, write kernel tunables, trigger sysrq or change the agent.
 pub(crate) const RUNTIME_UID: u32 = 993;
@@ -99,26 +103,31 @@ pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, S
     let mut cmd = match launch.runtime {
         Runtime::Python3 => {
             let mut c = Command::new("/usr/bin/python3");
-            c.arg("-u").arg("/opt/ignition/bootstrap.py");
+            c.arg("-u").arg(format!("{RUNTIME_DIR}/bootstrap.py"));
             c
         }
         Runtime::Provided => Command::new(format!("{TASK_ROOT}/bootstrap")),
     };
     cmd.env_clear();
-    // Lambda's defaults a function may set itself (its own TZ, say).
-    for (k, v) in [("TZ", ":UTC"), ("LANG", "C.UTF-8")] {
+    // Lambda's defaults a function may set itself (its own TZ, say); layers' libraries are
+    // found as on Lambda.
+    for (k, v) in [
+        ("TZ", ":UTC"),
+        ("LANG", "C.UTF-8"),
+        ("LD_LIBRARY_PATH", "/var/task/lib:/opt/lib"),
+    ] {
         if !launch.env.iter().any(|(name, _)| name == k) {
             cmd.env(k, v);
         }
     }
     cmd.envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/opt/bin")
         .env("HOME", "/tmp")
         .env("AWS_LAMBDA_RUNTIME_API", RUNTIME_API_ADDR)
         .env("IGNITION_RUNTIME_API_SOCKET", RUNTIME_API_SOCKET)
         .env("_HANDLER", launch.handler)
         .env("LAMBDA_TASK_ROOT", TASK_ROOT)
-        .env("LAMBDA_RUNTIME_DIR", "/opt/ignition")
+        .env("LAMBDA_RUNTIME_DIR", RUNTIME_DIR)
         .env("AWS_LAMBDA_FUNCTION_NAME", launch.function_name)
         .env("AWS_LAMBDA_FUNCTION_VERSION", launch.version)
         .env("AWS_REGION", REGION)

@@ -46,9 +46,13 @@ pub(crate) async fn set_pool(
         )));
     }
     let job = load_job(&state, &stored, String::new(), Vec::new()).await?;
-    state
-        .worker
-        .set_min_ready(job.function, job.code_sha256, job.egress, req.min_ready);
+    state.worker.set_min_ready(
+        job.function,
+        job.code_sha256,
+        job.layers,
+        job.egress,
+        req.min_ready,
+    );
     pool_status(State(state), caller, Path(name)).await
 }
 

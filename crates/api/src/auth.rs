@@ -267,7 +267,9 @@ pub(crate) fn body_limit(method: &axum::http::Method, path: &str) -> usize {
         && (path.starts_with("/v1/functions/") && path.matches('/').count() == 3
             || path.ends_with("/code")
             || path.ends_with("/configuration")))
-        || (*method == Method::POST && path.trim_end_matches('/') == "/2015-03-31/functions");
+        || (*method == Method::POST
+            && (path.trim_end_matches('/') == "/2015-03-31/functions"
+                || path.starts_with("/2018-10-31/layers/") && path.ends_with("/versions")));
     if invoke {
         crate::MAX_INVOKE_PAYLOAD + 1
     } else if deploy {

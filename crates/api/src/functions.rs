@@ -134,6 +134,7 @@ pub(crate) async fn put(
         reuse: req.reuse,
         egress,
         description: req.description,
+        layers: Vec::new(),
     };
     let archive = base64::engine::general_purpose::STANDARD
         .decode(req.code.as_bytes())
@@ -166,6 +167,7 @@ pub(crate) async fn store_function(
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::invalid(format!("invalid code: {e}")))?;
     check_handler(&config, &bundle)?;
+    crate::layers::check_total_size(bundle.tar().len() as u64, &config.layers)?;
     let existed = {
         let name = config.name.clone();
         blocking(state, move |s| s.get_function(&name))

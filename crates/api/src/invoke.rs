@@ -347,6 +347,14 @@ pub(crate) async fn load_target(
     let job = Job {
         function,
         code_sha256: record.code_sha256,
+        layers: config
+            .layers
+            .iter()
+            .map(|l| ignition_worker::LayerCode {
+                sha256: l.code_sha256.clone(),
+                tar: None,
+            })
+            .collect(),
         reuse: config.reuse,
         egress: config.egress.into(),
         request_id,

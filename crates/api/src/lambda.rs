@@ -102,7 +102,7 @@ fn lambda_runtime(c: &FunctionConfig) -> &str {
 pub(crate) fn configuration(account: &str, r: &FunctionRecord) -> Value {
     let c = &r.config;
     let sha = hex_to_base64(&r.code_sha256);
-    json!({
+    let mut doc = json!({
         "FunctionName": c.name,
         "FunctionArn": function_arn(account, &c.name),
         "Runtime": lambda_runtime(c),
@@ -121,7 +121,11 @@ pub(crate) fn configuration(account: &str, r: &FunctionRecord) -> Value {
         "LastUpdateStatus": "Successful",
         "PackageType": "Zip",
         "Architectures": ["x86_64"],
-    })
+    });
+    if !c.layers.is_empty() {
+        doc["Layers"] = crate::layers::configuration_layers(&c.layers);
+    }
+    doc
 }
 
 /// A resource's revision, as Lambda's `RevisionId` (a UUID's shape): it changes whenever the
@@ -217,6 +221,7 @@ pub(crate) struct CreateFunction {
     #[serde(default)]
     publish: bool,
     tags: Option<BTreeMap<String, String>>,
+    layers: Option<Vec<String>>,
 }
 
 /// The body of UpdateFunctionConfiguration.
@@ -230,6 +235,7 @@ pub(crate) struct UpdateConfiguration {
     environment: Option<Environment>,
     description: Option<String>,
     revision_id: Option<String>,
+    layers: Option<Vec<String>>,
 }
 
 /// The body of UpdateFunctionCode.
@@ -303,6 +309,7 @@ pub(crate) async fn create(
     if record(&state, &caller, &name).await.is_ok() {
         return Err(conflict(&name));
     }
+    let layers = crate::layers::resolve(&state, &caller, req.layers.unwrap_or_default()).await?;
     let config = FunctionConfig {
         name,
         runtime,
@@ -314,6 +321,7 @@ pub(crate) async fn create(
         reuse: false,
         egress: Vec::new(),
         description: req.description.unwrap_or_default(),
+        layers,
     };
     let rec = save(&state, &caller, config, zip).await?;
     if !tags.is_empty() {
@@ -492,6 +500,10 @@ pub(crate) struct Page {
 }
 
 impl Page {
+    pub(crate) fn new(marker: Option<String>, max_items: Option<usize>) -> Self {
+        Self { marker, max_items }
+    }
+
     /// The items of this page of `all` (at most `MaxItems`, 1-10000, from `Marker`), and the
     /// `NextMarker` when more follow.
     pub(crate) fn of<T>(&self, all: Vec<T>) -> Result<(Vec<T>, Option<String>), ApiError> {
@@ -576,6 +588,9 @@ pub(crate) async fn update_configuration(
     }
     if let Some(d) = req.description {
         config.description = d;
+    }
+    if let Some(arns) = req.layers {
+        config.layers = crate::layers::resolve(&state, &caller, arns).await?;
     }
     // The stored code is the canonical tar; it goes through the same checks as an upload.
     let hash = r.code_sha256.clone();

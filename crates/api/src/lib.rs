@@ -36,6 +36,7 @@ mod function_urls;
 mod functions;
 mod invoke;
 mod lambda;
+mod layers;
 mod metrics;
 mod policies;
 mod provisioned;
@@ -221,6 +222,17 @@ pub fn router(state: AppState) -> Router {
             get(provisioned::get)
                 .put(provisioned::put)
                 .delete(provisioned::delete),
+        )
+        .route("/2018-10-31/layers", get(layers::list))
+        .route(
+            "/2018-10-31/layers/{name}/versions",
+            get(layers::list_versions)
+                .post(layers::publish)
+                .layer(DefaultBodyLimit::max(MAX_DEPLOY_BODY)),
+        )
+        .route(
+            "/2018-10-31/layers/{name}/versions/{version}",
+            get(layers::get).delete(layers::delete),
         )
         .route("/schedules", get(schedules::list))
         .route(

@@ -51,9 +51,13 @@ async fn target(
 async fn provision(state: &AppState, target: &str, slots: u32) -> Result<String, ApiError> {
     let job = load_job(state, target, String::new(), Vec::new()).await?;
     let spec = job.function.name.clone();
-    state
-        .worker
-        .set_min_ready(job.function, job.code_sha256, job.egress, slots as usize);
+    state.worker.set_min_ready(
+        job.function,
+        job.code_sha256,
+        job.layers,
+        job.egress,
+        slots as usize,
+    );
     Ok(spec)
 }
 

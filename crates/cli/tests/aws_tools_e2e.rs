@@ -64,6 +64,19 @@ fn the_aws_cli_manages_functions_as_on_lambda() {
     );
     let one = |k: &str| s[k][0].clone();
     assert_eq!(one("create"), "python3.11\tmade by the cli", "{s:?}");
+    assert_eq!(one("layer"), "layer:greetings:1");
+    assert_eq!(
+        one("layers"),
+        "layer:greetings:1",
+        "the function names its layer"
+    );
+    assert_eq!(one("list-layers"), "greetings\t1");
+    assert_eq!(
+        one("invoke-layer"),
+        "from a layer",
+        "the function imported its layer's module from /opt/python in its microVM"
+    );
+    assert_eq!(one("layer-versions"), "0", "the version was deleted");
     assert_eq!(s["publish"], ["1", "2", "3"]);
     assert_eq!(one("alias"), r#"{"2":0.5}"#);
     let account = ignition_types::account_id("acme");

@@ -397,3 +397,119 @@ fn warm_slots_fill_in_the_background_and_run_in_the_foreground() {
     assert_eq!(running.join().unwrap(), 200);
     server.stop_and_check_clean();
 }
+
+/// A zip of `files` (name, text, Unix mode).
+fn zip_of(files: &[(&str, &str, u32)]) -> String {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, text, mode) in files {
+        w.start_file(
+            *name,
+            zip::write::SimpleFileOptions::default().unix_permissions(*mode),
+        )
+        .unwrap();
+        w.write_all(text.as_bytes()).unwrap();
+    }
+    base64::engine::general_purpose::STANDARD.encode(w.finish().unwrap().into_inner())
+}
+
+/// PublishLayerVersion of `files`; the version's ARN.
+fn publish_layer(server: &TestServer, name: &str, files: &[(&str, &str, u32)]) -> String {
+    let (status, _, v) = json(
+        server
+            .http()
+            .post(format!("{}/2018-10-31/layers/{name}/versions", server.url))
+            .json(&serde_json::json!({"Content": {"ZipFile": zip_of(files)}}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 201, "{v}");
+    v["LayerVersionArn"].as_str().unwrap().to_owned()
+}
+
+const LAYERED_FN: &str = concat!(
+    "import os, subprocess, dep\n",
+    "def handler(event, context):\n",
+    "    try:\n",
+    "        open('/opt/written', 'w').write('x')\n",
+    "        opt_writable = True\n",
+    "    except OSError:\n",
+    "        opt_writable = False\n",
+    "    return {'dep': dep.v, 'message': open('/opt/message.txt').read(),\n",
+    "            'first_only': open('/opt/first.txt').read(),\n",
+    "            'tool': subprocess.run(['tool'], capture_output=True, text=True).stdout,\n",
+    "            'opt_writable': opt_writable, 'own': open('/var/task/app.py').read()[:9]}\n",
+);
+
+/// #21: a function's layers are under `/opt` in its microVM, in order (a later layer's file
+/// over an earlier one's), read-only, with Python's and the shell's paths set as Lambda sets
+/// them, the same when the VM is restored from the function's snapshot; and a changed list of
+/// layers makes another snapshot.
+#[test]
+fn a_function_sees_its_layers_under_opt_in_order_from_its_snapshot() {
+    let server = TestServer::start(&[]);
+    let first = publish_layer(
+        &server,
+        "base",
+        &[
+            ("python/dep.py", "v = 'first'\n", 0o644),
+            ("message.txt", "from the first layer", 0o644),
+            ("first.txt", "only in the first", 0o644),
+            ("bin/tool", "#!/bin/sh\necho tool from /opt/bin\n", 0o755),
+        ],
+    );
+    let second = publish_layer(
+        &server,
+        "over",
+        &[
+            ("python/dep.py", "v = 'second'\n", 0o644),
+            ("message.txt", "from the second layer", 0o644),
+        ],
+    );
+    let create = serde_json::json!({"FunctionName": "layered", "Runtime": "python3.11",
+        "Role": "r", "Handler": "app.handler", "Timeout": 30,
+        "Code": {"ZipFile": zip_of(&[("app.py", LAYERED_FN, 0o644)])},
+        "Layers": [first, second]});
+    let (status, _, c) = json(
+        server
+            .http()
+            .post(format!("{}/2015-03-31/functions", server.url))
+            .json(&create)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 201, "{c}");
+    for _ in 0..2 {
+        let (body, started) = invoke_mode(&server, "layered", "restore", "{}");
+        assert_eq!(started, "restore");
+        assert_eq!(body["dep"], "second", "the later layer's module: {body}");
+        assert_eq!(body["message"], "from the second layer");
+        assert_eq!(body["first_only"], "only in the first");
+        assert_eq!(body["tool"], "tool from /opt/bin\n", "PATH has /opt/bin");
+        assert_eq!(body["opt_writable"], false, "/opt is read-only");
+        assert_eq!(
+            body["own"], "import os",
+            "the function's code is at /var/task"
+        );
+    }
+    assert_eq!(stats(&server)["snapshots_built"], 1);
+    // Only the first layer now: another image, another snapshot.
+    let (status, _, c) = json(
+        server
+            .http()
+            .put(format!(
+                "{}/2015-03-31/functions/layered/configuration",
+                server.url
+            ))
+            .json(&serde_json::json!({"Layers": [first]}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 200, "{c}");
+    let (body, _) = invoke_mode(&server, "layered", "restore", "{}");
+    assert_eq!(body["dep"], "first", "{body}");
+    assert_eq!(body["message"], "from the first layer");
+    assert_eq!(stats(&server)["snapshots_built"], 2);
+    server.stop_and_check_clean();
+}

@@ -37,6 +37,7 @@ pub(crate) fn invocation(
             timeout_ms: u64::try_from(job.timeout.as_millis()).unwrap_or(u64::MAX),
             display_name: f.display_name.clone(),
             version: f.version.clone(),
+            layer_sha256: job.layers.iter().map(|l| l.sha256.clone()).collect(),
         }),
         payload: job.payload.clone(),
         start_mode: start_mode_name(mode).to_owned(),
@@ -55,8 +56,13 @@ pub(crate) fn start_mode_name(mode: StartMode) -> &'static str {
     }
 }
 
-/// A stolen invocation's job, given its code (already checked against the hash).
-pub(crate) fn job(inv: &pb::Invocation, code_tar: Vec<u8>) -> Result<(Job, StartMode), String> {
+/// A stolen invocation's job, given its code and its layers' (already checked against their
+/// hashes).
+pub(crate) fn job(
+    inv: &pb::Invocation,
+    code_tar: Vec<u8>,
+    layer_tars: Vec<Vec<u8>>,
+) -> Result<(Job, StartMode), String> {
     let f = inv
         .function
         .as_ref()
@@ -66,6 +72,18 @@ pub(crate) fn job(inv: &pb::Invocation, code_tar: Vec<u8>) -> Result<(Job, Start
     let egress = ignition_net::parse_rules(&f.egress).map_err(|e| e.to_string())?;
     let mut env: Vec<(String, String)> = f.env.clone().into_iter().collect();
     env.sort();
+    if layer_tars.len() != f.layer_sha256.len() {
+        return Err("the layers do not match the invocation's".to_owned());
+    }
+    let layers = f
+        .layer_sha256
+        .iter()
+        .zip(layer_tars)
+        .map(|(sha256, tar)| ignition_worker::LayerCode {
+            sha256: sha256.clone(),
+            tar: Some(Arc::new(tar)),
+        })
+        .collect();
     Ok((
         Job {
             function: Arc::new(FunctionSpec {
@@ -82,6 +100,7 @@ pub(crate) fn job(inv: &pb::Invocation, code_tar: Vec<u8>) -> Result<(Job, Start
                 ),
             }),
             code_sha256: f.code_sha256.clone(),
+            layers,
             reuse: f.reuse,
             egress: egress.into(),
             request_id: inv.request_id.clone(),
@@ -240,6 +259,11 @@ mod tests {
                 account_id: ignition_types::account_id("t"),
             }),
             code_sha256: "ab".repeat(32),
+            layers: vec![ignition_worker::LayerCode {
+                sha256: "cd".repeat(32),
+                tar: None,
+            }]
+            .into(),
             reuse: true,
             egress: ignition_net::parse_rules(&["10.0.0.0/8:443/tcp"])
                 .unwrap_or_default()
@@ -263,8 +287,15 @@ mod tests {
             Duration::from_secs(3),
         );
         assert_eq!(inv.lease_ms, 3000);
-        let (back, mode) = job(&inv, b"code".to_vec()).unwrap();
+        assert_eq!(inv.function.as_ref().unwrap().layer_sha256, ["cd".repeat(32)]);
+        assert!(
+            job(&inv, b"code".to_vec(), vec![]).is_err(),
+            "the layers' bundles must come with it"
+        );
+        let (back, mode) = job(&inv, b"code".to_vec(), vec![b"layer".to_vec()]).unwrap();
         assert_eq!(mode, StartMode::Restore);
+        assert_eq!(back.layers[0].sha256, "cd".repeat(32));
+        assert_eq!(back.layers[0].tar.as_deref().map(Vec::as_slice), Some(&b"layer"[..]));
         assert_eq!(back.function, j.function);
         assert_eq!(
             (
@@ -286,14 +317,14 @@ mod tests {
         let j = sample_job();
         let mut inv = invocation("i1", 1, "n1", &j, StartMode::Auto, Duration::from_secs(3));
         inv.start_mode = "sideways".into();
-        assert!(job(&inv, vec![]).is_err());
+        assert!(job(&inv, vec![], vec![]).is_err());
         let mut inv = invocation("i1", 1, "n1", &j, StartMode::Auto, Duration::from_secs(3));
         if let Some(f) = inv.function.as_mut() {
             f.runtime = "cobol".into();
         }
-        assert!(job(&inv, vec![]).is_err());
+        assert!(job(&inv, vec![], vec![]).is_err());
         inv.function = None;
-        assert!(job(&inv, vec![]).is_err());
+        assert!(job(&inv, vec![], vec![]).is_err());
         let bad_start = pb::complete_request::Result::Execution(pb::Execution {
             outcome: Some(pb::execution::Outcome::Success(b"1".to_vec())),
             start: "teleport".into(),

@@ -379,6 +379,15 @@ async fn fetch_record(
         .validate()
         .map_err(|e| ClusterError::Peer(format!("{}: {function}: {e}", from.id)))?;
     let code = node.bundle(from, &reply.code_sha256).await?;
+    // The layers' bundles go into the store before the function that refers to them.
+    for layer in &config.layers {
+        let tar = node.bundle(from, &layer.code_sha256).await?;
+        let store = Arc::clone(&node.store);
+        tokio::task::spawn_blocking(move || store.put_bundle(&tar))
+            .await
+            .map_err(|e| ClusterError::Peer(format!("storing a layer: {e}")))?
+            .map_err(|e| ClusterError::Store(e.to_string()))?;
+    }
     Ok((config, code))
 }
 

@@ -196,7 +196,15 @@ impl Node {
             .bundle(origin, &hash)
             .await
             .map_err(|e| ignition_worker::ExecError::Cluster(e.to_string()))?;
-        let (job, mode) = convert::job(inv, code).map_err(|e| {
+        let mut layers = Vec::new();
+        for h in inv.function.iter().flat_map(|f| &f.layer_sha256) {
+            layers.push(
+                self.bundle(origin, h)
+                    .await
+                    .map_err(|e| ignition_worker::ExecError::Cluster(e.to_string()))?,
+            );
+        }
+        let (job, mode) = convert::job(inv, code, layers).map_err(|e| {
             ignition_worker::ExecError::Cluster(format!("invocation from {}: {e}", origin.id))
         })?;
         self.worker.run(job, mode).await

@@ -926,3 +926,170 @@ async fn in_process_a_policy_lets_another_account_invoke_and_nothing_more() {
     }
     n.node.shutdown().await.unwrap();
 }
+
+/// PublishLayerVersion of a layer holding `files` as `auth`: its answer.
+async fn publish_layer(n: &TestNode, auth: &str, name: &str, files: &[(&str, &[u8])]) -> Value {
+    use base64::Engine as _;
+    let zip = base64::engine::general_purpose::STANDARD.encode(zip_of(files));
+    let (status, _, v) = send_as(
+        n,
+        auth,
+        reqwest::Method::POST,
+        &format!("/2018-10-31/layers/{name}/versions"),
+        Some(json!({"Content": {"ZipFile": zip}, "Description": "deps",
+            "CompatibleRuntimes": ["python3.11"], "LicenseInfo": "MIT"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    v
+}
+
+/// #21 layers: published, read, listed and deleted in Lambda's shapes; a function names up to
+/// five of its own account's layer versions, which it keeps when a version is deleted; every
+/// bad reference is Lambda's error and changes nothing.
+#[tokio::test]
+async fn in_process_layers_are_published_listed_used_by_functions_and_deleted() {
+    let (n, keys) = node_with_tenants(&["alice", "bob"]).await;
+    let (alice, bob) = (&keys[0], &keys[1]);
+    let account = ignition_types::account_id("alice");
+    let v1 = publish_layer(&n, alice, "deps", &[("python/dep.py", b"v = 1\n")]).await;
+    let v2 = publish_layer(&n, alice, "deps", &[("python/dep.py", b"v = 2\n")]).await;
+    assert_eq!(v1["Version"], 1);
+    assert_eq!(v2["Version"], 2);
+    let arn2 = format!("arn:aws:lambda:local:{account}:layer:deps:2");
+    assert_eq!(v2["LayerVersionArn"], arn2.as_str());
+    assert_eq!(
+        v2["LayerArn"],
+        format!("arn:aws:lambda:local:{account}:layer:deps").as_str()
+    );
+    assert_eq!(v2["CompatibleRuntimes"], json!(["python3.11"]));
+    assert_eq!(v2["LicenseInfo"], "MIT");
+    assert!(v2["Content"]["CodeSize"].as_u64().unwrap() > 0);
+    assert_eq!(v2["Content"]["CodeSha256"].as_str().unwrap().len(), 44);
+
+    let get = |auth: &str, path: String| {
+        let auth = auth.to_owned();
+        let n = &n;
+        async move { send_as(n, &auth, reqwest::Method::GET, &path, None).await }
+    };
+    let (s, _, got) = get(alice, "/2018-10-31/layers/deps/versions/1".into()).await;
+    assert_eq!((s, &got["Version"]), (200, &json!(1)));
+    let (s, _, by_arn) = get(
+        alice,
+        format!("/2018-10-31/layers?find=LayerVersion&Arn={arn2}"),
+    )
+    .await;
+    assert_eq!((s, &by_arn["Version"]), (200, &json!(2)), "{by_arn}");
+    let (_, _, list) = get(alice, "/2018-10-31/layers".into()).await;
+    assert_eq!(list["Layers"][0]["LayerName"], "deps");
+    assert_eq!(list["Layers"][0]["LatestMatchingVersion"]["Version"], 2);
+    let (_, _, none) = get(
+        alice,
+        "/2018-10-31/layers?CompatibleRuntime=provided".into(),
+    )
+    .await;
+    assert_eq!(none["Layers"], json!([]), "filtered by runtime");
+    let (_, _, versions) = get(alice, "/2018-10-31/layers/deps/versions".into()).await;
+    let numbers: Vec<_> = versions["LayerVersions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["Version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [2, 1], "newest first");
+    // Another tenant sees none of it, by name or by ARN.
+    let (_, _, theirs) = get(bob, "/2018-10-31/layers".into()).await;
+    assert_eq!(theirs["Layers"], json!([]));
+    let (s, kind, _) = get(bob, "/2018-10-31/layers/deps/versions/1".into()).await;
+    assert_eq!((s, kind.as_str()), (404, "ResourceNotFoundException"));
+    let (s, kind, _) = get(
+        bob,
+        format!("/2018-10-31/layers?find=LayerVersion&Arn={arn2}"),
+    )
+    .await;
+    assert_eq!((s, kind.as_str()), (403, "AccessDeniedException"));
+
+    // A function with the layer: its configuration names it with its size.
+    use base64::Engine as _;
+    let code = base64::engine::general_purpose::STANDARD.encode(zip_of(&[(
+        "app.py",
+        b"import dep\ndef handler(e, c):\n    return dep.v\n",
+    )]));
+    let create = |name: &str, layers: Value| {
+        json!({"FunctionName": name, "Runtime": "python3.11", "Role": "r",
+            "Handler": "app.handler", "Code": {"ZipFile": code}, "Layers": layers})
+    };
+    let post = |auth: &str, body: Value| {
+        let auth = auth.to_owned();
+        let n = &n;
+        async move {
+            send_as(
+                n,
+                &auth,
+                reqwest::Method::POST,
+                "/2015-03-31/functions",
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (s, _, c) = post(alice, create("f", json!([arn2]))).await;
+    assert_eq!(s, 201, "{c}");
+    assert_eq!(c["Layers"][0]["Arn"], arn2.as_str());
+    assert_eq!(c["Layers"][0]["CodeSize"], v2["Content"]["CodeSize"]);
+    // Bad references: each Lambda's error, and no function made.
+    let arn1 = format!("arn:aws:lambda:local:{account}:layer:deps:1");
+    let missing = format!("arn:aws:lambda:local:{account}:layer:deps:9");
+    let six: Vec<String> = (0..6).map(|_| arn1.clone()).collect();
+    for (layers, want) in [
+        (json!([missing]), (400, "InvalidParameterValueException")),
+        (json!([arn1, arn2]), (400, "InvalidParameterValueException")),
+        (json!(six), (400, "InvalidParameterValueException")),
+        (
+            json!(["not-an-arn"]),
+            (400, "InvalidParameterValueException"),
+        ),
+    ] {
+        let (s, kind, body) = post(alice, create("g", layers.clone())).await;
+        assert_eq!((s, kind.as_str()), want, "{layers}: {body}");
+    }
+    let (s, kind, _) = post(bob, create("g", json!([arn2]))).await;
+    assert_eq!(
+        (s, kind.as_str()),
+        (403, "AccessDeniedException"),
+        "another account's layer"
+    );
+    let (s, _, _) = get(alice, "/2015-03-31/functions/g".into()).await;
+    assert_eq!(s, 404, "nothing was made");
+
+    // UpdateFunctionConfiguration replaces the list; deleting a version the function uses
+    // leaves the function as it is.
+    let (s, _, c) = send_as(
+        &n,
+        alice,
+        reqwest::Method::PUT,
+        "/2015-03-31/functions/f/configuration",
+        Some(json!({"Layers": [arn1]})),
+    )
+    .await;
+    assert_eq!((s, &c["Layers"][0]["Arn"]), (200, &json!(arn1)), "{c}");
+    let (s, _, _) = send_as(
+        &n,
+        alice,
+        reqwest::Method::DELETE,
+        "/2018-10-31/layers/deps/versions/1",
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, kind, _) = get(alice, "/2018-10-31/layers/deps/versions/1".into()).await;
+    assert_eq!((s, kind.as_str()), (404, "ResourceNotFoundException"));
+    let (_, _, f) = get(alice, "/2015-03-31/functions/f".into()).await;
+    assert_eq!(f["Configuration"]["Layers"][0]["Arn"], arn1.as_str());
+    let v3 = publish_layer(&n, alice, "deps", &[("python/dep.py", b"v = 3\n")]).await;
+    assert_eq!(
+        v3["Version"], 3,
+        "a deleted version's number is not given again"
+    );
+    n.node.shutdown().await.unwrap();
+}

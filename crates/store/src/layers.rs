@@ -177,13 +177,11 @@ impl Store {
         collect(rows)
     }
 
-    /// The newest version of each of `tenant`'s layers, by name.
-    pub fn latest_layer_versions(&self, tenant: &str) -> Result<Vec<LayerVersion>, StoreError> {
+    /// Every version of every one of `tenant`'s layers: by name, each layer's newest first.
+    pub fn tenant_layer_versions(&self, tenant: &str) -> Result<Vec<LayerVersion>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} WHERE {} AND l.version =
-               (SELECT MAX(version) FROM layer_versions WHERE name = l.name)
-             ORDER BY l.name",
+            "SELECT {COLUMNS} WHERE {} ORDER BY l.name, l.version DESC",
             of_tenant("l.name", 1)
         ))?;
         let rows = stmt.query_map(params![tenant], row)?;
@@ -280,12 +278,12 @@ mod tests {
         s.publish_layer_version("acme.deps", &meta, b"x", &q)
             .unwrap();
         let mine: Vec<_> = s
-            .latest_layer_versions(ignition_types::DEFAULT_TENANT)
+            .tenant_layer_versions(ignition_types::DEFAULT_TENANT)
             .unwrap()
             .into_iter()
             .map(|v| (v.name, v.version))
             .collect();
-        assert_eq!(mine, vec![("deps".to_owned(), 3)]);
+        assert_eq!(mine, vec![("deps".to_owned(), 3), ("deps".to_owned(), 1)]);
         let versions: Vec<u32> = s
             .layer_versions("deps")
             .unwrap()

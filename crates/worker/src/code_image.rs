@@ -1,6 +1,8 @@
-//! Functions' code as read-only filesystem images: one per code hash, built once from the
-//! function's tar with `mkfs.ext4 -d`, and handed to every VM of every function with that code
-//! as its code drive. The host's page cache holds what the guests read of it, once, however
+//! Functions' code as read-only filesystem images: one per code hash and list of layers,
+//! built once from the function's tar (under `task/`) and its layers' tars (unpacked in order
+//! under `opt/`, later over earlier) with `mkfs.ext4 -d`, and handed to every VM of every
+//! function with that code as its code drive; the guest binds `task/` at `/var/task` and
+//! `opt/` at `/opt`. The host's page cache holds what the guests read of it, once, however
 //! many VMs share it; inside a guest it is page cache too, which the kernel drops under memory
 //! pressure, so a bundle of any accepted size runs at any memory size.
 //!
@@ -54,6 +56,42 @@ pub enum CodeImageError {
     Source(String, String),
 }
 
+/// One layer of a function's code, as a job carries it: its bundle's hash, and the bundle
+/// itself where the node's store may not have it (an invocation stolen from another node).
+#[derive(Clone)]
+pub struct LayerCode {
+    /// SHA-256 of the layer's canonical tar, hex.
+    pub sha256: String,
+    /// The tar, when the job brings it.
+    pub tar: Option<Arc<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for LayerCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerCode")
+            .field("sha256", &self.sha256)
+            .field("tar_bytes", &self.tar.as_ref().map(|t| t.len()))
+            .finish()
+    }
+}
+
+/// The name of the image of `code` with `layers`: a digest of all their hashes, in order.
+fn image_name(code: &str, layers: &[LayerCode]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"ignition code drive: task/ and opt/\n");
+    h.update(code.to_ascii_lowercase().as_bytes());
+    for l in layers {
+        h.update(b"\n");
+        h.update(l.sha256.to_ascii_lowercase().as_bytes());
+    }
+    format!("{}.img", hex::encode(h.finalize()))
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Where the node keeps code bundles (its store): read when an image must be built for a job
 /// whose spec carries no tar, which is every local invocation's (the invoke path reads no code).
 pub trait CodeSource: Send + Sync + std::fmt::Debug {
@@ -79,6 +117,13 @@ pub(crate) struct CodeImages {
 
 impl CodeImages {
     pub(crate) fn new(dir: PathBuf, source: Option<Arc<dyn CodeSource>>) -> Self {
+        // Images of the layout before layers (the code at the drive's root), which no guest
+        // of this version mounts.
+        if let Some(old) = dir.parent().map(|p| p.join(".code")) {
+            if old != dir {
+                let _ = std::fs::remove_dir_all(old);
+            }
+        }
         // Scratch an earlier process left when it died mid-build.
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if e.file_name().to_string_lossy().starts_with('.') {
@@ -123,48 +168,74 @@ impl CodeImages {
         Ok(path)
     }
 
-    /// The image of `function`'s code (its tar hashes to `sha256`), built from the tar if it is
-    /// not on disk (then `true` comes with it). Marks it used (its modification time orders
+    /// The image of `function`'s code (its tar hashes to `sha256`) with `layers`, built if it
+    /// is not on disk (then `true` comes with it). Marks it used (its modification time orders
     /// eviction).
     pub(crate) async fn ensure(
         &self,
         sha256: &str,
+        layers: &[LayerCode],
         function: &Arc<FunctionSpec>,
     ) -> Result<(PathBuf, bool), CodeImageError> {
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(CodeImageError::BadHash(sha256.to_owned()));
+        if let Some(bad) = std::iter::once(sha256)
+            .chain(layers.iter().map(|l| l.sha256.as_str()))
+            .find(|h| !is_sha256(h))
+        {
+            return Err(CodeImageError::BadHash(bad.to_owned()));
         }
-        let path = self.dir.join(format!("{sha256}.img"));
+        let name = image_name(sha256, layers);
+        let path = self.dir.join(&name);
         if mark_used(&path) {
             return Ok((path, false));
         }
         let lock = {
             let mut b = self.building.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(b.entry(sha256.to_owned()).or_default())
+            Arc::clone(b.entry(name).or_default())
         };
         let _held = lock.lock().await;
         if mark_used(&path) {
             return Ok((path, false));
         }
         let (dir, target, spec) = (self.dir.clone(), path.clone(), Arc::clone(function));
-        let (hash, source) = (sha256.to_owned(), self.source.clone());
+        let (hash, layers, source) = (sha256.to_owned(), layers.to_vec(), self.source.clone());
         let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || match (&spec.code, source) {
-            (Code::Tar(tar), _) => build(&dir, &target, tar),
-            (Code::Drive, Some(source)) => {
+        tokio::task::spawn_blocking(move || {
+            let fetch = |hash: &str| -> Result<Vec<u8>, CodeImageError> {
+                let source = source
+                    .as_ref()
+                    .ok_or_else(|| CodeImageError::NoCode(hash.to_owned()))?;
                 let tar = source
-                    .bundle(&hash)
-                    .map_err(|e| CodeImageError::Source(hash.clone(), e))?
-                    .ok_or_else(|| CodeImageError::NoCode(hash.clone()))?;
+                    .bundle(hash)
+                    .map_err(|e| CodeImageError::Source(hash.to_owned(), e))?
+                    .ok_or_else(|| CodeImageError::NoCode(hash.to_owned()))?;
                 if sha256_hex(&tar) != hash.to_ascii_lowercase() {
                     return Err(CodeImageError::Source(
-                        hash,
+                        hash.to_owned(),
                         "the bytes do not hash to it".to_owned(),
                     ));
                 }
-                build(&dir, &target, &tar)
+                Ok(tar)
+            };
+            let code = match &spec.code {
+                Code::Tar(tar) => std::borrow::Cow::Borrowed(&tar[..]),
+                Code::Drive => std::borrow::Cow::Owned(fetch(&hash)?),
+            };
+            let mut layer_tars = Vec::with_capacity(layers.len());
+            for l in &layers {
+                layer_tars.push(match &l.tar {
+                    Some(tar) if sha256_hex(tar) == l.sha256.to_ascii_lowercase() => {
+                        std::borrow::Cow::Borrowed(&tar[..])
+                    }
+                    Some(_) => {
+                        return Err(CodeImageError::Source(
+                            l.sha256.clone(),
+                            "the bytes do not hash to it".to_owned(),
+                        ))
+                    }
+                    None => std::borrow::Cow::Owned(fetch(&l.sha256)?),
+                });
             }
-            (Code::Drive, None) => Err(CodeImageError::NoCode(hash)),
+            build(&dir, &target, &code, &layer_tars)
         })
         .await
         .map_err(|e| CodeImageError::Mkfs(format!("build task: {e}")))??;
@@ -193,19 +264,25 @@ fn mark_used(path: &Path) -> bool {
     }
 }
 
-/// Unpacks `tar` into a scratch tree and makes `target` from it.
-fn build(dir: &Path, target: &Path, tar: &[u8]) -> Result<(), CodeImageError> {
+/// Unpacks `tar` under `task/` and each of `layers` in turn under `opt/` of a scratch tree,
+/// and makes `target` from it.
+fn build(
+    dir: &Path,
+    target: &Path,
+    tar: &[u8],
+    layers: &[std::borrow::Cow<'_, [u8]>],
+) -> Result<(), CodeImageError> {
     std::fs::create_dir_all(dir).map_err(io(format!("mkdir {}", dir.display())))?;
     let scratch = tempfile_dir(dir)?;
     let result = (|| {
         let tree = scratch.join("tree");
-        std::fs::create_dir_all(&tree).map_err(io("mkdir tree"))?;
-        let mut archive = tar::Archive::new(tar);
-        archive.set_preserve_permissions(true);
-        archive.set_preserve_mtime(true);
-        archive
-            .unpack(&tree)
-            .map_err(io("unpack the function's code"))?;
+        for d in ["task", "opt"] {
+            std::fs::create_dir_all(tree.join(d)).map_err(io(format!("mkdir {d}")))?;
+        }
+        unpack(tar, &tree.join("task")).map_err(io("unpack the function's code"))?;
+        for (i, layer) in layers.iter().enumerate() {
+            unpack(layer, &tree.join("opt")).map_err(io(format!("unpack layer {}", i + 1)))?;
+        }
         let (bytes, inodes) = tree_usage(&tree);
         let image = scratch.join("image");
         // An estimate of ext4's own overhead can fall short for odd trees: try larger.
@@ -232,6 +309,16 @@ fn build(dir: &Path, target: &Path, tar: &[u8]) -> Result<(), CodeImageError> {
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// Unpacks a canonical tar (regular files and directories only) into `into`, over what is
+/// there.
+fn unpack(tar: &[u8], into: &Path) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(tar);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    archive.unpack(into)
 }
 
 /// A fresh scratch directory in `dir`.
@@ -372,7 +459,7 @@ mod tests {
         let tar = tar_of(&[("app.py", body), ("lib/data.bin", &[7u8; 100_000])]);
         let sha = hash(&tar);
         let (path, built) = images
-            .ensure(&sha, &spec(Code::Tar(tar.clone())))
+            .ensure(&sha, &[], &spec(Code::Tar(tar.clone())))
             .await
             .unwrap();
         assert!(built);
@@ -387,20 +474,25 @@ mod tests {
             "sparse: {} bytes",
             m.blocks() * 512
         );
-        assert_eq!(read_in_image(&path, "/app.py"), body);
-        assert_eq!(read_in_image(&path, "/lib/data.bin"), vec![7u8; 100_000]);
+        assert_eq!(read_in_image(&path, "/task/app.py"), body);
+        assert_eq!(
+            read_in_image(&path, "/task/lib/data.bin"),
+            vec![7u8; 100_000]
+        );
         // Present: found without the tar, and not built again.
-        let (again, built) = images.ensure(&sha, &spec(Code::Drive)).await.unwrap();
+        let (again, built) = images.ensure(&sha, &[], &spec(Code::Drive)).await.unwrap();
         assert!(!built);
         assert_eq!(std::fs::metadata(again).unwrap().ino(), m.ino());
         // Missing and no tar: a clear error; a hash that is not one never names a file.
         assert!(matches!(
-            images.ensure(&"a".repeat(64), &spec(Code::Drive)).await,
+            images
+                .ensure(&"a".repeat(64), &[], &spec(Code::Drive))
+                .await,
             Err(CodeImageError::NoCode(_))
         ));
         assert!(matches!(
             images
-                .ensure("../../etc/passwd", &spec(Code::Tar(tar)))
+                .ensure("../../etc/passwd", &[], &spec(Code::Tar(tar)))
                 .await,
             Err(CodeImageError::BadHash(_))
         ));
@@ -422,14 +514,76 @@ mod tests {
         let images = CodeImages::new(dir.path().join(".code"), Some(source.clone()));
         let sha = hash(&tar);
         for _ in 0..3 {
-            let (path, _) = images.ensure(&sha, &spec(Code::Drive)).await.unwrap();
-            assert_eq!(read_in_image(&path, "/app.py"), b"x = 1\n");
+            let (path, _) = images.ensure(&sha, &[], &spec(Code::Drive)).await.unwrap();
+            assert_eq!(read_in_image(&path, "/task/app.py"), b"x = 1\n");
         }
         assert_eq!(source.1.load(std::sync::atomic::Ordering::Relaxed), 1);
         // A hash the source does not have is missing code, not a panic or an empty image.
         assert!(matches!(
-            images.ensure(&"b".repeat(64), &spec(Code::Drive)).await,
+            images
+                .ensure(&"b".repeat(64), &[], &spec(Code::Drive))
+                .await,
             Err(CodeImageError::NoCode(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn layers_go_under_opt_in_order_and_name_their_own_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let code = tar_of(&[("app.py", b"import dep\n")]);
+        let first = tar_of(&[
+            ("python/dep.py", b"v = 1\n"),
+            ("python/only_first.py", b"x\n"),
+        ]);
+        let second = tar_of(&[("python/dep.py", b"v = 2\n")]);
+        // The store has the first layer; the job brings the second (a stolen invocation's).
+        let source = Arc::new(OneBundle(first.clone(), Default::default()));
+        let images = CodeImages::new(dir.path().join(".drives"), Some(source));
+        let layers = [
+            LayerCode {
+                sha256: hash(&first),
+                tar: None,
+            },
+            LayerCode {
+                sha256: hash(&second),
+                tar: Some(Arc::new(second.clone())),
+            },
+        ];
+        let sha = hash(&code);
+        let (path, built) = images
+            .ensure(&sha, &layers, &spec(Code::Tar(code.clone())))
+            .await
+            .unwrap();
+        assert!(built);
+        assert_eq!(read_in_image(&path, "/task/app.py"), b"import dep\n");
+        assert_eq!(
+            read_in_image(&path, "/opt/python/dep.py"),
+            b"v = 2\n",
+            "a later layer's file is over an earlier one's"
+        );
+        assert_eq!(read_in_image(&path, "/opt/python/only_first.py"), b"x\n");
+        // The same code without layers, or with them in the other order, is another image.
+        let (bare, _) = images
+            .ensure(&sha, &[], &spec(Code::Tar(code.clone())))
+            .await
+            .unwrap();
+        assert_ne!(bare, path);
+        let reversed = [layers[1].clone(), layers[0].clone()];
+        let (other, _) = images
+            .ensure(&sha, &reversed, &spec(Code::Tar(code.clone())))
+            .await
+            .unwrap();
+        assert_ne!(other, path);
+        assert_eq!(read_in_image(&other, "/opt/python/dep.py"), b"v = 1\n");
+        // A carried tar that is not what its hash says is refused, not built.
+        let forged = [LayerCode {
+            sha256: hash(&first),
+            tar: Some(Arc::new(second)),
+        }];
+        let none = CodeImages::new(dir.path().join(".other"), None);
+        assert!(matches!(
+            none.ensure(&sha, &forged, &spec(Code::Tar(code))).await,
+            Err(CodeImageError::Source(..))
         ));
     }
 

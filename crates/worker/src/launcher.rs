@@ -26,6 +26,8 @@ pub(crate) struct FunctionRef {
     pub(crate) spec: Arc<FunctionSpec>,
     /// SHA-256 of the code tar (computed once at deploy).
     pub(crate) code_sha256: String,
+    /// The function's layers, in order.
+    pub(crate) layers: Arc<[crate::LayerCode]>,
     /// Where the function's VMs may connect to.
     pub(crate) egress: Arc<[EgressRule]>,
 }
@@ -50,6 +52,11 @@ impl FunctionRef {
             .iter()
             .flat_map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes(), b"\0"].concat())
             .collect();
+        let layers: Vec<u8> = self
+            .layers
+            .iter()
+            .flat_map(|l| [l.sha256.as_bytes(), b"\0"].concat())
+            .collect();
         crate::snapshot::key(&[
             image_id.as_bytes(),
             s.name.as_bytes(),
@@ -60,6 +67,7 @@ impl FunctionRef {
             &s.memory_mib.to_le_bytes(),
             &env,
             self.code_sha256.as_bytes(),
+            &layers,
             &egress,
         ])
     }
@@ -184,7 +192,7 @@ impl Launcher {
     async fn code_drive(&self, function: &FunctionRef) -> Result<std::path::PathBuf, ExecError> {
         let (path, built) = self
             .code
-            .ensure(&function.code_sha256, &function.spec)
+            .ensure(&function.code_sha256, &function.layers, &function.spec)
             .await?;
         if built {
             self.snapshots.keep_to_budget(&path);

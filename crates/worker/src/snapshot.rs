@@ -30,7 +30,7 @@ const MEMORY: &str = "memory";
 const STATE: &str = "state";
 /// The directory, inside the snapshot root, of the functions' code images
 /// ([`crate::code_image`]); they share the snapshots' disk budget.
-pub(crate) const CODE_DIR: &str = ".code";
+pub(crate) const CODE_DIR: &str = ".drives";
 
 /// Why a snapshot could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -104,6 +104,8 @@ pub struct Job {
     pub function: Arc<FunctionSpec>,
     /// SHA-256 of the function's code tar.
     pub code_sha256: String,
+    /// The function's layers, in order (under `/opt` in the guest).
+    pub layers: Arc<[crate::LayerCode]>,
     /// Keep the VM for later invocations of this function.
     pub reuse: bool,
     /// Where the function's VM may connect to (nothing when empty).
@@ -123,6 +125,7 @@ impl Job {
         FunctionRef {
             spec: Arc::clone(&self.function),
             code_sha256: self.code_sha256.clone(),
+            layers: Arc::clone(&self.layers),
             egress: Arc::clone(&self.egress),
         }
     }
@@ -361,6 +364,7 @@ impl Worker {
         &self,
         function: Arc<FunctionSpec>,
         code_sha256: String,
+        layers: Arc<[crate::LayerCode]>,
         egress: Arc<[ignition_net::EgressRule]>,
         n: usize,
     ) {
@@ -368,6 +372,7 @@ impl Worker {
             &FunctionRef {
                 spec: function,
                 code_sha256,
+                layers,
                 egress,
             },
             n,

@@ -94,6 +94,7 @@ fn job(handler: &str, timeout: Duration) -> Job {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(&code_tar))
         },
+        layers: Arc::from(Vec::new()),
         reuse: false,
         egress: Arc::from(Vec::new()),
         request_id: format!("req-{handler}"),

@@ -61,6 +61,7 @@ fn job(name: &str, handler: &str, reuse: bool) -> Job {
             account_id: ignition_types::DEFAULT_ACCOUNT_ID.into(),
         }),
         code_sha256: sha256_hex(&empty_tar()),
+        layers: Arc::from(Vec::new()),
         reuse,
         egress: Arc::from(Vec::new()),
         request_id: uuid_like(),
@@ -132,6 +133,7 @@ async fn in_process_worker_pool_fills_to_its_minimum_and_serves_from_it() {
     w.set_min_ready(
         Arc::clone(&j.function),
         j.code_sha256.clone(),
+        Arc::clone(&j.layers),
         Arc::clone(&j.egress),
         2,
     );

@@ -153,7 +153,12 @@ def load_handler():
     module_name, _, func_name = spec.rpartition(".")
     if not module_name or not func_name:
         raise ValueError("handler %r is not of the form FILE.FUNCTION" % spec)
-    sys.path.insert(0, os.environ.get("LAMBDA_TASK_ROOT", "/var/task"))
+    # Lambda's order: the function's own code, then its layers' Python packages.
+    sys.path[0:0] = [
+        os.environ.get("LAMBDA_TASK_ROOT", "/var/task"),
+        "/opt/python/lib/python%d.%d/site-packages" % sys.version_info[:2],
+        "/opt/python",
+    ]
     module = importlib.import_module(module_name.replace("/", "."))
     handler = getattr(module, func_name, None)
     if handler is None:
