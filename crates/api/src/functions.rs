@@ -51,6 +51,8 @@ pub(crate) struct DeployRequest {
     /// Free text, at most 256 characters.
     #[serde(default)]
     description: String,
+    /// Layer version ARNs, in order; absent: a function that exists keeps its layers.
+    layers: Option<Vec<String>>,
 }
 
 /// More rules than this is a policy that should be a network, not a list.
@@ -123,6 +125,16 @@ pub(crate) async fn put(
         body.map_err(|e| ApiError::invalid(format!("bad deploy request: {}", e.body_text())))?;
     let runtime = Runtime::parse(&req.runtime).map_err(|e| ApiError::invalid(e.to_string()))?;
     let egress = parse_egress(&req.egress, &state.egress_deny)?;
+    let layers = match req.layers {
+        Some(arns) => crate::layers::resolve(&state, &caller, arns).await?,
+        None => {
+            let s = stored.clone();
+            blocking(&state, move |st| st.get_function(&s))
+                .await?
+                .map(|r| r.config.layers)
+                .unwrap_or_default()
+        }
+    };
     let config = FunctionConfig {
         name: stored,
         runtime,
@@ -134,7 +146,7 @@ pub(crate) async fn put(
         reuse: req.reuse,
         egress,
         description: req.description,
-        layers: Vec::new(),
+        layers,
     };
     let archive = base64::engine::general_purpose::STANDARD
         .decode(req.code.as_bytes())

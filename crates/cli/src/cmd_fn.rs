@@ -43,6 +43,10 @@ pub(crate) enum FnCommand {
         /// function has no egress at all.
         #[arg(long = "egress", value_parser = parse_egress)]
         egress: Vec<String>,
+        /// A layer version's ARN (repeatable, in order, at most 5); without any, a function
+        /// that exists keeps the layers it has.
+        #[arg(long = "layer")]
+        layers: Vec<String>,
     },
     /// Invoke a function and print its result.
     Invoke {
@@ -159,6 +163,7 @@ pub(crate) fn run(cmd: FnCommand, global: &crate::GlobalArgs) -> Result<ExitCode
             env,
             reuse,
             egress,
+            layers,
         } => {
             let client = Client::new(global)?;
             let archive = code_archive(&code)?;
@@ -174,6 +179,10 @@ pub(crate) fn run(cmd: FnCommand, global: &crate::GlobalArgs) -> Result<ExitCode
                 "egress": egress,
                 "code": base64::engine::general_purpose::STANDARD.encode(archive),
             });
+            let mut body = body;
+            if !layers.is_empty() {
+                body["layers"] = json!(layers);
+            }
             let resp = client
                 .http()
                 .put(client.url(&format!("/v1/functions/{name}")))

@@ -65,11 +65,7 @@ fn the_aws_cli_manages_functions_as_on_lambda() {
     let one = |k: &str| s[k][0].clone();
     assert_eq!(one("create"), "python3.11\tmade by the cli", "{s:?}");
     assert_eq!(one("layer"), "greetings:1");
-    assert_eq!(
-        one("layers"),
-        "greetings:1",
-        "the function names its layer"
-    );
+    assert_eq!(one("layers"), "greetings:1", "the function names its layer");
     assert_eq!(one("list-layers"), "greetings\t1");
     assert_eq!(
         one("invoke-layer"),

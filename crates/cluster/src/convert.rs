@@ -287,7 +287,10 @@ mod tests {
             Duration::from_secs(3),
         );
         assert_eq!(inv.lease_ms, 3000);
-        assert_eq!(inv.function.as_ref().unwrap().layer_sha256, ["cd".repeat(32)]);
+        assert_eq!(
+            inv.function.as_ref().unwrap().layer_sha256,
+            ["cd".repeat(32)]
+        );
         assert!(
             job(&inv, b"code".to_vec(), vec![]).is_err(),
             "the layers' bundles must come with it"
@@ -295,7 +298,10 @@ mod tests {
         let (back, mode) = job(&inv, b"code".to_vec(), vec![b"layer".to_vec()]).unwrap();
         assert_eq!(mode, StartMode::Restore);
         assert_eq!(back.layers[0].sha256, "cd".repeat(32));
-        assert_eq!(back.layers[0].tar.as_deref().map(Vec::as_slice), Some(&b"layer"[..]));
+        assert_eq!(
+            back.layers[0].tar.as_deref().map(Vec::as_slice),
+            Some(&b"layer"[..])
+        );
         assert_eq!(back.function, j.function);
         assert_eq!(
             (

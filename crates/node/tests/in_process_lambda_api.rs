@@ -1073,6 +1073,37 @@ async fn in_process_layers_are_published_listed_used_by_functions_and_deleted() 
     )
     .await;
     assert_eq!((s, &c["Layers"][0]["Arn"]), (200, &json!(arn1)), "{c}");
+    // `ignition fn deploy` without `--layer` keeps them; with it, replaces them.
+    let v1_deploy = |layers: Option<Value>| {
+        let mut body = json!({"runtime": "python3.11", "handler": "app.handler",
+            "code": code.clone()});
+        if let Some(l) = layers {
+            body["layers"] = l;
+        }
+        body
+    };
+    for (layers, want) in [(None, &arn1), (Some(json!([arn2])), &arn2)] {
+        let (s, _, body) = send_as(
+            &n,
+            alice,
+            reqwest::Method::PUT,
+            "/v1/functions/f",
+            Some(v1_deploy(layers)),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        let (_, _, f) = get(alice, "/2015-03-31/functions/f".into()).await;
+        assert_eq!(f["Configuration"]["Layers"][0]["Arn"], want.as_str());
+    }
+    let (s, _, _) = send_as(
+        &n,
+        alice,
+        reqwest::Method::PUT,
+        "/2015-03-31/functions/f/configuration",
+        Some(json!({"Layers": [arn1]})),
+    )
+    .await;
+    assert_eq!(s, 200);
     let (s, _, _) = send_as(
         &n,
         alice,
