@@ -161,6 +161,31 @@ pub(crate) async fn put(
     Ok((status, Json(record)))
 }
 
+/// Bundles being expanded and stored at once on this node: each holds up to its expanded size
+/// (250 MiB) in memory until it is stored, so a tenant's burst of deploys waits its turn
+/// instead of taking the node's memory.
+static EXPANDING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Checks and normalizes a code archive (zip or tar.gz) into a canonical bundle, within the
+/// node's limits, holding one of [`EXPANDING`]'s permits (kept until the bundle is stored);
+/// a refusal's message starts with `what`.
+pub(crate) async fn expand(
+    archive: Vec<u8>,
+    what: &'static str,
+) -> Result<(Bundle, tokio::sync::SemaphorePermit<'static>), ApiError> {
+    let permit = EXPANDING
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(format!("expanding code: {e}")))?;
+    let bundle = tokio::task::spawn_blocking(move || {
+        ignition_bundle::from_archive(&archive, Limits::default())
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::invalid(format!("{what}: {e}")))?;
+    Ok((bundle, permit))
+}
+
 /// Validates `config`, checks and normalizes the code `archive` (zip or tar.gz), stores both,
 /// and drops what was prepared for the old version. Returns the record and whether the function
 /// existed before.
@@ -172,12 +197,7 @@ pub(crate) async fn store_function(
     config
         .validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    let bundle = tokio::task::spawn_blocking(move || {
-        ignition_bundle::from_archive(&archive, Limits::default())
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::invalid(format!("invalid code: {e}")))?;
+    let (bundle, _expanding) = expand(archive, "invalid code").await?;
     check_handler(&config, &bundle)?;
     crate::layers::check_total_size(bundle.tar().len() as u64, &config.layers)?;
     let existed = {

@@ -206,12 +206,7 @@ pub(crate) async fn publish(
     let archive = base64::engine::general_purpose::STANDARD
         .decode(zip.as_bytes())
         .map_err(|e| ApiError::invalid(format!("Content.ZipFile: not base64 ({e})")))?;
-    let bundle = tokio::task::spawn_blocking(move || {
-        ignition_bundle::from_archive(&archive, ignition_bundle::Limits::default())
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::invalid(format!("Content.ZipFile: {e}")))?;
+    let (bundle, _expanding) = crate::functions::expand(archive, "Content.ZipFile").await?;
     let quotas = state.quotas.of(&caller.tenant);
     let v = blocking(&state, move |s| {
         s.publish_layer_version(&stored, &meta, bundle.tar(), &quotas)

@@ -66,7 +66,8 @@ pub use provisioned::restore as restore_provisioned;
 pub use quotas::Quotas;
 pub use schedule_firer::{fire_due, spawn_schedule_firer, GRACE_MS};
 
-/// Largest deploy request: a base64-encoded archive of up to 64 MiB plus the JSON around it.
+/// Largest deploy request: a base64-encoded archive of about 70 MiB (Lambda takes 50 MiB zipped
+/// in a request) plus the JSON around it.
 pub(crate) const MAX_DEPLOY_BODY: usize = 96 * 1024 * 1024;
 /// Largest synchronous invocation payload (Lambda's limit).
 pub const MAX_INVOKE_PAYLOAD: usize = 6 * 1024 * 1024;

@@ -179,7 +179,8 @@ pub(crate) async fn account_settings(
         "AccountLimit": {
             "TotalCodeSize": q.code_mib.saturating_mul(1024 * 1024),
             "CodeSizeUnzipped": bundle.max_expanded,
-            "CodeSizeZipped": bundle.max_expanded,
+            // A deploy's body carries the archive in base64 (4 characters for 3 bytes).
+            "CodeSizeZipped": crate::MAX_DEPLOY_BODY / 4 * 3,
             "ConcurrentExecutions": q.concurrency,
             "UnreservedConcurrentExecutions": q.concurrency.saturating_sub(reserved),
         },

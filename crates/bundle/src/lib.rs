@@ -29,7 +29,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_expanded: 64 * 1024 * 1024,
+            // Lambda's, for a function's code and its layers together.
+            max_expanded: 262_144_000,
             max_files: 10_000,
             max_ratio: 200,
         }

@@ -416,11 +416,16 @@ fn zip_of(files: &[(&str, &str, u32)]) -> String {
 
 /// PublishLayerVersion of `files`; the version's ARN.
 fn publish_layer(server: &TestServer, name: &str, files: &[(&str, &str, u32)]) -> String {
+    publish_layer_zip(server, name, zip_of(files))
+}
+
+/// PublishLayerVersion of a zip (base64); the version's ARN.
+fn publish_layer_zip(server: &TestServer, name: &str, zip: String) -> String {
     let (status, _, v) = json(
         server
             .http()
             .post(format!("{}/2018-10-31/layers/{name}/versions", server.url))
-            .json(&serde_json::json!({"Content": {"ZipFile": zip_of(files)}}))
+            .json(&serde_json::json!({"Content": {"ZipFile": zip}}))
             .send()
             .unwrap(),
     );
@@ -439,13 +444,15 @@ const LAYERED_FN: &str = concat!(
     "    return {'dep': dep.v, 'message': open('/opt/message.txt').read(),\n",
     "            'first_only': open('/opt/first.txt').read(),\n",
     "            'tool': subprocess.run(['tool'], capture_output=True, text=True).stdout,\n",
-    "            'opt_writable': opt_writable, 'own': open('/var/task/app.py').read()[:9]}\n",
+    "            'opt_writable': opt_writable, 'own': open('/var/task/app.py').read()[:9],\n",
+    "            'big': os.path.getsize('/opt/big.txt') if os.path.exists('/opt/big.txt') else 0}\n",
 );
 
 /// #21: a function's layers are under `/opt` in its microVM, in order (a later layer's file
 /// over an earlier one's), read-only, with Python's and the shell's paths set as Lambda sets
-/// them, the same when the VM is restored from the function's snapshot; and a changed list of
-/// layers makes another snapshot.
+/// them, the same when the VM is restored from the function's snapshot; a layer may be larger
+/// than a function's memory (80 MiB in a 128 MiB VM); and a changed list of layers makes
+/// another snapshot.
 #[test]
 fn a_function_sees_its_layers_under_opt_in_order_from_its_snapshot() {
     let server = TestServer::start(&[]);
@@ -467,10 +474,35 @@ fn a_function_sees_its_layers_under_opt_in_order_from_its_snapshot() {
             ("message.txt", "from the second layer", 0o644),
         ],
     );
+    // 80 MiB of four letters: it deflates to about a quarter, within a request.
+    let work = tempfile::tempdir().unwrap();
+    let big_zip = work.path().join("big.zip");
+    let made = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(concat!(
+            "import os, sys, zipfile\n",
+            "table = bytes(b'acgt'[i & 3] for i in range(256))\n",
+            "data = os.urandom(80 << 20).translate(table)\n",
+            "with zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_DEFLATED, compresslevel=1) as z:\n",
+            "    z.writestr('big.txt', data)\n",
+        ))
+        .arg(&big_zip)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let big = {
+        use base64::Engine as _;
+        let zip = std::fs::read(&big_zip).unwrap();
+        publish_layer_zip(
+            &server,
+            "big",
+            base64::engine::general_purpose::STANDARD.encode(zip),
+        )
+    };
     let create = serde_json::json!({"FunctionName": "layered", "Runtime": "python3.11",
-        "Role": "r", "Handler": "app.handler", "Timeout": 30,
+        "Role": "r", "Handler": "app.handler", "Timeout": 30, "MemorySize": 128,
         "Code": {"ZipFile": zip_of(&[("app.py", LAYERED_FN, 0o644)])},
-        "Layers": [first, second]});
+        "Layers": [first, second, big]});
     let (status, _, c) = json(
         server
             .http()

@@ -51,8 +51,9 @@ pub use stats::NodeStats;
 /// membership says which addresses are nodes, the CA says which certificates are.
 pub const TLS_SERVER_NAME: &str = "ignition-cluster";
 
-/// The largest message between nodes: a 64 MiB bundle or a 6 MiB event with room to spare.
-pub(crate) const MAX_MESSAGE: usize = 96 * 1024 * 1024;
+/// The largest message between nodes: a bundle (250 MiB expanded, as Lambda's limit) or a
+/// 6 MiB event, with room to spare.
+pub(crate) const MAX_MESSAGE: usize = 272 * 1024 * 1024;
 
 /// What can go wrong between nodes.
 #[derive(Debug, thiserror::Error)]

@@ -1124,3 +1124,79 @@ async fn in_process_layers_are_published_listed_used_by_functions_and_deleted() 
     );
     n.node.shutdown().await.unwrap();
 }
+
+/// #21: code and layers together may expand to Lambda's 250 MiB (code lives on a drive, not in
+/// the guest's memory): a function with a 130 MiB layer is made; with a second one the total
+/// passes the limit and the function is refused, naming the limit. (The layers are put in
+/// the store directly: this is about the API's check, not about uploading 260 MiB.)
+#[tokio::test]
+async fn in_process_code_with_layers_may_expand_to_lambdas_limit_and_no_further() {
+    let (n, keys) = node_with_tenants(&["alice"]).await;
+    let alice = &keys[0];
+    let account = ignition_types::account_id("alice");
+    let store = n.node.state().store.clone();
+    let mut arns = Vec::new();
+    for (fill, name) in [(1u8, "big1"), (2, "big2")] {
+        let tar = vec![fill; 130 << 20];
+        let v = store
+            .publish_layer_version(
+                &format!("alice.{name}"),
+                &ignition_store::LayerMeta::default(),
+                &tar,
+                &ignition_types::TenantQuotas::default(),
+            )
+            .unwrap();
+        arns.push(format!(
+            "arn:aws:lambda:local:{account}:layer:{name}:{}",
+            v.version
+        ));
+    }
+    use base64::Engine as _;
+    let code = base64::engine::general_purpose::STANDARD.encode(zip_of(&[(
+        "echo.py",
+        b"def handler(e, c):\n    return e\n",
+    )]));
+    let create = |name: &str, layers: &[String]| {
+        json!({"FunctionName": name, "Runtime": "python3.11", "Role": "r",
+            "Handler": "echo.handler", "Code": {"ZipFile": code}, "Layers": layers})
+    };
+    let (s, _, c) = send_as(
+        &n,
+        alice,
+        reqwest::Method::POST,
+        "/2015-03-31/functions",
+        Some(create("one", &arns[..1])),
+    )
+    .await;
+    assert_eq!(s, 201, "{c}");
+    let (s, kind, body) = send_as(
+        &n,
+        alice,
+        reqwest::Method::POST,
+        "/2015-03-31/functions",
+        Some(create("two", &arns)),
+    )
+    .await;
+    assert_eq!((s, kind.as_str()), (400, "InvalidParameterValueException"));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("262144000")
+            || body["Message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("262144000"),
+        "{body}"
+    );
+    let (s, _, _) = send_as(
+        &n,
+        alice,
+        reqwest::Method::GET,
+        "/2015-03-31/functions/two",
+        None,
+    )
+    .await;
+    assert_eq!(s, 404, "nothing was made");
+    n.node.shutdown().await.unwrap();
+}

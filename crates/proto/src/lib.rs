@@ -28,7 +28,8 @@ pub use message::{
 
 /// Largest frame the host accepts from a guest: a 6 MiB result plus 1 MiB of logs and framing.
 pub const MAX_GUEST_FRAME: u32 = 8 * 1024 * 1024;
-/// Largest frame the guest accepts from the host: a function's code (64 MiB expanded) plus framing.
+/// Largest frame the guest accepts from the host. A node sends code on the code drive
+/// ([`Code::Drive`]); a [`Code::Tar`] in a frame (test tools) must fit in this.
 pub const MAX_HOST_FRAME: u32 = 72 * 1024 * 1024;
 /// Largest function result (the response body), as AWS Lambda's synchronous limit.
 pub const MAX_RESULT_BYTES: usize = 6 * 1024 * 1024;
