@@ -106,7 +106,15 @@ pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, S
             c.arg("-u").arg(format!("{RUNTIME_DIR}/bootstrap.py"));
             c
         }
-        Runtime::Provided => Command::new(format!("{TASK_ROOT}/bootstrap")),
+        // The function's own bootstrap, else a layer's (a custom runtime shipped as a layer).
+        Runtime::Provided => {
+            let own = format!("{TASK_ROOT}/bootstrap");
+            if std::path::Path::new(&own).exists() {
+                Command::new(own)
+            } else {
+                Command::new(format!("{OPT_ROOT}/bootstrap"))
+            }
+        }
     };
     cmd.env_clear();
     // Lambda's defaults a function may set itself (its own TZ, say); layers' libraries are

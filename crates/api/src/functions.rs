@@ -99,9 +99,13 @@ pub(crate) fn check_handler(config: &FunctionConfig, bundle: &Bundle) -> Result<
             }
         }
         Runtime::Provided => {
+            // As on Lambda, a custom runtime may come in a layer (`/opt/bootstrap`).
             if !bundle.contains("bootstrap") {
+                if !config.layers.is_empty() {
+                    return Ok(());
+                }
                 return Err(ApiError::invalid(
-                    "runtime provided needs an executable named bootstrap at the top of the code bundle",
+                    "runtime provided needs an executable named bootstrap at the top of the code bundle (or in one of its layers)",
                 ));
             }
             if !bundle.is_executable("bootstrap") {

@@ -451,8 +451,8 @@ const LAYERED_FN: &str = concat!(
 /// #21: a function's layers are under `/opt` in its microVM, in order (a later layer's file
 /// over an earlier one's), read-only, with Python's and the shell's paths set as Lambda sets
 /// them, the same when the VM is restored from the function's snapshot; a layer may be larger
-/// than a function's memory (80 MiB in a 128 MiB VM); and a changed list of layers makes
-/// another snapshot.
+/// than a function's memory (80 MiB in a 128 MiB VM); a changed list of layers makes another
+/// snapshot; and a `provided` function may take its bootstrap from a layer.
 #[test]
 fn a_function_sees_its_layers_under_opt_in_order_from_its_snapshot() {
     let server = TestServer::start(&[]);
@@ -543,5 +543,28 @@ fn a_function_sees_its_layers_under_opt_in_order_from_its_snapshot() {
     assert_eq!(body["dep"], "first", "{body}");
     assert_eq!(body["message"], "from the first layer");
     assert_eq!(stats(&server)["snapshots_built"], 2);
+
+    // A custom runtime shipped as a layer: `provided` without a bootstrap of its own runs the
+    // layer's `/opt/bootstrap`.
+    let bootstrap =
+        std::fs::read_to_string(common::repo_root().join("examples/hello-provided/bootstrap"))
+            .unwrap();
+    let runtime = publish_layer(&server, "runtime", &[("bootstrap", &bootstrap, 0o755)]);
+    let create = serde_json::json!({"FunctionName": "custom", "Runtime": "provided",
+        "Role": "r", "Handler": "my.handler", "Timeout": 30,
+        "Code": {"ZipFile": zip_of(&[("README", "the runtime is a layer", 0o644)])},
+        "Layers": [runtime]});
+    let (status, _, c) = json(
+        server
+            .http()
+            .post(format!("{}/2015-03-31/functions", server.url))
+            .json(&create)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 201, "{c}");
+    let (body, _) = invoke_mode(&server, "custom", "auto", "{}");
+    assert_eq!(body["runtime"], "provided", "{body}");
+    assert_eq!(body["handler"], "my.handler");
     server.stop_and_check_clean();
 }
