@@ -433,6 +433,19 @@ fn publish_layer_zip(server: &TestServer, name: &str, zip: String) -> String {
     v["LayerVersionArn"].as_str().unwrap().to_owned()
 }
 
+/// CreateFunction with `body`; panics unless it is made.
+fn create_function(server: &TestServer, body: &Value) {
+    let (status, _, c) = json(
+        server
+            .http()
+            .post(format!("{}/2015-03-31/functions", server.url))
+            .json(body)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 201, "{c}");
+}
+
 const LAYERED_FN: &str = concat!(
     "import os, subprocess, dep\n",
     "def handler(event, context):\n",
@@ -503,15 +516,7 @@ fn a_function_sees_its_layers_under_opt_in_order_from_its_snapshot() {
         "Role": "r", "Handler": "app.handler", "Timeout": 30, "MemorySize": 128,
         "Code": {"ZipFile": zip_of(&[("app.py", LAYERED_FN, 0o644)])},
         "Layers": [first, second, big]});
-    let (status, _, c) = json(
-        server
-            .http()
-            .post(format!("{}/2015-03-31/functions", server.url))
-            .json(&create)
-            .send()
-            .unwrap(),
-    );
-    assert_eq!(status, 201, "{c}");
+    create_function(&server, &create);
     for _ in 0..2 {
         let (body, started) = invoke_mode(&server, "layered", "restore", "{}");
         assert_eq!(started, "restore");
@@ -554,15 +559,7 @@ fn a_function_sees_its_layers_under_opt_in_order_from_its_snapshot() {
         "Role": "r", "Handler": "my.handler", "Timeout": 30,
         "Code": {"ZipFile": zip_of(&[("README", "the runtime is a layer", 0o644)])},
         "Layers": [runtime]});
-    let (status, _, c) = json(
-        server
-            .http()
-            .post(format!("{}/2015-03-31/functions", server.url))
-            .json(&create)
-            .send()
-            .unwrap(),
-    );
-    assert_eq!(status, 201, "{c}");
+    create_function(&server, &create);
     let (body, _) = invoke_mode(&server, "custom", "auto", "{}");
     assert_eq!(body["runtime"], "provided", "{body}");
     assert_eq!(body["handler"], "my.handler");

@@ -6,7 +6,7 @@
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::quotas::{of_tenant, Quota};
+use crate::quotas::of_tenant;
 use crate::sqlite::{gc_bundle, now, sha256_hex, Store, StoreError};
 use ignition_types::TenantQuotas;
 
@@ -103,18 +103,7 @@ impl Store {
         let text = serde_json::to_string(meta)
             .map_err(|_| StoreError::Corrupt(format!("layer {name}")))?;
         let mut conn = self.conn();
-        let (bytes, has) = crate::quotas::code_bytes(&conn, &tenant, "", &hash)?;
-        let after = if has {
-            bytes
-        } else {
-            bytes + code_tar.len() as u64
-        };
-        if after > quotas.code_mib.saturating_mul(1024 * 1024) {
-            return Err(StoreError::QuotaExceeded {
-                quota: Quota::CodeMib,
-                limit: quotas.code_mib,
-            });
-        }
+        crate::quotas::check_code_quota(&conn, &tenant, "", &hash, code_tar.len(), quotas)?;
         let t = now();
         let tx = conn.transaction()?;
         let last: Option<u32> = tx

@@ -61,7 +61,7 @@ fn tenant_of(stored: &str) -> String {
 
 /// Bytes of the distinct bundles the tenant's functions (but `except`'s `$LATEST`), versions
 /// and layer versions refer to, and whether `hash` is among them.
-pub(crate) fn code_bytes(
+fn code_bytes(
     conn: &rusqlite::Connection,
     tenant: &str,
     except: &str,
@@ -82,6 +82,27 @@ pub(crate) fn code_bytes(
         Ok((r.get(0)?, r.get(1)?))
     })?;
     Ok((u64::try_from(bytes).unwrap_or(0), has))
+}
+
+/// Refuses a bundle of `size` bytes hashing to `hash` when, counted once with what the
+/// tenant's code already holds (but `except`'s `$LATEST`), it would pass `quotas`.
+pub(crate) fn check_code_quota(
+    conn: &rusqlite::Connection,
+    tenant: &str,
+    except: &str,
+    hash: &str,
+    size: usize,
+    quotas: &TenantQuotas,
+) -> Result<(), StoreError> {
+    let (bytes, has) = code_bytes(conn, tenant, except, hash)?;
+    let after = if has { bytes } else { bytes + size as u64 };
+    if after > quotas.code_mib.saturating_mul(1024 * 1024) {
+        return Err(StoreError::QuotaExceeded {
+            quota: Quota::CodeMib,
+            limit: quotas.code_mib,
+        });
+    }
+    Ok(())
 }
 
 impl Store {
@@ -194,18 +215,7 @@ impl Store {
                 });
             }
         }
-        let (bytes, has) = code_bytes(&conn, &tenant, &config.name, &hash)?;
-        let after = if has {
-            bytes
-        } else {
-            bytes + code_tar.len() as u64
-        };
-        if after > quotas.code_mib.saturating_mul(1024 * 1024) {
-            return Err(StoreError::QuotaExceeded {
-                quota: Quota::CodeMib,
-                limit: quotas.code_mib,
-            });
-        }
+        check_code_quota(&conn, &tenant, &config.name, &hash, code_tar.len(), quotas)?;
         crate::sqlite::put_function_on(&mut conn, config, code_tar)
     }
 }
