@@ -165,7 +165,8 @@ pub(crate) fn check_revision(sent: Option<&str>, current: &FunctionRecord) -> Re
     }
 }
 
-fn hex_to_base64(hex: &str) -> String {
+/// A hex digest as Lambda writes hashes (`CodeSha256`): base64 of its bytes.
+pub(crate) fn hex_to_base64(hex: &str) -> String {
     let bytes: Vec<u8> = (0..hex.len() / 2)
         .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
         .collect();

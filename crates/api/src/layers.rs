@@ -96,11 +96,6 @@ fn version_not_found() -> ApiError {
     )
 }
 
-fn sha256_base64(hex_digest: &str) -> String {
-    let bytes = hex::decode(hex_digest).unwrap_or_default();
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 /// A `LayerVersionsListItem` (what lists show of a version).
 fn list_item(account: &str, name: &str, v: &LayerVersion) -> Value {
     json!({
@@ -120,7 +115,7 @@ fn version_doc(account: &str, name: &str, v: &LayerVersion) -> Value {
     doc["LayerArn"] = layer_arn(account, name, None).into();
     doc["Content"] = json!({
         "Location": "",
-        "CodeSha256": sha256_base64(&v.code_sha256),
+        "CodeSha256": crate::lambda::hex_to_base64(&v.code_sha256),
         "CodeSize": v.code_size,
     });
     doc
