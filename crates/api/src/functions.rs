@@ -89,12 +89,13 @@ fn default_timeout() -> u32 {
 /// Checks that the handler the configuration names is in the bundle.
 pub(crate) fn check_handler(config: &FunctionConfig, bundle: &Bundle) -> Result<(), ApiError> {
     match config.runtime {
-        Runtime::Python3 => {
-            let file = config.python_module_file().unwrap_or_default();
-            if !bundle.contains(&file) {
+        Runtime::Python3 | Runtime::Nodejs => {
+            let files = config.handler_files();
+            if !files.iter().any(|f| bundle.contains(f)) {
                 return Err(ApiError::invalid(format!(
-                    "handler {:?} needs {file} in the code bundle, which does not have it",
-                    config.handler
+                    "handler {:?} needs {} in the code bundle, which does not have it",
+                    config.handler,
+                    files.join(" or ")
                 )));
             }
         }

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use ignition_proto::{ErrorBody, FunctionSpec, Outcome};
+use ignition_proto::{ErrorBody, FunctionSpec, Outcome, Runtime};
 use ignition_worker::{ExecError, Execution, Job, StartMode};
 use serde_json::json;
 
@@ -97,6 +97,7 @@ pub(crate) async fn invoke(
         outcome,
         executor,
         executed,
+        runtime,
     } = run_sync(
         &state,
         &name,
@@ -107,7 +108,7 @@ pub(crate) async fn invoke(
     )
     .await?;
     let response = match outcome {
-        Ok(exec) => success_response(&exec, &request_id, want_tail),
+        Ok(exec) => success_response(&exec, runtime, &request_id, want_tail),
         Err(ExecError::Timeout(after)) => {
             let body = timeout_body(&request_id, after);
             let mut r = (StatusCode::OK, axum::Json(body)).into_response();
@@ -197,6 +198,8 @@ pub(crate) struct Ran {
     pub(crate) executor: String,
     /// The version that ran (`$LATEST` or a number).
     pub(crate) executed: String,
+    /// The runtime it ran on (its error documents are shaped by it).
+    pub(crate) runtime: Runtime,
 }
 
 /// Runs `target` (a stored `NAME[:QUALIFIER]`) now, within the function's concurrency, and
@@ -212,6 +215,7 @@ pub(crate) async fn run_sync(
 ) -> Result<Ran, ApiError> {
     let (mut job, executed) = load_target(state, target, request_id.to_owned(), payload).await?;
     job.client_context = client_context;
+    let runtime = job.function.runtime;
     // Logs, metrics and limits are the function's, whichever version runs.
     let function_name = base_name(target);
     let tenant_limit = state.quotas.of_function(function_name).concurrency;
@@ -234,6 +238,7 @@ pub(crate) async fn run_sync(
         outcome: ran.outcome,
         executor: ran.node,
         executed,
+        runtime,
     })
 }
 
@@ -432,11 +437,17 @@ fn display_name(stored: &str) -> String {
     ignition_types::FunctionId::from_stored(stored).name
 }
 
-fn error_json(e: &ErrorBody) -> serde_json::Value {
+/// The error document as the function's runtime writes it on Lambda: Node.js calls the frames
+/// `trace`, the others `stackTrace`.
+fn error_json(e: &ErrorBody, runtime: Runtime) -> serde_json::Value {
+    let frames = match runtime {
+        Runtime::Nodejs => "trace",
+        Runtime::Python3 | Runtime::Provided => "stackTrace",
+    };
     json!({
         "errorMessage": e.error_message,
         "errorType": e.error_type,
-        "stackTrace": e.stack_trace,
+        frames: e.stack_trace,
     })
 }
 
@@ -496,12 +507,18 @@ fn timeout_body(request_id: &str, after: Duration) -> serde_json::Value {
     })
 }
 
-fn success_response(exec: &Execution, request_id: &str, want_tail: bool) -> Response {
+fn success_response(
+    exec: &Execution,
+    runtime: Runtime,
+    request_id: &str,
+    want_tail: bool,
+) -> Response {
     let (body, function_error) = match &exec.result.outcome {
         Outcome::Success(body) => (body.clone(), None),
-        Outcome::FunctionError(e) | Outcome::InitError(e) => {
-            (error_json(e).to_string().into_bytes(), Some("Unhandled"))
-        }
+        Outcome::FunctionError(e) | Outcome::InitError(e) => (
+            error_json(e, runtime).to_string().into_bytes(),
+            Some("Unhandled"),
+        ),
         Outcome::Timeout { after_ms } => (
             timeout_body(request_id, Duration::from_millis(*after_ms))
                 .to_string()

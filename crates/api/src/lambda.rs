@@ -88,11 +88,13 @@ fn conflict(name: &str) -> ApiError {
     )
 }
 
-/// The runtime as Lambda's API answers it: the name it was made with (`python3`, the CLI's
-/// short form, is the guest image's `python3.X`).
+/// The runtime as Lambda's API answers it: the name it was made with (`python3` and `nodejs`,
+/// the CLI's short forms, are the guest image's `python3.X` and `nodejsX.x`).
 fn lambda_runtime(c: &FunctionConfig) -> &str {
     match (c.runtime, c.runtime_name.as_str()) {
-        (Runtime::Python3, "" | "python3") => ignition_types::GUEST_PYTHON,
+        (Runtime::Python3, "" | "python3") | (Runtime::Nodejs, "" | "nodejs") => {
+            c.runtime.lambda_name()
+        }
         (Runtime::Provided, "") => "provided",
         (_, name) => name,
     }

@@ -120,6 +120,7 @@ async fn handle(
         outcome,
         executor,
         executed,
+        ..
     } = run_sync(
         state,
         &target,

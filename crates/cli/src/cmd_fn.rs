@@ -17,10 +17,12 @@ pub(crate) enum FnCommand {
     Deploy {
         /// The function's name: [A-Za-z0-9_-]{1,64}.
         name: String,
-        /// python3 or provided.
+        /// python3.11, nodejs18.x or provided.al2023 (Lambda's names; python3, nodejs and provided
+        /// for short).
         #[arg(long)]
         runtime: String,
-        /// FILE.FUNC for python3 (e.g. app.handler); passed as _HANDLER to a provided bootstrap.
+        /// FILE.FUNC for Python and Node.js (e.g. app.handler); passed as _HANDLER to a provided
+        /// bootstrap.
         #[arg(long)]
         handler: String,
         /// A directory, or a .zip / .tar.gz archive.

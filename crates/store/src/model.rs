@@ -126,14 +126,19 @@ impl FunctionConfig {
         if self.handler.is_empty() || self.handler.len() > 128 {
             return Err(invalid("handler", "must be 1 to 128 characters"));
         }
-        if self.runtime == Runtime::Python3 {
+        if self.runtime.handler_is_file_dot_function() {
             let (file, func) = self.handler.rsplit_once('.').ok_or_else(|| {
                 invalid(
                     "handler",
                     format!("{:?} is not FILE.FUNCTION", self.handler),
                 )
             })?;
-            if file.is_empty() || func.is_empty() || file.starts_with('/') || file.contains("..") {
+            if file.is_empty()
+                || func.is_empty()
+                || file.starts_with('/')
+                || file.contains("..")
+                || self.handler_files().is_empty()
+            {
                 return Err(invalid(
                     "handler",
                     format!("{:?} is not FILE.FUNCTION", self.handler),
@@ -204,10 +209,32 @@ impl FunctionConfig {
         Ok(())
     }
 
-    /// The file a Python handler lives in (`app.handler` -> `app.py`).
-    pub fn python_module_file(&self) -> Option<String> {
-        let (module, _) = self.handler.rsplit_once('.')?;
-        Some(format!("{}.py", module.replace('.', "/")))
+    /// The files the handler's module may be in, in the order its runtime looks for them:
+    /// Python's `pkg.app.handler` is `pkg/app.py`; Node.js's `src/app.handler` is `src/app.js`,
+    /// `src/app.mjs` or `src/app.cjs` (the module ends at the first dot after the last slash,
+    /// as Lambda's Node.js runtime reads it). Empty for `provided` or a handler without a dot.
+    pub fn handler_files(&self) -> Vec<String> {
+        match self.runtime {
+            Runtime::Python3 => self
+                .handler
+                .rsplit_once('.')
+                .map(|(module, _)| vec![format!("{}.py", module.replace('.', "/"))])
+                .unwrap_or_default(),
+            Runtime::Nodejs => {
+                let base = self.handler.rfind('/').map_or(0, |i| i + 1);
+                match self.handler[base..].find('.') {
+                    Some(dot) => {
+                        let module = &self.handler[..base + dot];
+                        ["js", "mjs", "cjs"]
+                            .iter()
+                            .map(|ext| format!("{module}.{ext}"))
+                            .collect()
+                    }
+                    None => Vec::new(),
+                }
+            }
+            Runtime::Provided => Vec::new(),
+        }
     }
 }
 
@@ -299,7 +326,38 @@ mod tests {
     fn runtimes_accept_lambda_names() {
         assert_eq!(Runtime::parse("python3.11"), Ok(Runtime::Python3));
         assert_eq!(Runtime::parse("provided.al2023"), Ok(Runtime::Provided));
+        assert_eq!(Runtime::parse("nodejs18.x"), Ok(Runtime::Nodejs));
         assert!(Runtime::parse("nodejs20.x").is_err());
-        assert_eq!(config().python_module_file().as_deref(), Some("app.py"));
+        assert_eq!(config().handler_files(), ["app.py"]);
+        let node = |handler: &str| FunctionConfig {
+            runtime: Runtime::Nodejs,
+            handler: handler.into(),
+            ..config()
+        };
+        assert_eq!(
+            node("src/app.handler").handler_files(),
+            ["src/app.js", "src/app.mjs", "src/app.cjs"]
+        );
+        assert_eq!(
+            node("v1.2/index.api.get").handler_files(),
+            ["v1.2/index.js", "v1.2/index.mjs", "v1.2/index.cjs"],
+            "the module ends at the first dot after the last slash"
+        );
+        assert!(node("index").handler_files().is_empty());
+        assert!(
+            node("v1.2/index").validate().is_err(),
+            "no dot after the last slash"
+        );
+        assert_eq!(
+            node("../up.handler").validate().unwrap_err().to_string(),
+            FunctionConfig {
+                handler: "../up.handler".into(),
+                ..config()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string(),
+            "a Node.js handler is checked as a Python one"
+        );
     }
 }

@@ -16,4 +16,4 @@ pub use account::{account_id, is_account_id, DEFAULT_ACCOUNT_ID};
 pub use egress::{parse_rules, EgressRule, Ipv4Net, PolicyError, Protocol};
 pub use function::{FunctionId, Target, DEFAULT_TENANT};
 pub use quota::{QuotaOverrides, TenantQuotas};
-pub use runtime::{Runtime, UnknownRuntime, GUEST_PYTHON, SUPPORTED_RUNTIMES};
+pub use runtime::{Runtime, UnknownRuntime, GUEST_NODEJS, GUEST_PYTHON, SUPPORTED_RUNTIMES};
