@@ -15,7 +15,7 @@ pub(crate) enum ImageCommand {
         #[command(flatten)]
         cache: CacheArgs,
     },
-    /// Print the current image without building.
+    /// Print the current image, and the runtimes it runs, without building.
     Show {
         #[command(flatten)]
         cache: CacheArgs,
@@ -34,6 +34,15 @@ pub(crate) fn run(cmd: ImageCommand) -> Result<ExitCode> {
         }
         ImageCommand::Show { cache } => ignition_image::load_current(&cache.cache_dir())?,
     };
-    println!("{}", serde_json::to_string_pretty(&image)?);
+    let mut doc = serde_json::to_value(&image)?;
+    if let Some(fields) = doc.as_object_mut() {
+        // Lambda's names, as `fn deploy --runtime` and CreateFunction take them.
+        let runtimes = ignition_types::SUPPORTED_RUNTIMES
+            .iter()
+            .filter(|r| r.contains('.'))
+            .collect::<Vec<_>>();
+        fields.insert("runtimes".into(), serde_json::json!(runtimes));
+    }
+    println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(ExitCode::SUCCESS)
 }

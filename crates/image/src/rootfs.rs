@@ -1,4 +1,5 @@
-//! The root filesystem: Debian with Python 3, as an ext4 image the guest mounts read-only.
+//! The root filesystem: Debian with Python 3 and Node.js, as an ext4 image the guest mounts
+//! read-only.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,8 @@ use std::process::Command;
 use crate::{run_tool, sha256_hex, ImageError};
 
 const SUITE: &str = "bookworm";
-const PACKAGES: &str = "python3,ca-certificates";
+/// The runtimes' interpreters (Debian's own builds) and the CA bundle their TLS clients trust.
+const PACKAGES: &str = "python3,nodejs,ca-certificates";
 /// Bump when the steps below change, so cached images are rebuilt.
 const RECIPE_VERSION: &str = "1";
 /// What the guest never needs; removed to keep the image small.
