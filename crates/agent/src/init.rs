@@ -166,11 +166,13 @@ pub fn prepare_guest() -> Result<Guest, String> {
         .map_err(|e| format!("uname: {e}"))?;
     let runtime_dir = crate::supervisor::RUNTIME_DIR;
     fs::create_dir_all(runtime_dir).map_err(|e| format!("mkdir {runtime_dir}: {e}"))?;
-    fs::write(
-        format!("{runtime_dir}/bootstrap.py"),
-        crate::PYTHON_BOOTSTRAP,
-    )
-    .map_err(|e| format!("write python bootstrap: {e}"))?;
+    for (name, text) in [
+        (crate::supervisor::PYTHON_BOOTSTRAP, crate::PYTHON_RUNTIME),
+        (crate::supervisor::NODE_BOOTSTRAP, crate::NODE_RUNTIME),
+    ] {
+        fs::write(format!("{runtime_dir}/{name}"), text)
+            .map_err(|e| format!("write {runtime_dir}/{name}: {e}"))?;
+    }
     Ok(Guest {
         channel,
         kernel_release,

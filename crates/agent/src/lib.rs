@@ -22,5 +22,7 @@ mod runtime_api;
 pub mod session;
 mod supervisor;
 
-/// The Python bootstrap, written into the guest at boot; it speaks the Runtime API.
-const PYTHON_BOOTSTRAP: &str = include_str!("../runtimes/python/bootstrap.py");
+/// The runtime clients Ignition ships, written into the guest at boot; each speaks the Runtime
+/// API to the agent and calls the function's handler.
+const PYTHON_RUNTIME: &str = include_str!("../runtimes/python/bootstrap.py");
+const NODE_RUNTIME: &str = include_str!("../runtimes/nodejs/bootstrap.js");

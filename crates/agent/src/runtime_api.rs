@@ -231,7 +231,8 @@ fn read_body(req: &mut Request, max: usize) -> Option<Vec<u8>> {
 fn parse_error(body: &[u8], header_type: Option<String>) -> ErrorBody {
     let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let text = |k: &str| doc.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let stack_trace = match doc.get("stackTrace") {
+    // Python's runtimes name the frames `stackTrace`, Node.js's `trace`.
+    let stack_trace = match doc.get("stackTrace").or_else(|| doc.get("trace")) {
         Some(serde_json::Value::Array(items)) => items
             .iter()
             .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))

@@ -163,14 +163,14 @@ fn now_unix_ms() -> u64 {
 }
 
 /// Runs a synthetic invocation marked as a warm-up through the Runtime API. Only Ignition's own
-/// Python bootstrap knows the mark (it answers without calling the handler); a `provided`
-/// bootstrap is the user's code, so for it nothing is run.
+/// runtime clients (Python's and Node.js's) know the mark (they answer without calling the
+/// handler); a `provided` bootstrap is the user's code, so for it nothing is run.
 fn warm_up(loaded: &Loaded, broker: &Broker, logs: &LogBuffer) -> Result<(), String> {
     // The guest-side steps of a real invocation, with nothing secret or credited: the clock as
     // it is, and the pool mixed with bytes that carry no claimed entropy.
     set_clock(now_unix_ms());
     let _ = crate::entropy::reseed(&now_unix_ms().to_le_bytes(), false);
-    if loaded.runtime != ignition_proto::Runtime::Python3 {
+    if loaded.runtime == ignition_proto::Runtime::Provided {
         return Ok(());
     }
     // The runtime's own errors are left for the first real invocation to report (an init

@@ -23,6 +23,10 @@ pub(crate) const TASK_ROOT: &str = "/var/task";
 pub(crate) const OPT_ROOT: &str = "/opt";
 /// The runtime's own files (Lambda's `LAMBDA_RUNTIME_DIR`): outside `/opt`, which layers own.
 pub(crate) const RUNTIME_DIR: &str = "/var/runtime";
+/// Ignition's Python runtime client, in [`RUNTIME_DIR`].
+pub(crate) const PYTHON_BOOTSTRAP: &str = "bootstrap.py";
+/// Ignition's Node.js runtime client, in [`RUNTIME_DIR`] (CommonJS: no `package.json` there).
+pub(crate) const NODE_BOOTSTRAP: &str = "bootstrap.js";
 /// The unprivileged user the runtime runs as (Lambda's sandbox user has the same id). Inside the
 /// VM it cannot load modules, write kernel tunables, trigger sysrq or change the agent.
 pub(crate) const RUNTIME_UID: u32 = 993;
@@ -95,6 +99,7 @@ fn execution_env(runtime: Runtime) -> &'static str {
     match runtime {
         Runtime::Python3 => "AWS_Lambda_python3",
         Runtime::Provided => "AWS_Lambda_provided",
+        Runtime::Nodejs => "AWS_Lambda_nodejs18.x",
     }
 }
 
@@ -103,7 +108,18 @@ pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, S
     let mut cmd = match launch.runtime {
         Runtime::Python3 => {
             let mut c = Command::new("/usr/bin/python3");
-            c.arg("-u").arg(format!("{RUNTIME_DIR}/bootstrap.py"));
+            c.arg("-u").arg(format!("{RUNTIME_DIR}/{PYTHON_BOOTSTRAP}"));
+            c
+        }
+        Runtime::Nodejs => {
+            let mut c = Command::new("/usr/bin/node");
+            // V8 collects before its heap outgrows the VM, instead of the guest running out of
+            // memory; the rest is the kernel's, the agent's and Node's own.
+            c.arg(format!(
+                "--max-old-space-size={}",
+                (launch.memory_mib / 2).max(32)
+            ))
+            .arg(format!("{RUNTIME_DIR}/{NODE_BOOTSTRAP}"));
             c
         }
         // The function's own bootstrap, else a layer's (a custom runtime shipped as a layer).
@@ -123,6 +139,12 @@ pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, S
         ("TZ", ":UTC"),
         ("LANG", "C.UTF-8"),
         ("LD_LIBRARY_PATH", "/var/task/lib:/opt/lib"),
+        // Where Lambda's Node.js runtime finds layers' packages (the bundle's own
+        // `node_modules` is found by Node's resolution from the handler's file).
+        (
+            "NODE_PATH",
+            "/opt/nodejs/node18/node_modules:/opt/nodejs/node_modules:/var/task",
+        ),
     ] {
         if !launch.env.iter().any(|(name, _)| name == k) {
             cmd.env(k, v);
