@@ -267,6 +267,11 @@ exports.uncaught = async () => {
   }, 5);
   await new Promise(() => {});
 };
+exports.oddName = async () => {
+  const err = new Error('odd');
+  err.name = 'Odd\r\nName';
+  throw err;
+};
 exports.unhandled = async () => {
   Promise.reject(new Error('nobody awaits me'));
   await new Promise(() => {});
@@ -291,6 +296,7 @@ fn thrown_errors_rejected_promises_and_uncaught_exceptions_are_reported_as_lambd
         ("callback", "errors.callback"),
         ("uncaught", "errors.uncaught"),
         ("unhandled", "errors.unhandled"),
+        ("odd-name", "errors.oddName"),
         ("missing", "missing.handler"),
         ("syntax", "syntax.handler"),
         ("noexport", "noexport.handler"),
@@ -317,6 +323,14 @@ fn thrown_errors_rejected_promises_and_uncaught_exceptions_are_reported_as_lambd
     );
     let (body, _) = invoke_err(&server, "callback");
     assert_eq!(body["errorMessage"], "through the callback", "{body}");
+
+    // The error's name is the function's: a line break in it stays in the document.
+    let (body, _) = invoke_err(&server, "odd-name");
+    assert_eq!(
+        (&body["errorType"], &body["errorMessage"]),
+        (&"Odd\r\nName".into(), &"odd".into()),
+        "{body}"
+    );
 
     // An error nobody catches ends the runtime; it is the invocation's error, and the next
     // invocation runs in a VM of its own.

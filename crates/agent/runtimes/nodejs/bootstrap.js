@@ -214,7 +214,8 @@ function errorDoc(err) {
 function postError(apiPath, doc) {
   return request('POST', apiPath, JSON.stringify(doc), {
     'Content-Type': 'application/json',
-    'Lambda-Runtime-Function-Error-Type': doc.errorType,
+    // The error's name is the function's to choose: only what a header value may hold.
+    'Lambda-Runtime-Function-Error-Type': String(doc.errorType).replace(/[^\x20-\x7e]/g, '').slice(0, 256),
   });
 }
 
