@@ -13,14 +13,16 @@ use serde_json::Value;
 /// Node under TCG takes a second or two to load; the default 3 s would be tight.
 const TIMEOUT: [&str; 2] = ["--timeout", "30"];
 
-/// One file zipped and base64-encoded, as `Code.ZipFile` carries it.
-fn zip_base64(name: &str, text: &str) -> String {
+/// Files zipped and base64-encoded, as `Code.ZipFile` and `Content.ZipFile` carry them.
+fn zip_files(files: &[(&str, &str)]) -> String {
     use base64::Engine;
     use std::io::Write;
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    w.start_file(name, zip::write::SimpleFileOptions::default())
-        .unwrap();
-    w.write_all(text.as_bytes()).unwrap();
+    for (name, text) in files {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(text.as_bytes()).unwrap();
+    }
     base64::engine::general_purpose::STANDARD.encode(w.finish().unwrap().into_inner())
 }
 
@@ -97,7 +99,7 @@ fn hello_node_answers_through_the_cli_the_lambda_api_and_bench() {
                 "Runtime": "nodejs18.x",
                 "Role": "arn:aws:iam::123456789012:role/ignored",
                 "Handler": "index.handler",
-                "Code": { "ZipFile": zip_base64("index.mjs", &index) },
+                "Code": { "ZipFile": zip_files(&[("index.mjs", &index)]) },
                 "Timeout": 30,
             }))
             .send()
@@ -439,5 +441,42 @@ fn node_vms_restored_from_one_snapshot_do_not_share_random_state() {
     let math = a["math"].as_f64().unwrap();
     assert!((0.0..1.0).contains(&math), "{math}");
     assert_eq!(server.get_json("/v1/stats")["worker"]["snapshots_built"], 1);
+    server.stop_and_check_clean();
+}
+
+/// A Node.js function finds its layers' packages where Lambda's Node.js runtime looks:
+/// `/opt/nodejs/node_modules` and `/opt/nodejs/node18/node_modules`.
+#[test]
+fn a_node_function_requires_packages_from_its_layer() {
+    let server = TestServer::start(&[]);
+    let (status, _, layer) = json(
+        server
+            .http()
+            .post(format!("{}/2018-10-31/layers/node-libs/versions", server.url))
+            .json(&serde_json::json!({
+                "Content": {"ZipFile": zip_files(&[
+                    ("nodejs/node_modules/shared/index.js", "module.exports = 'shared from /opt';\n"),
+                    ("nodejs/node18/node_modules/versioned/index.js", "module.exports = 'for node 18';\n"),
+                ])},
+                "CompatibleRuntimes": ["nodejs18.x"],
+            }))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 201, "{layer}");
+    let arn = layer["LayerVersionArn"].as_str().unwrap();
+    let code = code_dir(&[(
+        "app.js",
+        "exports.handler = async () => [require('shared'), require('versioned')];\n",
+    )]);
+    server.deploy(
+        "layered",
+        "nodejs18.x",
+        "app.handler",
+        code.path(),
+        &["--timeout", "30", "--layer", arn],
+    );
+    let (body, _) = invoke_ok(&server, "layered", "{}");
+    assert_eq!(body, serde_json::json!(["shared from /opt", "for node 18"]));
     server.stop_and_check_clean();
 }
