@@ -341,6 +341,9 @@ fn an_aws_sdk_manages_and_invokes_functions() {
         "dryrun 204",
         "missing ResourceNotFoundException",
         "invalid InvalidParameterValueException True",
+        "node-create nodejs18.x",
+        "node-invoke {\"node\":\"v18\",\"id\":36}",
+        "node-error Unhandled TypeError asked to fail TypeError: asked to fail",
         "deleted 0",
     ] {
         assert!(
