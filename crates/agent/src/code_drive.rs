@@ -68,7 +68,7 @@ pub(crate) fn mount(task_root: &str, opt_root: &str) -> Result<(), String> {
 }
 
 /// Mounts the code drive's filesystem read-only at `target`.
-fn mount_drive(target: &str) -> Result<(), String> {
+pub(crate) fn mount_drive(target: &str) -> Result<(), String> {
     let device = find()?;
     let shown = device.display().to_string();
     let dev = std::fs::File::open(&device).map_err(|e| format!("open {shown}: {e}"))?;

@@ -83,7 +83,7 @@ fn wait_for(path: &str, limit: Duration) -> Result<(), String> {
 }
 
 /// Reads the kernel command line option `ignition.NAME=VALUE`.
-fn cmdline_option(name: &str) -> Option<String> {
+pub(crate) fn cmdline_option(name: &str) -> Option<String> {
     let cmdline = fs::read_to_string("/proc/cmdline").ok()?;
     let key = format!("ignition.{name}=");
     cmdline

@@ -16,6 +16,7 @@ pub mod channel;
 mod code_drive;
 mod entropy;
 mod handlers;
+mod image_root;
 pub mod init;
 mod network;
 mod runtime_api;

@@ -209,6 +209,7 @@ fn write_resolvers(cfg: &NetworkConfig) -> Result<(), String> {
         .take(MAX_RESOLVERS)
         .map(|d| format!("nameserver {}\n", Ipv4Addr::from(*d)))
         .collect();
+    crate::image_root::write_resolv_conf(&resolv);
     std::fs::write("/etc/resolv.conf", resolv).map_err(|e| format!("write resolv.conf: {e}"))
 }
 

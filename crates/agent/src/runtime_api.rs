@@ -150,7 +150,7 @@ impl Broker {
         true
     }
 
-    fn init_error(&self, body: ErrorBody) {
+    pub(crate) fn init_error(&self, body: ErrorBody) {
         let mut st = self.lock();
         st.dead = Some(format!("{}: {}", body.error_type, body.error_message));
         st.init_failure = Some(body.clone());

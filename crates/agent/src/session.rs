@@ -51,7 +51,7 @@ pub fn serve(guest: Guest) -> String {
         let reply = match msg {
             HostMessage::Shutdown => power_off(),
             HostMessage::LoadFunction(spec) if loaded.is_none() => {
-                match load(&spec, &logs, &runtime_pid) {
+                match load(&spec, &logs, &runtime_pid, &broker) {
                     Ok(l) => {
                         // Initialization (imports, init code) is paid before `Loaded`, so the
                         // function's timeout covers only its handler, as in Lambda. An init
@@ -101,9 +101,19 @@ fn load(
     spec: &FunctionSpec,
     logs: &Arc<LogBuffer>,
     runtime_pid: &Arc<Mutex<Option<nix::unistd::Pid>>>,
+    broker: &crate::runtime_api::Broker,
 ) -> Result<Loaded, String> {
     std::fs::create_dir_all(TASK_ROOT).map_err(|e| format!("mkdir {TASK_ROOT}: {e}"))?;
     match &spec.code {
+        Code::Drive if spec.image.is_some() => {
+            let scratch_mib = crate::init::cmdline_option("scratch_mib")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(64);
+            crate::image_root::mount(scratch_mib)?;
+        }
+        Code::Tar(_) if spec.image.is_some() => {
+            return Err("a container image's function comes on its drive, not as a tar".into())
+        }
         Code::Drive => crate::code_drive::mount(TASK_ROOT, crate::supervisor::OPT_ROOT)?,
         Code::Tar(tar) => {
             let mut archive = tar::Archive::new(&tar[..]);
@@ -116,7 +126,7 @@ fn load(
     // Hold the pid lock across the spawn so the reaper cannot see the runtime's exit before it
     // knows the runtime's pid.
     let mut slot = runtime_pid.lock().unwrap_or_else(|p| p.into_inner());
-    let pid = supervisor::start(
+    let started = supervisor::start(
         &Launch {
             runtime: spec.runtime,
             handler: &spec.handler,
@@ -124,10 +134,21 @@ fn load(
             version: &spec.version,
             memory_mib: spec.memory_mib,
             env: &spec.env,
+            image: spec.image.as_ref(),
         },
         logs,
-    )?;
-    *slot = Some(pid);
+    );
+    match started {
+        Ok(pid) => *slot = Some(pid),
+        // An image's entry point that cannot be run is the function's init failure, as on
+        // Lambda, not the VM's.
+        Err(message) if spec.image.is_some() => broker.init_error(ignition_proto::ErrorBody {
+            error_type: "Runtime.InvalidEntrypoint".to_owned(),
+            error_message: message,
+            stack_trace: Vec::new(),
+        }),
+        Err(message) => return Err(message),
+    }
     Ok(Loaded {
         function_arn: format!(
             "arn:aws:lambda:local:{}:function:{}",

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ignition_proto::{Runtime, MAX_LOG_BYTES};
+use ignition_proto::{ImageProcess, Runtime, MAX_LOG_BYTES};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
@@ -89,6 +89,9 @@ pub(crate) struct Launch<'a> {
     pub(crate) version: &'a str,
     pub(crate) memory_mib: u32,
     pub(crate) env: &'a [(String, String)],
+    /// A container image's process, run inside the image (see [`crate::image_root`]) instead
+    /// of a runtime of the guest's.
+    pub(crate) image: Option<&'a ImageProcess>,
 }
 
 /// The region in the ARNs a node hands out (`AWS_REGION`).
@@ -103,8 +106,34 @@ fn execution_env(runtime: Runtime) -> &'static str {
     }
 }
 
+/// Lambda's variables about the function, which every runtime's process gets.
+fn lambda_env(launch: &Launch<'_>) -> [(&'static str, String); 8] {
+    [
+        ("AWS_LAMBDA_FUNCTION_NAME", launch.function_name.to_owned()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", launch.version.to_owned()),
+        ("AWS_REGION", REGION.to_owned()),
+        ("AWS_DEFAULT_REGION", REGION.to_owned()),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_owned()),
+        (
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            format!("/aws/lambda/{}", launch.function_name),
+        ),
+        (
+            "AWS_LAMBDA_LOG_STREAM_NAME",
+            format!("ignition/[{}]", launch.version),
+        ),
+        (
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            launch.memory_mib.to_string(),
+        ),
+    ]
+}
+
 /// Starts the runtime and the threads that drain its output.
 pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, String> {
+    if let Some(image) = launch.image {
+        return start_image(launch, image, logs);
+    }
     let mut cmd = match launch.runtime {
         Runtime::Python3 => {
             let mut c = Command::new("/usr/bin/python3");
@@ -158,24 +187,8 @@ pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, S
         .env("_HANDLER", launch.handler)
         .env("LAMBDA_TASK_ROOT", TASK_ROOT)
         .env("LAMBDA_RUNTIME_DIR", RUNTIME_DIR)
-        .env("AWS_LAMBDA_FUNCTION_NAME", launch.function_name)
-        .env("AWS_LAMBDA_FUNCTION_VERSION", launch.version)
-        .env("AWS_REGION", REGION)
-        .env("AWS_DEFAULT_REGION", REGION)
         .env("AWS_EXECUTION_ENV", execution_env(launch.runtime))
-        .env("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
-        .env(
-            "AWS_LAMBDA_LOG_GROUP_NAME",
-            format!("/aws/lambda/{}", launch.function_name),
-        )
-        .env(
-            "AWS_LAMBDA_LOG_STREAM_NAME",
-            format!("ignition/[{}]", launch.version),
-        )
-        .env(
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-            launch.memory_mib.to_string(),
-        )
+        .envs(lambda_env(launch))
         .current_dir(TASK_ROOT)
         .uid(RUNTIME_UID)
         .gid(RUNTIME_UID)
@@ -185,21 +198,74 @@ pub(crate) fn start(launch: &Launch<'_>, logs: &Arc<LogBuffer>) -> Result<Pid, S
     // SAFETY: runs in the child between fork and exec; setrlimit(2) is async-signal-safe and
     // the closure touches only its own stack.
     unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: MAX_PROCESSES,
-                rlim_max: MAX_PROCESSES,
-            };
-            if libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
+        cmd.pre_exec(limit_processes);
+    }
+    spawn(cmd, logs).map_err(|e| format!("start {} runtime: {e}", launch.runtime.as_str()))
+}
+
+/// Starts a container image's process: its `ENTRYPOINT` and `CMD` inside the image, with the
+/// image's environment, then the function's, then Lambda's variables over both.
+fn start_image(
+    launch: &Launch<'_>,
+    image: &ImageProcess,
+    logs: &Arc<LogBuffer>,
+) -> Result<Pid, String> {
+    let (program, args) = image
+        .argv
+        .split_first()
+        .ok_or("the image has neither ENTRYPOINT nor CMD, and ImageConfig sets neither")?;
+    let (uid, gid) = crate::image_root::user_ids(&image.user, RUNTIME_UID)?;
+    let enter = crate::image_root::Enter::new(&image.working_dir, uid, gid)?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).env_clear();
+    cmd.env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    )
+    .env("HOME", "/tmp");
+    for kv in &image.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            if !k.is_empty() {
+                cmd.env(k, v);
             }
-            Ok(())
+        }
+    }
+    cmd.envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("AWS_LAMBDA_RUNTIME_API", RUNTIME_API_ADDR)
+        .envs(lambda_env(launch))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: runs in the child between fork and exec: `Enter::apply` and setrlimit(2) make
+    // only async-signal-safe calls on memory the child owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            enter.apply()?;
+            limit_processes()
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("start {} runtime: {e}", launch.runtime.as_str()))?;
-    let pid = Pid::from_raw(i32::try_from(child.id()).map_err(|_| "pid out of range".to_owned())?);
+    spawn(cmd, logs).map_err(|e| format!("start the image's entry point {program:?}: {e}"))
+}
+
+/// Caps the processes of the calling process's user (in the child, after its user is set).
+fn limit_processes() -> std::io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: MAX_PROCESSES,
+        rlim_max: MAX_PROCESSES,
+    };
+    // SAFETY: setrlimit(2) reads one rlimit from our stack; it is async-signal-safe.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Spawns `cmd` and the threads that drain its output into `logs`.
+fn spawn(mut cmd: Command, logs: &Arc<LogBuffer>) -> std::io::Result<Pid> {
+    let mut child = cmd.spawn()?;
+    let pid = Pid::from_raw(
+        i32::try_from(child.id()).map_err(|_| std::io::Error::other("pid out of range"))?,
+    );
     if let Some(out) = child.stdout.take() {
         logs.pipes
             .lock()

@@ -223,16 +223,17 @@ pub(crate) async fn run_sync(
         .concurrency
         .acquire(function_name, tenant_limit)
         .inspect_err(|_| {
-            state.metrics.record_throttle(function_name);
+            state
+                .metrics
+                .record_throttle(function_name, request_id, &state.node_id);
         })?;
     let started = std::time::Instant::now();
     let ran = state.node.run(job, mode).await;
     let elapsed = started.elapsed();
     tracing::info!(function = %function_name, %request_id, ms = elapsed.as_millis(), ok = ran.outcome.is_ok(), "invoked");
-    match &ran.outcome {
-        Ok(exec) => state.metrics.record(function_name, exec),
-        Err(e) => state.metrics.record_failure(function_name, e),
-    }
+    state
+        .metrics
+        .record_run(function_name, request_id, &ran.node, &ran.outcome);
     keep_log(state, function_name, request_id, &ran.outcome);
     Ok(Ran {
         outcome: ran.outcome,
@@ -348,10 +349,18 @@ pub(crate) async fn load_target(
         account_id: ignition_types::account_id(
             &ignition_types::FunctionId::from_stored(name).tenant,
         ),
+        image: config
+            .image
+            .as_ref()
+            .map(ignition_types::FunctionImage::process),
     });
     let job = Job {
         function,
-        code_sha256: record.code_sha256,
+        // An image function's drive is its image, named by the manifest's digest.
+        code_sha256: config
+            .image
+            .as_ref()
+            .map_or(record.code_sha256, |i| i.digest_hex().to_owned()),
         layers: config
             .layers
             .iter()

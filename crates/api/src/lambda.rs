@@ -1,11 +1,12 @@
 //! Lambda's control-plane API (`/2015-03-31/functions`), so that AWS SDKs and the AWS CLI,
-//! pointed at Ignition, manage functions: CreateFunction (code as `Code.ZipFile`),
+//! pointed at Ignition, manage functions: CreateFunction (code as `Code.ZipFile`, or a
+//! container image as `Code.ImageUri`, see [`crate::images`]),
 //! ListFunctions, GetFunction, GetFunctionConfiguration, UpdateFunctionCode,
 //! UpdateFunctionConfiguration, DeleteFunction. Shapes, status codes and error types follow
 //! the public Lambda API reference; unknown fields are ignored as AWS does, invalid values are
 //! refused with a message that names the field. `FunctionName` may be a name or an ARN.
 //!
-//! Not here yet: versions and aliases (`$LATEST` only), code from S3, container images.
+//! Versions and aliases are in [`crate::versions`]. Not here: code from S3.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -127,6 +128,18 @@ pub(crate) fn configuration(account: &str, r: &FunctionRecord) -> Value {
     if !c.layers.is_empty() {
         doc["Layers"] = crate::layers::configuration_layers(&c.layers);
     }
+    if let (Some(image), Some(doc)) = (&c.image, doc.as_object_mut()) {
+        // Lambda reports no runtime or handler for an image, and the image's digest as its
+        // code's hash.
+        doc.remove("Runtime");
+        doc.remove("Handler");
+        doc.insert("PackageType".into(), "Image".into());
+        doc.insert("CodeSha256".into(), image.digest_hex().into());
+        doc.insert("CodeSize".into(), 0.into());
+        if let Some(r) = crate::images::config_response(image) {
+            doc.insert("ImageConfigResponse".into(), r);
+        }
+    }
     doc
 }
 
@@ -193,9 +206,14 @@ struct CodeSpec {
 
 impl CodeSpec {
     fn zip(&self) -> Result<Vec<u8>, ApiError> {
-        if self.s3_bucket.is_some() || self.image_uri.is_some() {
+        if self.image_uri.is_some() {
             return Err(ApiError::invalid(
-                "Code: only Code.ZipFile is supported (no S3 or container images)",
+                "ImageUri is for functions of PackageType Image; this one is Zip",
+            ));
+        }
+        if self.s3_bucket.is_some() {
+            return Err(ApiError::invalid(
+                "Code: Code.ZipFile or Code.ImageUri (code from S3 is not supported)",
             ));
         }
         let zip = self
@@ -205,6 +223,19 @@ impl CodeSpec {
         base64::engine::general_purpose::STANDARD
             .decode(zip.as_bytes())
             .map_err(|e| ApiError::invalid(format!("Code.ZipFile: not base64 ({e})")))
+    }
+
+    /// `ImageUri`, for a function of PackageType Image.
+    fn image_uri(&self) -> Result<String, ApiError> {
+        if self.zip_file.is_some() || self.s3_bucket.is_some() {
+            return Err(ApiError::invalid(
+                "a function of PackageType Image takes Code.ImageUri, not a zip",
+            ));
+        }
+        self.image_uri
+            .clone()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| ApiError::invalid("Code.ImageUri is required for PackageType Image"))
     }
 }
 
@@ -225,6 +256,7 @@ pub(crate) struct CreateFunction {
     publish: bool,
     tags: Option<BTreeMap<String, String>>,
     layers: Option<Vec<String>>,
+    image_config: Option<crate::images::ImageConfig>,
 }
 
 /// The body of UpdateFunctionConfiguration.
@@ -239,6 +271,7 @@ pub(crate) struct UpdateConfiguration {
     description: Option<String>,
     revision_id: Option<String>,
     layers: Option<Vec<String>>,
+    image_config: Option<crate::images::ImageConfig>,
 }
 
 /// The body of UpdateFunctionCode.
@@ -295,8 +328,19 @@ pub(crate) async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req = crate::json_body(req)?;
     let name = function_name(&req.function_name)?;
-    if req.package_type.as_deref().is_some_and(|p| p != "Zip") {
-        return Err(ApiError::invalid("PackageType: only Zip is supported"));
+    match req.package_type.as_deref() {
+        None | Some("Zip") => {}
+        Some("Image") => return create_image_function(state, caller, name, req).await,
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "PackageType: {other:?} is not Zip or Image"
+            )))
+        }
+    }
+    if req.image_config.is_some() {
+        return Err(ApiError::invalid(
+            "ImageConfig is for functions of PackageType Image",
+        ));
     }
     let runtime_name = req
         .runtime
@@ -325,22 +369,67 @@ pub(crate) async fn create(
         egress: Vec::new(),
         description: req.description.unwrap_or_default(),
         layers,
+        image: None,
     };
     let rec = save(&state, &caller, config, zip).await?;
+    created(&state, &caller, rec, tags, req.publish).await
+}
+
+/// CreateFunction's answer for the stored `rec`, once its `tags` are set and, with `publish`,
+/// its first version is published.
+async fn created(
+    state: &AppState,
+    caller: &Caller,
+    rec: FunctionRecord,
+    tags: BTreeMap<String, String>,
+    publish_it: bool,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !tags.is_empty() {
         let stored = caller.function(&rec.config.name)?;
-        blocking(&state, move |s| s.tag(&stored, &tags)).await?;
+        blocking(state, move |s| s.tag(&stored, &tags)).await?;
     }
-    if req.publish {
+    if publish_it {
         return Ok((
             StatusCode::CREATED,
-            Json(publish(&state, &caller, &rec.config.name).await?),
+            Json(publish(state, caller, &rec.config.name).await?),
         ));
     }
     Ok((
         StatusCode::CREATED,
         Json(configuration(&caller.account_id(), &rec)),
     ))
+}
+
+/// CreateFunction with `PackageType: Image`: the image `Code.ImageUri` names is resolved and
+/// fetched now, and the function keeps the digest it resolved to.
+async fn create_image_function(
+    state: AppState,
+    caller: Caller,
+    name: String,
+    req: CreateFunction,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    crate::images::refuse_zip_settings(
+        req.runtime.is_some() || req.handler.is_some(),
+        req.layers.as_deref(),
+    )?;
+    let uri = req.code.image_uri()?;
+    let tags = req.tags.unwrap_or_default();
+    crate::tags::check(&tags)?;
+    if record(&state, &caller, &name).await.is_ok() {
+        return Err(conflict(&name));
+    }
+    let overrides = req.image_config.unwrap_or_default().into();
+    let image = crate::images::resolve(&state, &uri, overrides).await?;
+    let config = crate::images::image_function(
+        name,
+        image,
+        req.memory_size.unwrap_or(128),
+        req.timeout.unwrap_or(3),
+        req.environment.unwrap_or_default().variables,
+        req.description.unwrap_or_default(),
+    );
+    let rec = save(&state, &caller, config, Vec::new()).await?;
+    created(&state, &caller, rec, tags, req.publish).await
 }
 
 /// Publishes `$LATEST` of the caller's function `name` (CreateFunction's and
@@ -424,16 +513,27 @@ async fn qualified_configuration(
     name_or_arn: &str,
     q: QualifierQuery,
 ) -> Result<Value, ApiError> {
+    Ok(qualified(state, caller, name_or_arn, q).await?.0)
+}
+
+/// [`qualified_configuration`], with the record it reports.
+async fn qualified(
+    state: &AppState,
+    caller: &Caller,
+    name_or_arn: &str,
+    q: QualifierQuery,
+) -> Result<(Value, FunctionRecord), ApiError> {
     let user = function_name(name_or_arn)?;
     match requested_qualifier(name_or_arn, q)?.filter(|q| q != "$LATEST") {
         None => {
             let r = record(state, caller, name_or_arn).await?;
-            Ok(with_node_state(
+            let c = with_node_state(
                 state,
                 caller,
                 &user,
                 configuration(&caller.account_id(), &r),
-            ))
+            );
+            Ok((c, r))
         }
         Some(q) => {
             let target = format!("{}:{q}", caller.function(name_or_arn)?);
@@ -446,7 +546,7 @@ async fn qualified_configuration(
                 .map_or_else(|| "$LATEST".to_owned(), |v| v.to_string())
                 .into();
             c["FunctionArn"] = function_arn(&caller.account_id(), &format!("{user}:{q}")).into();
-            Ok(c)
+            Ok((c, r))
         }
     }
 }
@@ -458,12 +558,14 @@ pub(crate) async fn get(
     Path(name): Path<String>,
     Query(q): Query<QualifierQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = qualified_configuration(&state, &caller, &name, q).await?;
+    let (c, r) = qualified(&state, &caller, &name, q).await?;
+    let image = r.config.image;
     let stored = caller.function(&name)?;
-    let mut doc = json!({
-        "Configuration": c,
-        "Code": { "RepositoryType": "Ignition", "Location": "" },
-    });
+    let code = match &image {
+        Some(image) => crate::images::code_location(image),
+        None => json!({ "RepositoryType": "Ignition", "Location": "" }),
+    };
+    let mut doc = json!({ "Configuration": c, "Code": code });
     let tags = crate::tags::of(&state, &stored).await?;
     if !tags.is_empty() {
         doc["Tags"] = json!(tags);
@@ -547,15 +649,22 @@ pub(crate) async fn update_code(
     req: Result<Json<UpdateCode>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let req = crate::json_body(req)?;
-    let r = record(&state, &caller, &name).await?;
+    let mut r = record(&state, &caller, &name).await?;
     check_revision(req.revision_id.as_deref(), &r)?;
-    let zip = CodeSpec {
+    let code = CodeSpec {
         zip_file: req.zip_file,
         s3_bucket: req.s3_bucket,
         image_uri: req.image_uri,
-    }
-    .zip()?;
-    let rec = save(&state, &caller, r.config, zip).await?;
+    };
+    let rec = match r.config.image.take() {
+        // The image is resolved again: a tag that moved is followed now.
+        Some(old) => {
+            let image = crate::images::resolve(&state, &code.image_uri()?, old.overrides).await?;
+            r.config.image = Some(image);
+            save(&state, &caller, r.config, Vec::new()).await?
+        }
+        None => save(&state, &caller, r.config, code.zip()?).await?,
+    };
     if req.publish {
         return Ok(Json(publish(&state, &caller, &rec.config.name).await?));
     }
@@ -573,6 +682,18 @@ pub(crate) async fn update_configuration(
     let r = record(&state, &caller, &name).await?;
     check_revision(req.revision_id.as_deref(), &r)?;
     let mut config = r.config.clone();
+    if let Some(ic) = req.image_config {
+        let image = config.image.as_mut().ok_or_else(|| {
+            ApiError::invalid("ImageConfig is for functions of PackageType Image")
+        })?;
+        image.overrides = ic.into();
+    }
+    if config.image.is_some() {
+        crate::images::refuse_zip_settings(
+            req.runtime.is_some() || req.handler.is_some(),
+            req.layers.as_deref(),
+        )?;
+    }
     if let Some(rt) = &req.runtime {
         config.runtime = runtime(rt)?;
         config.runtime_name = rt.clone();
@@ -594,6 +715,11 @@ pub(crate) async fn update_configuration(
     }
     if let Some(arns) = req.layers {
         config.layers = crate::layers::resolve(&state, &caller, arns).await?;
+    }
+    if let Some(image) = &config.image {
+        crate::images::check_process(&state, image).await?;
+        let rec = save(&state, &caller, config, Vec::new()).await?;
+        return Ok(Json(configuration(&caller.account_id(), &rec)));
     }
     // The stored code is the canonical tar; it goes through the same checks as an upload.
     let hash = r.code_sha256.clone();

@@ -11,6 +11,8 @@ use serde_json::json;
 
 use crate::client::{api_error, Client};
 
+// Parsed once per process: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum FnCommand {
     /// Create or update a function.
@@ -19,15 +21,33 @@ pub(crate) enum FnCommand {
         name: String,
         /// python3.11, nodejs18.x or provided.al2023 (Lambda's names; python3, nodejs and provided
         /// for short).
-        #[arg(long)]
-        runtime: String,
+        #[arg(long, required_unless_present_any = ["image", "image_archive"])]
+        runtime: Option<String>,
         /// FILE.FUNC for Python and Node.js (e.g. app.handler); passed as _HANDLER to a provided
         /// bootstrap.
-        #[arg(long)]
-        handler: String,
+        #[arg(long, required_unless_present_any = ["image", "image_archive"])]
+        handler: Option<String>,
         /// A directory, or a .zip / .tar.gz archive.
-        #[arg(long)]
-        code: PathBuf,
+        #[arg(long, required_unless_present_any = ["image", "image_archive"])]
+        code: Option<PathBuf>,
+        /// A container image instead of code: `[REGISTRY/]REPOSITORY[:TAG|@DIGEST]`, pulled by
+        /// the server (its ENTRYPOINT and CMD speak the Lambda Runtime API).
+        #[arg(long, conflicts_with_all = ["runtime", "handler", "code", "layers", "image_archive"])]
+        image: Option<String>,
+        /// A container image from a file, for hosts without a registry: an OCI image layout in
+        /// a tar (`skopeo copy ... oci-archive:FILE`) or `docker save` output. Uploaded to the
+        /// server, then deployed as --image.
+        #[arg(long, value_name = "FILE.tar", conflicts_with_all = ["runtime", "handler", "code", "layers"])]
+        image_archive: Option<PathBuf>,
+        /// With an image: replaces its ENTRYPOINT (repeat for each word).
+        #[arg(long = "image-entry-point", value_name = "WORD")]
+        image_entry_point: Vec<String>,
+        /// With an image: replaces its CMD (repeat for each word).
+        #[arg(long = "image-command", value_name = "WORD")]
+        image_command: Vec<String>,
+        /// With an image: replaces its WORKDIR.
+        #[arg(long = "image-workdir", value_name = "DIR")]
+        image_workdir: Option<String>,
         /// Memory of the function's microVM, MiB.
         #[arg(long, default_value_t = 128)]
         memory: u32,
@@ -153,6 +173,35 @@ fn code_archive(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// Uploads an image archive to the server (`PUT /v1/images`), streamed from the file; the
+/// `ImageUri` that deploys it.
+fn upload_image_archive(client: &Client, file: &std::path::Path) -> Result<String> {
+    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let resp = client
+        .http()
+        .put(client.url("/v1/images"))
+        .header("content-type", "application/x-tar")
+        .header("content-length", len)
+        .body(reqwest::blocking::Body::sized(f, len))
+        .send()
+        .context("contacting the server")?;
+    let status = resp.status();
+    let bytes = resp.bytes()?;
+    if !status.is_success() {
+        bail!(
+            "uploading {} failed: {}",
+            file.display(),
+            api_error(status, &bytes)
+        );
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).context("the server's answer")?;
+    doc["ImageUri"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the server's answer has no ImageUri")
+}
+
 pub(crate) fn run(cmd: FnCommand, global: &crate::GlobalArgs) -> Result<ExitCode> {
     match cmd {
         FnCommand::Deploy {
@@ -160,6 +209,11 @@ pub(crate) fn run(cmd: FnCommand, global: &crate::GlobalArgs) -> Result<ExitCode
             runtime,
             handler,
             code,
+            image,
+            image_archive,
+            image_entry_point,
+            image_command,
+            image_workdir,
             memory,
             timeout,
             env,
@@ -168,20 +222,49 @@ pub(crate) fn run(cmd: FnCommand, global: &crate::GlobalArgs) -> Result<ExitCode
             layers,
         } => {
             let client = Client::new(global)?;
-            let archive = code_archive(&code)?;
             let env: serde_json::Map<String, serde_json::Value> =
                 env.into_iter().map(|(k, v)| (k, v.into())).collect();
-            let body = json!({
-                "runtime": runtime,
-                "handler": handler,
+            let mut body = json!({
                 "memory_mib": memory,
                 "timeout_s": timeout,
                 "env": env,
                 "reuse": reuse,
                 "egress": egress,
-                "code": base64::engine::general_purpose::STANDARD.encode(archive),
             });
-            let mut body = body;
+            let image = match (image, image_archive) {
+                (Some(reference), _) => Some(reference),
+                (None, Some(file)) => Some(upload_image_archive(&client, &file)?),
+                (None, None) => None,
+            };
+            match (image, runtime, handler, code) {
+                (Some(uri), ..) => {
+                    body["image"] = json!(uri);
+                    let mut config = serde_json::Map::new();
+                    if !image_entry_point.is_empty() {
+                        config.insert("EntryPoint".into(), json!(image_entry_point));
+                    }
+                    if !image_command.is_empty() {
+                        config.insert("Command".into(), json!(image_command));
+                    }
+                    if let Some(w) = image_workdir {
+                        config.insert("WorkingDirectory".into(), json!(w));
+                    }
+                    body["image_config"] = config.into();
+                }
+                (None, Some(runtime), Some(handler), Some(code)) => {
+                    if !image_entry_point.is_empty()
+                        || !image_command.is_empty()
+                        || image_workdir.is_some()
+                    {
+                        bail!("--image-entry-point, --image-command and --image-workdir go with --image or --image-archive");
+                    }
+                    let archive = code_archive(&code)?;
+                    body["runtime"] = json!(runtime);
+                    body["handler"] = json!(handler);
+                    body["code"] = json!(base64::engine::general_purpose::STANDARD.encode(archive));
+                }
+                _ => bail!("give --runtime, --handler and --code, or --image, or --image-archive"),
+            }
             if !layers.is_empty() {
                 body["layers"] = json!(layers);
             }
@@ -330,11 +413,19 @@ pub(crate) fn run(cmd: FnCommand, global: &crate::GlobalArgs) -> Result<ExitCode
                 "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT"
             );
             for f in doc["functions"].as_array().into_iter().flatten() {
+                // A container image's function: the image stands where runtime and handler do.
+                let (runtime, handler) = match f["image"]["uri"].as_str() {
+                    Some(uri) => ("image", uri),
+                    None => (
+                        f["runtime"].as_str().unwrap_or_default(),
+                        f["handler"].as_str().unwrap_or_default(),
+                    ),
+                };
                 println!(
                     "{:<32} {:<9} {:<24} {:>6} {:>7}  {}",
                     f["name"].as_str().unwrap_or_default(),
-                    f["runtime"].as_str().unwrap_or_default(),
-                    f["handler"].as_str().unwrap_or_default(),
+                    runtime,
+                    handler,
                     f["memory_mib"],
                     f["timeout_s"],
                     f["url"].as_str().unwrap_or("-"),

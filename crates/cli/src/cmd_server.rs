@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ignition_node::{
-    ApiSettings, ClusterSettings, ClusterTlsFiles, HttpSettings, ImageSource, JailSettings,
-    JailerChoice, NetworkConfig, NetworkMode as NodeNetworkMode, NodeConfig, TlsFiles,
-    VmmChoice as NodeVmmChoice, VmmConfig, WorkerLimits,
+    ApiSettings, ClusterSettings, ClusterTlsFiles, HttpSettings, ImageSettings, ImageSource,
+    JailSettings, JailerChoice, NetworkConfig, NetworkMode as NodeNetworkMode, NodeConfig,
+    TlsFiles, VmmChoice as NodeVmmChoice, VmmConfig, WorkerLimits,
 };
 use ignition_vmm::Accel;
 
@@ -158,6 +158,29 @@ pub(crate) struct ServerArgs {
     /// --cni-conf; egress still enforced by Ignition) or `none` (no network interface).
     #[arg(long, default_value = "builtin")]
     network: NetworkMode,
+    /// A registry reached over plain HTTP instead of HTTPS (`HOST:PORT`, repeatable or
+    /// comma-separated): only for registries on a network the operator trusts.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
+    /// Registry credentials: a Docker `config.json` (its `auths`, by registry host); the
+    /// node pulls anonymously from registries it does not list.
+    #[arg(long, value_name = "FILE")]
+    registry_auth_file: Option<PathBuf>,
+    /// The largest container image accepted, compressed or unpacked, in MiB (under the 4 GiB
+    /// of a VM's image drive).
+    #[arg(long, default_value_t = 3072, value_parser = clap::value_parser!(u64).range(1..4096))]
+    max_image_mib: u64,
+    /// Disk the node's flattened container images may take, in MiB; the least recently used
+    /// go first (and are fetched again when needed).
+    #[arg(long, default_value_t = 20 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    image_cache_mib: u64,
+    /// Seconds a container image's pull may take.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    image_pull_timeout: u64,
     /// With `--network cni`: the network configuration list (`.conflist`) or single `.conf`.
     #[arg(long)]
     cni_conf: Option<PathBuf>,
@@ -367,6 +390,16 @@ impl ServerArgs {
                     _ => None,
                 },
             },
+            images: ImageSettings {
+                insecure_registries: self.insecure_registries.clone(),
+                credentials: match &self.registry_auth_file {
+                    Some(f) => registry_credentials(f)?,
+                    None => Default::default(),
+                },
+                max_image_mib: self.max_image_mib,
+                cache_mib: self.image_cache_mib,
+                pull_timeout: Duration::from_secs(self.image_pull_timeout),
+            },
             api: ApiSettings {
                 dev: self.dev,
                 max_concurrency: self.max_concurrency,
@@ -386,6 +419,65 @@ impl ServerArgs {
             },
         })
     }
+}
+
+/// Registry credentials from a Docker `config.json`: `auths.HOST.auth` (base64 of
+/// `user:password`) or `auths.HOST.username` and `.password`.
+fn registry_credentials(
+    file: &std::path::Path,
+) -> Result<std::collections::HashMap<String, ignition_oci::Credentials>> {
+    use anyhow::Context;
+    use base64::Engine;
+    #[derive(serde::Deserialize)]
+    struct DockerConfig {
+        #[serde(default)]
+        auths: std::collections::HashMap<String, Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        auth: Option<String>,
+        username: Option<String>,
+        password: Option<String>,
+    }
+    let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let config: DockerConfig = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a Docker config.json", file.display()))?;
+    let mut out = std::collections::HashMap::new();
+    for (host, e) in config.auths {
+        // Docker writes Docker Hub's key as a URL.
+        let host = host
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let (username, password) = match (e.auth, e.username, e.password) {
+            (Some(a), _, _) => {
+                let plain = base64::engine::general_purpose::STANDARD
+                    .decode(a.trim())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .with_context(|| {
+                        format!("{}: the auth of {host} is not base64", file.display())
+                    })?;
+                let (u, p) = plain.split_once(':').with_context(|| {
+                    format!(
+                        "{}: the auth of {host} is not user:password",
+                        file.display()
+                    )
+                })?;
+                (u.to_owned(), p.to_owned())
+            }
+            (None, Some(u), Some(p)) => (u, p),
+            _ => anyhow::bail!(
+                "{}: {host} has neither auth nor username and password",
+                file.display()
+            ),
+        };
+        out.insert(host, ignition_oci::Credentials { username, password });
+    }
+    Ok(out)
 }
 
 pub(crate) fn run(args: ServerArgs) -> Result<ExitCode> {

@@ -98,6 +98,7 @@ pub(crate) fn job(
                 account_id: ignition_types::account_id(
                     &ignition_types::FunctionId::from_stored(&f.name).tenant,
                 ),
+                image: None,
             }),
             code_sha256: f.code_sha256.clone(),
             layers,
@@ -257,6 +258,7 @@ mod tests {
                 display_name: "hello".into(),
                 version: "2".into(),
                 account_id: ignition_types::account_id("t"),
+                image: None,
             }),
             code_sha256: "ab".repeat(32),
             layers: vec![ignition_worker::LayerCode {

@@ -27,6 +27,10 @@ impl Node {
 
     /// Tries to hand `task` to a peer with room; gives it back if none took it.
     pub(crate) async fn offer_to_peers(&self, mut task: Task) -> Option<Task> {
+        // A container image's function runs where its image is (peers do not pull it).
+        if task.job.function.image.is_some() {
+            return Some(task);
+        }
         let m = self.membership.get()?;
         let lease = self.cluster.as_ref().map(|c| c.lease)?;
         for _ in 0..self.policy.placement_rounds.max(1) {

@@ -15,6 +15,7 @@
 
 mod build;
 mod cpio;
+pub mod ext4;
 mod kernel;
 mod modules;
 mod rootfs;

@@ -32,6 +32,37 @@ pub struct NodeConfig {
     pub api: ApiSettings,
     /// The API's server: connections, timeouts, TLS.
     pub http: crate::HttpSettings,
+    /// Container images: registries, limits, the cache.
+    pub images: ImageSettings,
+}
+
+/// How a node fetches and keeps container images.
+#[derive(Debug, Clone)]
+pub struct ImageSettings {
+    /// `--insecure-registry HOST:PORT`: registries reached over plain HTTP (every other one
+    /// over HTTPS).
+    pub insecure_registries: Vec<String>,
+    /// Credentials by registry (`HOST[:PORT]`); anonymous elsewhere.
+    pub credentials: std::collections::HashMap<String, ignition_oci::Credentials>,
+    /// `--max-image-mib`: the largest image accepted, compressed or unpacked.
+    pub max_image_mib: u64,
+    /// `--image-cache-mib`: disk the node's flattened images may take (least recently used
+    /// out).
+    pub cache_mib: u64,
+    /// How long a pull may take.
+    pub pull_timeout: Duration,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        Self {
+            insecure_registries: Vec::new(),
+            credentials: Default::default(),
+            max_image_mib: 3072,
+            cache_mib: 20 * 1024,
+            pull_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 impl NodeConfig {
@@ -50,6 +81,7 @@ impl NodeConfig {
             cluster: ClusterSettings::default(),
             api: ApiSettings::default(),
             http: crate::HttpSettings::default(),
+            images: ImageSettings::default(),
         }
     }
 

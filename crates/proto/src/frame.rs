@@ -7,7 +7,7 @@ use serde::{de::DeserializeOwned, Serialize};
 /// The two bytes every frame starts with.
 pub const MAGIC: [u8; 2] = *b"IG";
 /// The protocol version this build speaks. Bump it on any change to a message's layout.
-pub const VERSION: u8 = 9;
+pub const VERSION: u8 = 10;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 8;
 

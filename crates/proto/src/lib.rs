@@ -22,8 +22,8 @@ mod message;
 
 pub use frame::{encode, read_frame, FrameDecoder, FrameError, Header, HEADER_LEN, MAGIC, VERSION};
 pub use message::{
-    Code, ErrorBody, FunctionSpec, GuestMessage, HostMessage, InvokeRequest, InvokeResult,
-    NetworkConfig, Outcome, Runtime, CODE_DRIVE_SERIAL,
+    Code, ErrorBody, FunctionSpec, GuestMessage, HostMessage, ImageProcess, InvokeRequest,
+    InvokeResult, NetworkConfig, Outcome, Runtime, CODE_DRIVE_SERIAL,
 };
 
 /// Largest frame the host accepts from a guest: a 6 MiB result plus 1 MiB of logs and framing.

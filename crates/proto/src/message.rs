@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use ignition_types::Runtime;
+pub use ignition_types::{ImageProcess, Runtime};
 
 /// A function as the guest needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +27,10 @@ pub struct FunctionSpec {
     pub version: String,
     /// The owning tenant's account id, for the function's ARN in the runtime's context.
     pub account_id: String,
+    /// For a function packaged as a container image: the process to start. The code drive
+    /// then holds the image's root filesystem, which the guest makes the process's root
+    /// (`runtime` and `handler` are not used).
+    pub image: Option<ImageProcess>,
 }
 
 /// Where a function's code comes from.

@@ -229,6 +229,7 @@ mod tests {
             egress: Vec::new(),
             description: String::new(),
             layers,
+            image: None,
         }
     }
 

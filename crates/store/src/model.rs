@@ -94,6 +94,11 @@ pub struct FunctionConfig {
     /// earlier ones), at most [`MAX_LAYERS`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<LayerRef>,
+    /// The container image the function is packaged as (Lambda's `PackageType: Image`);
+    /// `None` for a function whose code is a bundle (`Zip`). An image function's bundle is
+    /// empty, and its runtime and handler are not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ignition_types::FunctionImage>,
 }
 
 /// Layers a function may have (Lambda's limit).
@@ -123,10 +128,18 @@ impl FunctionConfig {
             }
             None => validate_name(&self.name)?,
         }
-        if self.handler.is_empty() || self.handler.len() > 128 {
+        if let Some(image) = &self.image {
+            validate_image(image)?;
+            if !self.layers.is_empty() {
+                return Err(invalid(
+                    "layers",
+                    "a function packaged as a container image has no layers",
+                ));
+            }
+        } else if self.handler.is_empty() || self.handler.len() > 128 {
             return Err(invalid("handler", "must be 1 to 128 characters"));
         }
-        if self.runtime.handler_is_file_dot_function() {
+        if self.image.is_none() && self.runtime.handler_is_file_dot_function() {
             let (file, func) = self.handler.rsplit_once('.').ok_or_else(|| {
                 invalid(
                     "handler",
@@ -238,6 +251,41 @@ impl FunctionConfig {
     }
 }
 
+/// Lambda's limits on `ImageConfig`, and a sane one on `ImageUri`.
+fn validate_image(image: &ignition_types::FunctionImage) -> Result<(), ModelError> {
+    if image.uri.is_empty() || image.uri.len() > 1024 {
+        return Err(invalid("image", "ImageUri must be 1 to 1024 characters"));
+    }
+    let digest_ok = image.digest.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    });
+    if !digest_ok {
+        return Err(invalid(
+            "image",
+            format!("{:?} is not a sha256 digest", image.digest),
+        ));
+    }
+    let o = &image.overrides;
+    for (field, list) in [("EntryPoint", &o.entry_point), ("Command", &o.command)] {
+        let list = list.as_deref().unwrap_or_default();
+        if list.len() > 1500 || list.iter().any(|a| a.len() > 1024 || a.contains('\0')) {
+            return Err(invalid(
+                "image",
+                format!("ImageConfig.{field}: at most 1500 strings of at most 1024 bytes, no NUL"),
+            ));
+        }
+    }
+    if let Some(w) = &o.working_directory {
+        if w.len() > 1000 || (!w.is_empty() && !w.starts_with('/')) || w.contains('\0') {
+            return Err(invalid(
+                "image",
+                "ImageConfig.WorkingDirectory: an absolute path of at most 1000 characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A stored function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionRecord {
@@ -271,6 +319,7 @@ mod tests {
             egress: Vec::new(),
             description: String::new(),
             layers: Vec::new(),
+            image: None,
         }
     }
 

@@ -237,6 +237,7 @@ mod tests {
             egress: Vec::new(),
             description: String::new(),
             layers: Vec::new(),
+            image: None,
         }
     }
 

@@ -295,6 +295,7 @@ mod tests {
                 egress: Vec::new(),
                 description: String::new(),
                 layers: Vec::new(),
+                image: None,
             },
             b"x",
         )

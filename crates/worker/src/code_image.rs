@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use ignition_proto::{Code, FunctionSpec};
@@ -24,12 +23,9 @@ use tokio::sync::Mutex as AsyncMutex;
 
 /// The size of every code drive as the guest sees it (sparse: an image takes on disk only what
 /// its filesystem wrote).
-pub(crate) const DRIVE_BYTES: u64 = 4 << 30;
+pub const DRIVE_BYTES: u64 = 4 << 30;
 /// The placeholder's file name; no code hash can take it (hashes are hex).
 const PLACEHOLDER: &str = "placeholder.img";
-/// Free room kept in each filesystem beyond what its files take, and its smallest size.
-const SLACK_BYTES: u64 = 4 << 20;
-const BLOCK: u64 = 4096;
 
 /// Why a code image could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +50,9 @@ pub enum CodeImageError {
     /// The node's code source failed, or sent other bytes than the hash names.
     #[error("reading code bundle {0}: {1}")]
     Source(String, String),
+    /// The container image's filesystem could not be had.
+    #[error("container image sha256:{0}: {1}")]
+    Image(String, String),
 }
 
 /// One layer of a function's code, as a job carries it: its bundle's hash, and the bundle
@@ -94,10 +93,19 @@ fn is_sha256(s: &str) -> bool {
 
 /// Where the node keeps code bundles (its store): read when an image must be built for a job
 /// whose spec carries no tar, which is every local invocation's (the invoke path reads no code).
+/// And where it keeps container images' filesystems, which it makes itself.
 pub trait CodeSource: Send + Sync + std::fmt::Debug {
     /// The canonical tar of the bundle `sha256`, if the node has it. Called on a blocking
     /// thread.
     fn bundle(&self, sha256: &str) -> Result<Option<Vec<u8>>, String>;
+
+    /// The filesystem image (a file of [`DRIVE_BYTES`]) of the container image whose manifest
+    /// digest is `sha256:<digest_hex>`, fetched again if the node's cache let it go; `None`
+    /// when the node knows no such image. Called on a blocking thread inside the runtime.
+    fn image_drive(&self, digest_hex: &str) -> Result<Option<PathBuf>, String> {
+        let _ = digest_hex;
+        Ok(None)
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CodeImageError {
@@ -183,6 +191,9 @@ impl CodeImages {
         {
             return Err(CodeImageError::BadHash(bad.to_owned()));
         }
+        if function.image.is_some() {
+            return self.image_drive(sha256).await.map(|p| (p, false));
+        }
         let name = image_name(sha256, layers);
         let path = self.dir.join(&name);
         if mark_used(&path) {
@@ -246,6 +257,23 @@ impl CodeImages {
     }
 }
 
+impl CodeImages {
+    /// The filesystem of the container image `digest_hex` (the node's image cache counts it
+    /// against its own budget, not the snapshots').
+    async fn image_drive(&self, digest_hex: &str) -> Result<PathBuf, CodeImageError> {
+        let source = self
+            .source
+            .clone()
+            .ok_or_else(|| CodeImageError::NoCode(digest_hex.to_owned()))?;
+        let digest = digest_hex.to_owned();
+        tokio::task::spawn_blocking(move || source.image_drive(&digest))
+            .await
+            .map_err(|e| CodeImageError::Image(digest_hex.to_owned(), e.to_string()))?
+            .map_err(|e| CodeImageError::Image(digest_hex.to_owned(), e))?
+            .ok_or_else(|| CodeImageError::NoCode(digest_hex.to_owned()))
+    }
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -283,29 +311,15 @@ fn build(
         for (i, layer) in layers.iter().enumerate() {
             unpack(layer, &tree.join("opt")).map_err(io(format!("unpack layer {}", i + 1)))?;
         }
-        let (bytes, inodes) = tree_usage(&tree);
         let image = scratch.join("image");
-        // An estimate of ext4's own overhead can fall short for odd trees: try larger.
-        let mut size = fs_bytes(bytes, inodes);
-        let mut last = String::new();
-        for _ in 0..3 {
-            let _ = std::fs::remove_file(&image);
-            match mkfs(&tree, &image, size, inodes) {
-                Ok(()) => {
-                    let f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&image)
-                        .map_err(io("open the image"))?;
-                    f.set_len(DRIVE_BYTES).map_err(io("size the image"))?;
-                    f.sync_all().map_err(io("sync the image"))?;
-                    return std::fs::rename(&image, target)
-                        .map_err(io(format!("install {}", target.display())));
-                }
-                Err(e) => last = e,
-            }
-            size *= 2;
-        }
-        Err(CodeImageError::Mkfs(last))
+        ignition_image::ext4::make(&tree, &image, "code").map_err(CodeImageError::Mkfs)?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .map_err(io("open the image"))?;
+        f.set_len(DRIVE_BYTES).map_err(io("size the image"))?;
+        f.sync_all().map_err(io("sync the image"))?;
+        std::fs::rename(&image, target).map_err(io(format!("install {}", target.display())))
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     result
@@ -326,68 +340,6 @@ fn tempfile_dir(dir: &Path) -> Result<PathBuf, CodeImageError> {
     let p = dir.join(format!(".build-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&p).map_err(io(format!("mkdir {}", p.display())))?;
     Ok(p)
-}
-
-/// Bytes the tree's files take in whole blocks, and its number of files and directories.
-fn tree_usage(root: &Path) -> (u64, u64) {
-    let (mut bytes, mut inodes) = (0u64, 1u64);
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            inodes += 1;
-            bytes += m.len().div_ceil(BLOCK).max(1) * BLOCK;
-            if m.is_dir() {
-                todo.push(e.path());
-            }
-        }
-    }
-    (bytes, inodes)
-}
-
-/// A filesystem size for `bytes` of files and `inodes` entries: the data, an inode each, and
-/// room for ext4's own tables.
-fn fs_bytes(bytes: u64, inodes: u64) -> u64 {
-    let raw = bytes + bytes / 16 + inodes * 256 + SLACK_BYTES;
-    raw.div_ceil(1 << 20) * (1 << 20)
-}
-
-/// The `mkfs.ext4` binary: on `PATH`, or where Debian puts it (`/usr/sbin` is not on every
-/// user's `PATH`).
-fn mkfs_binary() -> PathBuf {
-    ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("mkfs.ext4"))
-}
-
-fn mkfs(tree: &Path, image: &Path, size: u64, inodes: u64) -> Result<(), String> {
-    let out = Command::new(mkfs_binary())
-        // No journal (never written), no reserved blocks, no room to grow: a read-only image.
-        .args(["-q", "-F", "-b", "4096", "-m", "0", "-L", "code"])
-        .args(["-O", "^has_journal,^resize_inode"])
-        .args(["-E", "root_owner=0:0"])
-        .args(["-N", &(inodes + 16).to_string()])
-        .arg("-d")
-        .arg(tree)
-        .arg(image)
-        .arg(format!("{}k", size / 1024))
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| format!("run {}: {e}", mkfs_binary().display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 #[cfg(test)]
@@ -432,6 +384,7 @@ mod tests {
             display_name: "f".into(),
             version: "$LATEST".into(),
             account_id: ignition_types::DEFAULT_ACCOUNT_ID.into(),
+            image: None,
         })
     }
 
@@ -441,7 +394,7 @@ mod tests {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .unwrap_or("debugfs");
-        let out = Command::new(debugfs)
+        let out = std::process::Command::new(debugfs)
             .args(["-R", &format!("cat {path}")])
             .arg(image)
             .output()
@@ -585,12 +538,5 @@ mod tests {
             none.ensure(&sha, &forged, &spec(Code::Tar(code))).await,
             Err(CodeImageError::Source(..))
         ));
-    }
-
-    #[test]
-    fn the_filesystem_has_room_for_what_it_holds() {
-        assert!(fs_bytes(0, 1) >= SLACK_BYTES);
-        let forty = 40 << 20;
-        assert!(fs_bytes(forty, 3) > forty);
     }
 }

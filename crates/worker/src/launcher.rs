@@ -57,6 +57,22 @@ impl FunctionRef {
             .iter()
             .flat_map(|l| [l.sha256.as_bytes(), b"\0"].concat())
             .collect();
+        // An image function's process (its ImageConfig applied) is loaded into the snapshot.
+        let image: Vec<u8> = s
+            .image
+            .as_ref()
+            .map(|p| {
+                [
+                    &p.argv[..],
+                    &p.env[..],
+                    &[p.working_dir.clone(), p.user.clone()],
+                ]
+                .concat()
+                .iter()
+                .flat_map(|w| [w.as_bytes(), b"\0"].concat())
+                .collect()
+            })
+            .unwrap_or_default();
         crate::snapshot::key(&[
             image_id.as_bytes(),
             s.name.as_bytes(),
@@ -69,6 +85,7 @@ impl FunctionRef {
             self.code_sha256.as_bytes(),
             &layers,
             &egress,
+            &image,
         ])
     }
 }
@@ -116,6 +133,7 @@ fn on_drive(s: &FunctionSpec) -> FunctionSpec {
         display_name: s.display_name.clone(),
         version: s.version.clone(),
         account_id: s.account_id.clone(),
+        image: s.image.clone(),
     }
 }
 

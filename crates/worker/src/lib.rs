@@ -21,7 +21,7 @@ mod snapshot;
 mod worker;
 
 pub use channel::ChannelError;
-pub use code_image::{CodeImageError, CodeSource, LayerCode};
+pub use code_image::{CodeImageError, CodeSource, LayerCode, DRIVE_BYTES};
 pub use error::ExecError;
 pub use pool::{PoolConfig, PoolStatus};
 pub use snapshot::SnapshotError;

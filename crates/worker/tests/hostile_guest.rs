@@ -89,6 +89,7 @@ fn job(handler: &str, timeout: Duration) -> Job {
             display_name: "victim".into(),
             version: "$LATEST".into(),
             account_id: ignition_types::DEFAULT_ACCOUNT_ID.into(),
+            image: None,
         }),
         code_sha256: {
             use sha2::Digest;

@@ -59,6 +59,7 @@ fn job(name: &str, handler: &str, reuse: bool) -> Job {
             display_name: name.into(),
             version: "$LATEST".into(),
             account_id: ignition_types::DEFAULT_ACCOUNT_ID.into(),
+            image: None,
         }),
         code_sha256: sha256_hex(&empty_tar()),
         layers: Arc::from(Vec::new()),

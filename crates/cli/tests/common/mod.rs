@@ -193,6 +193,11 @@ impl TestServer {
         }
     }
 
+    /// The server process's id (to stop and resume it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
     }
