@@ -16,6 +16,15 @@ done
 [ -x /usr/bin/aws ] || need_apt+=(awscli)
 # Standard CNI plugins, for `--network cni` and its tests.
 [ -x /usr/lib/cni/ptp ] || need_apt+=(containernetworking-plugins)
+# A registry and skopeo, for the container image tests (they start their own on loopback).
+for pkg_cmd in docker-registry:docker-registry skopeo:skopeo; do
+  command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need_apt+=("${pkg_cmd%%:*}")
+done
+# Debian's Chromium, and Node.js with npm, for the web console's browser test (Playwright drives
+# Chromium; it downloads no browser of its own).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # debootstrap verifies the archive's signatures with this keyring (a Recommends, so named here).
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need_apt+=(debian-archive-keyring)
 if [ ${#need_apt[@]} -gt 0 ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
@@ -36,6 +45,12 @@ echo "==> building the guest agent (static) and ignition"
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked -p ignition-agent --target x86_64-unknown-linux-gnu
 cargo build --release --locked -p ignition
+
+browser_tests=crates/console/tests/browser
+if [ ! -d "$browser_tests/node_modules/playwright-core" ]; then
+  echo "==> installing playwright-core for the console's browser test"
+  npm ci --prefix "$browser_tests" --no-audit --no-fund --loglevel=error
+fi
 
 echo "==> building the guest image (cached in ${IGNITION_CACHE_DIR:-~/.cache/ignition})"
 ./target/release/ignition image build >/dev/null

@@ -10,6 +10,11 @@
 //!
 //! Signatures are checked by [`crate::sigv4`], which binds the body and every header that
 //! changes what a request does.
+//!
+//! The web console's pages call the same API from the browser with neither: a session cookie
+//! ([`SESSION_COOKIE`], HttpOnly, `SameSite=Strict`) opened by signing in with a key, and, on
+//! every request that changes state, the session's CSRF token in [`CSRF_HEADER`] from the
+//! node's own origin.
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{FromRequestParts, Request, State};
@@ -33,7 +38,8 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn of(key: &ignition_store::AccessKey) -> Self {
+    /// The caller a key makes.
+    pub fn of(key: &ignition_store::AccessKey) -> Self {
         Self {
             tenant: key.tenant.clone(),
             operator: key.is_operator(),
@@ -48,7 +54,7 @@ impl Caller {
     /// The stored name of the caller's function `name` (a name, a partial ARN or an ARN). An
     /// ARN naming another account's function is refused: another tenant's functions are not
     /// the caller's to see or change.
-    pub(crate) fn function(&self, name_or_arn: &str) -> Result<String, ApiError> {
+    pub fn function(&self, name_or_arn: &str) -> Result<String, ApiError> {
         let name = crate::lambda::function_name(name_or_arn)?;
         self.in_own_account(name_or_arn)?;
         Ok(FunctionId::new(&self.tenant, &name).stored())
@@ -85,7 +91,7 @@ impl Caller {
     }
 
     /// The caller's name for the stored function `stored`, or `None` when it is not theirs.
-    pub(crate) fn owns<'a>(&self, stored: &'a str) -> Option<&'a str> {
+    pub fn owns<'a>(&self, stored: &'a str) -> Option<&'a str> {
         let id = FunctionId::from_stored(stored);
         (id.tenant == self.tenant).then(|| &stored[stored.len() - id.name.len()..])
     }
@@ -144,6 +150,13 @@ pub(crate) enum Identity {
 }
 
 pub(crate) async fn identify(state: &AppState, parts: &Parts) -> Result<Identity, ApiError> {
+    if parts.headers.get("authorization").is_none() {
+        if let Some(token) = session_token(&parts.headers) {
+            return session_request(state, parts, token.to_owned())
+                .await
+                .map(Identity::Checked);
+        }
+    }
     let auth = parts
         .headers
         .get("authorization")
@@ -183,6 +196,96 @@ pub(crate) async fn identify(state: &AppState, parts: &Parts) -> Result<Identity
     Ok(Identity::Signed(lookup(h.access_key_id.to_owned()).await?))
 }
 
+/// The cookie that carries a web console session (see [`session`]).
+pub const SESSION_COOKIE: &str = "ignition_session";
+/// The header in which a console session's state-changing request echoes its CSRF token.
+pub const CSRF_HEADER: &str = "x-ignition-csrf";
+
+/// The console session cookie's value in `headers`, if there is one.
+pub fn session_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+}
+
+/// The live console session `token` opens, with its caller; `None` when it has expired, was
+/// signed out, or its key was deleted.
+pub async fn session(
+    state: &AppState,
+    token: String,
+) -> Result<Option<(Caller, ignition_store::Session)>, ApiError> {
+    let found = blocking(state, move |s| s.session(&token)).await?;
+    Ok(found.map(|session| (Caller::of(&session.key), session)))
+}
+
+/// Whether `secret` is `key`'s secret (compared in constant time).
+pub fn secret_matches(key: &ignition_store::AccessKey, secret: &str) -> bool {
+    crate::sigv4::constant_time_eq(key.secret_access_key.as_bytes(), secret.as_bytes())
+}
+
+/// Whether `given` is `session`'s CSRF token (compared in constant time).
+pub fn csrf_matches(session: &ignition_store::Session, given: &[u8]) -> bool {
+    crate::sigv4::constant_time_eq(given, session.csrf.as_bytes())
+}
+
+/// Whether a request may change state: a method other than GET, HEAD and OPTIONS.
+pub fn changes_state(method: &axum::http::Method) -> bool {
+    use axum::http::Method;
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Whether a browser's request comes from this node's own pages: its `Origin`, when it sends
+/// one, is the node it is sent to. Browsers send `Origin` on every cross-site request that
+/// changes state, so a page elsewhere cannot pass for one of the console's.
+pub fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return true;
+    };
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin.to_str().ok().and_then(|o| {
+        o.strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"))
+    });
+    matches!((origin_host, host), (Some(o), Some(h)) if o == h)
+}
+
+/// A request authenticated by a console session: the session must be live and, for a request
+/// that changes state, come from the node's own origin with the session's CSRF token.
+async fn session_request(
+    state: &AppState,
+    parts: &Parts,
+    token: String,
+) -> Result<Caller, ApiError> {
+    let Some((caller, session)) = session(state, token).await? else {
+        return Err(denied(
+            "UnrecognizedClientException",
+            "the console session has expired or was signed out; sign in again",
+        ));
+    };
+    if changes_state(&parts.method) {
+        let echoed = parts
+            .headers
+            .get(CSRF_HEADER)
+            .map(axum::http::HeaderValue::as_bytes)
+            .unwrap_or_default();
+        if !same_origin(&parts.headers) || !csrf_matches(&session, echoed) {
+            return Err(denied(
+                "AccessDeniedException",
+                format!("a console session's request that changes state must come from the console with its {CSRF_HEADER} token"),
+            ));
+        }
+    }
+    Ok(caller)
+}
+
 fn sig_denied(e: crate::sigv4::SigV4Error) -> ApiError {
     denied(e.error_type(), e.to_string())
 }
@@ -204,12 +307,18 @@ pub(crate) fn verify(
 pub(crate) async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let open = parts.method == axum::http::Method::GET && parts.uri.path() == "/";
+    // An image archive (up to --max-image-mib) is streamed to disk by its handler, not read
+    // here, unless a signature needs its bytes.
+    let streamed = parts.method == axum::http::Method::PUT && parts.uri.path() == "/v1/images";
     let (caller, bytes) = if state.dev_mode || open {
         // Development mode has no keys: its one caller is also its operator.
         let caller = Caller {
             tenant: DEFAULT_TENANT.to_owned(),
             operator: state.dev_mode,
         };
+        if streamed {
+            return pass_through(parts, body, caller, next).await;
+        }
         match read_body(&parts, body, state.body_timeout).await {
             Ok(bytes) => (caller, bytes),
             Err(e) => return e.into_response(),
@@ -219,6 +328,9 @@ pub(crate) async fn require(State(state): State<AppState>, req: Request, next: N
             Err(e) => {
                 discard(body, state.body_timeout);
                 return e.into_response();
+            }
+            Ok(Identity::Checked(caller)) if streamed => {
+                return pass_through(parts, body, caller, next).await;
             }
             Ok(Identity::Checked(caller)) => {
                 match read_body(&parts, body, state.body_timeout).await {
@@ -257,6 +369,20 @@ pub(crate) async fn require(State(state): State<AppState>, req: Request, next: N
     resp
 }
 
+/// Runs a route that reads its own body, for `caller`.
+async fn pass_through(
+    parts: axum::http::request::Parts,
+    body: Body,
+    caller: Caller,
+    next: Next,
+) -> Response {
+    let mut req = Request::from_parts(parts, body);
+    req.extensions_mut().insert(caller.clone());
+    let mut resp = next.run(req).await;
+    resp.extensions_mut().insert(caller);
+    resp
+}
+
 /// The largest body a route takes: an invocation's event (Lambda's 6 MiB, one byte more so
 /// that the invoke handler answers an oversized one in Lambda's words), a deploy's archive, or
 /// a small JSON document for everything else.
@@ -269,7 +395,8 @@ pub(crate) fn body_limit(method: &axum::http::Method, path: &str) -> usize {
             || path.ends_with("/configuration")))
         || (*method == Method::POST
             && (path.trim_end_matches('/') == "/2015-03-31/functions"
-                || path.starts_with("/2018-10-31/layers/") && path.ends_with("/versions")));
+                || path.starts_with("/2018-10-31/layers/") && path.ends_with("/versions")))
+        || (*method == Method::PUT && path == "/v1/images");
     if invoke {
         crate::MAX_INVOKE_PAYLOAD + 1
     } else if deploy {

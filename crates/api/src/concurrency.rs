@@ -92,6 +92,11 @@ impl Concurrency {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Invocations of `function` (a stored name) this node's API is running now.
+    pub fn running(&self, function: &str) -> u32 {
+        self.lock().running.get(function).copied().unwrap_or(0)
+    }
+
     /// A place for one invocation of `function` (a stored name), whose tenant may run
     /// `tenant_limit` at once, or 429.
     pub(crate) fn acquire(

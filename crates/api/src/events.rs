@@ -93,21 +93,25 @@ async fn attempt(
         .concurrency
         .acquire(function, tenant_limit)
         .map_err(|e| {
-            state.metrics.record_throttle(function);
+            state
+                .metrics
+                .record_throttle(function, request_id, &state.node_id);
             format!("{THROTTLED}{e}")
         })?;
-    let outcome = state.node.run(job, StartMode::Auto).await.outcome;
+    let ran = state.node.run(job, StartMode::Auto).await;
+    let outcome = ran.outcome;
     if let Err(e @ ignition_worker::ExecError::QueueFull(_)) = &outcome {
         // Nothing ran: like a throttle, it waits and does not spend an attempt.
-        state.metrics.record_throttle(function);
+        state
+            .metrics
+            .record_throttle(function, request_id, &state.node_id);
         return Err(format!("{THROTTLED}{e}"));
     }
     crate::invoke::keep_log(state, function, request_id, &outcome);
-    if let Err(e) = &outcome {
-        state.metrics.record_failure(function, e);
-    }
+    state
+        .metrics
+        .record_run(function, request_id, &ran.node, &outcome);
     let exec = outcome.map_err(|e| e.to_string())?;
-    state.metrics.record(function, &exec);
     match exec.result.outcome {
         Outcome::Success(result) => Ok(result),
         Outcome::FunctionError(e) | Outcome::InitError(e) => {

@@ -59,7 +59,7 @@ impl UrlSettings {
     }
 
     /// The absolute URL of `url_id`, as a client that reached this node at `host` uses it.
-    pub(crate) fn address(&self, host: &str, url_id: &str) -> String {
+    pub fn address(&self, host: &str, url_id: &str) -> String {
         match &self.domain {
             Some(domain) => format!("{}://{url_id}.{domain}/", self.scheme()),
             None => format!("{}://{host}/lambda-url/{url_id}/", self.scheme()),

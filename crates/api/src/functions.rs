@@ -33,7 +33,10 @@ pub(crate) async fn own_functions(
 /// The body of `PUT /v1/functions/{name}`. Unknown fields are ignored.
 #[derive(Debug, Deserialize)]
 pub(crate) struct DeployRequest {
+    /// With `handler` and `code`, for a function whose code is a bundle.
+    #[serde(default)]
     runtime: String,
+    #[serde(default)]
     handler: String,
     #[serde(default = "default_memory")]
     memory_mib: u32,
@@ -47,7 +50,15 @@ pub(crate) struct DeployRequest {
     #[serde(default)]
     egress: Vec<String>,
     /// The code: a zip or tar.gz archive, base64-encoded.
-    code: String,
+    #[serde(default)]
+    code: Option<String>,
+    /// Instead of `runtime`, `handler` and `code`: a container image (a registry reference,
+    /// or the `ImageUri` that `PUT /v1/images` answered for an archive).
+    #[serde(default)]
+    image: Option<String>,
+    /// With `image`: Lambda's `ImageConfig` (`EntryPoint`, `Command`, `WorkingDirectory`).
+    #[serde(default)]
+    image_config: Option<crate::images::ImageConfig>,
     /// Free text, at most 256 characters.
     #[serde(default)]
     description: String,
@@ -128,8 +139,56 @@ pub(crate) async fn put(
     let stored = caller.function(&name)?;
     let Json(req) =
         body.map_err(|e| ApiError::invalid(format!("bad deploy request: {}", e.body_text())))?;
-    let runtime = Runtime::parse(&req.runtime).map_err(|e| ApiError::invalid(e.to_string()))?;
     let egress = parse_egress(&req.egress, &state.egress_deny)?;
+    if let Some(uri) = &req.image {
+        if req.code.is_some() || !req.runtime.is_empty() || !req.handler.is_empty() {
+            return Err(ApiError::invalid(
+                "image: a function is either an image or code with a runtime and handler",
+            ));
+        }
+        if req.layers.as_ref().is_some_and(|l| !l.is_empty()) {
+            return Err(ApiError::invalid("layers: an image function has no layers"));
+        }
+        let overrides = req.image_config.unwrap_or_default().into();
+        let image = crate::images::resolve(&state, uri, overrides).await?;
+        let config = FunctionConfig {
+            reuse: req.reuse,
+            egress,
+            ..crate::images::image_function(
+                stored,
+                image,
+                req.memory_mib,
+                req.timeout_s,
+                req.env,
+                req.description,
+            )
+        };
+        let (mut record, existed) = store_function(&state, config, Vec::new()).await?;
+        record.config.name = name;
+        let status = if existed {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        };
+        return Ok((status, Json(record)));
+    }
+    if req.image_config.is_some() {
+        return Err(ApiError::invalid("image_config: only with image"));
+    }
+    // Without an image, the three fields a bundle's function needs, each named when missing.
+    for (field, missing) in [
+        ("runtime", req.runtime.is_empty()),
+        ("handler", req.handler.is_empty()),
+        ("code", req.code.is_none()),
+    ] {
+        if missing {
+            return Err(ApiError::invalid(format!(
+                "bad deploy request: {field} is required (or image, for a container image)"
+            )));
+        }
+    }
+    let runtime = Runtime::parse(&req.runtime).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let code = req.code.unwrap_or_default();
     let layers = match req.layers {
         Some(arns) => crate::layers::resolve(&state, &caller, arns).await?,
         None => {
@@ -152,9 +211,10 @@ pub(crate) async fn put(
         egress,
         description: req.description,
         layers,
+        image: None,
     };
     let archive = base64::engine::general_purpose::STANDARD
-        .decode(req.code.as_bytes())
+        .decode(code.as_bytes())
         .map_err(|e| ApiError::invalid(format!("invalid code: not base64 ({e})")))?;
     let (mut record, existed) = store_function(&state, config, archive).await?;
     record.config.name = name;
@@ -191,6 +251,9 @@ pub(crate) async fn expand(
     Ok((bundle, permit))
 }
 
+/// A tar with nothing in it: its end-of-archive blocks.
+const EMPTY_TAR: [u8; 1024] = [0; 1024];
+
 /// Validates `config`, checks and normalizes the code `archive` (zip or tar.gz), stores both,
 /// and drops what was prepared for the old version. Returns the record and whether the function
 /// existed before.
@@ -202,9 +265,16 @@ pub(crate) async fn store_function(
     config
         .validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    let (bundle, _expanding) = expand(archive, "invalid code").await?;
-    check_handler(&config, &bundle)?;
-    crate::layers::check_total_size(bundle.tar().len() as u64, &config.layers)?;
+    // An image function's code is its image, kept in the node's image cache; its bundle is
+    // the empty tar.
+    let (bundle, _expanding) = if config.image.is_some() {
+        (None, None)
+    } else {
+        let (bundle, expanding) = expand(archive, "invalid code").await?;
+        check_handler(&config, &bundle)?;
+        crate::layers::check_total_size(bundle.tar().len() as u64, &config.layers)?;
+        (Some(bundle), Some(expanding))
+    };
     let existed = {
         let name = config.name.clone();
         blocking(state, move |s| s.get_function(&name))
@@ -214,7 +284,8 @@ pub(crate) async fn store_function(
     let name = config.name.clone();
     let quotas = state.quotas.of_function(&config.name);
     let record = blocking(state, move |s| {
-        s.put_function_within(&config, bundle.tar(), &quotas)
+        let tar = bundle.as_ref().map_or(&EMPTY_TAR[..], Bundle::tar);
+        s.put_function_within(&config, tar, &quotas)
     })
     .await?;
     // Snapshots, warm slots and reused VMs hold the old code.
@@ -279,6 +350,7 @@ pub(crate) async fn delete(
         })
         .await?;
         let _ = state.concurrency.set(&name, None);
+        state.metrics.history.forget(&name);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(&name))
@@ -317,4 +389,52 @@ pub(crate) async fn logs(
     Ok(Json(
         serde_json::json!({ "function": name, "logs": entries, "next": next }),
     ))
+}
+
+/// Query of `GET /v1/functions/{name}/history`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct HistoryQuery {
+    /// Minutes to look back (default 60, at most a day).
+    #[serde(default = "default_history_minutes")]
+    minutes: u64,
+}
+
+fn default_history_minutes() -> u64 {
+    60
+}
+
+/// `GET /v1/functions/{name}/history`: the function's minutes on this node (invocations,
+/// errors, throttles, P50/P99 duration, cold and warm medians) and its last invocations.
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    query: Result<axum::extract::Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let stored = caller.function(&name)?;
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::invalid(format!("bad query: {}", e.body_text())))?;
+    if q.minutes == 0 || q.minutes > crate::history::MINUTES {
+        return Err(ApiError::invalid(format!(
+            "minutes must be 1 to {}",
+            crate::history::MINUTES
+        )));
+    }
+    let s = stored.clone();
+    if blocking(&state, move |st| st.get_function(&s))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(&name));
+    }
+    let now = crate::history::now_ms();
+    let since = (now / 60_000).saturating_sub(q.minutes - 1) * 60_000;
+    let past = state.metrics.history.past(&stored, since);
+    Ok(Json(serde_json::json!({
+        "function": name,
+        "node": state.node_id,
+        "minutes": past.minutes,
+        "recent": past.recent,
+        "last_invoked_ms": past.last_invoked_ms,
+    })))
 }

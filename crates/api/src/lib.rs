@@ -8,6 +8,8 @@
 //! - `GET|PUT /v1/functions/{name}/pool`: the function's warm pool, and its provisioned minimum.
 //! - `GET /v1/stats`: the worker's counters; `POST /v1/floor`: time one bare VMM start-up.
 //! - `GET /v1/functions/{name}/logs?since=SEQ&request_id=ID`: invocation logs.
+//! - `GET /v1/functions/{name}/history?minutes=N`: the function's per-minute history on this
+//!   node and its last invocations ([`history`]).
 //! - `GET /metrics`: Prometheus metrics.
 //! - `GET|PUT /v1/tenants/{tenant}/quotas` (operators) and Lambda's GetAccountSettings
 //!   ([`quotas`]).
@@ -34,6 +36,8 @@ mod event_invoke_config;
 pub mod events;
 mod function_urls;
 mod functions;
+pub mod history;
+mod images;
 mod invoke;
 mod lambda;
 mod layers;
@@ -99,10 +103,19 @@ pub struct AppState {
     pub urls: UrlSettings,
     /// Tenants' quotas.
     pub quotas: Arc<Quotas>,
+    /// Container images, for functions packaged as one.
+    pub images: Arc<ignition_oci::Images>,
 }
 
 /// The router with every route.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// The router with every route, and `pages` beside them: routes that authenticate on their own
+/// (the web console's), behind the same access log and function URL routing but not the API's
+/// authentication.
+pub fn router_with(state: AppState, pages: Router<AppState>) -> Router {
     let invoke = post(invoke::invoke).layer(DefaultBodyLimit::max(MAX_INVOKE_PAYLOAD + 1));
     Router::new()
         .route("/", get(health))
@@ -121,8 +134,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/functions/{name}/failed-events", get(events::failed))
         .route("/v1/functions/{name}/logs", get(functions::logs))
+        .route("/v1/functions/{name}/history", get(functions::history))
         .route("/v1/stats", get(admin::stats))
         .route("/v1/floor", post(admin::floor))
+        .route(
+            "/v1/images",
+            axum::routing::put(images::upload).layer(DefaultBodyLimit::disable()),
+        )
         .route("/metrics", get(metrics::render))
         .route("/2015-03-31/functions/{name}/invocations", invoke)
         .route(
@@ -249,6 +267,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require,
         ))
+        .merge(pages)
         // Function URLs are served before authentication: a public one has none.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

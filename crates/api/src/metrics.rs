@@ -41,6 +41,8 @@ pub struct Metrics {
     invocations: Family<InvocationLabels, Counter>,
     duration: Family<FunctionLabel, Histogram>,
     worker: Family<NameLabel, Gauge>,
+    /// Each function's recent past, per minute.
+    pub history: crate::history::History,
 }
 
 fn new_histogram() -> Histogram {
@@ -76,6 +78,7 @@ impl Default for Metrics {
             invocations,
             duration,
             worker,
+            history: crate::history::History::default(),
         }
     }
 }
@@ -91,33 +94,71 @@ impl Metrics {
             .inc();
     }
 
-    /// Records a finished execution.
-    pub(crate) fn record(&self, function: &str, exec: &Execution) {
-        let outcome = match exec.result.outcome {
-            ignition_proto::Outcome::Success(_) => "success",
-            ignition_proto::Outcome::Timeout { .. } => "timeout",
-            _ => "function_error",
+    /// Records an invocation that ran (or that no VM answered): its counters and its line in
+    /// the function's history.
+    pub(crate) fn record_run(
+        &self,
+        function: &str,
+        request_id: &str,
+        node: &str,
+        outcome: &Result<Execution, ExecError>,
+    ) {
+        use crate::history::Status;
+        let (status, duration_ms, start) = match outcome {
+            Ok(exec) => {
+                let (outcome, status) = match exec.result.outcome {
+                    ignition_proto::Outcome::Success(_) => ("success", Status::Success),
+                    ignition_proto::Outcome::Timeout { .. } => ("timeout", Status::Timeout),
+                    _ => ("function_error", Status::FunctionError),
+                };
+                self.count(function, exec.start.as_str(), outcome);
+                self.duration
+                    .get_or_create(&FunctionLabel {
+                        function: function.to_owned(),
+                    })
+                    .observe(exec.timings.total_ms as f64 / 1000.0);
+                (
+                    status,
+                    Some(exec.timings.total_ms),
+                    Some(exec.start.as_str()),
+                )
+            }
+            Err(e) => {
+                let (outcome, status) = match e {
+                    ExecError::Timeout(_) => ("timeout", Status::Timeout),
+                    _ => ("vm_error", Status::VmError),
+                };
+                self.count(function, "none", outcome);
+                (status, None, None)
+            }
         };
-        self.count(function, exec.start.as_str(), outcome);
-        self.duration
-            .get_or_create(&FunctionLabel {
-                function: function.to_owned(),
-            })
-            .observe(exec.timings.total_ms as f64 / 1000.0);
-    }
-
-    /// Records an invocation that no VM answered.
-    pub(crate) fn record_failure(&self, function: &str, e: &ExecError) {
-        let outcome = match e {
-            ExecError::Timeout(_) => "timeout",
-            _ => "vm_error",
-        };
-        self.count(function, "none", outcome);
+        self.history.record(
+            function,
+            crate::history::Invocation {
+                request_id: request_id.to_owned(),
+                at_ms: crate::history::now_ms(),
+                status,
+                duration_ms,
+                start,
+                node: node.to_owned(),
+            },
+        );
     }
 
     /// Records an invocation refused by a concurrency limit.
-    pub(crate) fn record_throttle(&self, function: &str) {
+    pub(crate) fn record_throttle(&self, function: &str, request_id: &str, node: &str) {
         self.count(function, "none", "throttled");
+        self.history.record(
+            function,
+            crate::history::Invocation {
+                request_id: request_id.to_owned(),
+                at_ms: crate::history::now_ms(),
+                status: crate::history::Status::Throttled,
+                duration_ms: None,
+                start: None,
+                node: node.to_owned(),
+            },
+        );
     }
 
     fn set(&self, name: &str, v: i64) {

@@ -282,11 +282,15 @@ fn event(
     for (name, value) in &parts.headers {
         let value = String::from_utf8_lossy(value.as_bytes());
         if name == axum::http::header::COOKIE {
+            // The console's session is the node's, not the function's: a browser signed in to
+            // the console sends it to a URL on the same host, and a function that read it could
+            // act as the person signed in.
+            let session = format!("{}=", crate::auth::SESSION_COOKIE);
             cookies.extend(
                 value
                     .split(';')
                     .map(str::trim)
-                    .filter(|c| !c.is_empty())
+                    .filter(|c| !c.is_empty() && !c.starts_with(&session))
                     .map(str::to_owned),
             );
             continue;
@@ -425,7 +429,9 @@ fn http_response(result: &[u8]) -> Result<Response, &'static str> {
             };
             let name =
                 HeaderName::from_bytes(k.as_bytes()).map_err(|_| "a header's name is not valid")?;
-            if FRAMING.contains(&name.as_str()) {
+            if FRAMING.contains(&name.as_str())
+                || (name == axum::http::header::SET_COOKIE && sets_session_cookie(&value))
+            {
                 continue;
             }
             let value =
@@ -436,12 +442,25 @@ fn http_response(result: &[u8]) -> Result<Response, &'static str> {
     if let Some(cookies) = doc.get("cookies") {
         for c in cookies.as_array().ok_or("cookies is not a list")? {
             let c = c.as_str().ok_or("a cookie is not a string")?;
+            if sets_session_cookie(c) {
+                continue;
+            }
             let value =
                 HeaderValue::from_str(c).map_err(|_| "a cookie is not a valid header value")?;
             h.append(axum::http::header::SET_COOKIE, value);
         }
     }
     Ok(resp)
+}
+
+/// Whether a `Set-Cookie` value sets the console's session cookie: a function answering on the
+/// node's host must not plant a session (the browser would then act in the planter's account)
+/// or shadow one with a narrower path. Dropped, whatever the case of its name.
+fn sets_session_cookie(set_cookie: &str) -> bool {
+    set_cookie
+        .split(['=', ';'])
+        .next()
+        .is_some_and(|n| n.trim().eq_ignore_ascii_case(crate::auth::SESSION_COOKIE))
 }
 
 /// Whether `origin` may call, and what `Access-Control-Allow-Origin` says to it.
@@ -521,6 +540,41 @@ mod tests {
         rt.block_on(axum::body::to_bytes(r.into_body(), usize::MAX))
             .unwrap()
             .to_vec()
+    }
+
+    #[test]
+    fn the_consoles_session_cookie_never_reaches_a_function() {
+        let req = axum::http::Request::builder()
+            .method("GET")
+            .uri("/lambda-url/x/path")
+            .header("cookie", "a=1; ignition_session=SECRETTOKEN; b=2")
+            .header("cookie", "ignition_session=SECRETTOKEN")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let url = FunctionUrl {
+            function: "acme.f".into(),
+            qualifier: None,
+            url_id: "x".repeat(32),
+            auth: ignition_store::UrlAuth::None,
+            cors: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let e = event(&parts, "/path", Some("node"), &url, b"", "req");
+        assert_eq!(e["cookies"], serde_json::json!(["a=1", "b=2"]));
+        assert!(!e.to_string().contains("SECRETTOKEN"), "{e}");
+    }
+
+    #[test]
+    fn a_function_cannot_set_the_consoles_session_cookie() {
+        let r = http_response(
+            br#"{"statusCode": 200, "headers": {"Set-Cookie": "IGNITION_SESSION=planted"},
+                "cookies": ["ignition_session=planted; Path=/ui", "a=1"]}"#,
+        )
+        .unwrap();
+        let cookies: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1"]);
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub mod pb {
 pub use config::{ClusterConfig, ClusterTls, NodeConfig};
 pub use membership::Peer;
 pub use node::{Node, Ran};
-pub use stats::NodeStats;
+pub use stats::{NodeStats, PeerStats};
 
 /// The name every node's certificate carries and every node checks, whatever its address:
 /// membership says which addresses are nodes, the CA says which certificates are.

@@ -210,6 +210,15 @@ impl Node {
         }
     }
 
+    /// Every live peer's load and counters, probed now (empty outside a cluster).
+    pub async fn peer_stats(&self) -> Vec<crate::PeerStats> {
+        let Some(m) = self.membership.get() else {
+            return Vec::new();
+        };
+        let peers = m.peers().await;
+        self.probe_every_peer(&peers).await
+    }
+
     /// The node's counters.
     pub async fn stats(&self) -> NodeStats {
         let c = &self.counters;

@@ -64,10 +64,17 @@ impl NodeService for Service {
         _: Request<pb::ProbeRequest>,
     ) -> Result<Response<pb::ProbeReply>, Status> {
         let n = &self.node;
+        let c = &n.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Ok(Response::new(pb::ProbeReply {
             node: n.id.clone(),
             queued: u32::try_from(n.queue.len()).unwrap_or(u32::MAX),
             free_slots: u32::try_from(n.free_slots()).unwrap_or(u32::MAX),
+            slots: u32::try_from(n.slots_total).unwrap_or(u32::MAX),
+            busy: u32::try_from(get(&c.running)).unwrap_or(u32::MAX),
+            stolen: get(&c.stolen),
+            ran_stolen: get(&c.ran_stolen),
+            lent: get(&c.lent),
         }))
     }
 
@@ -82,9 +89,16 @@ impl NodeService for Service {
         }
         let lease = n.cluster.as_ref().map(|c| c.lease).unwrap_or_default();
         let grant = n.policy.grant(n.queue.len(), r.max as usize);
-        let tasks: Vec<_> = n
+        let (tasks, own): (Vec<_>, Vec<_>) = n
             .queue
             .take(grant)
+            .into_iter()
+            .partition(|t| t.job.function.image.is_none());
+        // A container image's function runs where its image is (peers do not pull it).
+        for t in own {
+            n.queue.push(&t.tenant(), t);
+        }
+        let tasks: Vec<_> = tasks
             .into_iter()
             .filter(|t| {
                 let gone = t.reply.is_closed();

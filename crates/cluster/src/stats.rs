@@ -78,3 +78,24 @@ pub struct NodeStats {
     /// Invocations refused because the queue held its limit.
     pub queue_full: u64,
 }
+
+/// A peer as an operator's view of the cluster shows it: what its probe answered.
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq, Eq)]
+pub struct PeerStats {
+    /// The peer's id.
+    pub node: String,
+    /// Whether it answered the probe in time (the rest is zero when it did not).
+    pub reachable: bool,
+    /// Its slots.
+    pub slots: u32,
+    /// Slots running an execution now.
+    pub busy: u32,
+    /// Invocations queued there.
+    pub queued: u32,
+    /// Invocations it took from other nodes.
+    pub stolen: u64,
+    /// Invocations of other nodes it ran.
+    pub ran_stolen: u64,
+    /// Invocations it handed to other nodes.
+    pub lent: u64,
+}

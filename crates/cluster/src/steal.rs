@@ -103,6 +103,49 @@ impl Node {
         loads
     }
 
+    /// Probes every peer of `peers` at once, for an operator's view (not counted as probes:
+    /// it is not the scheduler's); a peer that does not answer in time is unreachable.
+    pub(crate) async fn probe_every_peer(&self, peers: &[Peer]) -> Vec<crate::PeerStats> {
+        let mut probes = tokio::task::JoinSet::new();
+        for peer in peers {
+            let id = peer.id.clone();
+            let Ok(mut client) = self.clients.get(&peer.endpoint) else {
+                probes.spawn(async move { (id, None) });
+                continue;
+            };
+            let (endpoint, from) = (peer.endpoint.clone(), self.id.clone());
+            probes.spawn(async move {
+                let request = client.probe(pb::ProbeRequest { from });
+                (
+                    id,
+                    call(&endpoint, "probe", PROBE_TIMEOUT, request).await.ok(),
+                )
+            });
+        }
+        let mut stats = Vec::new();
+        while let Some(done) = probes.join_next().await {
+            let Ok((node, reply)) = done else { continue };
+            stats.push(match reply {
+                Some(r) => crate::PeerStats {
+                    node,
+                    reachable: true,
+                    slots: r.slots,
+                    busy: r.busy,
+                    queued: r.queued,
+                    stolen: r.stolen,
+                    ran_stolen: r.ran_stolen,
+                    lent: r.lent,
+                },
+                None => crate::PeerStats {
+                    node,
+                    ..Default::default()
+                },
+            });
+        }
+        stats.sort_by(|a, b| a.node.cmp(&b.node));
+        stats
+    }
+
     /// Runs an invocation taken from `origin`, holding its lease, and returns the result.
     pub(crate) async fn run_stolen(
         self: Arc<Self>,

@@ -22,8 +22,8 @@ use ignition_worker::{PoolConfig, Worker, WorkerConfig};
 use tokio::sync::oneshot;
 
 pub use config::{
-    ApiSettings, ClusterSettings, ClusterTlsFiles, ImageSource, JailSettings, JailerChoice,
-    NetworkConfig, NetworkMode, NodeConfig, VmmChoice, VmmConfig, WorkerLimits,
+    ApiSettings, ClusterSettings, ClusterTlsFiles, ImageSettings, ImageSource, JailSettings,
+    JailerChoice, NetworkConfig, NetworkMode, NodeConfig, VmmChoice, VmmConfig, WorkerLimits,
 };
 pub use error::NodeError;
 pub use http::{HttpSettings, TlsFiles};
@@ -42,14 +42,65 @@ pub struct RunningNode {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// The store as the worker's source of code bundles, for the images it builds.
+/// The store as the worker's source of code bundles, for the images it builds, and the node's
+/// container images for image functions' drives.
 #[derive(Debug)]
-struct StoreCode(Arc<Store>);
+struct StoreCode(Arc<Store>, Arc<ignition_oci::Images>);
 
 impl ignition_worker::CodeSource for StoreCode {
     fn bundle(&self, sha256: &str) -> Result<Option<Vec<u8>>, String> {
         self.0.get_bundle(sha256).map_err(|e| e.to_string())
     }
+
+    fn image_drive(&self, digest_hex: &str) -> Result<Option<PathBuf>, String> {
+        let digest = format!("sha256:{digest_hex}");
+        if let Some(cached) = self.1.cache().get(&digest) {
+            return Ok(Some(cached.path));
+        }
+        // Evicted (or never here, for a function deployed at another node): fetched again by
+        // the digest a function pinned.
+        let Some(pinned) = self.0.image_source(&digest).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        if pinned.is_empty() {
+            return Err(format!(
+                "image {digest} came from an archive and is no longer in this node's cache: \
+                 deploy the archive again"
+            ));
+        }
+        let got = tokio::runtime::Handle::current()
+            .block_on(self.1.pull(&pinned))
+            .map_err(|e| e.to_string())?;
+        if got.image.digest != digest {
+            return Err(format!("{pinned} resolved to {}", got.image.digest));
+        }
+        Ok(Some(got.image.path))
+    }
+}
+
+/// The node's container images, in the data directory.
+fn images(config: &NodeConfig, data_dir: &Path) -> Result<Arc<ignition_oci::Images>, NodeError> {
+    let s = &config.images;
+    let drive_mib = ignition_worker::DRIVE_BYTES >> 20;
+    if s.max_image_mib == 0 || s.max_image_mib >= drive_mib {
+        return Err(NodeError::Config(format!(
+            "--max-image-mib must be 1 to {} (a VM's image drive is {drive_mib} MiB)",
+            drive_mib - 1
+        )));
+    }
+    let options = ignition_oci::ImagesOptions {
+        registry: ignition_oci::RegistryOptions {
+            insecure: s.insecure_registries.clone(),
+            credentials: s.credentials.clone(),
+            timeout: s.pull_timeout,
+        },
+        max_image_bytes: s.max_image_mib << 20,
+        cache_bytes: s.cache_mib << 20,
+        drive_bytes: ignition_worker::DRIVE_BYTES,
+    };
+    ignition_oci::Images::new(&data_dir.join("images"), options)
+        .map(Arc::new)
+        .map_err(|e| NodeError::Config(format!("the image cache: {e}")))
 }
 
 /// Starts a node: when this returns, the API answers at [`RunningNode::addr`].
@@ -85,6 +136,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let deny = egress_deny(&config);
     let network = start_network(&config, &run_dir, deny.clone()).await?;
     let egress_deny = Arc::new(network.as_ref().map_or(deny, |n| n.egress_deny().clone()));
+    let images = images(&config, &data_dir)?;
     let limits = &config.worker;
     let worker = Worker::new(
         Arc::clone(&driver),
@@ -103,7 +155,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             },
             network: network.clone(),
-            code_source: Some(Arc::new(StoreCode(Arc::clone(&store)))),
+            code_source: Some(Arc::new(StoreCode(Arc::clone(&store), Arc::clone(&images)))),
         },
     );
     let node_id = config
@@ -138,6 +190,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         worker,
         node,
         node_id,
+        images,
         metrics: Arc::new(ignition_api::Metrics::default()),
         concurrency: ignition_api::Concurrency::new(
             api.max_concurrency,
@@ -177,7 +230,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         tracing::warn!("development mode: requests are not authenticated");
     }
     let (stop, stopped) = oneshot::channel::<()>();
-    let router = ignition_api::router(state.clone());
+    let router = ignition_api::router_with(state.clone(), ignition_console::routes());
     let https = tls.is_some();
     let server = tokio::spawn(http::serve(
         listener,

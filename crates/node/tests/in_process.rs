@@ -363,6 +363,53 @@ async fn pair(guest: &InProcessGuest) -> (TestNode, TestNode) {
 }
 
 #[tokio::test]
+async fn in_process_cluster_console_node_page_shows_every_node_with_its_slots() {
+    let guest = InProcessGuest::new();
+    let (a, b) = pair(&guest).await;
+    let page = reqwest::get(b.url("/ui/node"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = |node: &str| {
+        page.split(&format!("data-node=\"{node}\""))
+            .nth(1)
+            .and_then(|r| r.split("</tr>").next())
+            .unwrap_or_else(|| panic!("no row for {node}: {page}"))
+            .to_owned()
+    };
+    assert!(row("b").contains("(this node)"));
+    // a has one slot (`pair` gives it one), and answers the probe.
+    let a_row = row("a");
+    assert!(!a_row.contains("not answering"), "{a_row}");
+    assert!(a_row.contains("<td class=\"num\">1</td>"), "{a_row}");
+    a.node.shutdown().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = reqwest::get(b.url("/ui/node"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // Gone: either unreachable or dropped from the members.
+        let a_row = page
+            .split("data-node=\"a\"")
+            .nth(1)
+            .map(|r| r.split("</tr>").next().unwrap_or(""));
+        if a_row.is_none_or(|r| r.contains("not answering")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a still shows as answering: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
 async fn in_process_cluster_registry_serves_a_function_deployed_elsewhere() {
     let guest = InProcessGuest::new();
     let (a, b) = pair(&guest).await;

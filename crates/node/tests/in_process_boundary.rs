@@ -91,6 +91,44 @@ async fn in_process_api_over_tls_answers_https_only() {
 }
 
 #[tokio::test]
+async fn in_process_console_session_cookie_over_tls_is_secure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, files) = certificates(dir.path());
+    let node = start(dir.path(), |c| {
+        c.http.tls = Some(files);
+        c.api.dev = false;
+    })
+    .await;
+    let key = node.state().store.create_key("acme").unwrap();
+    let port = node.addr().port();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("https://localhost:{port}/ui/sign-in"))
+        .header("origin", format!("https://localhost:{port}"))
+        .form(&[
+            ("access_key_id", key.access_key_id.as_str()),
+            ("secret_access_key", key.secret_access_key.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("; Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn in_process_unusable_tls_files_stop_the_start_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let (_, mut files) = certificates(dir.path());

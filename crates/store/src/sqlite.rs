@@ -28,6 +28,15 @@ pub enum StoreError {
     /// A stored row does not decode (the database was changed by something else).
     #[error("corrupt row for {0}")]
     Corrupt(String),
+    /// The database was made or migrated by a newer Ignition: this one does not know its
+    /// schema and leaves it untouched.
+    #[error("the database's schema is version {found}, newer than this Ignition knows ({known}): run the newer version, or restore a backup made for this one")]
+    NewerSchema {
+        /// The database's schema version.
+        found: i64,
+        /// The newest this build knows.
+        known: i64,
+    },
     /// The write would take a tenant past a quota; nothing was written.
     #[error("{} quota of {limit} reached", quota.flag())]
     QuotaExceeded {
@@ -56,6 +65,7 @@ CREATE TABLE IF NOT EXISTS functions (
     egress      TEXT NOT NULL DEFAULT '[]',
     description TEXT NOT NULL DEFAULT '',
     layers      TEXT NOT NULL DEFAULT '[]',
+    image       TEXT,
     code_sha256 TEXT NOT NULL REFERENCES bundles(sha256),
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
@@ -104,6 +114,13 @@ CREATE TABLE IF NOT EXISTS credentials (
     access_key_id TEXT PRIMARY KEY,
     secret        TEXT NOT NULL,
     tenant        TEXT NOT NULL,
+    created_at    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS console_sessions (
+    token_sha256  TEXT PRIMARY KEY,
+    access_key_id TEXT NOT NULL,
+    csrf          TEXT NOT NULL,
+    expires_at    INTEGER NOT NULL,
     created_at    INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS reserved_concurrency (
@@ -215,6 +232,13 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         Ok(Self {
@@ -338,6 +362,12 @@ pub(crate) fn put_function_on(
         .map_err(|_| StoreError::Corrupt(config.name.clone()))?;
     let layers = serde_json::to_string(&config.layers)
         .map_err(|_| StoreError::Corrupt(config.name.clone()))?;
+    let image = config
+        .image
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|_| StoreError::Corrupt(config.name.clone()))?;
     let t = now();
     let tx = conn.transaction()?;
     let previous: Option<(String, i64, String)> = tx
@@ -354,8 +384,8 @@ pub(crate) fn put_function_on(
     let created_at = previous.as_ref().map_or(t, |(_, c, _)| *c);
     tx.execute(
         "INSERT OR REPLACE INTO functions
-         (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at, reuse, egress, description, layers)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+         (name, runtime, handler, memory_mib, timeout_s, env, code_sha256, created_at, updated_at, reuse, egress, description, layers, image)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             config.name,
             // What the function was made with; a name the runtime parses back from.
@@ -374,7 +404,8 @@ pub(crate) fn put_function_on(
             config.reuse,
             egress,
             config.description,
-            layers
+            layers,
+            image
         ],
     )?;
     if let Some((old, _, old_layers)) = previous {
@@ -392,6 +423,9 @@ pub(crate) fn put_function_on(
         updated_at: t,
     })
 }
+
+/// The migrations [`migrate`] knows: a database past it was made by a newer version.
+const SCHEMA_VERSION: i64 = 8;
 
 /// Brings a database made by an earlier version up to [`SCHEMA`]; `user_version` counts the
 /// migrations applied.
@@ -473,11 +507,20 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         }
         conn.pragma_update(None, "user_version", 7)?;
     }
+    if version < 8 {
+        let has_image = conn
+            .prepare("SELECT 1 FROM pragma_table_info('functions') WHERE name = 'image'")?
+            .exists([])?;
+        if !has_image {
+            conn.execute_batch("ALTER TABLE functions ADD COLUMN image TEXT")?;
+        }
+        conn.pragma_update(None, "user_version", 8)?;
+    }
     Ok(())
 }
 
 const SELECT: &str = "SELECT f.name, f.runtime, f.handler, f.memory_mib, f.timeout_s, f.env,
-    f.code_sha256, b.size, f.created_at, f.updated_at, f.reuse, f.egress, f.description, f.layers
+    f.code_sha256, b.size, f.created_at, f.updated_at, f.reuse, f.egress, f.description, f.layers, f.image
     FROM functions f JOIN bundles b ON b.sha256 = f.code_sha256";
 
 /// Drops the bundle `hash` unless a function, a version or a layer version still refers to
@@ -516,11 +559,13 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecor
     let size: i64 = r.get(7)?;
     let egress: String = r.get(11)?;
     let layers: String = r.get(13)?;
-    let (Ok(runtime), Ok(env), Ok(egress), Ok(layers)) = (
+    let image: Option<String> = r.get(14)?;
+    let (Ok(runtime), Ok(env), Ok(egress), Ok(layers), Ok(image)) = (
         Runtime::parse(&runtime_name),
         serde_json::from_str(&env),
         serde_json::from_str(&egress),
         serde_json::from_str(&layers),
+        image.as_deref().map(serde_json::from_str).transpose(),
     ) else {
         return Ok(Err(StoreError::Corrupt(name)));
     };
@@ -537,6 +582,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionRecor
             egress,
             description: r.get(12)?,
             layers,
+            image,
         },
         code_sha256: r.get(6)?,
         code_size: u64::try_from(size).unwrap_or(0),
@@ -551,6 +597,32 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_database_made_by_a_newer_version_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join("ignition.db")).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        match Store::open(dir.path()) {
+            Err(e @ StoreError::NewerSchema { found: 99, .. }) => {
+                assert!(e.to_string().contains("newer"), "{e}");
+            }
+            other => panic!("expected the newer schema refused, got {other:?}"),
+        }
+        let conn = Connection::open(dir.path().join("ignition.db")).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 99, "left as it was");
+        let fresh = Store::in_memory().unwrap();
+        let v: i64 = fresh
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION, "a migration added bumps SCHEMA_VERSION");
+    }
+
     fn config(name: &str) -> FunctionConfig {
         FunctionConfig {
             name: name.into(),
@@ -564,7 +636,74 @@ mod tests {
             egress: vec!["198.18.0.0/15:443/tcp".parse().unwrap()],
             description: format!("about {name}"),
             layers: Vec::new(),
+            image: None,
         }
+    }
+
+    #[test]
+    fn an_image_function_keeps_its_pinned_image_in_latest_and_in_versions() {
+        let s = Store::in_memory().unwrap();
+        let image = ignition_types::FunctionImage {
+            uri: "127.0.0.1:5000/hello:1".into(),
+            resolved_uri: format!("127.0.0.1:5000/hello@sha256:{}", "b".repeat(64)),
+            digest: format!("sha256:{}", "b".repeat(64)),
+            run: ignition_types::ImageRunConfig {
+                entrypoint: vec!["/entry".into()],
+                ..Default::default()
+            },
+            overrides: ignition_types::ImageOverrides {
+                command: Some(vec!["app.handler".into()]),
+                ..Default::default()
+            },
+        };
+        let c = FunctionConfig {
+            handler: String::new(),
+            runtime: Runtime::Provided,
+            runtime_name: String::new(),
+            image: Some(image.clone()),
+            ..config("img")
+        };
+        s.put_function(&c, b"").unwrap();
+        assert_eq!(
+            s.get_function("img").unwrap().unwrap().config.image,
+            Some(image.clone())
+        );
+        let (n, _) = s.publish_version("img", None).unwrap().unwrap();
+        let v = s.get_version("img", n).unwrap().unwrap();
+        assert_eq!(v.config.image, Some(image.clone()));
+        // A bad digest, a relative working directory, layers: each refused by name.
+        for bad in [
+            ignition_types::FunctionImage {
+                digest: "sha256:xyz".into(),
+                ..image.clone()
+            },
+            ignition_types::FunctionImage {
+                overrides: ignition_types::ImageOverrides {
+                    working_directory: Some("rel".into()),
+                    ..Default::default()
+                },
+                ..image.clone()
+            },
+        ] {
+            let c = FunctionConfig {
+                image: Some(bad),
+                ..c.clone()
+            };
+            assert!(c.validate().is_err());
+        }
+        let with_layers = FunctionConfig {
+            layers: vec![crate::model::LayerRef {
+                arn: "arn:aws:lambda:local:000000000000:layer:l:1".into(),
+                code_sha256: "c".repeat(64),
+                code_size: 1,
+            }],
+            ..c.clone()
+        };
+        assert!(with_layers
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("layers"));
     }
 
     #[test]
