@@ -1,8 +1,9 @@
 //! The runtime process: how it is started, where its output goes, and how its end is noticed.
 //!
-//! As PID 1 the agent inherits every orphan in the guest, so one reaper thread collects them all
-//! with `waitpid(-1)`; when the reaped pid is the runtime's it tells the broker, which fails the
-//! invocation in flight instead of waiting forever.
+//! As PID 1 the agent inherits every orphan in the guest, so one reaper thread collects them all;
+//! when the reaped pid is the runtime's it tells the broker, which fails the invocation in flight
+//! instead of waiting forever. Spawning and reaping are ordered by [`SPAWNING`]: std reaps a
+//! child whose exec failed itself, and panics if another thread got to it first.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ignition_proto::{ImageProcess, Runtime, MAX_LOG_BYTES};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::runtime_api::{Broker, RUNTIME_API_ADDR, RUNTIME_API_SOCKET};
@@ -260,9 +261,16 @@ fn limit_processes() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Held while a child is spawned, and by the reaper while it collects one: a child whose exec
+/// failed is reaped by std's `spawn` before it returns, never by the reaper.
+static SPAWNING: Mutex<()> = Mutex::new(());
+
 /// Spawns `cmd` and the threads that drain its output into `logs`.
 fn spawn(mut cmd: Command, logs: &Arc<LogBuffer>) -> std::io::Result<Pid> {
-    let mut child = cmd.spawn()?;
+    let mut child = {
+        let _spawning = SPAWNING.lock().unwrap_or_else(|p| p.into_inner());
+        cmd.spawn()?
+    };
     let pid = Pid::from_raw(
         i32::try_from(child.id()).map_err(|_| std::io::Error::other("pid out of range"))?,
     );
@@ -307,8 +315,17 @@ fn drain(mut from: impl Read + Send + 'static, logs: Arc<LogBuffer>) {
 /// Reaps every child of PID 1; reports the runtime's end to the broker.
 pub(crate) fn spawn_reaper(runtime: Arc<Mutex<Option<Pid>>>, broker: Arc<Broker>) {
     std::thread::spawn(move || loop {
-        match waitpid(None::<Pid>, None) {
-            Ok(status) => {
+        // Which child has ended, left waitable; it is collected under the spawning lock, so a
+        // child that std's `spawn` is about to reap (its exec failed) is left to it.
+        match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(ended) => {
+                let Some(pid) = ended.pid() else { continue };
+                let status = {
+                    let _spawning = SPAWNING.lock().unwrap_or_else(|p| p.into_inner());
+                    waitpid(pid, Some(WaitPidFlag::WNOHANG))
+                };
+                // Gone: `spawn` reaped it.
+                let Ok(status) = status else { continue };
                 let (pid, why) = match status {
                     WaitStatus::Exited(pid, code) => {
                         (pid, format!("runtime exited with status {code}"))
@@ -327,4 +344,37 @@ pub(crate) fn spawn_reaper(runtime: Arc<Mutex<Option<Pid>>>, broker: Arc<Broker>
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// std's `spawn` reaps a child whose exec failed; the reaper must not take that child from
+    /// it (std panics when its wait finds no child, and the agent is PID 1). Racy by nature, so
+    /// tried many times: before the reaper and spawning were ordered, this failed within a few
+    /// dozen tries.
+    #[test]
+    fn a_failed_exec_while_the_reaper_runs_is_an_error_not_a_panic() {
+        spawn_reaper(Arc::new(Mutex::new(None)), Arc::new(Broker::default()));
+        let logs = Arc::new(LogBuffer::default());
+        for _ in 0..300 {
+            let mut cmd = Command::new("/no/such/entry-point");
+            // As the agent's own launches do; it makes std fork and exec itself (without it std
+            // may use posix_spawn, which reaps a failed child inside libc).
+            // SAFETY: the closure runs between fork and exec and touches nothing.
+            unsafe {
+                cmd.pre_exec(|| Ok(()));
+            }
+            let err = spawn(cmd, &logs).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+        }
+        // A child that runs is still reaped by the reaper, not left a zombie.
+        let pid = spawn(Command::new("/bin/true"), &logs).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "the reaper did not collect {pid}"
+        );
+    }
 }
