@@ -20,6 +20,9 @@ done
 for pkg_cmd in docker-registry:docker-registry skopeo:skopeo; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need_apt+=("${pkg_cmd%%:*}")
 done
+# PostgreSQL's server programs, for the shared store's tests (each starts a throwaway server
+# of its own; nothing is left running).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 # Debian's Chromium, and Node.js with npm, for the web console's browser test (Playwright drives
 # Chromium; it downloads no browser of its own).
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)

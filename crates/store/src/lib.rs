@@ -12,6 +12,7 @@ mod images;
 mod layers;
 mod logs;
 mod model;
+pub mod pg;
 mod policies;
 mod provisioned;
 mod quotas;
@@ -31,6 +32,7 @@ pub use model::{
     validate_name, FunctionConfig, FunctionRecord, LayerRef, ModelError, Runtime, MAX_LAYERS,
     MEMORY_MIB, TIMEOUT_S,
 };
+pub use pg::PgStore;
 pub use policies::{Added, MAX_POLICY_BYTES};
 pub use provisioned::Provisioned;
 pub use quotas::{Quota, TenantUsage};

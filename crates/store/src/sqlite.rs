@@ -22,6 +22,14 @@ pub enum StoreError {
         /// The error.
         source: std::io::Error,
     },
+    /// PostgreSQL reported an error, or could not be reached.
+    #[error("PostgreSQL, {doing}: {source}")]
+    Postgres {
+        /// What the store was doing.
+        doing: &'static str,
+        /// The error.
+        source: postgres::Error,
+    },
     /// A value given to the store is not acceptable.
     #[error("{0}")]
     Invalid(String),

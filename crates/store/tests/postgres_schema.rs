@@ -1,0 +1,135 @@
+//! The PostgreSQL store's schema against a real server (a throwaway one per test, started by
+//! `ignition-pg-test`): migrations applied once under the advisory lock, a newer schema refused,
+//! bad URLs and unreachable servers reported clearly.
+#![cfg(feature = "pg-tests")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use ignition_pg_test::PgServer;
+use ignition_store::{pg, PgStore, Store, StoreError};
+
+fn server() -> PgServer {
+    PgServer::start().unwrap_or_else(|e| panic!("throwaway PostgreSQL: {e}"))
+}
+
+fn client(server: &PgServer) -> postgres::Client {
+    postgres::Client::connect(&server.url(), postgres::NoTls).unwrap()
+}
+
+fn tables(client: &mut postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[test]
+fn a_new_database_gets_the_whole_schema_and_its_version() {
+    let server = server();
+    let store = PgStore::open(&server.url()).unwrap();
+    assert_eq!(store.stored_schema_version().unwrap(), pg::schema_version());
+    // Every table the embedded store has, the shared one has too.
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    let sqlite = rusqlite::Connection::open(dir.path().join("ignition.db")).unwrap();
+    let mut embedded: Vec<String> = sqlite
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    embedded.sort();
+    assert!(embedded.len() > 10, "{embedded:?}");
+    let shared = tables(&mut client(&server));
+    for table in &embedded {
+        assert!(shared.contains(table), "{table} is not in {shared:?}");
+    }
+    // Opening again applies nothing twice.
+    drop(store);
+    let again = PgStore::open(&server.url()).unwrap();
+    assert_eq!(again.stored_schema_version().unwrap(), pg::schema_version());
+}
+
+#[test]
+fn nodes_starting_together_migrate_once() {
+    let server = server();
+    let url = server.url();
+    let opened: Vec<Result<PgStore, StoreError>> = std::thread::scope(|s| {
+        let starts: Vec<_> = (0..8).map(|_| s.spawn(|| PgStore::open(&url))).collect();
+        starts.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for store in &opened {
+        let store = store.as_ref().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.stored_schema_version().unwrap(), pg::schema_version());
+    }
+    let rows: i64 = client(&server)
+        .query_one("SELECT count(*) FROM ignition_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_left_untouched() {
+    let server = server();
+    drop(PgStore::open(&server.url()).unwrap());
+    let newer = pg::schema_version() + 1;
+    let mut c = client(&server);
+    c.execute("UPDATE ignition_schema SET version = $1", &[&newer])
+        .unwrap();
+    c.batch_execute("CREATE TABLE from_the_future (x INT)")
+        .unwrap();
+    let before = tables(&mut c);
+    let err = PgStore::open(&server.url()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerSchema { found, known } if found == newer && known == pg::schema_version()),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("newer than this Ignition knows"),
+        "{err}"
+    );
+    assert_eq!(tables(&mut c), before);
+    let version: i64 = c
+        .query_one("SELECT version FROM ignition_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, newer);
+}
+
+#[test]
+fn bad_urls_and_unreachable_servers_are_clear_errors() {
+    for url in ["mysql://u@h/db", "postgres://u@h:notaport/db", ""] {
+        let err = PgStore::open(url).unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{url}: {err}");
+    }
+    // A password in a URL that does not parse is not repeated in the error.
+    let err = PgStore::open("postgres://u:hunter2@h:99999999/db").unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+
+    // A server that has gone away: an error saying so, within the connect timeout.
+    let mut server = server();
+    let url = server.url();
+    server.stop();
+    let started = std::time::Instant::now();
+    let err = PgStore::open(&url).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Postgres {
+                doing: "connecting",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // And once it is back, the store opens without anything else done.
+    server.restart().unwrap();
+    PgStore::open(&url).unwrap();
+}
