@@ -2,7 +2,9 @@
 //! in the store; this dispatcher runs it, retrying failures with exponential backoff, and
 //! leaves events whose attempts are spent in the function's failure destination
 //! (`GET /v1/functions/{name}/failed-events`). Events live in the store, so they survive a
-//! server restart; each runs one attempt at a time (the store claims it).
+//! server restart; each runs one attempt at a time (the store claims it under this node's
+//! lease, renewed while it runs: on a shared store, the events of a node that dies run on
+//! another once its leases lapse, [`EVENT_LEASE`] after its last renewal).
 //!
 //! As on Lambda, an event a concurrency limit refuses (throttled) is not an attempt: it goes
 //! back to the queue with a backoff that doubles from 1 second to 5 minutes, until its maximum
@@ -127,7 +129,9 @@ async fn attempt(
 /// due events.
 pub fn spawn_dispatcher(state: AppState) {
     tokio::spawn(async move {
-        match blocking(&state, |s| s.requeue_running_events()).await {
+        let owner = state.node_id.clone();
+        let me = owner.clone();
+        match blocking(&state, move |s| s.requeue_running_events(&me)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 events = n,
@@ -137,17 +141,21 @@ pub fn spawn_dispatcher(state: AppState) {
         }
         let config = state.events.clone();
         let slots = Arc::new(Semaphore::new(config.parallelism.max(1)));
+        spawn_lease_renewer(state.clone());
         loop {
             let free = u32::try_from(slots.available_permits()).unwrap_or(0);
             let due = if free == 0 {
                 Vec::new()
             } else {
-                blocking(&state, move |s| s.claim_due_events(now_ms(), free))
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "cannot claim events");
-                        Vec::new()
-                    })
+                let me = owner.clone();
+                blocking(&state, move |s| {
+                    s.claim_due_events(now_ms(), free, &me, lease_until_ms())
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot claim events");
+                    Vec::new()
+                })
             };
             if due.is_empty() {
                 // Sleep until the next retry is due, or something wakes us (a new event, a
@@ -237,16 +245,54 @@ pub fn spawn_dispatcher(state: AppState) {
                         _ => None,
                     };
                     let id = event.request_id.clone();
-                    if let Err(e) = blocking(&state, move |s| s.finish_event(&id, &record)).await {
-                        tracing::warn!(request_id = %event.request_id, error = %e, "cannot record an event's attempt");
-                    }
-                    if let Some(condition) = condition {
+                    let me = state.node_id.clone();
+                    let held = match blocking(&state, move |s| s.finish_event(&id, &me, &record))
+                        .await
+                    {
+                        Ok(held) => held,
+                        Err(e) => {
+                            tracing::warn!(request_id = %event.request_id, error = %e, "cannot record an event's attempt");
+                            true
+                        }
+                    };
+                    if !held {
+                        // Its lease ran out and another node took it: that node reports it.
+                        tracing::warn!(request_id = %event.request_id,
+                            "an event's lease ran out while it ran; another node runs it again");
+                    } else if let Some(condition) = condition {
                         crate::destinations::deliver(&state, &event, condition, response, error)
                             .await;
                     }
                     drop(permit);
                     state.events.wake.notify_one();
                 });
+            }
+        }
+    });
+}
+
+/// How long a claimed event stays this node's without a renewal: when a node dies, its events
+/// run elsewhere this long after its last renewal.
+pub const EVENT_LEASE: Duration = Duration::from_secs(30);
+
+/// How often the leases of running events are renewed (a third of [`EVENT_LEASE`], so that
+/// two renewals may fail before one lapses).
+const LEASE_RENEWAL: Duration = Duration::from_secs(10);
+
+fn lease_until_ms() -> i64 {
+    now_ms().saturating_add(i64::try_from(EVENT_LEASE.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Keeps this node's running events its own while they run.
+fn spawn_lease_renewer(state: AppState) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(LEASE_RENEWAL).await;
+            let me = state.node_id.clone();
+            if let Err(e) =
+                blocking(&state, move |s| s.renew_event_leases(&me, lease_until_ms())).await
+            {
+                tracing::warn!(error = %e, "cannot renew the leases of running events");
             }
         }
     });

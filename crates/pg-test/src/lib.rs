@@ -10,6 +10,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use std::os::unix::process::CommandExt;
@@ -78,6 +80,55 @@ impl PgServer {
         Ok(server)
     }
 
+    /// One server for the whole test process, started on first use, with a database of its
+    /// own per caller ([`PgServer::fresh_database`]). It is started on a thread that lives as
+    /// long as the process, and stops with it; its directory is removed at exit.
+    pub fn shared() -> Result<&'static PgServer, StartError> {
+        static SHARED: OnceLock<Result<PgServer, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let _ = tx.send(PgServer::start().map_err(|e| e.0));
+                    loop {
+                        std::thread::park();
+                    }
+                });
+                let server = rx
+                    .recv()
+                    .map_err(|_| "the thread starting PostgreSQL died".to_owned())??;
+                if let Ok(mut shared) = SHARED_AT_EXIT.lock() {
+                    let pid = server.server.as_ref().map(Child::id);
+                    shared.push((pid, server.dir.path().to_path_buf()));
+                }
+                // SAFETY: registers a function with no arguments that only removes
+                // directories; atexit(3) is called once per process here.
+                unsafe {
+                    libc::atexit(remove_shared_dirs);
+                }
+                Ok(server)
+            })
+            .as_ref()
+            .map_err(|e| StartError(e.clone()))
+    }
+
+    /// Creates a new, empty database on this server; its URL.
+    pub fn fresh_database(&self) -> Result<String, StartError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        self.run(
+            Command::new(self.bin.join("createdb"))
+                .arg("--host")
+                .arg(self.dir.path())
+                .args(["--username", USER, &name]),
+        )?;
+        Ok(self.url_for(&name))
+    }
+
     /// The connection URL for the `ignition` database over the server's Unix socket.
     pub fn url(&self) -> String {
         self.url_for("ignition")
@@ -144,6 +195,18 @@ impl PgServer {
             .stdout(Stdio::null())
             .stderr(log);
         self.as_owner(&mut cmd);
+        // SAFETY: runs in the child between fork and exec (after its user is set, which would
+        // clear the setting); prctl(2) is async-signal-safe and reads no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The server stops when the thread that started it ends, the test process
+                // killed included: nothing is left running.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .map_err(|e| StartError(format!("start postgres: {e}")))?;
@@ -214,6 +277,22 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The shared server's process and directory: stopped and removed at exit.
+static SHARED_AT_EXIT: Mutex<Vec<(Option<u32>, PathBuf)>> = Mutex::new(Vec::new());
+
+extern "C" fn remove_shared_dirs() {
+    if let Ok(shared) = SHARED_AT_EXIT.lock() {
+        for (pid, dir) in shared.iter() {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

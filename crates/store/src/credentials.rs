@@ -2,10 +2,9 @@
 //! them (Signature V4, which needs the secret itself on the server, as AWS keeps it); the CLI
 //! sends them as a bearer token. Created by the operator (`ignition key create`).
 
+use crate::sql::{vals, Row};
+use crate::store::{now, Store, StoreError};
 use rand::distributions::{Alphanumeric, DistString};
-use rusqlite::{params, OptionalExtension};
-
-use crate::sqlite::{now, Store, StoreError};
 
 /// What the tenant column holds for an operator's key: no tenant can have this name (tenants
 /// are `[a-z0-9]`), so it never reaches a tenant's functions.
@@ -66,48 +65,38 @@ impl Store {
             secret_access_key: Alphanumeric.sample_string(&mut rng, 40),
             tenant: tenant.to_owned(),
         };
-        self.conn().execute(
-            "INSERT INTO credentials (access_key_id, secret, tenant, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![key.access_key_id, key.secret_access_key, key.tenant, now()],
-        )?;
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO credentials (access_key_id, secret, tenant, created_at) VALUES ($1, $2, $3, $4)",
+                &vals![&key.access_key_id, &key.secret_access_key, &key.tenant, now()],
+            )
+        })?;
         Ok(key)
     }
 
     /// The key `access_key_id`, if it exists.
     pub fn key(&self, access_key_id: &str) -> Result<Option<AccessKey>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT access_key_id, secret, tenant FROM credentials WHERE access_key_id = ?1",
-                params![access_key_id],
-                |r| {
-                    Ok(AccessKey {
-                        access_key_id: r.get(0)?,
-                        secret_access_key: r.get(1)?,
-                        tenant: r.get(2)?,
-                    })
-                },
-            )
-            .optional()?)
+        self.with(|db| {
+            db.query_opt(
+                "SELECT access_key_id, secret, tenant FROM credentials WHERE access_key_id = $1",
+                &vals![access_key_id],
+            )?
+            .map(|r| key_from(&r))
+            .transpose()
+        })
     }
 
     /// Every key with its creation time (Unix seconds), by id.
     pub fn list_keys(&self) -> Result<Vec<(AccessKey, i64)>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT access_key_id, secret, tenant, created_at FROM credentials ORDER BY access_key_id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                AccessKey {
-                    access_key_id: r.get(0)?,
-                    secret_access_key: r.get(1)?,
-                    tenant: r.get(2)?,
-                },
-                r.get(3)?,
-            ))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.with(|db| {
+            db.query(
+                "SELECT access_key_id, secret, tenant, created_at FROM credentials ORDER BY access_key_id",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((key_from(r)?, r.int(3)?)))
+            .collect()
+        })
     }
 
     /// Stores a key made elsewhere (another node of the cluster), replacing one with its id.
@@ -124,20 +113,35 @@ impl Store {
                 key.access_key_id
             )));
         }
-        self.conn().execute(
-            "INSERT OR REPLACE INTO credentials (access_key_id, secret, tenant, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![key.access_key_id, key.secret_access_key, key.tenant, now()],
-        )?;
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO credentials (access_key_id, secret, tenant, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (access_key_id) DO UPDATE
+                 SET secret = excluded.secret, tenant = excluded.tenant, created_at = excluded.created_at",
+                &vals![&key.access_key_id, &key.secret_access_key, &key.tenant, now()],
+            )
+        })?;
         Ok(())
     }
 
     /// Deletes a key; whether it existed.
     pub fn delete_key(&self, access_key_id: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "DELETE FROM credentials WHERE access_key_id = ?1",
-            params![access_key_id],
-        )? > 0)
+        self.with(|db| {
+            db.execute(
+                "DELETE FROM credentials WHERE access_key_id = $1",
+                &vals![access_key_id],
+            )
+        })
+        .map(|n| n > 0)
     }
+}
+
+fn key_from(r: &Row) -> Result<AccessKey, StoreError> {
+    Ok(AccessKey {
+        access_key_id: r.text(0)?,
+        secret_access_key: r.text(1)?,
+        tenant: r.text(2)?,
+    })
 }
 
 #[cfg(test)]
@@ -146,7 +150,12 @@ mod tests {
 
     #[test]
     fn keys_are_made_found_and_removed() {
-        let s = Store::in_memory().unwrap();
+        for (_, s) in crate::testing::stores() {
+            keys_on(&s);
+        }
+    }
+
+    fn keys_on(s: &Store) {
         let k = s.create_key("acme").unwrap();
         assert_eq!(k.access_key_id.len(), 20);
         assert_eq!(k.secret_access_key.len(), 40);

@@ -1,9 +1,8 @@
 //! Functions' asynchronous invocation settings (Lambda's `FunctionEventInvokeConfig`), per
 //! function and qualifier, kept as the API wrote them (JSON) and deleted with the function.
 
-use rusqlite::{params, OptionalExtension};
-
-use crate::sqlite::{now, Store, StoreError};
+use crate::sql::{vals, Row};
+use crate::store::{now, Store, StoreError};
 
 /// One stored setting: its qualifier (`None`: `$LATEST`), the API's JSON, when it changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,11 +24,13 @@ impl Store {
         json: &str,
     ) -> Result<EventInvokeConfig, StoreError> {
         let t = now();
-        self.conn().execute(
-            "INSERT INTO event_invoke_configs (function, qualifier, config, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (function, qualifier) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
-            params![function, qualifier.unwrap_or(""), json, t],
-        )?;
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO event_invoke_configs (function, qualifier, config, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (function, qualifier) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+                &vals![function, qualifier.unwrap_or(""), json, t],
+            )
+        })?;
         Ok(EventInvokeConfig {
             qualifier: qualifier.map(str::to_owned),
             json: json.to_owned(),
@@ -43,20 +44,14 @@ impl Store {
         function: &str,
         qualifier: Option<&str>,
     ) -> Result<Option<EventInvokeConfig>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT config, updated_at FROM event_invoke_configs WHERE function = ?1 AND qualifier = ?2",
-                params![function, qualifier.unwrap_or("")],
-                |r| {
-                    Ok(EventInvokeConfig {
-                        qualifier: qualifier.map(str::to_owned),
-                        json: r.get(0)?,
-                        updated_at: r.get(1)?,
-                    })
-                },
-            )
-            .optional()?)
+        self.with(|db| {
+            db.query_opt(
+                "SELECT qualifier, config, updated_at FROM event_invoke_configs WHERE function = $1 AND qualifier = $2",
+                &vals![function, qualifier.unwrap_or("")],
+            )?
+            .map(|r| config_from(&r))
+            .transpose()
+        })
     }
 
     /// Every setting of `function`, unqualified first.
@@ -64,19 +59,15 @@ impl Store {
         &self,
         function: &str,
     ) -> Result<Vec<EventInvokeConfig>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT qualifier, config, updated_at FROM event_invoke_configs WHERE function = ?1 ORDER BY qualifier",
-        )?;
-        let rows = stmt.query_map(params![function], |r| {
-            let q: String = r.get(0)?;
-            Ok(EventInvokeConfig {
-                qualifier: (!q.is_empty()).then_some(q),
-                json: r.get(1)?,
-                updated_at: r.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.with(|db| {
+            db.query(
+                "SELECT qualifier, config, updated_at FROM event_invoke_configs WHERE function = $1 ORDER BY qualifier",
+                &vals![function],
+            )?
+            .iter()
+            .map(config_from)
+            .collect()
+        })
     }
 
     /// Deletes the settings of `function` at `qualifier`; whether there were any.
@@ -85,11 +76,23 @@ impl Store {
         function: &str,
         qualifier: Option<&str>,
     ) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "DELETE FROM event_invoke_configs WHERE function = ?1 AND qualifier = ?2",
-            params![function, qualifier.unwrap_or("")],
-        )? == 1)
+        self.with(|db| {
+            db.execute(
+                "DELETE FROM event_invoke_configs WHERE function = $1 AND qualifier = $2",
+                &vals![function, qualifier.unwrap_or("")],
+            )
+        })
+        .map(|n| n == 1)
     }
+}
+
+fn config_from(r: &Row) -> Result<EventInvokeConfig, StoreError> {
+    let q = r.text(0)?;
+    Ok(EventInvokeConfig {
+        qualifier: (!q.is_empty()).then_some(q),
+        json: r.text(1)?,
+        updated_at: r.int(2)?,
+    })
 }
 
 #[cfg(test)]
@@ -98,7 +101,12 @@ mod tests {
 
     #[test]
     fn settings_per_qualifier_are_kept_replaced_and_deleted() {
-        let s = Store::in_memory().unwrap();
+        for (_, s) in crate::testing::stores() {
+            settings_on(&s);
+        }
+    }
+
+    fn settings_on(s: &Store) {
         s.put_event_invoke_config("f", None, r#"{"a":1}"#).unwrap();
         s.put_event_invoke_config("f", Some("live"), r#"{"b":2}"#)
             .unwrap();

@@ -10,7 +10,7 @@ impl Store {
     /// (`sha256:<hex>`) that a function or one of its versions uses: `Some("")` when only an
     /// uploaded archive had it (no registry to fetch it from), `None` when nothing uses it.
     pub fn image_source(&self, digest: &str) -> Result<Option<String>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         // The digest is hex behind `sha256:`: nothing else in the JSON can contain it.
         let mut found = None;
         for sql in [

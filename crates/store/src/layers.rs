@@ -7,7 +7,8 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::quotas::of_tenant;
-use crate::sqlite::{gc_bundle, now, sha256_hex, Store, StoreError};
+use crate::sqlite::gc_bundle;
+use crate::store::{now, sha256_hex, Store, StoreError};
 use ignition_types::TenantQuotas;
 
 /// What describes a layer version besides its code (Lambda's fields, as sent).
@@ -102,7 +103,7 @@ impl Store {
         let hash = sha256_hex(code_tar);
         let text = serde_json::to_string(meta)
             .map_err(|_| StoreError::Corrupt(format!("layer {name}")))?;
-        let mut conn = self.conn();
+        let mut conn = self.lite()?;
         crate::quotas::check_code_quota(&conn, &tenant, "", &hash, code_tar.len(), quotas)?;
         let t = now();
         let tx = conn.transaction()?;
@@ -145,7 +146,7 @@ impl Store {
         name: &str,
         version: u32,
     ) -> Result<Option<LayerVersion>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let found = conn
             .query_row(
                 &format!("SELECT {COLUMNS} WHERE l.name = ?1 AND l.version = ?2"),
@@ -158,7 +159,7 @@ impl Store {
 
     /// The versions of layer `name`, newest first.
     pub fn layer_versions(&self, name: &str) -> Result<Vec<LayerVersion>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} WHERE l.name = ?1 ORDER BY l.version DESC"
         ))?;
@@ -168,11 +169,11 @@ impl Store {
 
     /// Every version of every one of `tenant`'s layers: by name, each layer's newest first.
     pub fn tenant_layer_versions(&self, tenant: &str) -> Result<Vec<LayerVersion>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
+        let conn = self.lite()?;
+        let mut stmt = conn.prepare(&crate::sql::sqlite_placeholders(&format!(
             "SELECT {COLUMNS} WHERE {} ORDER BY l.name, l.version DESC",
             of_tenant("l.name", 1)
-        ))?;
+        )))?;
         let rows = stmt.query_map(params![tenant], row)?;
         collect(rows)
     }
@@ -180,7 +181,7 @@ impl Store {
     /// Deletes version `version` of layer `name` (its bundle too, unless a function still uses
     /// it); whether it existed.
     pub fn delete_layer_version(&self, name: &str, version: u32) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.lite()?;
         let tx = conn.transaction()?;
         let hash: Option<String> = tx
             .query_row(
@@ -203,7 +204,7 @@ impl Store {
     /// replicated from another node): kept while something refers to it.
     pub fn put_bundle(&self, tar: &[u8]) -> Result<String, StoreError> {
         let hash = sha256_hex(tar);
-        self.conn().execute(
+        self.lite()?.execute(
             "INSERT OR IGNORE INTO bundles (sha256, size, data, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![hash, tar.len() as i64, tar, now()],
         )?;

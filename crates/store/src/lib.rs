@@ -18,8 +18,12 @@ mod provisioned;
 mod quotas;
 mod schedules;
 mod sessions;
+mod sql;
 mod sqlite;
+mod store;
 mod tags;
+#[cfg(test)]
+mod testing;
 mod urls;
 mod versions;
 
@@ -32,13 +36,12 @@ pub use model::{
     validate_name, FunctionConfig, FunctionRecord, LayerRef, ModelError, Runtime, MAX_LAYERS,
     MEMORY_MIB, TIMEOUT_S,
 };
-pub use pg::PgStore;
 pub use policies::{Added, MAX_POLICY_BYTES};
 pub use provisioned::Provisioned;
 pub use quotas::{Quota, TenantUsage};
 pub use schedules::{Fired, Firing, ScheduleRecord};
 pub use sessions::{NewSession, Session};
-pub use sqlite::{sha256_hex, Store, StoreError};
+pub use store::{sha256_hex, Store, StoreError};
 pub use tags::MAX_TAGS;
 pub use urls::{is_url_id, Cors, FunctionUrl, UrlAuth};
 pub use versions::{validate_alias, Alias, Routing};

@@ -2,9 +2,8 @@
 //! function's stdout and stderr), bounded per invocation ([`MAX_LOG_BYTES`], the tail kept) and
 //! per function (the newest [`KEEP_LOGS`] invocations).
 
-use rusqlite::params;
-
-use crate::sqlite::{now, Store, StoreError};
+use crate::sql::vals;
+use crate::store::{now, Store, StoreError};
 
 /// Bytes kept of one invocation's log (its end).
 pub const MAX_LOG_BYTES: usize = 64 * 1024;
@@ -33,20 +32,21 @@ impl Store {
         log: &[u8],
     ) -> Result<(), StoreError> {
         let tail = &log[log.len().saturating_sub(MAX_LOG_BYTES)..];
-        let text = String::from_utf8_lossy(tail);
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT OR REPLACE INTO logs (function, request_id, at, log) VALUES (?1, ?2, ?3, ?4)",
-            params![function, request_id, now(), text],
-        )?;
-        tx.execute(
-            "DELETE FROM logs WHERE function = ?1 AND seq NOT IN
-               (SELECT seq FROM logs WHERE function = ?1 ORDER BY seq DESC LIMIT ?2)",
-            params![function, KEEP_LOGS],
-        )?;
-        tx.commit()?;
-        Ok(())
+        // PostgreSQL's text holds no NUL; a function's output may (it is the function's).
+        let text = String::from_utf8_lossy(tail).replace('\0', "\u{FFFD}");
+        self.transaction(|db| {
+            db.execute("DELETE FROM logs WHERE request_id = $1", &vals![request_id])?;
+            db.execute(
+                "INSERT INTO logs (function, request_id, at, log) VALUES ($1, $2, $3, $4)",
+                &vals![function, request_id, now(), text],
+            )?;
+            db.execute(
+                "DELETE FROM logs WHERE function = $1 AND seq NOT IN
+                   (SELECT seq FROM logs WHERE function = $1 ORDER BY seq DESC LIMIT $2)",
+                &vals![function, KEEP_LOGS],
+            )?;
+            Ok(())
+        })
     }
 
     /// The function's logs after `since` (oldest first), at most `limit`; or the one of
@@ -58,21 +58,24 @@ impl Store {
         request_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<LogEntry>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT seq, request_id, at, log FROM logs
-             WHERE function = ?1 AND seq > ?2 AND (?3 IS NULL OR request_id = ?3)
-             ORDER BY seq LIMIT ?4",
-        )?;
-        let rows = stmt.query_map(params![function, since, request_id, limit], |r| {
-            Ok(LogEntry {
-                seq: r.get(0)?,
-                request_id: r.get(1)?,
-                at: r.get(2)?,
-                log: r.get(3)?,
+        self.with(|db| {
+            db.query(
+                "SELECT seq, request_id, at, log FROM logs
+                 WHERE function = $1 AND seq > $2 AND (CAST($3 AS TEXT) IS NULL OR request_id = $3)
+                 ORDER BY seq LIMIT $4",
+                &vals![function, since, request_id, limit],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(LogEntry {
+                    seq: r.int(0)?,
+                    request_id: r.text(1)?,
+                    at: r.int(2)?,
+                    log: r.text(3)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     /// Sets (or, with `None`, removes) a function's reserved concurrency.
@@ -81,17 +84,17 @@ impl Store {
         function: &str,
         reserved: Option<u32>,
     ) -> Result<(), StoreError> {
-        let conn = self.conn();
-        match reserved {
-            Some(r) => conn.execute(
-                "INSERT OR REPLACE INTO reserved_concurrency (function, reserved) VALUES (?1, ?2)",
-                params![function, r],
-            )?,
-            None => conn.execute(
-                "DELETE FROM reserved_concurrency WHERE function = ?1",
-                params![function],
-            )?,
-        };
+        self.with(|db| match reserved {
+            Some(r) => db.execute(
+                "INSERT INTO reserved_concurrency (function, reserved) VALUES ($1, $2)
+                 ON CONFLICT (function) DO UPDATE SET reserved = excluded.reserved",
+                &vals![function, r],
+            ),
+            None => db.execute(
+                "DELETE FROM reserved_concurrency WHERE function = $1",
+                &vals![function],
+            ),
+        })?;
         Ok(())
     }
 
@@ -99,16 +102,22 @@ impl Store {
     pub fn reserved_concurrency(
         &self,
     ) -> Result<std::collections::HashMap<String, u32>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT function, reserved FROM reserved_concurrency")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.with(|db| {
+            db.query("SELECT function, reserved FROM reserved_concurrency", &[])?
+                .iter()
+                .map(|r| {
+                    let function = r.text(0)?;
+                    let reserved = u32::try_from(r.int(1)?)
+                        .map_err(|_| StoreError::Corrupt(function.clone()))?;
+                    Ok((function, reserved))
+                })
+                .collect()
+        })
     }
 
     /// Removes a function's logs (with the function).
     pub fn delete_logs(&self, function: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute("DELETE FROM logs WHERE function = ?1", params![function])?;
+        self.with(|db| db.execute("DELETE FROM logs WHERE function = $1", &vals![function]))?;
         Ok(())
     }
 }
@@ -119,7 +128,12 @@ mod tests {
 
     #[test]
     fn logs_are_bounded_per_invocation_and_followed_by_seq() {
-        let s = Store::in_memory().unwrap();
+        for (_, s) in crate::testing::stores() {
+            logs_on(&s);
+        }
+    }
+
+    fn logs_on(s: &Store) {
         s.append_log("f", "r1", b"first\n").unwrap();
         let big = vec![b'x'; MAX_LOG_BYTES + 10];
         s.append_log("f", "r2", &big).unwrap();
@@ -134,5 +148,20 @@ mod tests {
         s.delete_logs("f").unwrap();
         assert!(s.logs("f", 0, None, 100).unwrap().is_empty());
         assert_eq!(s.logs("g", 0, None, 100).unwrap().len(), 1);
+
+        // A function's output is its own: a NUL in it is kept as a replacement character.
+        s.append_log("h", "r4", b"a\0b").unwrap();
+        assert_eq!(s.logs("h", 0, None, 1).unwrap()[0].log, "a\u{FFFD}b");
+        // The same request logged again is one entry, the newer.
+        s.append_log("h", "r4", b"again").unwrap();
+        let h = s.logs("h", 0, None, 10).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].log, "again");
+        // Reservations.
+        s.set_reserved_concurrency("h", Some(2)).unwrap();
+        s.set_reserved_concurrency("h", Some(3)).unwrap();
+        assert_eq!(s.reserved_concurrency().unwrap().get("h"), Some(&3));
+        s.set_reserved_concurrency("h", None).unwrap();
+        assert!(s.reserved_concurrency().unwrap().is_empty());
     }
 }

@@ -12,7 +12,6 @@
 //! carry the lease under which a node runs them.
 
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::StoreError;
@@ -107,7 +106,8 @@ CREATE TABLE console_sessions (
     access_key_id TEXT NOT NULL,
     csrf          TEXT NOT NULL,
     expires_at    BIGINT NOT NULL,
-    created_at    BIGINT NOT NULL
+    created_at    BIGINT NOT NULL,
+    seq           BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE reserved_concurrency (
     function    TEXT PRIMARY KEY,
@@ -189,54 +189,27 @@ pub fn schema_version() -> i64 {
     i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
 }
 
-/// A connection to the shared store.
-pub struct PgStore {
-    client: Mutex<postgres::Client>,
+/// The connection settings from a store URL, with this store's defaults where it says
+/// nothing.
+pub(crate) fn config(url: &str) -> Result<postgres::Config, StoreError> {
+    let mut config = parse_url(url)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config.application_name("ignition");
+    Ok(config)
 }
 
-impl std::fmt::Debug for PgStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgStore").finish_non_exhaustive()
-    }
-}
-
-impl PgStore {
-    /// Connects to the database at `url` and brings its schema up to this build's.
-    pub fn open(url: &str) -> Result<Self, StoreError> {
-        let mut config = parse_url(url)?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        config.application_name("ignition");
-        let mut client =
-            config
-                .connect(postgres::NoTls)
-                .map_err(|source| StoreError::Postgres {
-                    doing: "connecting",
-                    source,
-                })?;
-        migrate(&mut client)?;
-        Ok(Self {
-            client: Mutex::new(client),
-        })
-    }
-
-    /// The database's schema version.
-    pub fn stored_schema_version(&self) -> Result<i64, StoreError> {
-        let row = self
-            .client()
-            .query_one("SELECT version FROM ignition_schema", &[])
-            .map_err(|source| StoreError::Postgres {
-                doing: "reading the schema version",
-                source,
-            })?;
-        Ok(row.get(0))
-    }
-
-    fn client(&self) -> MutexGuard<'_, postgres::Client> {
-        // A panic while holding the lock leaves at worst a transaction the server rolls back.
-        self.client.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// A connection, with the schema brought up to this build's.
+pub(crate) fn connect(config: &postgres::Config) -> Result<postgres::Client, StoreError> {
+    let mut client = config
+        .connect(postgres::NoTls)
+        .map_err(|source| StoreError::Postgres {
+            doing: "connecting",
+            source,
+        })?;
+    migrate(&mut client)?;
+    Ok(client)
 }
 
 /// Reads a store URL. The error names what is wrong, never the URL itself (it may carry a

@@ -4,7 +4,7 @@
 
 use rusqlite::params;
 
-use crate::sqlite::{Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// The most bytes of statements one function and qualifier may hold (Lambda's policy limit).
 pub const MAX_POLICY_BYTES: usize = 20 * 1024;
@@ -28,7 +28,7 @@ impl Store {
         sid: &str,
         statement: &str,
     ) -> Result<Added, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.lite()?;
         let tx = conn.transaction()?;
         let exists = tx
             .prepare("SELECT 1 FROM policies WHERE function = ?1 AND qualifier = ?2 AND sid = ?3")?
@@ -63,7 +63,7 @@ impl Store {
         qualifier: &str,
         sid: &str,
     ) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
+        let n = self.lite()?.execute(
             "DELETE FROM policies WHERE function = ?1 AND qualifier = ?2 AND sid = ?3",
             params![function, qualifier, sid],
         )?;
@@ -72,7 +72,7 @@ impl Store {
 
     /// The statements of the policy of `function` at `qualifier`, in the order they were added.
     pub fn policy(&self, function: &str, qualifier: &str) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let mut stmt = conn.prepare(
             "SELECT statement FROM policies WHERE function = ?1 AND qualifier = ?2 ORDER BY rowid",
         )?;

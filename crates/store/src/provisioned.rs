@@ -2,9 +2,8 @@
 //! or alias keeps whatever the demand, kept here so that a restarted node provisions them
 //! again; deleted with the function.
 
-use rusqlite::params;
-
-use crate::sqlite::{now, Store, StoreError};
+use crate::sql::vals;
+use crate::store::{now, Store, StoreError};
 
 /// One setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,11 +27,13 @@ impl Store {
         slots: u32,
     ) -> Result<Provisioned, StoreError> {
         let t = now();
-        self.conn().execute(
-            "INSERT INTO provisioned (function, qualifier, slots, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (function, qualifier) DO UPDATE SET slots = excluded.slots, updated_at = excluded.updated_at",
-            params![function, qualifier, slots, t],
-        )?;
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO provisioned (function, qualifier, slots, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (function, qualifier) DO UPDATE SET slots = excluded.slots, updated_at = excluded.updated_at",
+                &vals![function, qualifier, slots, t],
+            )
+        })?;
         Ok(Provisioned {
             function: function.to_owned(),
             qualifier: qualifier.to_owned(),
@@ -43,28 +44,39 @@ impl Store {
 
     /// Every setting (`function`: of that function only).
     pub fn provisioned(&self, function: Option<&str>) -> Result<Vec<Provisioned>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT function, qualifier, slots, updated_at FROM provisioned
-             WHERE ?1 IS NULL OR function = ?1 ORDER BY function, qualifier",
-        )?;
-        let rows = stmt.query_map(params![function], |r| {
-            Ok(Provisioned {
-                function: r.get(0)?,
-                qualifier: r.get(1)?,
-                slots: r.get(2)?,
-                updated_at: r.get(3)?,
+        self.with(|db| {
+            db.query(
+                "SELECT function, qualifier, slots, updated_at FROM provisioned
+                 WHERE CAST($1 AS TEXT) IS NULL OR function = $1 ORDER BY function, qualifier",
+                &vals![function],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(Provisioned {
+                    function: r.text(0)?,
+                    qualifier: r.text(1)?,
+                    slots: u32::try_from(r.int(2)?).map_err(|_| {
+                        StoreError::Corrupt(format!(
+                            "provisioned slots of {}",
+                            r.text(0).unwrap_or_default()
+                        ))
+                    })?,
+                    updated_at: r.int(3)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
     }
 
     /// Deletes a setting; whether there was one.
     pub fn delete_provisioned(&self, function: &str, qualifier: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "DELETE FROM provisioned WHERE function = ?1 AND qualifier = ?2",
-            params![function, qualifier],
-        )? == 1)
+        self.with(|db| {
+            db.execute(
+                "DELETE FROM provisioned WHERE function = $1 AND qualifier = $2",
+                &vals![function, qualifier],
+            )
+        })
+        .map(|n| n == 1)
     }
 }
 
@@ -74,7 +86,12 @@ mod tests {
 
     #[test]
     fn settings_are_kept_per_qualifier() {
-        let s = Store::in_memory().unwrap();
+        for (_, s) in crate::testing::stores() {
+            settings_on(&s);
+        }
+    }
+
+    fn settings_on(s: &Store) {
         s.put_provisioned("f", "live", 2).unwrap();
         s.put_provisioned("f", "live", 3).unwrap();
         s.put_provisioned("g", "1", 1).unwrap();

@@ -9,7 +9,8 @@ use ignition_types::{QuotaOverrides, TenantQuotas, DEFAULT_TENANT};
 use rusqlite::{params, OptionalExtension};
 
 use crate::model::{FunctionConfig, FunctionRecord};
-use crate::sqlite::{Store, StoreError};
+use crate::sql::sqlite_placeholders;
+use crate::store::{Store, StoreError};
 
 /// Which quota a write would pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +48,12 @@ pub struct TenantUsage {
     pub queued_events: u64,
 }
 
-/// SQL that is true when column `col` names a row of the tenant bound at `?{p}`.
+/// SQL (see [`crate::sql`]) that is true when column `col` names a row of the tenant bound at
+/// `${p}`. Parts still on rusqlite pass their statement through [`sqlite_placeholders`].
 pub(crate) fn of_tenant(col: &str, p: usize) -> String {
     format!(
-        "(CASE WHEN ?{p} = '{DEFAULT_TENANT}' THEN instr({col}, '.') = 0 \
-         ELSE substr({col}, 1, length(?{p}) + 1) = ?{p} || '.' END)"
+        "(CASE WHEN CAST(${p} AS TEXT) = '{DEFAULT_TENANT}' THEN {col} NOT LIKE '%.%' \
+         ELSE substr({col}, 1, length(CAST(${p} AS TEXT)) + 1) = CAST(${p} AS TEXT) || '.' END)"
     )
 }
 
@@ -78,9 +80,11 @@ fn code_bytes(
         of_tenant("function", 1),
         of_tenant("name", 1)
     );
-    let (bytes, has): (i64, bool) = conn.query_row(&sql, params![tenant, except, hash], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })?;
+    let (bytes, has): (i64, bool) = conn.query_row(
+        &sqlite_placeholders(&sql),
+        params![tenant, except, hash],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     Ok((u64::try_from(bytes).unwrap_or(0), has))
 }
 
@@ -109,7 +113,7 @@ impl Store {
     /// What an operator set for `tenant` (nothing: every default).
     pub fn quota_overrides(&self, tenant: &str) -> Result<QuotaOverrides, StoreError> {
         let text: Option<String> = self
-            .conn()
+            .lite()?
             .query_row(
                 "SELECT overrides FROM tenant_quotas WHERE tenant = ?1",
                 params![tenant],
@@ -123,7 +127,7 @@ impl Store {
 
     /// Every tenant's overrides.
     pub fn all_quota_overrides(&self) -> Result<Vec<(String, QuotaOverrides)>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let mut stmt =
             conn.prepare("SELECT tenant, overrides FROM tenant_quotas ORDER BY tenant")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
@@ -144,7 +148,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let text = serde_json::to_string(overrides)
             .map_err(|_| StoreError::Corrupt(format!("quotas of {tenant}")))?;
-        self.conn().execute(
+        self.lite()?.execute(
             "INSERT INTO tenant_quotas (tenant, overrides) VALUES (?1, ?2)
              ON CONFLICT (tenant) DO UPDATE SET overrides = excluded.overrides",
             params![tenant, text],
@@ -154,20 +158,20 @@ impl Store {
 
     /// What `tenant` holds.
     pub fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let functions: i64 = conn.query_row(
-            &format!(
+            &sqlite_placeholders(&format!(
                 "SELECT COUNT(*) FROM functions WHERE {}",
                 of_tenant("name", 1)
-            ),
+            )),
             params![tenant],
             |r| r.get(0),
         )?;
         let queued: i64 = conn.query_row(
-            &format!(
+            &sqlite_placeholders(&format!(
                 "SELECT COUNT(*) FROM events WHERE status IN ('queued', 'running') AND {}",
                 of_tenant("function", 1)
-            ),
+            )),
             params![tenant],
             |r| r.get(0),
         )?;
@@ -188,9 +192,9 @@ impl Store {
         quotas: &TenantQuotas,
     ) -> Result<FunctionRecord, StoreError> {
         let tenant = tenant_of(&config.name);
-        let hash = crate::sqlite::sha256_hex(code_tar);
+        let hash = crate::store::sha256_hex(code_tar);
         // Checked and written under the one connection's lock: nothing writes in between.
-        let mut conn = self.conn();
+        let mut conn = self.lite()?;
         let exists = conn
             .query_row(
                 "SELECT 1 FROM functions WHERE name = ?1",
@@ -201,10 +205,10 @@ impl Store {
             .is_some();
         if !exists {
             let n: i64 = conn.query_row(
-                &format!(
+                &sqlite_placeholders(&format!(
                     "SELECT COUNT(*) FROM functions WHERE {}",
                     of_tenant("name", 1)
-                ),
+                )),
                 params![tenant],
                 |r| r.get(0),
             )?;

@@ -6,7 +6,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use crate::events::{insert_event, Enqueued, NewEvent};
-use crate::sqlite::{now, Store, StoreError};
+use crate::store::{now, Store, StoreError};
 
 /// A stored schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +83,7 @@ impl Store {
         next_fire_ms: Option<i64>,
     ) -> Result<bool, StoreError> {
         let t = now();
-        let n = self.conn().execute(
+        let n = self.lite()?.execute(
             "INSERT OR IGNORE INTO schedules (tenant, name, definition, next_fire_ms, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
             params![tenant, name, definition, next_fire_ms, t],
@@ -99,7 +99,7 @@ impl Store {
         definition: &str,
         next_fire_ms: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
+        let n = self.lite()?.execute(
             "UPDATE schedules SET definition = ?3, next_fire_ms = ?4, updated_at = ?5
              WHERE tenant = ?1 AND name = ?2",
             params![tenant, name, definition, next_fire_ms, now()],
@@ -110,7 +110,7 @@ impl Store {
     /// One schedule.
     pub fn schedule(&self, tenant: &str, name: &str) -> Result<Option<ScheduleRecord>, StoreError> {
         Ok(self
-            .conn()
+            .lite()?
             .query_row(
                 &format!("SELECT {COLUMNS} FROM schedules WHERE tenant = ?1 AND name = ?2"),
                 params![tenant, name],
@@ -121,7 +121,7 @@ impl Store {
 
     /// A tenant's schedules, by name.
     pub fn schedules(&self, tenant: &str) -> Result<Vec<ScheduleRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM schedules WHERE tenant = ?1 ORDER BY name"
         ))?;
@@ -131,7 +131,7 @@ impl Store {
 
     /// Deletes a schedule; whether it existed.
     pub fn delete_schedule(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
+        let n = self.lite()?.execute(
             "DELETE FROM schedules WHERE tenant = ?1 AND name = ?2",
             params![tenant, name],
         )?;
@@ -144,7 +144,7 @@ impl Store {
         now_ms: i64,
         limit: u32,
     ) -> Result<Vec<ScheduleRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM schedules WHERE next_fire_ms IS NOT NULL AND next_fire_ms <= ?1
              ORDER BY next_fire_ms LIMIT ?2"
@@ -156,7 +156,7 @@ impl Store {
     /// The earliest due time of any schedule.
     pub fn next_schedule_due(&self) -> Result<Option<i64>, StoreError> {
         Ok(self
-            .conn()
+            .lite()?
             .query_row("SELECT MIN(next_fire_ms) FROM schedules", [], |r| r.get(0))?)
     }
 
@@ -171,7 +171,7 @@ impl Store {
         max_pending: u64,
         tenant_limit: Option<u64>,
     ) -> Result<Fired, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.lite()?;
         let tx = conn.transaction()?;
         let current: Option<Option<i64>> = tx
             .query_row(
@@ -185,7 +185,10 @@ impl Store {
         }
         let (fired, missed, outcome) = match &f.event {
             None => (0, f.missed, Fired::Done),
-            Some(e) if insert_event(&tx, e, max_pending, tenant_limit)? == Enqueued::Stored => {
+            Some(e)
+                if insert_event(&mut crate::sql::Lite(&tx), e, max_pending, tenant_limit)?
+                    == Enqueued::Stored =>
+            {
                 (1, f.missed, Fired::Done)
             }
             Some(_) => (0, f.missed + 1, Fired::QueueFull),
@@ -251,7 +254,7 @@ mod tests {
             Fired::Stale,
             "a due time fires once, whoever else read it"
         );
-        let queued = s.claim_due_events(0, 10).unwrap();
+        let queued = s.claim_due_events(0, 10, "n", i64::MAX).unwrap();
         assert_eq!(queued.len(), 1);
         assert_eq!(queued[0].max_age_s, Some(120));
         assert_eq!(queued[0].max_attempts, 2);

@@ -1,59 +1,12 @@
-//! The SQLite implementation.
+//! The SQLite backend: the embedded store's schema and its migrations, and the functions and
+//! bundles not yet written against [`crate::sql`].
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use sha2::{Digest, Sha256};
 
 use crate::model::{FunctionConfig, FunctionRecord, Runtime};
-
-/// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite reported an error.
-    #[error("database: {0}")]
-    Db(#[from] rusqlite::Error),
-    /// The data directory could not be prepared.
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: String,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// PostgreSQL reported an error, or could not be reached.
-    #[error("PostgreSQL, {doing}: {source}")]
-    Postgres {
-        /// What the store was doing.
-        doing: &'static str,
-        /// The error.
-        source: postgres::Error,
-    },
-    /// A value given to the store is not acceptable.
-    #[error("{0}")]
-    Invalid(String),
-    /// A stored row does not decode (the database was changed by something else).
-    #[error("corrupt row for {0}")]
-    Corrupt(String),
-    /// The database was made or migrated by a newer Ignition: this one does not know its
-    /// schema and leaves it untouched.
-    #[error("the database's schema is version {found}, newer than this Ignition knows ({known}): run the newer version, or restore a backup made for this one")]
-    NewerSchema {
-        /// The database's schema version.
-        found: i64,
-        /// The newest this build knows.
-        known: i64,
-    },
-    /// The write would take a tenant past a quota; nothing was written.
-    #[error("{} quota of {limit} reached", quota.flag())]
-    QuotaExceeded {
-        /// Which quota.
-        quota: crate::quotas::Quota,
-        /// Its value for the tenant.
-        limit: u64,
-    },
-}
+use crate::store::{now, sha256_hex, Store, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS bundles (
@@ -90,7 +43,9 @@ CREATE TABLE IF NOT EXISTS events (
     created_at   INTEGER NOT NULL,
     updated_at   INTEGER NOT NULL,
     throttles    INTEGER NOT NULL DEFAULT 0,
-    max_age_s    INTEGER
+    max_age_s    INTEGER,
+    lease_owner  TEXT,
+    lease_until_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (status, next_at_ms);
 CREATE TABLE IF NOT EXISTS logs (
@@ -129,7 +84,8 @@ CREATE TABLE IF NOT EXISTS console_sessions (
     access_key_id TEXT NOT NULL,
     csrf          TEXT NOT NULL,
     expires_at    INTEGER NOT NULL,
-    created_at    INTEGER NOT NULL
+    created_at    INTEGER NOT NULL,
+    seq           INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS reserved_concurrency (
     function    TEXT PRIMARY KEY,
@@ -202,76 +158,54 @@ CREATE TABLE IF NOT EXISTS layer_versions (
 );
 ";
 
-/// The store. One connection behind a mutex: SQLite serializes writers anyway, and every
-/// operation here is short.
-#[derive(Debug)]
-pub struct Store {
-    conn: Mutex<Connection>,
+/// Opens (creating if needed) `DATA_DIR/ignition.db`, its schema brought up to this build's.
+pub(crate) fn open(data_dir: &Path) -> Result<Connection, StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+    prepare(Connection::open(data_dir.join("ignition.db"))?)
 }
 
-pub(crate) fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+/// An in-memory database with the schema.
+pub(crate) fn in_memory() -> Result<Connection, StoreError> {
+    prepare(Connection::open_in_memory()?)
 }
 
-/// SHA-256 of `bytes`, hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+fn prepare(conn: Connection) -> Result<Connection, StoreError> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let found = schema_version(&conn)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    conn.execute_batch(SCHEMA)?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// The database's schema version: how many migrations were applied.
+pub(crate) fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
 
 impl Store {
-    /// Opens (creating if needed) `DATA_DIR/ignition.db`.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
-            path: data_dir.display().to_string(),
-            source,
-        })?;
-        let conn = Connection::open(data_dir.join("ignition.db"))?;
-        Self::init(conn)
-    }
-
-    /// An in-memory store, for tests.
-    pub fn in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory()?)
-    }
-
-    fn init(conn: Connection) -> Result<Self, StoreError> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if found > SCHEMA_VERSION {
-            return Err(StoreError::NewerSchema {
-                found,
-                known: SCHEMA_VERSION,
-            });
-        }
-        conn.execute_batch(SCHEMA)?;
-        migrate(&conn)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
-    }
-
-    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
-        // back), so the connection is still good.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Creates or replaces a function with its code, atomically.
     pub fn put_function(
         &self,
         config: &FunctionConfig,
         code_tar: &[u8],
     ) -> Result<FunctionRecord, StoreError> {
-        put_function_on(&mut self.conn(), config, code_tar)
+        put_function_on(&mut *self.lite()?, config, code_tar)
     }
 
     /// One function.
     pub fn get_function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let mut stmt = conn.prepare(&format!("{SELECT} WHERE f.name = ?1"))?;
         let row = stmt.query_row(params![name], row_to_record).optional()?;
         row.transpose()
@@ -279,7 +213,7 @@ impl Store {
 
     /// All functions, by name.
     pub fn list_functions(&self) -> Result<Vec<FunctionRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY f.name"))?;
         let rows = stmt.query_map([], row_to_record)?;
         rows.map(|r| r.map_err(StoreError::from).and_then(|x| x))
@@ -288,7 +222,7 @@ impl Store {
 
     /// Deletes a function; `false` if there was none.
     pub fn delete_function(&self, name: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.lite()?;
         let tx = conn.transaction()?;
         let latest: Option<(String, String)> = tx
             .query_row(
@@ -339,7 +273,7 @@ impl Store {
 
     /// A bundle's canonical tar by hash.
     pub fn get_bundle(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         Ok(conn
             .query_row(
                 "SELECT data FROM bundles WHERE sha256 = ?1",
@@ -351,7 +285,7 @@ impl Store {
 
     /// Number of stored bundles.
     pub fn bundle_count(&self) -> Result<u64, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let n: i64 = conn.query_row("SELECT COUNT(*) FROM bundles", [], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -433,7 +367,7 @@ pub(crate) fn put_function_on(
 }
 
 /// The migrations [`migrate`] knows: a database past it was made by a newer version.
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 10;
 
 /// Brings a database made by an earlier version up to [`SCHEMA`]; `user_version` counts the
 /// migrations applied.
@@ -523,6 +457,29 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             conn.execute_batch("ALTER TABLE functions ADD COLUMN image TEXT")?;
         }
         conn.pragma_update(None, "user_version", 8)?;
+    }
+    if version < 9 {
+        let has_seq = conn
+            .prepare("SELECT 1 FROM pragma_table_info('console_sessions') WHERE name = 'seq'")?
+            .exists([])?;
+        if !has_seq {
+            conn.execute_batch(
+                "ALTER TABLE console_sessions ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
+        conn.pragma_update(None, "user_version", 9)?;
+    }
+    if version < 10 {
+        let has_lease = conn
+            .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'lease_owner'")?
+            .exists([])?;
+        if !has_lease {
+            conn.execute_batch(
+                "ALTER TABLE events ADD COLUMN lease_owner TEXT;
+                 ALTER TABLE events ADD COLUMN lease_until_ms INTEGER;",
+            )?;
+        }
+        conn.pragma_update(None, "user_version", 10)?;
     }
     Ok(())
 }
@@ -624,10 +581,7 @@ mod tests {
             .unwrap();
         assert_eq!(v, 99, "left as it was");
         let fresh = Store::in_memory().unwrap();
-        let v: i64 = fresh
-            .conn()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let v = fresh.schema_version().unwrap();
         assert_eq!(v, SCHEMA_VERSION, "a migration added bumps SCHEMA_VERSION");
     }
 

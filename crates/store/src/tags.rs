@@ -3,9 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::params;
-
-use crate::sqlite::{Store, StoreError};
+use crate::sql::vals;
+use crate::store::{Store, StoreError};
 
 /// Tags a function may have (Lambda's limit).
 pub const MAX_TAGS: usize = 50;
@@ -13,48 +12,54 @@ pub const MAX_TAGS: usize = 50;
 impl Store {
     /// The tags of `function`.
     pub fn tags(&self, function: &str) -> Result<BTreeMap<String, String>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT key, value FROM tags WHERE function = ?1")?;
-        let rows = stmt.query_map(params![function], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.with(|db| {
+            db.query(
+                "SELECT key, value FROM tags WHERE function = $1",
+                &vals![function],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.text(1)?)))
+            .collect()
+        })
     }
 
     /// Adds or replaces `tags` on `function`, unless it would then have more than
     /// [`MAX_TAGS`]: then nothing is written.
     pub fn tag(&self, function: &str, tags: &BTreeMap<String, String>) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        for (k, v) in tags {
-            tx.execute(
-                "INSERT INTO tags (function, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (function, key) DO UPDATE SET value = excluded.value",
-                params![function, k, v],
-            )?;
-        }
-        let n: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM tags WHERE function = ?1",
-            params![function],
-            |r| r.get(0),
-        )?;
-        if usize::try_from(n).unwrap_or(usize::MAX) > MAX_TAGS {
-            return Err(StoreError::Invalid(format!(
-                "a function has at most {MAX_TAGS} tags"
-            )));
-        }
-        tx.commit()?;
-        Ok(())
+        self.transaction(|db| {
+            for (k, v) in tags {
+                db.execute(
+                    "INSERT INTO tags (function, key, value) VALUES ($1, $2, $3)
+                     ON CONFLICT (function, key) DO UPDATE SET value = excluded.value",
+                    &vals![function, k, v],
+                )?;
+            }
+            let n = db
+                .query_one(
+                    "SELECT COUNT(*) FROM tags WHERE function = $1",
+                    &vals![function],
+                )?
+                .int(0)?;
+            if usize::try_from(n).unwrap_or(usize::MAX) > MAX_TAGS {
+                return Err(StoreError::Invalid(format!(
+                    "a function has at most {MAX_TAGS} tags"
+                )));
+            }
+            Ok(())
+        })
     }
 
     /// Removes the tags `keys` from `function` (keys it does not have are ignored).
     pub fn untag(&self, function: &str, keys: &[String]) -> Result<(), StoreError> {
-        let conn = self.conn();
-        for k in keys {
-            conn.execute(
-                "DELETE FROM tags WHERE function = ?1 AND key = ?2",
-                params![function, k],
-            )?;
-        }
-        Ok(())
+        self.transaction(|db| {
+            for k in keys {
+                db.execute(
+                    "DELETE FROM tags WHERE function = $1 AND key = $2",
+                    &vals![function, k],
+                )?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -64,7 +69,12 @@ mod tests {
 
     #[test]
     fn tags_are_set_replaced_removed_and_bounded() {
-        let s = Store::in_memory().unwrap();
+        for (_, s) in crate::testing::stores() {
+            tags_on(&s);
+        }
+    }
+
+    fn tags_on(s: &Store) {
         let t = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
             pairs
                 .iter()

@@ -4,10 +4,10 @@
 //! A function has at most one URL per qualifier; deleting the function or the alias deletes it.
 
 use rand::distributions::{Alphanumeric, DistString};
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::sqlite::{now, Store, StoreError};
+use crate::sql::{vals, Row};
+use crate::store::{now, Store, StoreError};
 
 /// Who may call a URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,27 +91,25 @@ pub fn is_url_id(s: &str) -> bool {
 
 const COLUMNS: &str = "function, qualifier, url_id, auth, cors, created_at, updated_at";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<FunctionUrl, StoreError>> {
-    let function: String = r.get(0)?;
-    let qualifier: String = r.get(1)?;
-    let auth: String = r.get(3)?;
-    let cors: Option<String> = r.get(4)?;
-    let cors = match cors.map(|c| serde_json::from_str(&c)).transpose() {
+fn url_from(r: &Row) -> Result<FunctionUrl, StoreError> {
+    let function = r.text(0)?;
+    let qualifier = r.text(1)?;
+    let cors = match r.opt_text(4)?.map(|c| serde_json::from_str(&c)).transpose() {
         Ok(c) => c,
-        Err(_) => return Ok(Err(StoreError::Corrupt(function))),
+        Err(_) => return Err(StoreError::Corrupt(function)),
     };
-    let Some(auth) = UrlAuth::parse(&auth) else {
-        return Ok(Err(StoreError::Corrupt(function)));
+    let Some(auth) = UrlAuth::parse(&r.text(3)?) else {
+        return Err(StoreError::Corrupt(function));
     };
-    Ok(Ok(FunctionUrl {
+    Ok(FunctionUrl {
         function,
         qualifier: (!qualifier.is_empty()).then_some(qualifier),
-        url_id: r.get(2)?,
+        url_id: r.text(2)?,
         auth,
         cors,
-        created_at: r.get(5)?,
-        updated_at: r.get(6)?,
-    }))
+        created_at: r.int(5)?,
+        updated_at: r.int(6)?,
+    })
 }
 
 fn cors_json(function: &str, cors: Option<&Cors>) -> Result<Option<String>, StoreError> {
@@ -134,12 +132,13 @@ impl Store {
             .to_ascii_lowercase();
         let t = now();
         let cors_text = cors_json(function, cors)?;
-        let conn = self.conn();
-        let inserted = conn.execute(
-            "INSERT OR IGNORE INTO function_urls (function, qualifier, url_id, auth, cors, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-            params![function, qualifier.unwrap_or(""), url_id, auth.as_str(), cors_text, t],
-        )?;
+        let inserted = self.with(|db| {
+            db.execute(
+                "INSERT INTO function_urls (function, qualifier, url_id, auth, cors, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT DO NOTHING",
+                &vals![function, qualifier.unwrap_or(""), &url_id, auth.as_str(), cors_text, t],
+            )
+        })?;
         Ok((inserted == 1).then(|| FunctionUrl {
             function: function.to_owned(),
             qualifier: qualifier.map(str::to_owned),
@@ -170,17 +169,19 @@ impl Store {
         }
         url.updated_at = now();
         let cors_text = cors_json(function, url.cors.as_ref())?;
-        self.conn().execute(
-            "UPDATE function_urls SET auth = ?3, cors = ?4, updated_at = ?5
-             WHERE function = ?1 AND qualifier = ?2",
-            params![
-                function,
-                qualifier.unwrap_or(""),
-                url.auth.as_str(),
-                cors_text,
-                url.updated_at
-            ],
-        )?;
+        self.with(|db| {
+            db.execute(
+                "UPDATE function_urls SET auth = $3, cors = $4, updated_at = $5
+                 WHERE function = $1 AND qualifier = $2",
+                &vals![
+                    function,
+                    qualifier.unwrap_or(""),
+                    url.auth.as_str(),
+                    cors_text,
+                    url.updated_at
+                ],
+            )
+        })?;
         Ok(Some(url))
     }
 
@@ -190,41 +191,43 @@ impl Store {
         function: &str,
         qualifier: Option<&str>,
     ) -> Result<Option<FunctionUrl>, StoreError> {
-        let conn = self.conn();
-        let found = conn
-            .query_row(
+        self.with(|db| {
+            db.query_opt(
                 &format!(
-                    "SELECT {COLUMNS} FROM function_urls WHERE function = ?1 AND qualifier = ?2"
+                    "SELECT {COLUMNS} FROM function_urls WHERE function = $1 AND qualifier = $2"
                 ),
-                params![function, qualifier.unwrap_or("")],
-                row,
-            )
-            .optional()?;
-        found.transpose()
+                &vals![function, qualifier.unwrap_or("")],
+            )?
+            .map(|r| url_from(&r))
+            .transpose()
+        })
     }
 
     /// The URL with id `url_id`.
     pub fn function_url_by_id(&self, url_id: &str) -> Result<Option<FunctionUrl>, StoreError> {
-        let conn = self.conn();
-        let found = conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM function_urls WHERE url_id = ?1"),
-                params![url_id],
-                row,
-            )
-            .optional()?;
-        found.transpose()
+        self.with(|db| {
+            db.query_opt(
+                &format!("SELECT {COLUMNS} FROM function_urls WHERE url_id = $1"),
+                &vals![url_id],
+            )?
+            .map(|r| url_from(&r))
+            .transpose()
+        })
     }
 
     /// Every URL of `function`, `$LATEST`'s first, then by qualifier.
     pub fn function_urls(&self, function: &str) -> Result<Vec<FunctionUrl>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM function_urls WHERE function = ?1 ORDER BY qualifier"
-        ))?;
-        let rows = stmt.query_map(params![function], row)?;
-        rows.map(|r| r.map_err(StoreError::from).and_then(|x| x))
+        self.with(|db| {
+            db.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM function_urls WHERE function = $1 ORDER BY qualifier"
+                ),
+                &vals![function],
+            )?
+            .iter()
+            .map(url_from)
             .collect()
+        })
     }
 
     /// Deletes the URL of `function` at `qualifier`; `false` if there was none.
@@ -233,11 +236,13 @@ impl Store {
         function: &str,
         qualifier: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
-            "DELETE FROM function_urls WHERE function = ?1 AND qualifier = ?2",
-            params![function, qualifier.unwrap_or("")],
-        )?;
-        Ok(n == 1)
+        self.with(|db| {
+            db.execute(
+                "DELETE FROM function_urls WHERE function = $1 AND qualifier = $2",
+                &vals![function, qualifier.unwrap_or("")],
+            )
+        })
+        .map(|n| n == 1)
     }
 }
 
@@ -247,7 +252,16 @@ mod tests {
 
     #[test]
     fn a_function_has_one_url_per_qualifier_and_loses_them_with_itself() {
-        let s = Store::in_memory().unwrap();
+        for (backend, s) in crate::testing::stores() {
+            let latest = urls_on(&s);
+            // Functions are not yet on the PostgreSQL store.
+            if backend == "sqlite" {
+                deleted_with_function(&s, &latest);
+            }
+        }
+    }
+
+    fn urls_on(s: &Store) -> FunctionUrl {
         let cors = Cors {
             allow_origins: Some(vec!["https://example.com".into()]),
             max_age: Some(60),
@@ -281,7 +295,10 @@ mod tests {
         assert_eq!(s.function_urls("t.f").unwrap().len(), 2);
         assert!(s.delete_function_url("t.f", Some("live")).unwrap());
         assert!(!s.delete_function_url("t.f", Some("live")).unwrap());
+        s.function_url("t.f", None).unwrap().unwrap()
+    }
 
+    fn deleted_with_function(s: &Store, latest: &FunctionUrl) {
         s.put_function(
             &crate::FunctionConfig {
                 name: "t.f".into(),

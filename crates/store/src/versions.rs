@@ -5,7 +5,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use crate::model::{FunctionConfig, FunctionRecord};
-use crate::sqlite::{now, Store, StoreError};
+use crate::store::{now, Store, StoreError};
 
 /// An alias.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -102,7 +102,7 @@ impl Store {
         };
         let config = serde_json::to_string(&latest.config)
             .map_err(|_| StoreError::Corrupt(function.to_owned()))?;
-        let mut conn = self.conn();
+        let mut conn = self.lite()?;
         let tx = conn.transaction()?;
         let newest: Option<(u32, String, String)> = tx
             .query_row(
@@ -147,7 +147,7 @@ impl Store {
         function: &str,
         n: u32,
     ) -> Result<Option<FunctionRecord>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let row: Option<(String, String, i64, i64)> = conn
             .query_row(
                 "SELECT v.config, v.code_sha256, b.size, v.created_at FROM versions v
@@ -171,7 +171,7 @@ impl Store {
 
     /// The version numbers of `function`, oldest first.
     pub fn list_versions(&self, function: &str) -> Result<Vec<u32>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let mut stmt =
             conn.prepare("SELECT version FROM versions WHERE function = ?1 ORDER BY version")?;
         let rows = stmt.query_map(params![function], |r| r.get(0))?;
@@ -187,7 +187,7 @@ impl Store {
         create: bool,
     ) -> Result<bool, StoreError> {
         validate_alias(&alias.name).map_err(StoreError::Invalid)?;
-        let conn = self.conn();
+        let conn = self.lite()?;
         let sql = if create {
             "INSERT OR IGNORE INTO aliases (function, name, version, description, routing_version, routing_ppm)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
@@ -211,7 +211,7 @@ impl Store {
     /// An alias of `function`.
     pub fn get_alias(&self, function: &str, name: &str) -> Result<Option<Alias>, StoreError> {
         Ok(self
-            .conn()
+            .lite()?
             .query_row(
                 &format!("SELECT {ALIAS_COLUMNS} FROM aliases WHERE function = ?1 AND name = ?2"),
                 params![function, name],
@@ -222,7 +222,7 @@ impl Store {
 
     /// The aliases of `function`, by name.
     pub fn list_aliases(&self, function: &str) -> Result<Vec<Alias>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {ALIAS_COLUMNS} FROM aliases WHERE function = ?1 ORDER BY name"
         ))?;
@@ -233,7 +233,7 @@ impl Store {
     /// Every published version of every function: (function, version, record), in one query
     /// (the cluster's registry reads this twice a second).
     pub fn all_versions(&self) -> Result<Vec<(String, u32, FunctionRecord)>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let mut stmt = conn.prepare(
             "SELECT v.function, v.version, v.config, v.code_sha256, b.size, v.created_at
              FROM versions v JOIN bundles b ON b.sha256 = v.code_sha256
@@ -278,7 +278,7 @@ impl Store {
         let hash = crate::sha256_hex(code_tar);
         let json =
             serde_json::to_string(config).map_err(|_| StoreError::Corrupt(function.to_owned()))?;
-        let mut conn = self.conn();
+        let mut conn = self.lite()?;
         let tx = conn.transaction()?;
         let old = version_bundles(&tx, function, n)?;
         tx.execute(
@@ -300,7 +300,7 @@ impl Store {
     /// Deletes version `n` of `function` (and its code if nothing else uses it); whether it
     /// existed.
     pub fn delete_version(&self, function: &str, n: u32) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.lite()?;
         let tx = conn.transaction()?;
         let Some(old) = version_bundles(&tx, function, n)? else {
             return Ok(false);
@@ -318,7 +318,7 @@ impl Store {
 
     /// Every alias of every function: (function, alias).
     pub fn all_aliases(&self) -> Result<Vec<(String, Alias)>, StoreError> {
-        let conn = self.conn();
+        let conn = self.lite()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT function, {ALIAS_COLUMNS} FROM aliases ORDER BY function, name"
         ))?;
@@ -329,7 +329,7 @@ impl Store {
     /// Creates or replaces an alias (as another node of the cluster has it).
     pub fn replace_alias(&self, function: &str, alias: &Alias) -> Result<(), StoreError> {
         validate_alias(&alias.name).map_err(StoreError::Invalid)?;
-        self.conn().execute(
+        self.lite()?.execute(
             "INSERT OR REPLACE INTO aliases (function, name, version, description, routing_version, routing_ppm)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
@@ -346,7 +346,7 @@ impl Store {
 
     /// Deletes an alias, and its function URL with it; whether it existed.
     pub fn delete_alias(&self, function: &str, name: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.lite()?;
         let tx = conn.transaction()?;
         let n = tx.execute(
             "DELETE FROM aliases WHERE function = ?1 AND name = ?2",

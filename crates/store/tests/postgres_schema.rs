@@ -1,11 +1,11 @@
 //! The PostgreSQL store's schema against a real server (a throwaway one per test, started by
 //! `ignition-pg-test`): migrations applied once under the advisory lock, a newer schema refused,
-//! bad URLs and unreachable servers reported clearly.
+//! bad URLs and unreachable servers reported clearly, a lost connection made again.
 #![cfg(feature = "pg-tests")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ignition_pg_test::PgServer;
-use ignition_store::{pg, PgStore, Store, StoreError};
+use ignition_store::{pg, Store, StoreError};
 
 fn server() -> PgServer {
     PgServer::start().unwrap_or_else(|e| panic!("throwaway PostgreSQL: {e}"))
@@ -30,8 +30,8 @@ fn tables(client: &mut postgres::Client) -> Vec<String> {
 #[test]
 fn a_new_database_gets_the_whole_schema_and_its_version() {
     let server = server();
-    let store = PgStore::open(&server.url()).unwrap();
-    assert_eq!(store.stored_schema_version().unwrap(), pg::schema_version());
+    let store = Store::connect(&server.url()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), pg::schema_version());
     // Every table the embedded store has, the shared one has too.
     let dir = tempfile::tempdir().unwrap();
     drop(Store::open(dir.path()).unwrap());
@@ -51,21 +51,21 @@ fn a_new_database_gets_the_whole_schema_and_its_version() {
     }
     // Opening again applies nothing twice.
     drop(store);
-    let again = PgStore::open(&server.url()).unwrap();
-    assert_eq!(again.stored_schema_version().unwrap(), pg::schema_version());
+    let again = Store::connect(&server.url()).unwrap();
+    assert_eq!(again.schema_version().unwrap(), pg::schema_version());
 }
 
 #[test]
 fn nodes_starting_together_migrate_once() {
     let server = server();
     let url = server.url();
-    let opened: Vec<Result<PgStore, StoreError>> = std::thread::scope(|s| {
-        let starts: Vec<_> = (0..8).map(|_| s.spawn(|| PgStore::open(&url))).collect();
+    let opened: Vec<Result<Store, StoreError>> = std::thread::scope(|s| {
+        let starts: Vec<_> = (0..8).map(|_| s.spawn(|| Store::connect(&url))).collect();
         starts.into_iter().map(|t| t.join().unwrap()).collect()
     });
     for store in &opened {
         let store = store.as_ref().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(store.stored_schema_version().unwrap(), pg::schema_version());
+        assert_eq!(store.schema_version().unwrap(), pg::schema_version());
     }
     let rows: i64 = client(&server)
         .query_one("SELECT count(*) FROM ignition_schema", &[])
@@ -77,7 +77,7 @@ fn nodes_starting_together_migrate_once() {
 #[test]
 fn a_newer_schema_is_refused_and_left_untouched() {
     let server = server();
-    drop(PgStore::open(&server.url()).unwrap());
+    drop(Store::connect(&server.url()).unwrap());
     let newer = pg::schema_version() + 1;
     let mut c = client(&server);
     c.execute("UPDATE ignition_schema SET version = $1", &[&newer])
@@ -85,7 +85,7 @@ fn a_newer_schema_is_refused_and_left_untouched() {
     c.batch_execute("CREATE TABLE from_the_future (x INT)")
         .unwrap();
     let before = tables(&mut c);
-    let err = PgStore::open(&server.url()).unwrap_err();
+    let err = Store::connect(&server.url()).unwrap_err();
     assert!(
         matches!(err, StoreError::NewerSchema { found, known } if found == newer && known == pg::schema_version()),
         "{err}"
@@ -105,11 +105,11 @@ fn a_newer_schema_is_refused_and_left_untouched() {
 #[test]
 fn bad_urls_and_unreachable_servers_are_clear_errors() {
     for url in ["mysql://u@h/db", "postgres://u@h:notaport/db", ""] {
-        let err = PgStore::open(url).unwrap_err();
+        let err = Store::connect(url).unwrap_err();
         assert!(matches!(err, StoreError::Invalid(_)), "{url}: {err}");
     }
     // A password in a URL that does not parse is not repeated in the error.
-    let err = PgStore::open("postgres://u:hunter2@h:99999999/db").unwrap_err();
+    let err = Store::connect("postgres://u:hunter2@h:99999999/db").unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
 
     // A server that has gone away: an error saying so, within the connect timeout.
@@ -117,7 +117,7 @@ fn bad_urls_and_unreachable_servers_are_clear_errors() {
     let url = server.url();
     server.stop();
     let started = std::time::Instant::now();
-    let err = PgStore::open(&url).unwrap_err();
+    let err = Store::connect(&url).unwrap_err();
     assert!(
         matches!(
             err,
@@ -131,5 +131,14 @@ fn bad_urls_and_unreachable_servers_are_clear_errors() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     // And once it is back, the store opens without anything else done.
     server.restart().unwrap();
-    PgStore::open(&url).unwrap();
+    let store = Store::connect(&url).unwrap();
+    let key = store.create_key("acme").unwrap();
+
+    // A store whose server goes away answers errors, and carries on when it returns, on the
+    // same Store: no restart of the node.
+    server.stop();
+    let err = store.key(&key.access_key_id).unwrap_err();
+    assert!(matches!(err, StoreError::Postgres { .. }), "{err}");
+    server.restart().unwrap();
+    assert_eq!(store.key(&key.access_key_id).unwrap(), Some(key));
 }
