@@ -3,11 +3,11 @@
 //! function's, stored once per hash and dropped when nothing refers to it any more. Version
 //! numbers only grow: a deleted version's number is never given again, as on Lambda.
 
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use crate::bundles::{gc_bundle, put_bundle};
 use crate::quotas::of_tenant;
-use crate::sqlite::gc_bundle;
+use crate::sql::{vals, Row};
 use crate::store::{now, sha256_hex, Store, StoreError};
 use ignition_types::TenantQuotas;
 
@@ -65,28 +65,21 @@ const COLUMNS: &str =
     "l.name, l.version, l.meta, l.code_sha256, b.size, l.created_at FROM layer_versions l \
      JOIN bundles b ON b.sha256 = l.code_sha256";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<LayerVersion, StoreError>> {
-    let name: String = r.get(0)?;
-    let meta: String = r.get(2)?;
-    let size: i64 = r.get(4)?;
-    let Ok(meta) = serde_json::from_str(&meta) else {
-        return Ok(Err(StoreError::Corrupt(format!("layer {name}"))));
+fn layer_from(r: &Row) -> Result<LayerVersion, StoreError> {
+    let name = r.text(0)?;
+    let Ok(meta) = serde_json::from_str(&r.text(2)?) else {
+        return Err(StoreError::Corrupt(format!("layer {name}")));
     };
-    Ok(Ok(LayerVersion {
+    let version =
+        u32::try_from(r.int(1)?).map_err(|_| StoreError::Corrupt(format!("layer {name}")))?;
+    Ok(LayerVersion {
         name,
-        version: r.get(1)?,
+        version,
         meta,
-        code_sha256: r.get(3)?,
-        code_size: u64::try_from(size).unwrap_or(0),
-        created_at: r.get(5)?,
-    }))
-}
-
-fn collect(
-    rows: impl Iterator<Item = rusqlite::Result<Result<LayerVersion, StoreError>>>,
-) -> Result<Vec<LayerVersion>, StoreError> {
-    rows.map(|r| r.map_err(StoreError::from).and_then(|x| x))
-        .collect()
+        code_sha256: r.text(3)?,
+        code_size: u64::try_from(r.int(4)?).unwrap_or(0),
+        created_at: r.int(5)?,
+    })
 }
 
 impl Store {
@@ -103,33 +96,33 @@ impl Store {
         let hash = sha256_hex(code_tar);
         let text = serde_json::to_string(meta)
             .map_err(|_| StoreError::Corrupt(format!("layer {name}")))?;
-        let mut conn = self.lite()?;
-        crate::quotas::check_code_quota(&conn, &tenant, "", &hash, code_tar.len(), quotas)?;
         let t = now();
-        let tx = conn.transaction()?;
-        let last: Option<u32> = tx
-            .query_row(
-                "SELECT last_version FROM layers WHERE name = ?1",
-                params![name],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let version = last.unwrap_or(0) + 1;
-        tx.execute(
-            "INSERT INTO layers (name, last_version) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET last_version = excluded.last_version",
-            params![name, version],
-        )?;
-        tx.execute(
-            "INSERT OR IGNORE INTO bundles (sha256, size, data, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![hash, code_tar.len() as i64, code_tar, t],
-        )?;
-        tx.execute(
-            "INSERT INTO layer_versions (name, version, meta, code_sha256, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![name, version, text, hash, t],
-        )?;
-        tx.commit()?;
+        let version = self.transaction(|db| {
+            crate::quotas::serialize_tenant(db, &tenant)?;
+            crate::quotas::check_code_quota(db, &tenant, "", &hash, code_tar.len(), quotas)?;
+            let last = db
+                .query_opt(
+                    "SELECT last_version FROM layers WHERE name = $1",
+                    &vals![name],
+                )?
+                .map(|r| r.int(0))
+                .transpose()?
+                .unwrap_or(0);
+            let version = u32::try_from(last + 1)
+                .map_err(|_| StoreError::Corrupt(format!("layer {name}")))?;
+            db.execute(
+                "INSERT INTO layers (name, last_version) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET last_version = excluded.last_version",
+                &vals![name, version],
+            )?;
+            put_bundle(db, &hash, code_tar, t)?;
+            db.execute(
+                "INSERT INTO layer_versions (name, version, meta, code_sha256, created_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &vals![name, version, &text, &hash, t],
+            )?;
+            Ok(version)
+        })?;
         Ok(LayerVersion {
             name: name.to_owned(),
             version,
@@ -146,68 +139,73 @@ impl Store {
         name: &str,
         version: u32,
     ) -> Result<Option<LayerVersion>, StoreError> {
-        let conn = self.lite()?;
-        let found = conn
-            .query_row(
-                &format!("SELECT {COLUMNS} WHERE l.name = ?1 AND l.version = ?2"),
-                params![name, version],
-                row,
-            )
-            .optional()?;
-        found.transpose()
+        self.with(|db| {
+            db.query_opt(
+                &format!("SELECT {COLUMNS} WHERE l.name = $1 AND l.version = $2"),
+                &vals![name, version],
+            )?
+            .map(|r| layer_from(&r))
+            .transpose()
+        })
     }
 
     /// The versions of layer `name`, newest first.
     pub fn layer_versions(&self, name: &str) -> Result<Vec<LayerVersion>, StoreError> {
-        let conn = self.lite()?;
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} WHERE l.name = ?1 ORDER BY l.version DESC"
-        ))?;
-        let rows = stmt.query_map(params![name], row)?;
-        collect(rows)
+        self.with(|db| {
+            db.query(
+                &format!("SELECT {COLUMNS} WHERE l.name = $1 ORDER BY l.version DESC"),
+                &vals![name],
+            )?
+            .iter()
+            .map(layer_from)
+            .collect()
+        })
     }
 
     /// Every version of every one of `tenant`'s layers: by name, each layer's newest first.
     pub fn tenant_layer_versions(&self, tenant: &str) -> Result<Vec<LayerVersion>, StoreError> {
-        let conn = self.lite()?;
-        let mut stmt = conn.prepare(&crate::sql::sqlite_placeholders(&format!(
-            "SELECT {COLUMNS} WHERE {} ORDER BY l.name, l.version DESC",
-            of_tenant("l.name", 1)
-        )))?;
-        let rows = stmt.query_map(params![tenant], row)?;
-        collect(rows)
+        self.with(|db| {
+            db.query(
+                &format!(
+                    "SELECT {COLUMNS} WHERE {} ORDER BY l.name, l.version DESC",
+                    of_tenant("l.name", 1)
+                ),
+                &vals![tenant],
+            )?
+            .iter()
+            .map(layer_from)
+            .collect()
+        })
     }
 
     /// Deletes version `version` of layer `name` (its bundle too, unless a function still uses
     /// it); whether it existed.
     pub fn delete_layer_version(&self, name: &str, version: u32) -> Result<bool, StoreError> {
-        let mut conn = self.lite()?;
-        let tx = conn.transaction()?;
-        let hash: Option<String> = tx
-            .query_row(
-                "SELECT code_sha256 FROM layer_versions WHERE name = ?1 AND version = ?2",
-                params![name, version],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(hash) = hash else { return Ok(false) };
-        tx.execute(
-            "DELETE FROM layer_versions WHERE name = ?1 AND version = ?2",
-            params![name, version],
-        )?;
-        gc_bundle(&tx, &hash)?;
-        tx.commit()?;
-        Ok(true)
+        self.transaction(|db| {
+            let Some(hash) = db
+                .query_opt(
+                    "SELECT code_sha256 FROM layer_versions WHERE name = $1 AND version = $2",
+                    &vals![name, version],
+                )?
+                .map(|r| r.text(0))
+                .transpose()?
+            else {
+                return Ok(false);
+            };
+            db.execute(
+                "DELETE FROM layer_versions WHERE name = $1 AND version = $2",
+                &vals![name, version],
+            )?;
+            gc_bundle(db, &hash)?;
+            Ok(true)
+        })
     }
 
     /// Stores a bundle that a function of this node refers to without owning it (a layer's,
     /// replicated from another node): kept while something refers to it.
     pub fn put_bundle(&self, tar: &[u8]) -> Result<String, StoreError> {
         let hash = sha256_hex(tar);
-        self.lite()?.execute(
-            "INSERT OR IGNORE INTO bundles (sha256, size, data, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![hash, tar.len() as i64, tar, now()],
-        )?;
+        self.transaction(|db| put_bundle(db, &hash, tar, now()))?;
         Ok(hash)
     }
 }
@@ -247,102 +245,105 @@ mod tests {
 
     #[test]
     fn versions_only_grow_and_lists_are_per_tenant() {
-        let s = Store::in_memory().unwrap();
-        let q = TenantQuotas::default();
-        let meta = LayerMeta {
-            description: "deps".into(),
-            compatible_runtimes: vec!["python3.11".into()],
-            ..LayerMeta::default()
-        };
-        let v1 = s.publish_layer_version("deps", &meta, b"one", &q).unwrap();
-        let v2 = s.publish_layer_version("deps", &meta, b"two", &q).unwrap();
-        assert_eq!((v1.version, v2.version), (1, 2));
-        assert!(s.delete_layer_version("deps", 2).unwrap());
-        assert!(!s.delete_layer_version("deps", 2).unwrap());
-        let v3 = s
-            .publish_layer_version("deps", &meta, b"three", &q)
-            .unwrap();
-        assert_eq!(
-            v3.version, 3,
-            "a deleted version's number is not given again"
-        );
-        s.publish_layer_version("acme.deps", &meta, b"x", &q)
-            .unwrap();
-        let mine: Vec<_> = s
-            .tenant_layer_versions(ignition_types::DEFAULT_TENANT)
-            .unwrap()
-            .into_iter()
-            .map(|v| (v.name, v.version))
-            .collect();
-        assert_eq!(mine, vec![("deps".to_owned(), 3), ("deps".to_owned(), 1)]);
-        let versions: Vec<u32> = s
-            .layer_versions("deps")
-            .unwrap()
-            .iter()
-            .map(|v| v.version)
-            .collect();
-        assert_eq!(versions, vec![3, 1]);
-        assert_eq!(s.layer_version("deps", 1).unwrap().unwrap().meta, meta);
-        assert!(s.layer_version("deps", 2).unwrap().is_none());
+        for (_, s) in crate::testing::stores() {
+            let q = TenantQuotas::default();
+            let meta = LayerMeta {
+                description: "deps".into(),
+                compatible_runtimes: vec!["python3.11".into()],
+                ..LayerMeta::default()
+            };
+            let v1 = s.publish_layer_version("deps", &meta, b"one", &q).unwrap();
+            let v2 = s.publish_layer_version("deps", &meta, b"two", &q).unwrap();
+            assert_eq!((v1.version, v2.version), (1, 2));
+            assert!(s.delete_layer_version("deps", 2).unwrap());
+            assert!(!s.delete_layer_version("deps", 2).unwrap());
+            let v3 = s
+                .publish_layer_version("deps", &meta, b"three", &q)
+                .unwrap();
+            assert_eq!(
+                v3.version, 3,
+                "a deleted version's number is not given again"
+            );
+            s.publish_layer_version("acme.deps", &meta, b"x", &q)
+                .unwrap();
+            let mine: Vec<_> = s
+                .tenant_layer_versions(ignition_types::DEFAULT_TENANT)
+                .unwrap()
+                .into_iter()
+                .map(|v| (v.name, v.version))
+                .collect();
+            assert_eq!(mine, vec![("deps".to_owned(), 3), ("deps".to_owned(), 1)]);
+            let versions: Vec<u32> = s
+                .layer_versions("deps")
+                .unwrap()
+                .iter()
+                .map(|v| v.version)
+                .collect();
+            assert_eq!(versions, vec![3, 1]);
+            assert_eq!(s.layer_version("deps", 1).unwrap().unwrap().meta, meta);
+            assert!(s.layer_version("deps", 2).unwrap().is_none());
+        }
     }
 
     #[test]
     fn a_layer_bundle_lives_while_a_layer_version_or_a_function_refers_to_it() {
-        let s = Store::in_memory().unwrap();
-        let q = TenantQuotas::default();
-        let v = s
-            .publish_layer_version("deps", &LayerMeta::default(), b"layer-code", &q)
-            .unwrap();
-        s.put_function(&config("f", vec![reference(&v)]), b"fn-code")
-            .unwrap();
-        assert_eq!(
-            s.get_function("f").unwrap().unwrap().config.layers,
-            vec![reference(&v)]
-        );
-        s.publish_version("f", None).unwrap();
-        assert!(s.delete_layer_version("deps", 1).unwrap());
-        assert!(
-            s.get_bundle(&v.code_sha256).unwrap().is_some(),
-            "a function still uses it"
-        );
-        // $LATEST drops the layer; version 1 still has it.
-        s.put_function(&config("f", Vec::new()), b"fn-code")
-            .unwrap();
-        assert!(s.get_bundle(&v.code_sha256).unwrap().is_some());
-        assert!(s.delete_version("f", 1).unwrap());
-        assert!(
-            s.get_bundle(&v.code_sha256).unwrap().is_none(),
-            "nothing refers to it any more"
-        );
-        // Deleting a function collects its layers' bundles too.
-        let v = s
-            .publish_layer_version("deps", &LayerMeta::default(), b"again", &q)
-            .unwrap();
-        s.put_function(&config("g", vec![reference(&v)]), b"g")
-            .unwrap();
-        s.delete_layer_version("deps", v.version).unwrap();
-        assert!(s.delete_function("g").unwrap());
-        assert!(s.get_bundle(&v.code_sha256).unwrap().is_none());
+        for (_, s) in crate::testing::stores() {
+            let q = TenantQuotas::default();
+            let v = s
+                .publish_layer_version("deps", &LayerMeta::default(), b"layer-code", &q)
+                .unwrap();
+            s.put_function(&config("f", vec![reference(&v)]), b"fn-code")
+                .unwrap();
+            assert_eq!(
+                s.get_function("f").unwrap().unwrap().config.layers,
+                vec![reference(&v)]
+            );
+            s.publish_version("f", None).unwrap();
+            assert!(s.delete_layer_version("deps", 1).unwrap());
+            assert!(
+                s.get_bundle(&v.code_sha256).unwrap().is_some(),
+                "a function still uses it"
+            );
+            // $LATEST drops the layer; version 1 still has it.
+            s.put_function(&config("f", Vec::new()), b"fn-code")
+                .unwrap();
+            assert!(s.get_bundle(&v.code_sha256).unwrap().is_some());
+            assert!(s.delete_version("f", 1).unwrap());
+            assert!(
+                s.get_bundle(&v.code_sha256).unwrap().is_none(),
+                "nothing refers to it any more"
+            );
+            // Deleting a function collects its layers' bundles too.
+            let v = s
+                .publish_layer_version("deps", &LayerMeta::default(), b"again", &q)
+                .unwrap();
+            s.put_function(&config("g", vec![reference(&v)]), b"g")
+                .unwrap();
+            s.delete_layer_version("deps", v.version).unwrap();
+            assert!(s.delete_function("g").unwrap());
+            assert!(s.get_bundle(&v.code_sha256).unwrap().is_none());
+        }
     }
 
     #[test]
     fn layers_count_against_the_tenants_code_quota() {
-        let s = Store::in_memory().unwrap();
-        let q = TenantQuotas {
-            code_mib: 1,
-            ..TenantQuotas::default()
-        };
-        s.publish_layer_version("acme.a", &LayerMeta::default(), &[1u8; 700 * 1024], &q)
-            .unwrap();
-        let e = s
-            .publish_layer_version("acme.b", &LayerMeta::default(), &[2u8; 700 * 1024], &q)
-            .unwrap_err();
-        assert!(matches!(e, StoreError::QuotaExceeded { .. }), "{e}");
-        assert!(s.layer_versions("acme.b").unwrap().is_empty());
-        let e = s
-            .put_function_within(&config("acme.f", Vec::new()), &[3u8; 700 * 1024], &q)
-            .unwrap_err();
-        assert!(matches!(e, StoreError::QuotaExceeded { .. }), "{e}");
+        for (_, s) in crate::testing::stores() {
+            let q = TenantQuotas {
+                code_mib: 1,
+                ..TenantQuotas::default()
+            };
+            s.publish_layer_version("acme.a", &LayerMeta::default(), &[1u8; 700 * 1024], &q)
+                .unwrap();
+            let e = s
+                .publish_layer_version("acme.b", &LayerMeta::default(), &[2u8; 700 * 1024], &q)
+                .unwrap_err();
+            assert!(matches!(e, StoreError::QuotaExceeded { .. }), "{e}");
+            assert!(s.layer_versions("acme.b").unwrap().is_empty());
+            let e = s
+                .put_function_within(&config("acme.f", Vec::new()), &[3u8; 700 * 1024], &q)
+                .unwrap_err();
+            assert!(matches!(e, StoreError::QuotaExceeded { .. }), "{e}");
+        }
     }
 
     #[test]

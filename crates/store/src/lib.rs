@@ -5,9 +5,11 @@
 //! same code costs nothing and a function's record names exactly the code it runs. A bundle no
 //! function refers to any more is removed in the same transaction that dropped the last reference.
 
+mod bundles;
 mod credentials;
 mod event_configs;
 mod events;
+mod functions;
 mod images;
 mod layers;
 mod logs;

@@ -144,6 +144,7 @@ CREATE TABLE policies (
     qualifier   TEXT NOT NULL,
     sid         TEXT NOT NULL,
     statement   TEXT NOT NULL,
+    seq         BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (function, qualifier, sid)
 );
 CREATE TABLE tags (

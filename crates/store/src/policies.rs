@@ -2,8 +2,7 @@
 //! statement per statement id, per function and qualifier (`""` for the function itself),
 //! deleted with the function. The statements are kept as the API wrote them (JSON).
 
-use rusqlite::params;
-
+use crate::sql::vals;
 use crate::store::{Store, StoreError};
 
 /// The most bytes of statements one function and qualifier may hold (Lambda's policy limit).
@@ -28,31 +27,37 @@ impl Store {
         sid: &str,
         statement: &str,
     ) -> Result<Added, StoreError> {
-        let mut conn = self.lite()?;
-        let tx = conn.transaction()?;
-        let exists = tx
-            .prepare("SELECT 1 FROM policies WHERE function = ?1 AND qualifier = ?2 AND sid = ?3")?
-            .exists(params![function, qualifier, sid])?;
-        if exists {
-            return Ok(Added::Exists);
-        }
-        let held: i64 = tx.query_row(
-            "SELECT COALESCE(SUM(LENGTH(statement)), 0) FROM policies
-             WHERE function = ?1 AND qualifier = ?2",
-            params![function, qualifier],
-            |r| r.get(0),
-        )?;
-        if usize::try_from(held).unwrap_or(usize::MAX) + statement.len() > MAX_POLICY_BYTES {
-            return Err(StoreError::Invalid(format!(
-                "a function's policy holds at most {MAX_POLICY_BYTES} bytes of statements"
-            )));
-        }
-        tx.execute(
-            "INSERT INTO policies (function, qualifier, sid, statement) VALUES (?1, ?2, ?3, ?4)",
-            params![function, qualifier, sid, statement],
-        )?;
-        tx.commit()?;
-        Ok(Added::Added)
+        self.transaction(|db| {
+            db.serialize("policies")?;
+            let exists = db
+                .query_opt(
+                    "SELECT 1 FROM policies WHERE function = $1 AND qualifier = $2 AND sid = $3",
+                    &vals![function, qualifier, sid],
+                )?
+                .is_some();
+            if exists {
+                return Ok(Added::Exists);
+            }
+            let held = db
+                .query_one(
+                    "SELECT CAST(COALESCE(SUM(LENGTH(statement)), 0) AS BIGINT) FROM policies
+                     WHERE function = $1 AND qualifier = $2",
+                    &vals![function, qualifier],
+                )?
+                .int(0)?;
+            if usize::try_from(held).unwrap_or(usize::MAX) + statement.len() > MAX_POLICY_BYTES {
+                return Err(StoreError::Invalid(format!(
+                    "a function's policy holds at most {MAX_POLICY_BYTES} bytes of statements"
+                )));
+            }
+            db.execute(
+                "INSERT INTO policies (function, qualifier, sid, statement, seq)
+                 VALUES ($1, $2, $3, $4,
+                         (SELECT COALESCE(MAX(seq), 0) + 1 FROM policies WHERE function = $1 AND qualifier = $2))",
+                &vals![function, qualifier, sid, statement],
+            )?;
+            Ok(Added::Added)
+        })
     }
 
     /// Removes statement `sid` from the policy of `function` at `qualifier`; whether it was
@@ -63,21 +68,26 @@ impl Store {
         qualifier: &str,
         sid: &str,
     ) -> Result<bool, StoreError> {
-        let n = self.lite()?.execute(
-            "DELETE FROM policies WHERE function = ?1 AND qualifier = ?2 AND sid = ?3",
-            params![function, qualifier, sid],
-        )?;
-        Ok(n > 0)
+        self.with(|db| {
+            db.execute(
+                "DELETE FROM policies WHERE function = $1 AND qualifier = $2 AND sid = $3",
+                &vals![function, qualifier, sid],
+            )
+        })
+        .map(|n| n > 0)
     }
 
     /// The statements of the policy of `function` at `qualifier`, in the order they were added.
     pub fn policy(&self, function: &str, qualifier: &str) -> Result<Vec<String>, StoreError> {
-        let conn = self.lite()?;
-        let mut stmt = conn.prepare(
-            "SELECT statement FROM policies WHERE function = ?1 AND qualifier = ?2 ORDER BY rowid",
-        )?;
-        let rows = stmt.query_map(params![function, qualifier], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.with(|db| {
+            db.query(
+                "SELECT statement FROM policies WHERE function = $1 AND qualifier = $2 ORDER BY seq",
+                &vals![function, qualifier],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect()
+        })
     }
 }
 
@@ -87,7 +97,12 @@ mod tests {
 
     #[test]
     fn statements_are_added_once_removed_bounded_and_per_qualifier() {
-        let s = Store::in_memory().unwrap();
+        for (_, s) in crate::testing::stores() {
+            statements_on(&s);
+        }
+    }
+
+    fn statements_on(s: &Store) {
         assert_eq!(s.add_permission("f", "", "a", "{1}").unwrap(), Added::Added);
         assert_eq!(
             s.add_permission("f", "", "a", "{2}").unwrap(),

@@ -6,10 +6,9 @@
 //! are found by that prefix.
 
 use ignition_types::{QuotaOverrides, TenantQuotas, DEFAULT_TENANT};
-use rusqlite::{params, OptionalExtension};
 
 use crate::model::{FunctionConfig, FunctionRecord};
-use crate::sql::sqlite_placeholders;
+use crate::sql::{vals, Sql};
 use crate::store::{Store, StoreError};
 
 /// Which quota a write would pass.
@@ -49,7 +48,7 @@ pub struct TenantUsage {
 }
 
 /// SQL (see [`crate::sql`]) that is true when column `col` names a row of the tenant bound at
-/// `${p}`. Parts still on rusqlite pass their statement through [`sqlite_placeholders`].
+/// `${p}`.
 pub(crate) fn of_tenant(col: &str, p: usize) -> String {
     format!(
         "(CASE WHEN CAST(${p} AS TEXT) = '{DEFAULT_TENANT}' THEN {col} NOT LIKE '%.%' \
@@ -64,41 +63,39 @@ fn tenant_of(stored: &str) -> String {
 /// Bytes of the distinct bundles the tenant's functions (but `except`'s `$LATEST`), versions
 /// and layer versions refer to, and whether `hash` is among them.
 fn code_bytes(
-    conn: &rusqlite::Connection,
+    db: &mut dyn Sql,
     tenant: &str,
     except: &str,
     hash: &str,
 ) -> Result<(u64, bool), StoreError> {
     let sql = format!(
         "WITH used AS (
-           SELECT code_sha256 AS h FROM functions WHERE {} AND name != ?2
+           SELECT code_sha256 AS h FROM functions WHERE {} AND name != $2
            UNION SELECT code_sha256 FROM versions WHERE {}
            UNION SELECT code_sha256 FROM layer_versions WHERE {})
-         SELECT COALESCE(SUM(b.size), 0), COALESCE(MAX(b.sha256 = ?3), 0)
+         SELECT CAST(COALESCE(SUM(b.size), 0) AS BIGINT),
+                CAST(COALESCE(MAX(CASE WHEN b.sha256 = $3 THEN 1 ELSE 0 END), 0) AS BIGINT)
          FROM bundles b JOIN used ON used.h = b.sha256",
         of_tenant("name", 1),
         of_tenant("function", 1),
         of_tenant("name", 1)
     );
-    let (bytes, has): (i64, bool) = conn.query_row(
-        &sqlite_placeholders(&sql),
-        params![tenant, except, hash],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    Ok((u64::try_from(bytes).unwrap_or(0), has))
+    let r = db.query_one(&sql, &vals![tenant, except, hash])?;
+    Ok((u64::try_from(r.int(0)?).unwrap_or(0), r.int(1)? != 0))
 }
 
 /// Refuses a bundle of `size` bytes hashing to `hash` when, counted once with what the
-/// tenant's code already holds (but `except`'s `$LATEST`), it would pass `quotas`.
+/// tenant's code already holds (but `except`'s `$LATEST`), it would pass `quotas`. Call it in
+/// the transaction that writes, after [`serialize_tenant`].
 pub(crate) fn check_code_quota(
-    conn: &rusqlite::Connection,
+    db: &mut dyn Sql,
     tenant: &str,
     except: &str,
     hash: &str,
     size: usize,
     quotas: &TenantQuotas,
 ) -> Result<(), StoreError> {
-    let (bytes, has) = code_bytes(conn, tenant, except, hash)?;
+    let (bytes, has) = code_bytes(db, tenant, except, hash)?;
     let after = if has { bytes } else { bytes + size as u64 };
     if after > quotas.code_mib.saturating_mul(1024 * 1024) {
         return Err(StoreError::QuotaExceeded {
@@ -109,17 +106,27 @@ pub(crate) fn check_code_quota(
     Ok(())
 }
 
+/// Serializes the rest of the transaction with every other write checked against `tenant`'s
+/// quotas, on every node of a shared store.
+pub(crate) fn serialize_tenant(db: &mut dyn Sql, tenant: &str) -> Result<(), StoreError> {
+    db.serialize(&format!("tenant:{tenant}"))
+}
+
+fn count(db: &mut dyn Sql, sql: &str, tenant: &str) -> Result<u64, StoreError> {
+    Ok(u64::try_from(db.query_one(sql, &vals![tenant])?.int(0)?).unwrap_or(0))
+}
+
 impl Store {
     /// What an operator set for `tenant` (nothing: every default).
     pub fn quota_overrides(&self, tenant: &str) -> Result<QuotaOverrides, StoreError> {
-        let text: Option<String> = self
-            .lite()?
-            .query_row(
-                "SELECT overrides FROM tenant_quotas WHERE tenant = ?1",
-                params![tenant],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let text = self.with(|db| {
+            db.query_opt(
+                "SELECT overrides FROM tenant_quotas WHERE tenant = $1",
+                &vals![tenant],
+            )?
+            .map(|r| r.text(0))
+            .transpose()
+        })?;
         text.map_or(Ok(QuotaOverrides::default()), |t| {
             serde_json::from_str(&t).map_err(|_| StoreError::Corrupt(format!("quotas of {tenant}")))
         })
@@ -127,17 +134,20 @@ impl Store {
 
     /// Every tenant's overrides.
     pub fn all_quota_overrides(&self) -> Result<Vec<(String, QuotaOverrides)>, StoreError> {
-        let conn = self.lite()?;
-        let mut stmt =
-            conn.prepare("SELECT tenant, overrides FROM tenant_quotas ORDER BY tenant")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        rows.map(|r| {
-            let (tenant, text) = r?;
-            let o = serde_json::from_str(&text)
-                .map_err(|_| StoreError::Corrupt(format!("quotas of {tenant}")))?;
-            Ok((tenant, o))
+        self.with(|db| {
+            db.query(
+                "SELECT tenant, overrides FROM tenant_quotas ORDER BY tenant",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                let tenant = r.text(0)?;
+                let o = serde_json::from_str(&r.text(1)?)
+                    .map_err(|_| StoreError::Corrupt(format!("quotas of {tenant}")))?;
+                Ok((tenant, o))
+            })
+            .collect()
         })
-        .collect()
     }
 
     /// Sets what an operator set for `tenant` (replacing what was set before).
@@ -148,38 +158,41 @@ impl Store {
     ) -> Result<(), StoreError> {
         let text = serde_json::to_string(overrides)
             .map_err(|_| StoreError::Corrupt(format!("quotas of {tenant}")))?;
-        self.lite()?.execute(
-            "INSERT INTO tenant_quotas (tenant, overrides) VALUES (?1, ?2)
-             ON CONFLICT (tenant) DO UPDATE SET overrides = excluded.overrides",
-            params![tenant, text],
-        )?;
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO tenant_quotas (tenant, overrides) VALUES ($1, $2)
+                 ON CONFLICT (tenant) DO UPDATE SET overrides = excluded.overrides",
+                &vals![tenant, text],
+            )
+        })?;
         Ok(())
     }
 
     /// What `tenant` holds.
     pub fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage, StoreError> {
-        let conn = self.lite()?;
-        let functions: i64 = conn.query_row(
-            &sqlite_placeholders(&format!(
-                "SELECT COUNT(*) FROM functions WHERE {}",
-                of_tenant("name", 1)
-            )),
-            params![tenant],
-            |r| r.get(0),
-        )?;
-        let queued: i64 = conn.query_row(
-            &sqlite_placeholders(&format!(
-                "SELECT COUNT(*) FROM events WHERE status IN ('queued', 'running') AND {}",
-                of_tenant("function", 1)
-            )),
-            params![tenant],
-            |r| r.get(0),
-        )?;
-        let (code_bytes, _) = code_bytes(&conn, tenant, "", "")?;
-        Ok(TenantUsage {
-            functions: u64::try_from(functions).unwrap_or(0),
-            code_bytes,
-            queued_events: u64::try_from(queued).unwrap_or(0),
+        self.with(|db| {
+            let functions = count(
+                db,
+                &format!(
+                    "SELECT COUNT(*) FROM functions WHERE {}",
+                    of_tenant("name", 1)
+                ),
+                tenant,
+            )?;
+            let queued_events = count(
+                db,
+                &format!(
+                    "SELECT COUNT(*) FROM events WHERE status IN ('queued', 'running') AND {}",
+                    of_tenant("function", 1)
+                ),
+                tenant,
+            )?;
+            let (code_bytes, _) = code_bytes(db, tenant, "", "")?;
+            Ok(TenantUsage {
+                functions,
+                code_bytes,
+                queued_events,
+            })
         })
     }
 
@@ -193,34 +206,34 @@ impl Store {
     ) -> Result<FunctionRecord, StoreError> {
         let tenant = tenant_of(&config.name);
         let hash = crate::store::sha256_hex(code_tar);
-        // Checked and written under the one connection's lock: nothing writes in between.
-        let mut conn = self.lite()?;
-        let exists = conn
-            .query_row(
-                "SELECT 1 FROM functions WHERE name = ?1",
-                params![config.name],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if !exists {
-            let n: i64 = conn.query_row(
-                &sqlite_placeholders(&format!(
-                    "SELECT COUNT(*) FROM functions WHERE {}",
-                    of_tenant("name", 1)
-                )),
-                params![tenant],
-                |r| r.get(0),
-            )?;
-            if u64::try_from(n).unwrap_or(0) >= quotas.functions {
-                return Err(StoreError::QuotaExceeded {
-                    quota: Quota::Functions,
-                    limit: quotas.functions,
-                });
+        // Checked and written in one transaction, serialized with the tenant's other writes.
+        self.transaction(|db| {
+            serialize_tenant(db, &tenant)?;
+            let exists = db
+                .query_opt(
+                    "SELECT 1 FROM functions WHERE name = $1",
+                    &vals![&config.name],
+                )?
+                .is_some();
+            if !exists {
+                let n = count(
+                    db,
+                    &format!(
+                        "SELECT COUNT(*) FROM functions WHERE {}",
+                        of_tenant("name", 1)
+                    ),
+                    &tenant,
+                )?;
+                if n >= quotas.functions {
+                    return Err(StoreError::QuotaExceeded {
+                        quota: Quota::Functions,
+                        limit: quotas.functions,
+                    });
+                }
             }
-        }
-        check_code_quota(&conn, &tenant, &config.name, &hash, code_tar.len(), quotas)?;
-        crate::sqlite::put_function_on(&mut conn, config, code_tar)
+            check_code_quota(db, &tenant, &config.name, &hash, code_tar.len(), quotas)?;
+            crate::functions::put_function_in(db, config, code_tar)
+        })
     }
 }
 
@@ -247,139 +260,142 @@ mod tests {
 
     #[test]
     fn usage_is_counted_per_tenant_and_quotas_refuse_before_writing() {
-        let s = Store::in_memory().unwrap();
-        let q = TenantQuotas {
-            functions: 2,
-            code_mib: 1,
-            ..TenantQuotas::default()
-        };
-        let half = vec![7u8; 600 * 1024];
-        s.put_function_within(&config("acme.a"), &half, &q).unwrap();
-        s.put_function_within(&config("acme.b"), &half, &q)
-            .expect("the same bundle counts once");
-        s.put_function_within(&config("plain"), &[1u8; 900 * 1024], &q)
-            .expect("the default tenant is another tenant");
-        let e = s
-            .put_function_within(&config("acme.c"), b"x", &q)
-            .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                StoreError::QuotaExceeded {
-                    quota: Quota::Functions,
-                    limit: 2
-                }
-            ),
-            "{e}"
-        );
-        let e = s
-            .put_function_within(&config("acme.a"), &[9u8; 600 * 1024], &q)
-            .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                StoreError::QuotaExceeded {
-                    quota: Quota::CodeMib,
-                    ..
-                }
-            ),
-            "b still holds the old bundle: {e}"
-        );
-        assert_eq!(
-            s.get_function("acme.a").unwrap().unwrap().code_size,
-            600 * 1024,
-            "unchanged"
-        );
-        let u = s.tenant_usage("acme").unwrap();
-        assert_eq!((u.functions, u.code_bytes), (2, 600 * 1024));
-        let d = s.tenant_usage(DEFAULT_TENANT).unwrap();
-        assert_eq!((d.functions, d.code_bytes), (1, 900 * 1024));
-        assert!(s.enqueue_event("e1", "acme.a:1", b"{}", 1, 10).unwrap());
-        assert_eq!(s.tenant_usage("acme").unwrap().queued_events, 1);
-        assert_eq!(s.tenant_usage(DEFAULT_TENANT).unwrap().queued_events, 0);
+        for (_, s) in crate::testing::stores() {
+            let q = TenantQuotas {
+                functions: 2,
+                code_mib: 1,
+                ..TenantQuotas::default()
+            };
+            let half = vec![7u8; 600 * 1024];
+            s.put_function_within(&config("acme.a"), &half, &q).unwrap();
+            s.put_function_within(&config("acme.b"), &half, &q)
+                .expect("the same bundle counts once");
+            s.put_function_within(&config("plain"), &[1u8; 900 * 1024], &q)
+                .expect("the default tenant is another tenant");
+            let e = s
+                .put_function_within(&config("acme.c"), b"x", &q)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    StoreError::QuotaExceeded {
+                        quota: Quota::Functions,
+                        limit: 2
+                    }
+                ),
+                "{e}"
+            );
+            let e = s
+                .put_function_within(&config("acme.a"), &[9u8; 600 * 1024], &q)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    StoreError::QuotaExceeded {
+                        quota: Quota::CodeMib,
+                        ..
+                    }
+                ),
+                "b still holds the old bundle: {e}"
+            );
+            assert_eq!(
+                s.get_function("acme.a").unwrap().unwrap().code_size,
+                600 * 1024,
+                "unchanged"
+            );
+            let u = s.tenant_usage("acme").unwrap();
+            assert_eq!((u.functions, u.code_bytes), (2, 600 * 1024));
+            let d = s.tenant_usage(DEFAULT_TENANT).unwrap();
+            assert_eq!((d.functions, d.code_bytes), (1, 900 * 1024));
+            assert!(s.enqueue_event("e1", "acme.a:1", b"{}", 1, 10).unwrap());
+            assert_eq!(s.tenant_usage("acme").unwrap().queued_events, 1);
+            assert_eq!(s.tenant_usage(DEFAULT_TENANT).unwrap().queued_events, 0);
+        }
     }
 
     #[test]
     fn overrides_are_kept_per_tenant() {
-        let s = Store::in_memory().unwrap();
-        assert_eq!(
-            s.quota_overrides("acme").unwrap(),
-            QuotaOverrides::default()
-        );
-        let o = QuotaOverrides {
-            versions: Some(3),
-            ..QuotaOverrides::default()
-        };
-        s.set_quota_overrides("acme", &o).unwrap();
-        s.set_quota_overrides("acme", &o).unwrap();
-        assert_eq!(s.quota_overrides("acme").unwrap(), o);
-        assert_eq!(
-            s.quota_overrides("other").unwrap(),
-            QuotaOverrides::default()
-        );
+        for (_, s) in crate::testing::stores() {
+            assert_eq!(
+                s.quota_overrides("acme").unwrap(),
+                QuotaOverrides::default()
+            );
+            let o = QuotaOverrides {
+                versions: Some(3),
+                ..QuotaOverrides::default()
+            };
+            s.set_quota_overrides("acme", &o).unwrap();
+            s.set_quota_overrides("acme", &o).unwrap();
+            assert_eq!(s.quota_overrides("acme").unwrap(), o);
+            assert_eq!(
+                s.quota_overrides("other").unwrap(),
+                QuotaOverrides::default()
+            );
+        }
     }
 
     #[test]
     fn versions_and_queued_events_stop_at_their_quotas() {
-        let s = Store::in_memory().unwrap();
-        let mut c = config("acme.f");
-        s.put_function(&c, b"v1").unwrap();
-        assert_eq!(s.publish_version("acme.f", Some(2)).unwrap().unwrap().0, 1);
-        c.timeout_s = 4;
-        s.put_function(&c, b"v1").unwrap();
-        assert_eq!(s.publish_version("acme.f", Some(2)).unwrap().unwrap().0, 2);
-        assert_eq!(
-            s.publish_version("acme.f", Some(2)).unwrap().unwrap().0,
-            2,
-            "nothing changed: the newest version, no new one"
-        );
-        c.timeout_s = 5;
-        s.put_function(&c, b"v1").unwrap();
-        let e = s.publish_version("acme.f", Some(2)).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                StoreError::QuotaExceeded {
-                    quota: Quota::Versions,
-                    limit: 2
-                }
-            ),
-            "{e}"
-        );
+        for (_, s) in crate::testing::stores() {
+            let mut c = config("acme.f");
+            s.put_function(&c, b"v1").unwrap();
+            assert_eq!(s.publish_version("acme.f", Some(2)).unwrap().unwrap().0, 1);
+            c.timeout_s = 4;
+            s.put_function(&c, b"v1").unwrap();
+            assert_eq!(s.publish_version("acme.f", Some(2)).unwrap().unwrap().0, 2);
+            assert_eq!(
+                s.publish_version("acme.f", Some(2)).unwrap().unwrap().0,
+                2,
+                "nothing changed: the newest version, no new one"
+            );
+            c.timeout_s = 5;
+            s.put_function(&c, b"v1").unwrap();
+            let e = s.publish_version("acme.f", Some(2)).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    StoreError::QuotaExceeded {
+                        quota: Quota::Versions,
+                        limit: 2
+                    }
+                ),
+                "{e}"
+            );
 
-        let event = |id: &str, f: &str| crate::NewEvent {
-            request_id: id.into(),
-            function: f.into(),
-            payload: b"{}".to_vec(),
-            max_attempts: 1,
-            max_age_s: None,
-        };
-        use crate::Enqueued::*;
-        assert_eq!(
-            s.enqueue_event_within(&event("1", "acme.f"), 10, Some(2))
-                .unwrap(),
-            Stored
-        );
-        assert_eq!(
-            s.enqueue_event_within(&event("2", "acme.f:1"), 10, Some(2))
-                .unwrap(),
-            Stored
-        );
-        assert_eq!(
-            s.enqueue_event_within(&event("3", "acme.f"), 10, Some(2))
-                .unwrap(),
-            TenantFull
-        );
-        assert_eq!(
-            s.enqueue_event_within(&event("4", "beta.f"), 10, Some(2))
-                .unwrap(),
-            Stored,
-            "another tenant's quota is its own"
-        );
-        assert_eq!(
-            s.enqueue_event_within(&event("5", "f"), 3, Some(2))
-                .unwrap(),
-            NodeFull
-        );
+            let event = |id: &str, f: &str| crate::NewEvent {
+                request_id: id.into(),
+                function: f.into(),
+                payload: b"{}".to_vec(),
+                max_attempts: 1,
+                max_age_s: None,
+            };
+            use crate::Enqueued::*;
+            assert_eq!(
+                s.enqueue_event_within(&event("1", "acme.f"), 10, Some(2))
+                    .unwrap(),
+                Stored
+            );
+            assert_eq!(
+                s.enqueue_event_within(&event("2", "acme.f:1"), 10, Some(2))
+                    .unwrap(),
+                Stored
+            );
+            assert_eq!(
+                s.enqueue_event_within(&event("3", "acme.f"), 10, Some(2))
+                    .unwrap(),
+                TenantFull
+            );
+            assert_eq!(
+                s.enqueue_event_within(&event("4", "beta.f"), 10, Some(2))
+                    .unwrap(),
+                Stored,
+                "another tenant's quota is its own"
+            );
+            assert_eq!(
+                s.enqueue_event_within(&event("5", "f"), 3, Some(2))
+                    .unwrap(),
+                NodeFull
+            );
+        }
     }
 }

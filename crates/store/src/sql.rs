@@ -145,8 +145,18 @@ impl Row {
     }
 }
 
+/// Which database a statement goes to, where their layouts differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
 /// What runs statements: a connection or a transaction of either backend.
 pub(crate) trait Sql {
+    /// Which database this is.
+    fn dialect(&self) -> Dialect;
+
     /// Runs a statement; how many rows it changed.
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
 
@@ -183,6 +193,10 @@ pub(crate) fn sqlite_placeholders(sql: &str) -> String {
 pub(crate) struct Lite<'a>(pub(crate) &'a rusqlite::Connection);
 
 impl Sql for Lite<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         let mut stmt = self.0.prepare_cached(&sqlite_placeholders(sql))?;
         let n = stmt.execute(rusqlite::params_from_iter(params.iter()))?;
@@ -263,6 +277,10 @@ fn pg_rows(rows: Vec<postgres::Row>) -> Result<Vec<Row>, StoreError> {
 pub(crate) struct Pg<'a, C: postgres::GenericClient>(pub(crate) &'a mut C);
 
 impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         self.0
             .execute(sql, &pg_params(params))

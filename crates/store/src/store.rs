@@ -2,9 +2,7 @@
 //! default) and PostgreSQL (what a cluster's nodes share).
 //!
 //! Each part of the store is written once against [`crate::sql::Sql`] and runs on either
-//! backend through [`Store::with`] and [`Store::transaction`]. Parts still written against
-//! rusqlite directly reach SQLite through [`Store::lite`], and answer
-//! [`StoreError::NotOnPostgres`] on PostgreSQL until they are moved over.
+//! backend through [`Store::with`] and [`Store::transaction`].
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -50,9 +48,6 @@ pub enum StoreError {
         /// The newest this build knows.
         known: i64,
     },
-    /// The operation is not yet written for the PostgreSQL store.
-    #[error("this operation is not yet available on the PostgreSQL store")]
-    NotOnPostgres,
     /// The write would take a tenant past a quota; nothing was written.
     #[error("{} quota of {limit} reached", quota.flag())]
     QuotaExceeded {
@@ -187,15 +182,6 @@ impl Store {
                 tx.commit().map_err(failed("committing"))?;
                 Ok(out)
             }
-        }
-    }
-
-    /// The SQLite connection, for the parts of the store not yet written against
-    /// [`crate::sql`].
-    pub(crate) fn lite(&self) -> Result<MutexGuard<'_, rusqlite::Connection>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(conn) => Ok(lock(conn)),
-            Backend::Postgres { .. } => Err(StoreError::NotOnPostgres),
         }
     }
 }

@@ -252,12 +252,9 @@ mod tests {
 
     #[test]
     fn a_function_has_one_url_per_qualifier_and_loses_them_with_itself() {
-        for (backend, s) in crate::testing::stores() {
+        for (_, s) in crate::testing::stores() {
             let latest = urls_on(&s);
-            // Functions are not yet on the PostgreSQL store.
-            if backend == "sqlite" {
-                deleted_with_function(&s, &latest);
-            }
+            deleted_with_function(&s, &latest);
         }
     }
 
