@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo test --workspace --locked --features ignition/vm-tests,ignition-worker/vm-tests,ignition-net/vm-tests,ignition-oci/registry-tests,ignition-store/pg-tests
+cargo test --workspace --locked --features ignition/vm-tests,ignition-worker/vm-tests,ignition-net/vm-tests,ignition-oci/registry-tests,ignition-store/pg-tests,ignition-node/pg-tests

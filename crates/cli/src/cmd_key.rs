@@ -1,5 +1,6 @@
-//! `ignition key create|rm`: access keys, made in the data directory's store by the operator
-//! (who owns the directory; the running server reads keys from the same store).
+//! `ignition key create|rm`: access keys, made by the operator in the store the server uses
+//! (the data directory's, or with `--store` the cluster's shared one); the running server reads
+//! keys from that same store.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,10 @@ pub(crate) enum KeyCommand {
         /// The server's data directory.
         #[arg(long, env = "IGNITION_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// The cluster's shared store, as the server's `--store` (instead of the data
+        /// directory's).
+        #[arg(long, env = "IGNITION_STORE", value_name = "URL")]
+        store: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -36,10 +41,16 @@ pub(crate) enum KeyCommand {
         /// The server's data directory.
         #[arg(long, env = "IGNITION_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// The cluster's shared store, as the server's `--store`.
+        #[arg(long, env = "IGNITION_STORE", value_name = "URL")]
+        store: Option<String>,
     },
 }
 
-fn store(data_dir: Option<PathBuf>) -> Result<ignition_store::Store> {
+fn store(data_dir: Option<PathBuf>, url: Option<String>) -> Result<ignition_store::Store> {
+    if let Some(url) = url {
+        return ignition_store::Store::connect(&url).context("opening the shared store");
+    }
     let dir = data_dir.unwrap_or_else(crate::cmd_server::default_data_dir);
     ignition_store::Store::open(&dir)
         .with_context(|| format!("opening the store in {}", dir.display()))
@@ -51,9 +62,10 @@ pub(crate) fn run(cmd: KeyCommand) -> Result<ExitCode> {
             tenant,
             operator,
             data_dir,
+            store: url,
             json,
         } => {
-            let store = store(data_dir)?;
+            let store = store(data_dir, url)?;
             let key = match (tenant, operator) {
                 (Some(tenant), false) => store.create_key(&tenant)?,
                 _ => store.create_operator_key()?,
@@ -79,8 +91,9 @@ pub(crate) fn run(cmd: KeyCommand) -> Result<ExitCode> {
         KeyCommand::Rm {
             access_key_id,
             data_dir,
+            store: url,
         } => {
-            if store(data_dir)?.delete_key(&access_key_id)? {
+            if store(data_dir, url)?.delete_key(&access_key_id)? {
                 println!("deleted {access_key_id}");
                 Ok(ExitCode::SUCCESS)
             } else {

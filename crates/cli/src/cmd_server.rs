@@ -28,9 +28,14 @@ pub(crate) struct ServerArgs {
     /// line: timestamp, level, target, message and fields).
     #[arg(long, default_value = "text")]
     pub(crate) log_format: crate::logging::LogFormat,
-    /// Where the store lives.
+    /// Where the node keeps snapshots, caches and (without --store) its store.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The store the nodes of a cluster share: `postgres://USER@HOST[:PORT]/DB[?...]`
+    /// (several `HOST:PORT` separated by commas, with `target_session_attrs=read-write`, to
+    /// follow a primary's failover). Without it, the SQLite store in the data directory.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Address of the HTTP API.
     #[arg(long, default_value = crate::client::DEFAULT_LISTEN)]
     listen: SocketAddr,
@@ -329,6 +334,7 @@ impl ServerArgs {
         };
         Ok(NodeConfig {
             data_dir: self.data_dir.clone().unwrap_or_else(default_data_dir),
+            store: self.store.clone(),
             listen: self.listen,
             image,
             vmm: VmmConfig {

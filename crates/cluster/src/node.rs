@@ -140,7 +140,10 @@ impl Node {
             let _ = node.membership.set(m);
             tokio::spawn(Arc::clone(&node).keep_leases());
             tokio::spawn(crate::steal::give_up_unrenewed(Arc::clone(&node), c.lease));
-            tokio::spawn(crate::registry::replicate(Arc::clone(&node)));
+            // On a shared store every node reads what any node wrote: nothing to replicate.
+            if !node.store.is_shared() {
+                tokio::spawn(crate::registry::replicate(Arc::clone(&node)));
+            }
             tracing::info!(node = %node.id, addr = %c.addr, peers = ?c.peers, steal = c.steal, "joined the cluster");
         }
         tokio::spawn(Arc::clone(&node).dispatch());

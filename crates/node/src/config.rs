@@ -12,8 +12,12 @@ use ignition_vmm::{Accel, VmmDriver};
 /// How a node is made.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Where the store and the snapshots live (created if missing).
+    /// Where the snapshots, caches and (without [`NodeConfig::store`]) the store live (created
+    /// if missing).
     pub data_dir: PathBuf,
+    /// `--store postgres://...`: the store a cluster's nodes share (PostgreSQL). `None`: the
+    /// embedded SQLite store in the data directory.
+    pub store: Option<String>,
     /// The API's address; port 0 picks a free one ([`crate::RunningNode::addr`] tells).
     pub listen: SocketAddr,
     /// Where the guest image comes from.
@@ -70,6 +74,7 @@ impl NodeConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
+            store: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             image: ImageSource::Cached {
                 cache_dir: ignition_image::default_cache_dir(),

@@ -103,6 +103,18 @@ fn images(config: &NodeConfig, data_dir: &Path) -> Result<Arc<ignition_oci::Imag
         .map_err(|e| NodeError::Config(format!("the image cache: {e}")))
 }
 
+/// The shared store at `url`, or the embedded one in `data_dir`. Opened off the async threads:
+/// the PostgreSQL client blocks.
+async fn open_store(url: Option<String>, data_dir: PathBuf) -> Result<Store, NodeError> {
+    tokio::task::spawn_blocking(move || match url {
+        Some(url) => Store::connect(&url),
+        None => Store::open(&data_dir),
+    })
+    .await
+    .map_err(|e| NodeError::Config(format!("opening the store: {e}")))?
+    .map_err(NodeError::Store)
+}
+
 /// Starts a node: when this returns, the API answers at [`RunningNode::addr`].
 pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     config.check_safety()?;
@@ -118,7 +130,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             "resolving {}",
             config.data_dir.display()
         )))?;
-    let store = Arc::new(Store::open(&data_dir).map_err(NodeError::Store)?);
+    let store = Arc::new(open_store(config.store.clone(), data_dir.clone()).await?);
     let image = guest_image(config.image.clone()).await?;
 
     let run_dir = config
@@ -163,8 +175,18 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .node_id
         .clone()
         .unwrap_or_else(|| hostname().unwrap_or_else(|| "node-1".to_owned()));
-    let reserved = store.reserved_concurrency().map_err(NodeError::Store)?;
-    let quota_overrides = store.all_quota_overrides().map_err(NodeError::Store)?;
+    let (reserved, quota_overrides) = {
+        let store = Arc::clone(&store);
+        tokio::task::spawn_blocking(move || {
+            Ok::<_, ignition_store::StoreError>((
+                store.reserved_concurrency()?,
+                store.all_quota_overrides()?,
+            ))
+        })
+        .await
+        .map_err(|e| NodeError::Config(format!("reading the store: {e}")))?
+        .map_err(NodeError::Store)?
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(NodeError::io(format!("listening on {}", config.listen)))?;

@@ -132,6 +132,12 @@ impl Store {
         })
     }
 
+    /// Whether this store is shared by the nodes of a cluster (PostgreSQL): what one node
+    /// writes, every node reads at once, and nothing needs replicating between them.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres { .. })
+    }
+
     /// The database's schema version.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         match &self.backend {
@@ -181,6 +187,23 @@ impl Store {
                 let out = f(&mut Pg(&mut tx))?;
                 tx.commit().map_err(failed("committing"))?;
                 Ok(out)
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Backend::Postgres { client, .. } = &mut self.backend {
+            // The client says goodbye to the server as it drops, blocking on its own runtime,
+            // which an async thread must not do: it drops on a thread of its own.
+            if let Some(client) = client
+                .get_mut()
+                .map_or_else(|p| p.into_inner().take(), Option::take)
+            {
+                let _ = std::thread::Builder::new()
+                    .name("store-close".into())
+                    .spawn(move || drop(client));
             }
         }
     }

@@ -1,0 +1,177 @@
+//! Nodes sharing a PostgreSQL store (a throwaway server of the test's own), with the in-process
+//! guest as their VMM: these tests are about the cluster's shared state, not about VMs. What a
+//! node writes, every node serves from its next request on; numbers two nodes hand out at once
+//! differ; an event accepted at one node runs wherever there is room.
+#![cfg(feature = "pg-tests")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ignition_in_process_guest::InProcessGuest;
+use ignition_pg_test::PgServer;
+use serde_json::{json, Value};
+
+mod in_process_support;
+
+use in_process_support::*;
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// `n` in-process nodes in one cluster on the store at `url`: `a`, `b`, `c`, ...
+async fn cluster(guest: &InProcessGuest, url: &str, n: usize) -> Vec<TestNode> {
+    let first = free_addr();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), guest);
+        c.store = Some(url.to_owned());
+        c.cluster.node_id = Some(((b'a' + u8::try_from(i).unwrap()) as char).to_string());
+        c.cluster.addr = Some(if i == 0 { first } else { free_addr() });
+        if i > 0 {
+            c.cluster.peers = vec![first.to_string()];
+        }
+        c.worker.pool_memory_mib = 0;
+        let node = ignition_node::start(c).await.unwrap();
+        nodes.push(TestNode {
+            node,
+            counters: guest.counters(),
+            _dir: dir,
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for node in &nodes {
+        loop {
+            let s: Value = get_json(node.url("/v1/stats")).await;
+            if s["cluster"]["peers"].as_u64() >= Some(n as u64 - 1) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the nodes never met: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    nodes
+}
+
+async fn publish(node: &TestNode, name: &str) -> (reqwest::StatusCode, Value) {
+    let r = reqwest::Client::new()
+        .post(node.url(&format!("/2015-03-31/functions/{name}/versions")))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_shared_store_serves_a_deploy_at_every_node_at_once() {
+    let pg = PgServer::start().unwrap();
+    let guest = InProcessGuest::new();
+    let nodes = cluster(&guest, &pg.url(), 3).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // Deployed at a, invoked at c on the very next request: no replication to wait for.
+    assert_eq!(
+        deploy(a, "shared", "vm.handler", json!({})).await.status(),
+        201
+    );
+    let r = invoke(c, "shared", &json!({})).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["function"], "shared");
+
+    // An update at b is what a serves next.
+    let env = json!({ "env": { "GREETING": "from b" } });
+    assert_eq!(deploy(b, "shared", "vm.handler", env).await.status(), 200);
+    let body: Value = invoke(a, "shared", &json!({})).await.json().await.unwrap();
+    assert_eq!(body["env"]["GREETING"], "from b");
+
+    // Two nodes publishing at once get different numbers, every time.
+    let mut numbers = Vec::new();
+    for round in 0..5 {
+        let env = json!({ "env": { "ROUND": round.to_string() } });
+        assert_eq!(deploy(a, "shared", "vm.handler", env).await.status(), 200);
+        let (ra, rb) = tokio::join!(publish(a, "shared"), publish(b, "shared"));
+        for (status, v) in [ra, rb] {
+            assert_eq!(status, 201, "{v}");
+            numbers.push(v["Version"].as_str().unwrap().to_owned());
+        }
+    }
+    let listed: Value = get_json(c.url("/2015-03-31/functions/shared/versions")).await;
+    let listed: Vec<String> = listed["Versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["Version"].as_str().unwrap().to_owned())
+        .filter(|v| v != "$LATEST")
+        .collect();
+    let mut distinct = numbers.clone();
+    distinct.sort_by_key(|v| v.parse::<u32>().unwrap());
+    distinct.dedup();
+    assert_eq!(distinct, listed, "published: {numbers:?}");
+    // A same-content publish at either node answers the newest version, as Lambda does.
+    assert!(distinct.len() >= 5, "{distinct:?}");
+
+    // Deleted at c: gone at a on its next request.
+    let r = reqwest::Client::new()
+        .delete(c.url("/2015-03-31/functions/shared"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(invoke(a, "shared", &json!({})).await.status(), 404);
+
+    for n in nodes.into_iter().rev() {
+        n.node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_shared_store_runs_events_accepted_at_one_node() {
+    let pg = PgServer::start().unwrap();
+    let guest = InProcessGuest::new();
+    let nodes = cluster(&guest, &pg.url(), 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert_eq!(
+        deploy(a, "ev", "echo.handler", json!({})).await.status(),
+        201
+    );
+    for i in 0..10 {
+        let r = reqwest::Client::new()
+            .post(b.url("/2015-03-31/functions/ev/invocations"))
+            .header("X-Amz-Invocation-Type", "Event")
+            .json(&json!({ "i": i }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    // Every event runs (on whichever node claimed it) and leaves the shared queue.
+    // The store's client blocks: off the async threads.
+    let url = pg.url();
+    let store = std::sync::Arc::new(
+        tokio::task::spawn_blocking(move || ignition_store::Store::connect(&url))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = std::sync::Arc::clone(&store);
+        let s = tokio::task::spawn_blocking(move || st.event_counts())
+            .await
+            .unwrap()
+            .unwrap();
+        if s == (0, 0, 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "events left: {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in nodes.into_iter().rev() {
+        n.node.shutdown().await.unwrap();
+    }
+}
