@@ -341,6 +341,17 @@ pub(crate) fn store_error(e: ignition_store::StoreError) -> ApiError {
         }
         // A value the store refuses is the client's to change.
         ignition_store::StoreError::Invalid(message) => ApiError::invalid(message),
+        // The shared store is down or failing over: the client may try again; what went
+        // wrong (hosts, the server's words) is the operator's, in the log.
+        e @ (ignition_store::StoreError::Postgres { .. }
+        | ignition_store::StoreError::Unavailable) => {
+            tracing::warn!(error = %e, "the shared store failed");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceException",
+                "the cluster's store (PostgreSQL) is unavailable: nothing was changed; try again shortly",
+            )
+        }
         e => ApiError::internal(e.to_string()),
     }
 }

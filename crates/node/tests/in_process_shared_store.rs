@@ -175,3 +175,57 @@ async fn in_process_shared_store_runs_events_accepted_at_one_node() {
         n.node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_shared_store_down_answers_503_and_the_node_resumes_when_it_returns() {
+    let mut pg = PgServer::start().unwrap();
+    let guest = InProcessGuest::new();
+    let nodes = cluster(&guest, &pg.url(), 1).await;
+    let a = &nodes[0];
+    assert_eq!(
+        deploy(a, "f", "echo.handler", json!({})).await.status(),
+        201
+    );
+
+    pg.stop();
+    let r = deploy(a, "g", "echo.handler", json!({})).await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["Type"], "Service", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("PostgreSQL"),
+        "{body}"
+    );
+    let r = reqwest::Client::new()
+        .post(a.url("/2015-03-31/functions/f/invocations"))
+        .header("X-Amz-Invocation-Type", "Event")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "a new event is not accepted while it cannot be kept"
+    );
+
+    // Back: the same node, not restarted, writes again.
+    pg.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = deploy(a, "g", "echo.handler", json!({})).await.status();
+        if status == 201 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            Instant::now() < deadline,
+            "the node never used the store again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(invoke(a, "g", &json!({"x": 1})).await.status(), 200);
+    for n in nodes.into_iter().rev() {
+        n.node.shutdown().await.unwrap();
+    }
+}

@@ -2,6 +2,7 @@
 //! them (Signature V4, which needs the secret itself on the server, as AWS keeps it); the CLI
 //! sends them as a bearer token. Created by the operator (`ignition key create`).
 
+use crate::cache::key_scope;
 use crate::sql::{vals, Row};
 use crate::store::{now, Store, StoreError};
 use rand::distributions::{Alphanumeric, DistString};
@@ -65,7 +66,8 @@ impl Store {
             secret_access_key: Alphanumeric.sample_string(&mut rng, 40),
             tenant: tenant.to_owned(),
         };
-        self.with(|db| {
+        self.transaction(|db| {
+            db.notify(&key_scope(&key.access_key_id))?;
             db.execute(
                 "INSERT INTO credentials (access_key_id, secret, tenant, created_at) VALUES ($1, $2, $3, $4)",
                 &vals![&key.access_key_id, &key.secret_access_key, &key.tenant, now()],
@@ -76,7 +78,7 @@ impl Store {
 
     /// The key `access_key_id`, if it exists.
     pub fn key(&self, access_key_id: &str) -> Result<Option<AccessKey>, StoreError> {
-        self.with(|db| {
+        self.cached(&key_scope(access_key_id), "key", |db| {
             db.query_opt(
                 "SELECT access_key_id, secret, tenant FROM credentials WHERE access_key_id = $1",
                 &vals![access_key_id],
@@ -113,7 +115,8 @@ impl Store {
                 key.access_key_id
             )));
         }
-        self.with(|db| {
+        self.transaction(|db| {
+            db.notify(&key_scope(&key.access_key_id))?;
             db.execute(
                 "INSERT INTO credentials (access_key_id, secret, tenant, created_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (access_key_id) DO UPDATE
@@ -126,7 +129,8 @@ impl Store {
 
     /// Deletes a key; whether it existed.
     pub fn delete_key(&self, access_key_id: &str) -> Result<bool, StoreError> {
-        self.with(|db| {
+        self.transaction(|db| {
+            db.notify(&key_scope(access_key_id))?;
             db.execute(
                 "DELETE FROM credentials WHERE access_key_id = $1",
                 &vals![access_key_id],

@@ -2,6 +2,7 @@
 //! deleting a function collects the bundles (its code's, its layers') nothing else uses.
 
 use crate::bundles::{gc_bundle, layer_hashes, put_bundle};
+use crate::cache::function_scope;
 use crate::model::{FunctionConfig, FunctionRecord, Runtime};
 use crate::sql::{vals, Row, Sql};
 use crate::store::{now, sha256_hex, Store, StoreError};
@@ -22,7 +23,9 @@ impl Store {
 
     /// One function.
     pub fn get_function(&self, name: &str) -> Result<Option<FunctionRecord>, StoreError> {
-        self.with(|db| get_function_in(db, name))
+        self.cached(&function_scope(name), "latest", |db| {
+            get_function_in(db, name)
+        })
     }
 
     /// All functions, by name.
@@ -40,6 +43,7 @@ impl Store {
     pub fn delete_function(&self, name: &str) -> Result<bool, StoreError> {
         self.transaction(|db| {
             serialize_function(db, name)?;
+            db.notify(&function_scope(name))?;
             let Some(latest) = db.query_opt(
                 "SELECT code_sha256, layers FROM functions WHERE name = $1",
                 &vals![name],
@@ -116,6 +120,7 @@ pub(crate) fn put_function_in(
         .map_err(corrupt)?;
     let t = now();
     serialize_function(db, &config.name)?;
+    db.notify(&function_scope(&config.name))?;
     let previous = db.query_opt(
         "SELECT code_sha256, created_at, layers FROM functions WHERE name = $1",
         &vals![&config.name],

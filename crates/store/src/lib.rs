@@ -6,6 +6,7 @@
 //! function refers to any more is removed in the same transaction that dropped the last reference.
 
 mod bundles;
+mod cache;
 mod credentials;
 mod event_configs;
 mod events;

@@ -2,6 +2,7 @@
 //! statement per statement id, per function and qualifier (`""` for the function itself),
 //! deleted with the function. The statements are kept as the API wrote them (JSON).
 
+use crate::cache::function_scope;
 use crate::sql::vals;
 use crate::store::{Store, StoreError};
 
@@ -29,6 +30,7 @@ impl Store {
     ) -> Result<Added, StoreError> {
         self.transaction(|db| {
             db.serialize("policies")?;
+            db.notify(&function_scope(function))?;
             let exists = db
                 .query_opt(
                     "SELECT 1 FROM policies WHERE function = $1 AND qualifier = $2 AND sid = $3",
@@ -68,7 +70,8 @@ impl Store {
         qualifier: &str,
         sid: &str,
     ) -> Result<bool, StoreError> {
-        self.with(|db| {
+        self.transaction(|db| {
+            db.notify(&function_scope(function))?;
             db.execute(
                 "DELETE FROM policies WHERE function = $1 AND qualifier = $2 AND sid = $3",
                 &vals![function, qualifier, sid],
@@ -79,7 +82,7 @@ impl Store {
 
     /// The statements of the policy of `function` at `qualifier`, in the order they were added.
     pub fn policy(&self, function: &str, qualifier: &str) -> Result<Vec<String>, StoreError> {
-        self.with(|db| {
+        self.cached(&function_scope(function), &format!("p:{qualifier}"), |db| {
             db.query(
                 "SELECT statement FROM policies WHERE function = $1 AND qualifier = $2 ORDER BY seq",
                 &vals![function, qualifier],

@@ -171,6 +171,10 @@ pub(crate) trait Sql {
     /// rows rather than wait or take them twice (empty on SQLite, where a writer is alone).
     fn skip_locked(&self) -> &'static str;
 
+    /// Tells every node that what is cached in `scope` changed (see [`crate::cache`]): at
+    /// commit on PostgreSQL, nothing on SQLite (a single node caches nothing).
+    fn notify(&mut self, scope: &str) -> Result<(), StoreError>;
+
     /// The first row of a query, if any.
     fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, params)?.into_iter().next())
@@ -231,6 +235,10 @@ impl Sql for Lite<'_> {
         Ok(())
     }
 
+    fn notify(&mut self, _scope: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn skip_locked(&self) -> &'static str {
         ""
     }
@@ -273,8 +281,21 @@ fn pg_rows(rows: Vec<postgres::Row>) -> Result<Vec<Row>, StoreError> {
         .collect()
 }
 
-/// A PostgreSQL client or transaction as [`Sql`].
-pub(crate) struct Pg<'a, C: postgres::GenericClient>(pub(crate) &'a mut C);
+/// A PostgreSQL client or transaction as [`Sql`], with the scopes it notified (for the
+/// writing node to drop from its own cache once they are committed).
+pub(crate) struct Pg<'a, C: postgres::GenericClient> {
+    client: &'a mut C,
+    pub(crate) notified: Vec<String>,
+}
+
+impl<'a, C: postgres::GenericClient> Pg<'a, C> {
+    pub(crate) fn new(client: &'a mut C) -> Self {
+        Self {
+            client,
+            notified: Vec::new(),
+        }
+    }
+}
 
 impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     fn dialect(&self) -> Dialect {
@@ -282,23 +303,34 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
-        self.0
+        self.client
             .execute(sql, &pg_params(params))
             .map_err(pg_failed("writing"))
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         pg_rows(
-            self.0
+            self.client
                 .query(sql, &pg_params(params))
                 .map_err(pg_failed("reading"))?,
         )
     }
 
     fn serialize(&mut self, lock: &str) -> Result<(), StoreError> {
-        self.0
+        self.client
             .execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock])
             .map_err(pg_failed("taking a lock"))?;
+        Ok(())
+    }
+
+    fn notify(&mut self, scope: &str) -> Result<(), StoreError> {
+        self.client
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&crate::cache::CHANNEL, &scope],
+            )
+            .map_err(pg_failed("notifying"))?;
+        self.notified.push(scope.to_owned());
         Ok(())
     }
 

@@ -5,10 +5,13 @@
 //! backend through [`Store::with`] and [`Store::transaction`].
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::cache::Cache;
 use crate::sql::{Lite, Pg, Sql};
 
 /// Why a store operation failed.
@@ -25,6 +28,9 @@ pub enum StoreError {
         /// The error.
         source: std::io::Error,
     },
+    /// PostgreSQL could not be reached a moment ago; it is not tried again for a second.
+    #[error("PostgreSQL is unreachable (trying again shortly)")]
+    Unavailable,
     /// PostgreSQL reported an error, or could not be reached.
     #[error("PostgreSQL, {doing}: {source}")]
     Postgres {
@@ -66,18 +72,30 @@ pub struct Store {
 
 enum Backend {
     Sqlite(Mutex<rusqlite::Connection>),
-    Postgres {
-        config: Box<postgres::Config>,
-        /// `None` after the connection was lost, until the next operation reconnects.
-        client: Mutex<Option<postgres::Client>>,
-    },
+    Postgres(Box<Shared>),
 }
+
+/// The PostgreSQL backend's state.
+struct Shared {
+    config: postgres::Config,
+    /// `None` after the connection was lost, until the next operation reconnects.
+    client: Mutex<Option<postgres::Client>>,
+    /// Until when a failed connection attempt is not retried: while PostgreSQL is down, an
+    /// operation fails at once (and a cached read answers) instead of waiting for a timeout.
+    down_until: Mutex<Option<Instant>>,
+    cache: Arc<Cache>,
+    /// Tells the cache's listener to end.
+    stop: Arc<AtomicBool>,
+}
+
+/// How long after a failed connection attempt operations fail without trying again.
+const RETRY_CONNECT: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let backend = match self.backend {
             Backend::Sqlite(_) => "sqlite",
-            Backend::Postgres { .. } => "postgres",
+            Backend::Postgres(_) => "postgres",
         };
         f.debug_struct("Store")
             .field("backend", &backend)
@@ -124,25 +142,32 @@ impl Store {
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let config = crate::pg::config(url)?;
         let client = crate::pg::connect(&config)?;
+        let cache = Arc::new(Cache::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        crate::cache::spawn_listener(config.clone(), Arc::clone(&cache), Arc::clone(&stop))
+            .map_err(|e| StoreError::Invalid(format!("starting the store's listener: {e}")))?;
         Ok(Self {
-            backend: Backend::Postgres {
-                config: Box::new(config),
+            backend: Backend::Postgres(Box::new(Shared {
+                config,
                 client: Mutex::new(Some(client)),
-            },
+                down_until: Mutex::new(None),
+                cache,
+                stop,
+            })),
         })
     }
 
     /// Whether this store is shared by the nodes of a cluster (PostgreSQL): what one node
     /// writes, every node reads at once, and nothing needs replicating between them.
     pub fn is_shared(&self) -> bool {
-        matches!(self.backend, Backend::Postgres { .. })
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// The database's schema version.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         match &self.backend {
             Backend::Sqlite(conn) => crate::sqlite::schema_version(&lock(conn)),
-            Backend::Postgres { .. } => self
+            Backend::Postgres(_) => self
                 .with(|db| db.query_one("SELECT version FROM ignition_schema", &[]))?
                 .int(0),
         }
@@ -155,9 +180,14 @@ impl Store {
     ) -> Result<T, StoreError> {
         match &self.backend {
             Backend::Sqlite(conn) => f(&mut Lite(&lock(conn))),
-            Backend::Postgres { config, client } => {
-                let mut client = lock(client);
-                f(&mut Pg(reconnected(config, &mut client)?))
+            Backend::Postgres(shared) => {
+                let mut client = lock(&shared.client);
+                let mut db = Pg::new(shared.connected(&mut client)?);
+                let out = f(&mut db)?;
+                for scope in db.notified {
+                    shared.cache.invalidate(&scope);
+                }
+                Ok(out)
             }
         }
     }
@@ -178,15 +208,92 @@ impl Store {
                 tx.commit()?;
                 Ok(out)
             }
-            Backend::Postgres { config, client } => {
+            Backend::Postgres(shared) => {
                 let failed = |doing| move |source| StoreError::Postgres { doing, source };
-                let mut client = lock(client);
-                let mut tx = reconnected(config, &mut client)?
+                let mut client = lock(&shared.client);
+                let mut tx = shared
+                    .connected(&mut client)?
                     .transaction()
                     .map_err(failed("starting a transaction"))?;
-                let out = f(&mut Pg(&mut tx))?;
+                let mut db = Pg::new(&mut tx);
+                let out = f(&mut db)?;
+                let notified = std::mem::take(&mut db.notified);
                 tx.commit().map_err(failed("committing"))?;
+                for scope in notified {
+                    shared.cache.invalidate(&scope);
+                }
                 Ok(out)
+            }
+        }
+    }
+}
+
+impl Store {
+    /// `read`, through the node's cache of the shared store (see [`crate::cache`]): the cached
+    /// `item` of `scope` while the cache is current; otherwise the database, or when that
+    /// cannot answer, what the cache last had. SQLite reads directly.
+    pub(crate) fn cached<T: Clone + Send + Sync + 'static>(
+        &self,
+        scope: &str,
+        item: &str,
+        read: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let Backend::Postgres(shared) = &self.backend else {
+            return self.with(read);
+        };
+        let cache = &shared.cache;
+        if cache.synchronized() {
+            if let Some(v) = cache.get::<T>(scope, item) {
+                return Ok(v);
+            }
+        }
+        let generation = cache.generation();
+        match self.with(read) {
+            Ok(v) => {
+                cache.put(scope, item, v.clone(), generation);
+                Ok(v)
+            }
+            Err(e @ (StoreError::Postgres { .. } | StoreError::Unavailable)) => {
+                cache.get::<T>(scope, item).ok_or(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How many values the node's cache of the shared store holds (0 on SQLite).
+    pub fn cached_values(&self) -> usize {
+        match &self.backend {
+            Backend::Sqlite(_) => 0,
+            Backend::Postgres(shared) => shared.cache.len(),
+        }
+    }
+}
+
+impl Shared {
+    /// The client, connected again if the connection was lost (the server restarted, a
+    /// standby was promoted): the store carries on without the node restarting.
+    fn connected<'a>(
+        &self,
+        client: &'a mut Option<postgres::Client>,
+    ) -> Result<&'a mut postgres::Client, StoreError> {
+        if client.as_ref().is_some_and(postgres::Client::is_closed) {
+            *client = None;
+        }
+        if let Some(c) = client {
+            return Ok(c);
+        }
+        let mut down_until = lock(&self.down_until);
+        if down_until.is_some_and(|t| Instant::now() < t) {
+            return Err(StoreError::Unavailable);
+        }
+        match crate::pg::connect(&self.config) {
+            Ok(c) => {
+                *down_until = None;
+                Ok(client.insert(c))
+            }
+            Err(e) => {
+                *down_until = Instant::now().checked_add(RETRY_CONNECT);
+                Err(e)
             }
         }
     }
@@ -194,10 +301,12 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        if let Backend::Postgres { client, .. } = &mut self.backend {
+        if let Backend::Postgres(shared) = &mut self.backend {
+            shared.stop.store(true, Ordering::Release);
             // The client says goodbye to the server as it drops, blocking on its own runtime,
             // which an async thread must not do: it drops on a thread of its own.
-            if let Some(client) = client
+            if let Some(client) = shared
+                .client
                 .get_mut()
                 .map_or_else(|p| p.into_inner().take(), Option::take)
             {
@@ -206,20 +315,5 @@ impl Drop for Store {
                     .spawn(move || drop(client));
             }
         }
-    }
-}
-
-/// The client, connected again if the connection was lost (the server restarted, a standby
-/// was promoted): the store carries on without the node restarting.
-fn reconnected<'a>(
-    config: &postgres::Config,
-    client: &'a mut Option<postgres::Client>,
-) -> Result<&'a mut postgres::Client, StoreError> {
-    if client.as_ref().is_some_and(postgres::Client::is_closed) {
-        *client = None;
-    }
-    match client {
-        Some(c) => Ok(c),
-        None => Ok(client.insert(crate::pg::connect(config)?)),
     }
 }

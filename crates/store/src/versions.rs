@@ -3,6 +3,7 @@
 //! on; deleting the function deletes its versions and aliases.
 
 use crate::bundles::{gc_bundle, layer_hashes, put_bundle};
+use crate::cache::function_scope;
 use crate::model::{FunctionConfig, FunctionRecord};
 use crate::sql::{vals, Row, Sql};
 use crate::store::{now, Store, StoreError};
@@ -106,6 +107,7 @@ impl Store {
     ) -> Result<Option<(u32, FunctionRecord)>, StoreError> {
         self.transaction(|db| {
             crate::functions::serialize_function(db, function)?;
+            db.notify(&function_scope(function))?;
             let Some(latest) = crate::functions::get_function_in(db, function)? else {
                 return Ok(None);
             };
@@ -154,7 +156,7 @@ impl Store {
         function: &str,
         n: u32,
     ) -> Result<Option<FunctionRecord>, StoreError> {
-        self.with(|db| {
+        self.cached(&function_scope(function), &format!("v:{n}"), |db| {
             db.query_opt(
                 "SELECT v.config, v.code_sha256, b.size, v.created_at FROM versions v
                  JOIN bundles b ON b.sha256 = v.code_sha256
@@ -204,7 +206,8 @@ impl Store {
             "UPDATE aliases SET version = $3, description = $4, routing_version = $5, routing_ppm = $6
              WHERE function = $1 AND name = $2"
         };
-        self.with(|db| {
+        self.transaction(|db| {
+            db.notify(&function_scope(function))?;
             db.execute(
                 sql,
                 &vals![
@@ -222,7 +225,7 @@ impl Store {
 
     /// An alias of `function`.
     pub fn get_alias(&self, function: &str, name: &str) -> Result<Option<Alias>, StoreError> {
-        self.with(|db| {
+        self.cached(&function_scope(function), &format!("a:{name}"), |db| {
             db.query_opt(
                 &format!("SELECT {ALIAS_COLUMNS} FROM aliases WHERE function = $1 AND name = $2"),
                 &vals![function, name],
@@ -288,6 +291,7 @@ impl Store {
         let json =
             serde_json::to_string(config).map_err(|_| StoreError::Corrupt(function.to_owned()))?;
         self.transaction(|db| {
+            db.notify(&function_scope(function))?;
             let old = version_bundles(db, function, n)?;
             put_bundle(db, &hash, code_tar, now())?;
             db.execute(
@@ -308,6 +312,7 @@ impl Store {
     /// existed.
     pub fn delete_version(&self, function: &str, n: u32) -> Result<bool, StoreError> {
         self.transaction(|db| {
+            db.notify(&function_scope(function))?;
             let Some(old) = version_bundles(db, function, n)? else {
                 return Ok(false);
             };
@@ -338,7 +343,8 @@ impl Store {
     /// Creates or replaces an alias (as another node of the cluster has it).
     pub fn replace_alias(&self, function: &str, alias: &Alias) -> Result<(), StoreError> {
         validate_alias(&alias.name).map_err(StoreError::Invalid)?;
-        self.with(|db| {
+        self.transaction(|db| {
+            db.notify(&function_scope(function))?;
             db.execute(
                 "INSERT INTO aliases (function, name, version, description, routing_version, routing_ppm)
                  VALUES ($1, $2, $3, $4, $5, $6)
@@ -361,6 +367,7 @@ impl Store {
     /// Deletes an alias, and its function URL with it; whether it existed.
     pub fn delete_alias(&self, function: &str, name: &str) -> Result<bool, StoreError> {
         self.transaction(|db| {
+            db.notify(&function_scope(function))?;
             let n = db.execute(
                 "DELETE FROM aliases WHERE function = $1 AND name = $2",
                 &vals![function, name],

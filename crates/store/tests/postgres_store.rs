@@ -1,6 +1,7 @@
-//! The PostgreSQL store's schema against a real server (a throwaway one per test, started by
+//! The PostgreSQL store against a real server (a throwaway one per test, started by
 //! `ignition-pg-test`): migrations applied once under the advisory lock, a newer schema refused,
-//! bad URLs and unreachable servers reported clearly, a lost connection made again.
+//! bad URLs and unreachable servers reported clearly, a lost connection made again, and each
+//! node's cache: kept current by notifications, and answering while the server is down.
 #![cfg(feature = "pg-tests")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -141,4 +142,111 @@ fn bad_urls_and_unreachable_servers_are_clear_errors() {
     assert!(matches!(err, StoreError::Postgres { .. }), "{err}");
     server.restart().unwrap();
     assert_eq!(store.key(&key.access_key_id).unwrap(), Some(key));
+}
+
+fn config(name: &str, handler: &str) -> ignition_store::FunctionConfig {
+    ignition_store::FunctionConfig {
+        name: name.into(),
+        runtime: ignition_store::Runtime::Python3,
+        runtime_name: String::new(),
+        handler: handler.into(),
+        memory_mib: 128,
+        timeout_s: 3,
+        env: Default::default(),
+        reuse: false,
+        egress: Vec::new(),
+        description: String::new(),
+        layers: Vec::new(),
+        image: None,
+    }
+}
+
+/// Waits until `check` holds, for at most 10 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_nodes_cache_follows_writes_made_at_another_node() {
+    let server = server();
+    let a = Store::connect(&server.url()).unwrap();
+    let b = Store::connect(&server.url()).unwrap();
+    // Both listeners up (a node's cache is used only while it is).
+    eventually("a's cache is listening", || {
+        a.get_function("f").unwrap();
+        a.cached_values() > 0
+    });
+
+    b.put_function(&config("f", "one.handler"), b"one").unwrap();
+    // a may have cached "no such function": the notification drops it.
+    eventually("a sees b's deploy", || {
+        a.get_function("f").unwrap().map(|r| r.config.handler) == Some("one.handler".into())
+    });
+    b.put_function(&config("f", "two.handler"), b"two").unwrap();
+    eventually("a sees b's update", || {
+        a.get_function("f").unwrap().unwrap().config.handler == "two.handler"
+    });
+    // A node reads its own write at once.
+    a.put_function(&config("f", "three.handler"), b"three")
+        .unwrap();
+    assert_eq!(
+        a.get_function("f").unwrap().unwrap().config.handler,
+        "three.handler"
+    );
+    let key = b.create_key("acme").unwrap();
+    eventually("a knows b's key", || {
+        a.key(&key.access_key_id).unwrap().is_some()
+    });
+    assert!(b.delete_key(&key.access_key_id).unwrap());
+    eventually("a forgets b's deleted key", || {
+        a.key(&key.access_key_id).unwrap().is_none()
+    });
+    assert!(b.delete_function("f").unwrap());
+    eventually("a sees the delete", || {
+        a.get_function("f").unwrap().is_none()
+    });
+}
+
+#[test]
+fn while_the_server_is_down_cached_reads_answer_and_writes_fail_fast() {
+    let mut server = server();
+    let url = server.url();
+    let a = Store::connect(&url).unwrap();
+    a.put_function(&config("f", "a.handler"), b"code").unwrap();
+    let key = a.create_key("acme").unwrap();
+    eventually("a's cache holds the function and the key", || {
+        a.get_function("f").unwrap().is_some()
+            && a.key(&key.access_key_id).unwrap().is_some()
+            && a.cached_values() >= 2
+    });
+
+    server.stop();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        assert_eq!(
+            a.get_function("f").unwrap().unwrap().config.handler,
+            "a.handler"
+        );
+        assert_eq!(a.key(&key.access_key_id).unwrap(), Some(key.clone()));
+        let err = a.put_function(&config("g", "b.handler"), b"x").unwrap_err();
+        assert!(
+            matches!(err, StoreError::Postgres { .. } | StoreError::Unavailable),
+            "{err}"
+        );
+        // Nothing waits for a connection timeout.
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // What was never cached cannot be answered.
+    assert!(a.get_function("never-read").is_err());
+
+    server.restart().unwrap();
+    eventually("a writes again", || {
+        a.put_function(&config("g", "b.handler"), b"x").is_ok()
+    });
+    assert!(a.get_function("g").unwrap().is_some());
 }
