@@ -460,7 +460,8 @@ fn error_json(e: &ErrorBody, runtime: Runtime) -> serde_json::Value {
     })
 }
 
-/// Keeps the invocation's log in the store (`ignition fn logs`), off the response's path.
+/// Keeps the invocation's log in the store (`ignition fn logs`), off the response's path (see
+/// [`crate::log_sink`]).
 pub(crate) fn keep_log(
     state: &AppState,
     function: &str,
@@ -474,13 +475,7 @@ pub(crate) fn keep_log(
         )
         .into_bytes(),
     };
-    let (state, function, request_id) = (state.clone(), function.to_owned(), request_id.to_owned());
-    tokio::spawn(async move {
-        let f = function.clone();
-        if let Err(e) = blocking(&state, move |s| s.append_log(&f, &request_id, &text)).await {
-            tracing::warn!(function = %function, error = %e, "cannot keep the invocation's log");
-        }
-    });
+    state.logs.push(function, request_id, text);
 }
 
 fn log_text(exec: &Execution, request_id: &str) -> Vec<u8> {

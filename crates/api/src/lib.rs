@@ -41,6 +41,7 @@ mod images;
 mod invoke;
 mod lambda;
 mod layers;
+mod log_sink;
 mod metrics;
 mod policies;
 mod provisioned;
@@ -65,6 +66,7 @@ pub use concurrency::Concurrency;
 pub use error::ApiError;
 pub use events::{spawn_dispatcher, EventConfig};
 pub use function_urls::{validate_url_domain, UrlSettings};
+pub use log_sink::{spawn_log_writer, LogSink};
 pub use metrics::Metrics;
 pub use provisioned::restore as restore_provisioned;
 pub use quotas::Quotas;
@@ -105,6 +107,8 @@ pub struct AppState {
     pub quotas: Arc<Quotas>,
     /// Container images, for functions packaged as one.
     pub images: Arc<ignition_oci::Images>,
+    /// Invocation logs waiting to be written to the store.
+    pub logs: Arc<LogSink>,
 }
 
 /// The router with every route.

@@ -208,6 +208,11 @@ pub(crate) async fn render(
         m.set(name, i(v));
     }
     m.set("pool_charged_mib", state.worker.pool_charged_mib() as i64);
+    m.set(
+        "logs_pending",
+        i64::try_from(state.logs.pending()).unwrap_or(i64::MAX),
+    );
+    m.set("logs_dropped", i(state.logs.dropped()));
     let (ready, filling) = state.worker.pool_sizes();
     m.set("pool_ready", i64::try_from(ready).unwrap_or(i64::MAX));
     m.set("pool_filling", i64::try_from(filling).unwrap_or(i64::MAX));

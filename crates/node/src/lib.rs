@@ -214,6 +214,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         node_id,
         images,
         metrics: Arc::new(ignition_api::Metrics::default()),
+        logs: Arc::new(ignition_api::LogSink::default()),
         concurrency: ignition_api::Concurrency::new(
             api.max_concurrency,
             api.min_unreserved
@@ -237,6 +238,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         },
     };
     ignition_api::spawn_dispatcher(state.clone());
+    ignition_api::spawn_log_writer(state.clone());
     // The handle is not kept: like the dispatcher, the firer lives as long as the runtime, and
     // what it does is one store transaction at a time.
     drop(ignition_api::spawn_schedule_firer(state.clone()));

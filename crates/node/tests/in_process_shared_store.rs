@@ -229,3 +229,53 @@ async fn in_process_shared_store_down_answers_503_and_the_node_resumes_when_it_r
         n.node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_shared_store_down_keeps_cached_functions_answering_and_their_logs() {
+    let mut pg = PgServer::start().unwrap();
+    let guest = InProcessGuest::new();
+    let nodes = cluster(&guest, &pg.url(), 1).await;
+    let a = &nodes[0];
+    assert_eq!(
+        deploy(a, "f", "echo.handler", json!({})).await.status(),
+        201
+    );
+    assert_eq!(invoke(a, "f", &json!({"warm": true})).await.status(), 200);
+
+    pg.stop();
+    let mut ids = Vec::new();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let r = invoke(a, "f", &json!({"while": "down"})).await;
+        assert_eq!(
+            r.status(),
+            200,
+            "a cached function answers while the store is down"
+        );
+        ids.push(r.headers()["x-amzn-requestid"].to_str().unwrap().to_owned());
+    }
+    assert!(ids.len() >= 3, "{ids:?}");
+    assert!(
+        a.node.state().logs.pending() > 0,
+        "the logs wait on the node"
+    );
+    assert_eq!(a.node.state().logs.dropped(), 0);
+
+    pg.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.node.state().logs.pending() > 0 {
+        assert!(Instant::now() < deadline, "the logs were never written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &ids {
+        let logs: Value = get_json(a.url(&format!("/v1/functions/f/logs?request_id={id}"))).await;
+        assert_eq!(
+            logs["logs"][0]["request_id"],
+            id.as_str(),
+            "the log of {id}, made while the store was down"
+        );
+    }
+    for n in nodes.into_iter().rev() {
+        n.node.shutdown().await.unwrap();
+    }
+}
