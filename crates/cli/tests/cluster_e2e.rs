@@ -1,7 +1,7 @@
-//! Clusters of real `ignition server` processes on loopback, each with its own store, running
-//! real microVMs: skewed load spreads by stealing, results come back to the node the caller
-//! asked, the registry is the same everywhere, a node killed mid-run loses nothing, and a node
-//! that joins later takes work.
+//! Clusters of real `ignition server` processes on loopback sharing one PostgreSQL store (a
+//! throwaway server per test), running real microVMs: skewed load spreads by stealing, results
+//! come back to the node the caller asked, what one node writes every node serves, a node
+//! killed mid-run loses nothing, and a node that joins later takes work.
 
 // Real microVMs, root and QEMU: run by scripts/test.sh, which turns the feature on.
 #![cfg(feature = "vm-tests")]
@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{code_dir, wait_for, TestServer};
+use ignition_pg_test::PgServer;
 
 /// Each test runs two or three servers and up to a dozen microVMs; side by side on a 2-core
 /// machine they starve each other's guests (a 1-second handler once took over 30 s), so the
@@ -35,20 +36,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A node with 2 slots at a fresh cluster address, joining through `seed` if given, in
-/// development mode (no authentication).
-fn node(id: &str, seed: Option<u16>, extra: &[&str]) -> (TestServer, u16) {
+/// A node with 2 slots on the store at `store`, at a fresh cluster address, joining through
+/// `seed` if given, in development mode (no authentication).
+fn node(store: &str, id: &str, seed: Option<u16>, extra: &[&str]) -> (TestServer, u16) {
     let mut args = vec!["--dev"];
     args.extend_from_slice(extra);
-    node_secure(id, seed, &args)
+    node_secure(store, id, seed, &args)
 }
 
 /// As [`node`], authenticating every request.
-fn node_secure(id: &str, seed: Option<u16>, extra: &[&str]) -> (TestServer, u16) {
+fn node_secure(store: &str, id: &str, seed: Option<u16>, extra: &[&str]) -> (TestServer, u16) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let seed = seed.map(|p| format!("127.0.0.1:{p}"));
     let mut args = vec![
+        "--store",
+        store,
         "--node-id",
         id,
         "--cluster-addr",
@@ -156,9 +159,11 @@ fn counts(executors: &[String]) -> BTreeMap<String, usize> {
 #[test]
 fn skewed_load_spreads_and_every_result_returns_to_its_caller() {
     let _serial = one_at_a_time();
-    let (n1, seed) = node("n1", None, &[]);
-    let (n2, _) = node("n2", Some(seed), &[]);
-    let (n3, _) = node("n3", Some(seed), &[]);
+    let pg = PgServer::start().unwrap();
+    let store = pg.url();
+    let (n1, seed) = node(&store, "n1", None, &[]);
+    let (n2, _) = node(&store, "n2", Some(seed), &[]);
+    let (n3, _) = node(&store, "n3", Some(seed), &[]);
     wait_for_peers(&[&n1, &n2, &n3], 2);
     let status = n1.cli(&["cluster", "status"]);
     let text = String::from_utf8_lossy(&status.stdout);
@@ -168,7 +173,7 @@ fn skewed_load_spreads_and_every_result_returns_to_its_caller() {
         String::from_utf8_lossy(&status.stderr)
     );
 
-    // Deployed at one node, the function reaches every node's registry...
+    // Deployed at one node, the function is every node's...
     deploy_sleeper(&n1, 120);
     wait_for_function(&n2, "sleeper");
     wait_for_function(&n3, "sleeper");
@@ -236,14 +241,18 @@ fn skewed_load_spreads_and_every_result_returns_to_its_caller() {
         String::from_utf8_lossy(&out.stderr)
     );
     for n in [&n1, &n3] {
-        wait_for("the deletion to replicate", Duration::from_secs(60), || {
-            n.http()
-                .get(format!("{}/v1/functions/sleeper", n.url))
-                .send()
-                .unwrap()
-                .status()
-                == 404
-        });
+        wait_for(
+            "the deletion at every node",
+            Duration::from_secs(60),
+            || {
+                n.http()
+                    .get(format!("{}/v1/functions/sleeper", n.url))
+                    .send()
+                    .unwrap()
+                    .status()
+                    == 404
+            },
+        );
     }
     for n in [n1, n2, n3] {
         n.stop_and_check_clean();
@@ -253,8 +262,10 @@ fn skewed_load_spreads_and_every_result_returns_to_its_caller() {
 #[test]
 fn a_node_killed_mid_run_loses_nothing() {
     let _serial = one_at_a_time();
-    let (n1, seed) = node("n1", None, &["--no-steal"]);
-    let (n2, _) = node("n2", Some(seed), &[]);
+    let pg = PgServer::start().unwrap();
+    let store = pg.url();
+    let (n1, seed) = node(&store, "n1", None, &["--no-steal"]);
+    let (n2, _) = node(&store, "n2", Some(seed), &[]);
     wait_for_peers(&[&n1, &n2], 1);
     deploy_sleeper(&n1, 60);
     wait_for_function(&n2, "sleeper");
@@ -281,12 +292,14 @@ fn a_node_killed_mid_run_loses_nothing() {
 #[test]
 fn a_node_joining_later_starts_stealing() {
     let _serial = one_at_a_time();
-    let (n1, seed) = node("n1", None, &["--no-steal"]);
+    let pg = PgServer::start().unwrap();
+    let store = pg.url();
+    let (n1, seed) = node(&store, "n1", None, &["--no-steal"]);
     deploy_sleeper(&n1, 60);
     let before = counts(&burst(&n1.url, "sleeper", 2, 0.0));
     assert_eq!(before.keys().collect::<Vec<_>>(), ["n1"]);
 
-    let (n2, _) = node("n2", Some(seed), &[]);
+    let (n2, _) = node(&store, "n2", Some(seed), &[]);
     wait_for_peers(&[&n1, &n2], 1);
     wait_for_function(&n2, "sleeper");
     let by_node = counts(&burst(&n1.url, "sleeper", 8, 2.0));
@@ -335,6 +348,8 @@ fn tls_args(dir: &std::path::Path, node: &str) -> Vec<String> {
 #[test]
 fn with_mutual_tls_only_members_get_work_or_functions() {
     let _serial = one_at_a_time();
+    let pg = PgServer::start().unwrap();
+    let store = pg.url();
     let ours = tempfile::tempdir().unwrap();
     let theirs = tempfile::tempdir().unwrap();
     certs(ours.path(), &["n1", "n2"]);
@@ -342,11 +357,12 @@ fn with_mutual_tls_only_members_get_work_or_functions() {
     let a1 = tls_args(ours.path(), "n1");
     let a2 = tls_args(ours.path(), "n2");
     let a3 = tls_args(theirs.path(), "n3");
-    let (n1, seed) = node("n1", None, &refs(&a1));
-    let (n2, _) = node("n2", Some(seed), &refs(&a2));
-    // An outsider with a certificate from another CA gossips its way in, but no member
-    // accepts its calls, and it accepts none of theirs.
-    let (n3, _) = node("n3", Some(seed), &refs(&a3));
+    let (n1, seed) = node(&store, "n1", None, &refs(&a1));
+    let (n2, _) = node(&store, "n2", Some(seed), &refs(&a2));
+    // An outsider with a certificate from another CA (and a store of its own) gossips its way
+    // in, but no member accepts its calls, and it accepts none of theirs.
+    let theirs_store = pg.fresh_database().unwrap();
+    let (n3, _) = node(&theirs_store, "n3", Some(seed), &refs(&a3));
     wait_for_peers(&[&n1, &n2, &n3], 2);
 
     deploy_sleeper(&n1, 120);
@@ -369,7 +385,7 @@ fn with_mutual_tls_only_members_get_work_or_functions() {
         .send()
         .unwrap()
         .status();
-    assert_eq!(status, 404, "the registry never reached the outsider");
+    assert_eq!(status, 404, "the outsider's store is not the cluster's");
     for n in [n1, n2, n3] {
         n.stop_and_check_clean();
     }
@@ -378,8 +394,10 @@ fn with_mutual_tls_only_members_get_work_or_functions() {
 #[test]
 fn keys_made_at_one_node_authenticate_at_every_node_until_removed() {
     let _serial = one_at_a_time();
-    let (n1, seed) = node_secure("n1", None, &[]);
-    let (n2, _) = node_secure("n2", Some(seed), &[]);
+    let pg = PgServer::start().unwrap();
+    let store = pg.url();
+    let (n1, seed) = node_secure(&store, "n1", None, &[]);
+    let (n2, _) = node_secure(&store, "n2", Some(seed), &[]);
     wait_for_peers(&[&n1, &n2], 1);
     let (id, secret) = n1.create_key("acme");
     let token = format!("{id}:{secret}");
@@ -425,8 +443,7 @@ fn keys_made_at_one_node_authenticate_at_every_node_until_removed() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("acme"));
     // Removed at n1, the key stops working at n2 too.
     let rm = std::process::Command::new(common::BIN)
-        .args(["key", "rm", &id, "--data-dir"])
-        .arg(n1.data_dir.path())
+        .args(["key", "rm", &id, "--store", &store])
         .output()
         .unwrap();
     assert!(

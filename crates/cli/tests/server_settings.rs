@@ -72,7 +72,18 @@ fn unsafe_configurations_refuse_to_start_with_exit_2() {
                 "--listen",
                 "127.0.0.1:7070",
                 "--cluster-addr",
+                "127.0.0.1:7071",
+            ][..],
+            "--store postgres://",
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:7070",
+                "--cluster-addr",
                 "0.0.0.0:7071",
+                "--store",
+                "postgres://ignition@db.example/ignition",
             ][..],
             "--cluster-insecure",
         ),

@@ -13,8 +13,8 @@
 //! runs twice at once).
 //!
 //! Membership and failure detection are gossip (chitchat, see [`membership`]); everything
-//! else between nodes is gRPC (tonic; `proto/cluster.proto`). The function registry is
-//! replicated through both ([`registry`]).
+//! else between nodes is gRPC (tonic; `proto/cluster.proto`). Functions, keys and the other
+//! records are not sent between nodes: the nodes share one store (PostgreSQL).
 
 mod bundles;
 mod config;
@@ -24,7 +24,6 @@ mod membership;
 mod node;
 mod peers;
 mod queue;
-mod registry;
 mod service;
 mod share;
 mod stats;

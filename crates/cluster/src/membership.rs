@@ -111,35 +111,6 @@ impl Membership {
             .collect()
     }
 
-    /// Sets this node's `key`.
-    pub(crate) async fn set(&self, key: &str, value: &str) {
-        let chitchat = self.handle.chitchat();
-        let mut c = chitchat.lock().await;
-        let me = c.self_node_state();
-        if me.get(key) != Some(value) {
-            me.set(key, value);
-        }
-    }
-
-    /// Every live node's keys starting with `prefix` (this node's included): node id → key →
-    /// value.
-    pub(crate) async fn values(&self, prefix: &str) -> BTreeMap<String, Vec<(String, String)>> {
-        let chitchat = self.handle.chitchat();
-        let c = chitchat.lock().await;
-        let live: Vec<ChitchatId> = c.live_nodes().cloned().collect();
-        live.iter()
-            .filter_map(|id| {
-                let state = c.node_state(id)?;
-                let kv = state
-                    .key_values()
-                    .filter(|(k, _)| k.starts_with(prefix))
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect();
-                Some((id.node_id.to_string(), kv))
-            })
-            .collect()
-    }
-
     /// Leaves: stops gossiping (peers see this node die).
     pub(crate) fn leave(&self) {
         if let Err(e) = self.handle.initiate_shutdown() {

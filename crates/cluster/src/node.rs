@@ -81,8 +81,6 @@ pub struct Node {
     pub(crate) cluster: Option<ClusterConfig>,
     pub(crate) membership: tokio::sync::OnceCell<Membership>,
     pub(crate) clients: Clients,
-    /// The registry's view: the version of each function this node holds ([`crate::registry`]).
-    pub(crate) registry: Mutex<HashMap<String, crate::registry::Version>>,
     pub(crate) bundles: BundleCache,
     pub(crate) counters: Counters,
     pub(crate) stopping: AtomicBool,
@@ -93,8 +91,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the node: its dispatcher and, in a cluster, its gRPC service, gossip, lease
-    /// keeping and registry replication.
+    /// Starts the node: its dispatcher and, in a cluster, its gRPC service, gossip and lease
+    /// keeping.
     pub async fn start(
         config: NodeConfig,
         worker: Arc<Worker>,
@@ -126,7 +124,6 @@ impl Node {
             membership: tokio::sync::OnceCell::new(),
             clients: Clients::new(config.cluster.as_ref().and_then(|c| c.tls.clone())),
             bundles: BundleCache::new(BUNDLE_CACHE_BYTES),
-            registry: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             stopping: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
@@ -140,10 +137,6 @@ impl Node {
             let _ = node.membership.set(m);
             tokio::spawn(Arc::clone(&node).keep_leases());
             tokio::spawn(crate::steal::give_up_unrenewed(Arc::clone(&node), c.lease));
-            // On a shared store every node reads what any node wrote: nothing to replicate.
-            if !node.store.is_shared() {
-                tokio::spawn(crate::registry::replicate(Arc::clone(&node)));
-            }
             tracing::info!(node = %node.id, addr = %c.addr, peers = ?c.peers, steal = c.steal, "joined the cluster");
         }
         tokio::spawn(Arc::clone(&node).dispatch());

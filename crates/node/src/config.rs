@@ -101,7 +101,8 @@ impl NodeConfig {
 
     /// Refuses a configuration that would open the node to anyone who reaches it: development
     /// mode (no authentication) anywhere but on loopback, and cluster traffic in clear beyond
-    /// loopback unless the operator says the network is the nodes' own.
+    /// loopback unless the operator says the network is the nodes' own; and a cluster without
+    /// the store its nodes share.
     pub fn check_safety(&self) -> Result<(), crate::NodeError> {
         if self.api.dev && !self.listen.ip().is_loopback() {
             return Err(crate::NodeError::Config(format!(
@@ -109,6 +110,14 @@ impl NodeConfig {
                  listen on 127.0.0.1, or drop --dev and make access keys (ignition key create)",
                 self.listen
             )));
+        }
+        if self.cluster_addr().is_some() && self.store.is_none() {
+            return Err(crate::NodeError::Config(
+                "the nodes of a cluster share their functions, keys and events in PostgreSQL: \
+                 pass --store postgres://USER@HOST[:PORT]/DB, the same on every node (a single \
+                 node without --peers and --cluster-addr keeps its embedded store)"
+                    .to_owned(),
+            ));
         }
         if let Some(addr) = self.cluster_addr() {
             if !addr.ip().is_loopback() && self.cluster.tls.is_none() && !self.cluster.insecure {

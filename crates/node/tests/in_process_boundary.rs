@@ -142,7 +142,7 @@ async fn in_process_unusable_tls_files_stop_the_start_with_a_clear_error() {
 }
 
 #[test]
-fn dev_mode_and_clear_cluster_traffic_are_refused_beyond_loopback() {
+fn dev_mode_clear_cluster_traffic_and_a_cluster_without_a_shared_store_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     assert!(c.check_safety().is_ok(), "--dev on loopback is fine");
@@ -152,6 +152,10 @@ fn dev_mode_and_clear_cluster_traffic_are_refused_beyond_loopback() {
     c.api.dev = false;
     assert!(c.check_safety().is_ok(), "authenticated, any address");
     c.cluster.addr = Some("10.1.2.3:7071".parse().unwrap());
+    // A cluster without the store its nodes share is refused, saying what to pass.
+    let e = c.check_safety().unwrap_err().to_string();
+    assert!(e.contains("--store postgres://"), "{e}");
+    c.store = Some("postgres://ignition@db.example/ignition".to_owned());
     let e = c.check_safety().unwrap_err().to_string();
     assert!(
         e.contains("--cluster-ca") && e.contains("--cluster-insecure"),

@@ -1,7 +1,8 @@
 //! Nodes sharing a PostgreSQL store (a throwaway server of the test's own), with the in-process
-//! guest as their VMM: these tests are about the cluster's shared state, not about VMs. What a
-//! node writes, every node serves from its next request on; numbers two nodes hand out at once
-//! differ; an event accepted at one node runs wherever there is room.
+//! guest as their VMM: these tests are about the cluster, not about VMs. What a node writes,
+//! every node serves from its next request on; numbers two nodes hand out at once differ; an
+//! event accepted at one node runs wherever there is room; idle nodes steal queued work, and
+//! what a stopped thief held runs again at its origin.
 #![cfg(feature = "pg-tests")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -278,4 +279,192 @@ async fn in_process_shared_store_down_keeps_cached_functions_answering_and_their
     for n in nodes.into_iter().rev() {
         n.node.shutdown().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_cluster_idle_node_steals_queued_invocations() {
+    // Node a runs one invocation at a time and does not steal; node b is idle and steals.
+    let pg = PgServer::start().unwrap();
+    let guest = InProcessGuest::new();
+    let (a, b) = pair(&guest, &pg.url()).await;
+    assert_eq!(
+        deploy(&a, "slow", "sleep.handler", json!({}))
+            .await
+            .status(),
+        201
+    );
+    let calls = spawn_sleeps(&a, "slow", 6, 400);
+    let mut ran_on = Vec::new();
+    for c in calls {
+        let (status, node) = c.await.unwrap();
+        assert_eq!(status, 200);
+        ran_on.push(node);
+    }
+    assert!(
+        ran_on.iter().any(|n| n == "b"),
+        "the idle node took some of the queue: {ran_on:?}"
+    );
+    assert!(ran_on.iter().all(|n| n == "a" || n == "b"));
+    b.node.shutdown().await.unwrap();
+    a.node.shutdown().await.unwrap();
+    assert_eq!(guest.counters().live(), 0);
+}
+
+/// `n` invocations of the sleeping function `name` at `node` at once, each `ms` long: each
+/// task answers the status and the node that ran it.
+fn spawn_sleeps(
+    node: &TestNode,
+    name: &str,
+    n: usize,
+    ms: u64,
+) -> Vec<tokio::task::JoinHandle<(reqwest::StatusCode, String)>> {
+    (0..n)
+        .map(|_| {
+            let url = node.url(&format!("/2015-03-31/functions/{name}/invocations"));
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .json(&json!({ "ms": ms }))
+                    .send()
+                    .await
+                    .unwrap();
+                let ran_on = r.headers()["x-ignition-node"].to_str().unwrap().to_owned();
+                (r.status(), ran_on)
+            })
+        })
+        .collect()
+}
+
+/// Two in-process nodes in one cluster on the store at `url`: `a` runs one invocation at a time
+/// and never steals.
+async fn pair(guest: &InProcessGuest, url: &str) -> (TestNode, TestNode) {
+    let a_dir = tempfile::tempdir().unwrap();
+    let mut a_cfg = config(a_dir.path(), guest);
+    let a_cluster = free_addr();
+    a_cfg.store = Some(url.to_owned());
+    a_cfg.cluster.node_id = Some("a".to_owned());
+    a_cfg.cluster.addr = Some(a_cluster);
+    a_cfg.cluster.slots = Some(1);
+    a_cfg.cluster.no_steal = true;
+    a_cfg.cluster.lease = Some(Duration::from_millis(600));
+    a_cfg.worker.pool_memory_mib = 0;
+    let a = ignition_node::start(a_cfg).await.unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let mut b_cfg = config(b_dir.path(), guest);
+    b_cfg.store = Some(url.to_owned());
+    b_cfg.cluster.node_id = Some("b".to_owned());
+    b_cfg.cluster.addr = Some(free_addr());
+    b_cfg.cluster.peers = vec![a_cluster.to_string()];
+    b_cfg.cluster.lease = Some(Duration::from_millis(600));
+    b_cfg.worker.pool_memory_mib = 0;
+    let b = ignition_node::start(b_cfg).await.unwrap();
+    let (a, b) = (
+        TestNode {
+            node: a,
+            counters: guest.counters(),
+            _dir: a_dir,
+        },
+        TestNode {
+            node: b,
+            counters: guest.counters(),
+            _dir: b_dir,
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in [&a, &b] {
+        loop {
+            let s: Value = get_json(n.url("/v1/stats")).await;
+            if s["cluster"]["peers"].as_u64() >= Some(1) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the nodes never met: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_cluster_console_node_page_shows_every_node_with_its_slots() {
+    let pg = PgServer::start().unwrap();
+    let guest = InProcessGuest::new();
+    let (a, b) = pair(&guest, &pg.url()).await;
+    let page = reqwest::get(b.url("/ui/node"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = |node: &str| {
+        page.split(&format!("data-node=\"{node}\""))
+            .nth(1)
+            .and_then(|r| r.split("</tr>").next())
+            .unwrap_or_else(|| panic!("no row for {node}: {page}"))
+            .to_owned()
+    };
+    assert!(row("b").contains("(this node)"));
+    // a has one slot (`pair` gives it one), and answers the probe.
+    let a_row = row("a");
+    assert!(!a_row.contains("not answering"), "{a_row}");
+    assert!(a_row.contains("<td class=\"num\">1</td>"), "{a_row}");
+    a.node.shutdown().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = reqwest::get(b.url("/ui/node"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // Gone: either unreachable or dropped from the members.
+        let a_row = page
+            .split("data-node=\"a\"")
+            .nth(1)
+            .map(|r| r.split("</tr>").next().unwrap_or(""));
+        if a_row.is_none_or(|r| r.contains("not answering")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a still shows as answering: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_cluster_invocations_held_by_a_thief_that_stops_run_again_at_their_origin() {
+    let pg = PgServer::start().unwrap();
+    let guest = InProcessGuest::new();
+    let (a, b) = pair(&guest, &pg.url()).await;
+    assert_eq!(
+        deploy(&a, "slow", "sleep.handler", json!({}))
+            .await
+            .status(),
+        201
+    );
+    let calls = spawn_sleeps(&a, "slow", 5, 1500);
+    // Wait until b holds stolen work, then stop it mid-invocation.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s: Value = get_json(b.url("/v1/stats")).await;
+        if s["cluster"]["stolen"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never stole: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.node.shutdown().await.unwrap();
+    for c in calls {
+        let (status, node) = c.await.unwrap();
+        assert_eq!(status, 200, "every caller is answered");
+        assert_eq!(
+            node, "a",
+            "what b held ran again at its origin after the lease"
+        );
+    }
+    let s: Value = get_json(a.url("/v1/stats")).await;
+    assert!(s["cluster"]["reclaimed"].as_u64() >= Some(1), "{s}");
+    a.node.shutdown().await.unwrap();
+    assert_eq!(guest.counters().live(), 0);
 }

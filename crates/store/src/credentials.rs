@@ -101,32 +101,6 @@ impl Store {
         })
     }
 
-    /// Stores a key made elsewhere (another node of the cluster), replacing one with its id.
-    pub fn put_key(&self, key: &AccessKey) -> Result<(), StoreError> {
-        validate_tenant(&key.tenant).map_err(StoreError::Invalid)?;
-        let well_formed = |s: &str, len: std::ops::RangeInclusive<usize>| {
-            len.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
-        };
-        if !well_formed(&key.access_key_id, 16..=128)
-            || !well_formed(&key.secret_access_key, 16..=128)
-        {
-            return Err(StoreError::Invalid(format!(
-                "access key {:?} is not well formed",
-                key.access_key_id
-            )));
-        }
-        self.transaction(|db| {
-            db.notify(&key_scope(&key.access_key_id))?;
-            db.execute(
-                "INSERT INTO credentials (access_key_id, secret, tenant, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (access_key_id) DO UPDATE
-                 SET secret = excluded.secret, tenant = excluded.tenant, created_at = excluded.created_at",
-                &vals![&key.access_key_id, &key.secret_access_key, &key.tenant, now()],
-            )
-        })?;
-        Ok(())
-    }
-
     /// Deletes a key; whether it existed.
     pub fn delete_key(&self, access_key_id: &str) -> Result<bool, StoreError> {
         self.transaction(|db| {
@@ -166,16 +140,11 @@ mod tests {
         assert_eq!(s.key(&k.access_key_id).unwrap(), Some(k.clone()));
         assert!(s.delete_key(&k.access_key_id).unwrap());
         assert_eq!(s.key(&k.access_key_id).unwrap(), None);
-        let listed = s.list_keys().unwrap();
-        assert!(listed.is_empty());
-        s.put_key(&k).unwrap();
-        assert_eq!(s.list_keys().unwrap()[0].0, k);
-        let mut bad = k.clone();
-        bad.secret_access_key = "short".into();
-        assert!(s.put_key(&bad).is_err());
-        bad.secret_access_key = "x".repeat(40);
-        bad.tenant = "Bad Tenant".into();
-        assert!(s.put_key(&bad).is_err());
+        assert!(!s.delete_key(&k.access_key_id).unwrap());
+        assert!(s.list_keys().unwrap().is_empty());
+        let op = s.create_operator_key().unwrap();
+        assert!(op.is_operator());
+        assert_eq!(s.list_keys().unwrap()[0].0, op);
         assert!(s.create_key("Bad Tenant").is_err());
         assert!(s.create_key("runtime").is_err());
     }

@@ -200,14 +200,6 @@ impl Store {
             Ok(true)
         })
     }
-
-    /// Stores a bundle that a function of this node refers to without owning it (a layer's,
-    /// replicated from another node): kept while something refers to it.
-    pub fn put_bundle(&self, tar: &[u8]) -> Result<String, StoreError> {
-        let hash = sha256_hex(tar);
-        self.transaction(|db| put_bundle(db, &hash, tar, now()))?;
-        Ok(hash)
-    }
 }
 
 #[cfg(test)]

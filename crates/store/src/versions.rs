@@ -2,7 +2,7 @@
 //! (names pointing at a version). A version keeps its code bundle alive after `$LATEST` moves
 //! on; deleting the function deletes its versions and aliases.
 
-use crate::bundles::{gc_bundle, layer_hashes, put_bundle};
+use crate::bundles::{gc_bundle, layer_hashes};
 use crate::cache::function_scope;
 use crate::model::{FunctionConfig, FunctionRecord};
 use crate::sql::{vals, Row, Sql};
@@ -248,66 +248,6 @@ impl Store {
         })
     }
 
-    /// Every published version of every function: (function, version, record), in one query
-    /// (the cluster's registry reads this twice a second).
-    pub fn all_versions(&self) -> Result<Vec<(String, u32, FunctionRecord)>, StoreError> {
-        self.with(|db| {
-            db.query(
-                "SELECT v.function, v.version, v.config, v.code_sha256, b.size, v.created_at
-                 FROM versions v JOIN bundles b ON b.sha256 = v.code_sha256
-                 ORDER BY v.function, v.version",
-                &[],
-            )?
-            .iter()
-            .map(|r| {
-                let function = r.text(0)?;
-                let at = r.int(5)?;
-                let record = FunctionRecord {
-                    config: decode(&function, &r.text(2)?)?,
-                    code_sha256: r.text(3)?,
-                    code_size: u64::try_from(r.int(4)?).unwrap_or(0),
-                    created_at: at,
-                    updated_at: at,
-                };
-                Ok((function, version_number(r, 1)?, record))
-            })
-            .collect()
-        })
-    }
-
-    /// Stores version `n` of `function` as another node of the cluster published it, with its
-    /// code; replaces what this node had under that number.
-    pub fn put_version(
-        &self,
-        function: &str,
-        n: u32,
-        config: &FunctionConfig,
-        code_tar: &[u8],
-    ) -> Result<(), StoreError> {
-        config
-            .validate()
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let hash = crate::sha256_hex(code_tar);
-        let json =
-            serde_json::to_string(config).map_err(|_| StoreError::Corrupt(function.to_owned()))?;
-        self.transaction(|db| {
-            db.notify(&function_scope(function))?;
-            let old = version_bundles(db, function, n)?;
-            put_bundle(db, &hash, code_tar, now())?;
-            db.execute(
-                "INSERT INTO versions (function, version, config, code_sha256, created_at)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (function, version) DO UPDATE SET config = excluded.config,
-                   code_sha256 = excluded.code_sha256, created_at = excluded.created_at",
-                &vals![function, n, &json, &hash, now()],
-            )?;
-            for h in old.into_iter().flatten() {
-                gc_bundle(db, &h)?;
-            }
-            Ok(())
-        })
-    }
-
     /// Deletes version `n` of `function` (and its code if nothing else uses it); whether it
     /// existed.
     pub fn delete_version(&self, function: &str, n: u32) -> Result<bool, StoreError> {
@@ -325,43 +265,6 @@ impl Store {
             }
             Ok(true)
         })
-    }
-
-    /// Every alias of every function: (function, alias).
-    pub fn all_aliases(&self) -> Result<Vec<(String, Alias)>, StoreError> {
-        self.with(|db| {
-            db.query(
-                &format!("SELECT function, {ALIAS_COLUMNS} FROM aliases ORDER BY function, name"),
-                &[],
-            )?
-            .iter()
-            .map(|r| Ok((r.text(0)?, alias_from(r, 1)?)))
-            .collect()
-        })
-    }
-
-    /// Creates or replaces an alias (as another node of the cluster has it).
-    pub fn replace_alias(&self, function: &str, alias: &Alias) -> Result<(), StoreError> {
-        validate_alias(&alias.name).map_err(StoreError::Invalid)?;
-        self.transaction(|db| {
-            db.notify(&function_scope(function))?;
-            db.execute(
-                "INSERT INTO aliases (function, name, version, description, routing_version, routing_ppm)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (function, name) DO UPDATE SET version = excluded.version,
-                   description = excluded.description, routing_version = excluded.routing_version,
-                   routing_ppm = excluded.routing_ppm",
-                &vals![
-                    function,
-                    &alias.name,
-                    alias.version,
-                    &alias.description,
-                    alias.routing.map(|r| r.version),
-                    alias.routing.map(|r| r.ppm)
-                ],
-            )
-        })?;
-        Ok(())
     }
 
     /// Deletes an alias, and its function URL with it; whether it existed.
@@ -403,36 +306,22 @@ mod tests {
     }
 
     #[test]
-    fn versions_and_aliases_made_elsewhere_are_stored_listed_and_removed() {
+    fn a_deleted_version_takes_its_code_with_it() {
         for (_, s) in crate::testing::stores() {
-            s.put_version("f", 3, &config("a.x"), b"remote code")
-                .unwrap();
-            let all = s.all_versions().unwrap();
-            assert_eq!(all.len(), 1);
-            assert_eq!((all[0].0.as_str(), all[0].1), ("f", 3));
+            s.put_function(&config("a.x"), b"first code").unwrap();
+            let (n, first) = s.publish_version("f", None).unwrap().unwrap();
+            s.put_function(&config("a.x"), b"second code").unwrap();
             assert_eq!(
-                s.get_bundle(&all[0].2.code_sha256).unwrap().unwrap(),
-                b"remote code"
+                s.get_bundle(&first.code_sha256).unwrap().unwrap(),
+                b"first code",
+                "the version keeps its code after $LATEST moved on"
             );
-            let alias = Alias {
-                name: "live".into(),
-                version: 3,
-                description: "d".into(),
-                routing: None,
-            };
-            s.replace_alias("f", &alias).unwrap();
-            s.replace_alias("f", &alias).unwrap();
-            assert_eq!(s.all_aliases().unwrap(), vec![("f".to_owned(), alias)]);
-            let hash = all[0].2.code_sha256.clone();
-            assert!(s.delete_version("f", 3).unwrap());
-            assert!(!s.delete_version("f", 3).unwrap());
+            assert!(s.delete_version("f", n).unwrap());
+            assert!(!s.delete_version("f", n).unwrap());
             assert!(
-                s.get_bundle(&hash).unwrap().is_none(),
+                s.get_bundle(&first.code_sha256).unwrap().is_none(),
                 "its code went with it"
             );
-            let mut bad = config("a.x");
-            bad.memory_mib = 1;
-            assert!(s.put_version("f", 4, &bad, b"x").is_err());
         }
     }
 
@@ -517,9 +406,7 @@ mod tests {
             assert_eq!(s.get_alias("f", "live").unwrap().unwrap(), alias);
             alias.routing = None;
             assert!(s.put_alias("f", &alias, false).unwrap());
-            assert_eq!(s.list_aliases("f").unwrap(), [alias.clone()]);
-            s.replace_alias("f", &alias).unwrap();
-            assert_eq!(s.all_aliases().unwrap(), [("f".to_owned(), alias)]);
+            assert_eq!(s.list_aliases("f").unwrap(), [alias]);
         }
     }
 

@@ -34,6 +34,8 @@ pub struct TestServer {
     pub network: Option<(String, String)>,
     pub run_dir: PathBuf,
     pub data_dir: tempfile::TempDir,
+    /// The shared store the server was given (`--store`), where its keys are made.
+    store: Option<String>,
     child: Option<Child>,
     http: reqwest::blocking::Client,
     /// For node-wide endpoints (`/v1/stats`, `/metrics`): an operator's key on a secure server.
@@ -122,11 +124,17 @@ impl TestServer {
             .timeout(Duration::from_secs(300))
             .build()
             .unwrap();
+        let store = extra
+            .iter()
+            .position(|a| *a == "--store")
+            .and_then(|i| extra.get(i + 1))
+            .map(|s| (*s).to_owned());
         let mut server = Self {
             network: None,
             url,
             run_dir,
             data_dir,
+            store,
             child: Some(child),
             op_http: http.clone(),
             http,
@@ -219,13 +227,13 @@ impl TestServer {
     }
 
     fn key_create(&self, role: &[&str]) -> ((String, String), serde_json::Value) {
-        let out = Command::new(BIN)
-            .args(["key", "create", "--json"])
-            .args(role)
-            .arg("--data-dir")
-            .arg(self.data_dir.path())
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["key", "create", "--json"]).args(role);
+        match &self.store {
+            Some(url) => cmd.args(["--store", url]),
+            None => cmd.arg("--data-dir").arg(self.data_dir.path()),
+        };
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "{}",
