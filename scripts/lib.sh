@@ -33,6 +33,28 @@ ign_stop_all() {
   wait 2>/dev/null || true
 }
 
+# pg_start DIR: starts a throwaway PostgreSQL (Debian's postgresql package) with its data and
+# its Unix socket in DIR, no TCP port; as root, it runs as the postgres user. Leaves its URL in
+# PG_URL; pg_stop DIR stops it.
+pg_start() {
+  local dir=$1 bin run=()
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  mkdir -p "$dir"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres "$dir"; run=(runuser -u postgres --); fi
+  "${run[@]}" "$bin/initdb" -D "$dir/data" -U ignition --auth trust --no-sync -E UTF8 --locale C >/dev/null
+  "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+    -o "-k $dir -c listen_addresses= -c fsync=off -c max_connections=200" start >/dev/null
+  "${run[@]}" "$bin/createdb" -h "$dir" -U ignition ignition
+  PG_URL="postgres://ignition@$(printf %s "$dir" | sed 's|%|%25|g; s|/|%2F|g')/ignition"
+}
+
+pg_stop() {
+  local dir=$1 bin run=()
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  [ "$(id -u)" -eq 0 ] && run=(runuser -u postgres --)
+  "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+}
+
 # median: the median of the numbers on stdin, one a line.
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 

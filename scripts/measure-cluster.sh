@@ -4,7 +4,7 @@
 # function, all the load sent to node 1. Rounds alternate between the clusters so that drift
 # on the host hits both alike; the clusters idle while the other is measured. Prints, per
 # cluster: wall time of a burst, latency P50/P99, and the share of invocations other nodes ran.
-# Needs root (VM networking) and a built tree (./scripts/setup.sh).
+# Needs root (VM networking), Debian's postgresql and a built tree (./scripts/setup.sh).
 # Usage: scripts/measure-cluster.sh [ROUNDS, default 3] [INVOCATIONS per burst, default 12]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,13 @@ ROUNDS="${1:-3}"
 N="${2:-12}"
 . scripts/lib.sh
 tmp=$(mktemp -d)
-trap 'ign_stop_all; rm -rf "$tmp"' EXIT
+chmod 755 "$tmp"
+trap 'ign_stop_all; pg_stop "$tmp/pg-steal"; pg_stop "$tmp/pg-nosteal"; rm -rf "$tmp"' EXIT
+# Each cluster's nodes share a store: a throwaway PostgreSQL per cluster.
+pg_start "$tmp/pg-steal"
+store_steal=$PG_URL
+pg_start "$tmp/pg-nosteal"
+store_nosteal=$PG_URL
 
 start() { # NAME API_PORT CLUSTER_PORT SUBNET ARGS...
   local name=$1 port=$2 cport=$3 subnet=$4
@@ -24,7 +30,8 @@ start() { # NAME API_PORT CLUSTER_PORT SUBNET ARGS...
 
 # Cluster "steal": API 7301-7303, cluster 7311-7313. Cluster "nosteal": 7321-7323 / 7331-7333.
 for c in steal nosteal; do
-  if [ $c = steal ]; then base=7300; flags=(); net=10.202; else base=7320; flags=(--no-steal); net=10.203; fi
+  if [ $c = steal ]; then base=7300; flags=(--store "$store_steal"); net=10.202
+  else base=7320; flags=(--no-steal --store "$store_nosteal"); net=10.203; fi
   for i in 1 2 3; do
     peers=()
     [ "$i" -gt 1 ] && peers=(--peers "127.0.0.1:$((base + 11))")
@@ -36,8 +43,8 @@ for p in 7301 7321; do
   IGNITION_URL="http://127.0.0.1:$p" "$BIN" fn deploy sleeper --runtime python3 \
     --handler app.handler --timeout 60 --code examples/sleep-python >/dev/null
 done
-# The registry reaches every node; then a warm-up burst builds each node's snapshot.
-sleep 3
+# Every node reads the function from the shared store; a warm-up burst builds each node's
+# snapshot.
 python3 - "$ROUNDS" "$N" <<'PY'
 import concurrent.futures, json, statistics, sys, time, urllib.request
 

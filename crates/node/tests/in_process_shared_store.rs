@@ -468,3 +468,51 @@ async fn in_process_cluster_invocations_held_by_a_thief_that_stops_run_again_at_
     a.node.shutdown().await.unwrap();
     assert_eq!(guest.counters().live(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_shared_store_nodes_carry_on_through_a_primarys_failover() {
+    let mut primary = PgServer::start().unwrap();
+    let standby = primary.standby().unwrap();
+    let host = |s: &PgServer| {
+        s.socket_dir()
+            .display()
+            .to_string()
+            .replace('%', "%25")
+            .replace('/', "%2F")
+    };
+    let url = format!(
+        "postgres://{}@{},{}/ignition?target_session_attrs=read-write",
+        ignition_pg_test::USER,
+        host(&primary),
+        host(&standby)
+    );
+    let guest = InProcessGuest::new();
+    let nodes = cluster(&guest, &url, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert_eq!(
+        deploy(a, "f", "echo.handler", json!({})).await.status(),
+        201
+    );
+    assert_eq!(invoke(b, "f", &json!({})).await.status(), 200);
+    // Let the standby catch up, then lose the primary and promote the standby.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    primary.stop();
+    standby.promote().unwrap();
+    // Invocations of the cached function never stopped; writes resume on the new primary,
+    // at either node, without a restart.
+    assert_eq!(invoke(b, "f", &json!({})).await.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = deploy(b, "g", "echo.handler", json!({})).await.status();
+        if status == 201 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(Instant::now() < deadline, "no write after the failover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(invoke(a, "g", &json!({})).await.status(), 200);
+    for n in nodes.into_iter().rev() {
+        n.node.shutdown().await.unwrap();
+    }
+}

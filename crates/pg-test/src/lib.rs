@@ -43,25 +43,7 @@ impl std::error::Error for StartError {}
 impl PgServer {
     /// Starts a server with one database, `ignition`, owned by [`USER`].
     pub fn start() -> Result<Self, StartError> {
-        let bin = bin_dir()?;
-        let owner = if nix::unistd::geteuid().is_root() {
-            Some(unprivileged_user()?)
-        } else {
-            None
-        };
-        let dir = tempfile::Builder::new()
-            .prefix("ignition-pg-")
-            .tempdir()
-            .map_err(|e| StartError(format!("temporary directory: {e}")))?;
-        if let Some((uid, gid)) = owner {
-            chown(dir.path(), uid, gid)?;
-        }
-        let mut server = Self {
-            dir,
-            bin,
-            server: None,
-            owner,
-        };
+        let mut server = Self::unstarted()?;
         let data = server.data_dir();
         server.run(
             Command::new(server.bin.join("initdb"))
@@ -78,6 +60,57 @@ impl PgServer {
                 .args(["--username", USER, "ignition"]),
         )?;
         Ok(server)
+    }
+
+    /// A directory for a server, owned by the user it will run as; nothing started.
+    fn unstarted() -> Result<Self, StartError> {
+        let bin = bin_dir()?;
+        let owner = if nix::unistd::geteuid().is_root() {
+            Some(unprivileged_user()?)
+        } else {
+            None
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("ignition-pg-")
+            .tempdir()
+            .map_err(|e| StartError(format!("temporary directory: {e}")))?;
+        if let Some((uid, gid)) = owner {
+            chown(dir.path(), uid, gid)?;
+        }
+        Ok(Self {
+            dir,
+            bin,
+            server: None,
+            owner,
+        })
+    }
+
+    /// A streaming standby of this server (`pg_basebackup`), started: read-only until
+    /// [`PgServer::promote`].
+    pub fn standby(&self) -> Result<Self, StartError> {
+        let mut standby = Self::unstarted()?;
+        let data = standby.data_dir();
+        standby.run(
+            Command::new(standby.bin.join("pg_basebackup"))
+                .arg("--host")
+                .arg(self.dir.path())
+                .args(["--username", USER, "--write-recovery-conf", "--no-sync"])
+                // Not a spread checkpoint: that would take minutes.
+                .arg("--checkpoint=fast")
+                .arg("--pgdata")
+                .arg(&data),
+        )?;
+        standby.spawn()?;
+        Ok(standby)
+    }
+
+    /// Makes a standby the primary (`pg_ctl promote`), waiting until it takes writes.
+    pub fn promote(&self) -> Result<(), StartError> {
+        self.run(
+            Command::new(self.bin.join("pg_ctl"))
+                .args(["promote", "--wait", "--pgdata"])
+                .arg(self.data_dir()),
+        )
     }
 
     /// One server for the whole test process, started on first use, with a database of its

@@ -236,7 +236,7 @@ impl Store {
         &self,
         scope: &str,
         item: &str,
-        read: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
+        read: impl Fn(&mut dyn Sql) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let Backend::Postgres(shared) = &self.backend else {
             return self.with(read);
@@ -248,7 +248,13 @@ impl Store {
             }
         }
         let generation = cache.generation();
-        match self.with(read) {
+        // A read is safe to repeat: once more on a new connection when the first found its
+        // connection gone (the server restarted, a standby was promoted).
+        let read_once = || match self.with(&read) {
+            Err(StoreError::Postgres { .. }) if shared.connection_lost() => self.with(&read),
+            other => other,
+        };
+        match read_once() {
             Ok(v) => {
                 cache.put(scope, item, v.clone(), generation);
                 Ok(v)
@@ -270,6 +276,13 @@ impl Store {
 }
 
 impl Shared {
+    /// Whether the connection was found closed (the next operation connects again).
+    fn connection_lost(&self) -> bool {
+        lock(&self.client)
+            .as_ref()
+            .is_some_and(postgres::Client::is_closed)
+    }
+
     /// The client, connected again if the connection was lost (the server restarted, a
     /// standby was promoted): the store carries on without the node restarting.
     fn connected<'a>(

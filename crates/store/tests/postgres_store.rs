@@ -139,9 +139,15 @@ fn bad_urls_and_unreachable_servers_are_clear_errors() {
     // same Store: no restart of the node.
     server.stop();
     let err = store.key(&key.access_key_id).unwrap_err();
-    assert!(matches!(err, StoreError::Postgres { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::Postgres { .. } | StoreError::Unavailable),
+        "{err}"
+    );
     server.restart().unwrap();
-    assert_eq!(store.key(&key.access_key_id).unwrap(), Some(key));
+    // Within a second of a failed attempt the store does not try again; then it does.
+    eventually("the store answers again", || {
+        store.key(&key.access_key_id).ok() == Some(Some(key.clone()))
+    });
 }
 
 fn config(name: &str, handler: &str) -> ignition_store::FunctionConfig {
@@ -249,4 +255,68 @@ fn while_the_server_is_down_cached_reads_answer_and_writes_fail_fast() {
         a.put_function(&config("g", "b.handler"), b"x").is_ok()
     });
     assert!(a.get_function("g").unwrap().is_some());
+}
+
+/// A primary with a streaming standby, the store given both hosts: the primary killed and the
+/// standby promoted, the same Store reads what was written and writes again, and its cache
+/// listens to the new primary.
+#[test]
+fn a_primarys_failover_is_followed_without_a_restart() {
+    let mut primary = server();
+    let standby = primary.standby().unwrap();
+    let host = |s: &PgServer| {
+        s.socket_dir()
+            .display()
+            .to_string()
+            .replace('%', "%25")
+            .replace('/', "%2F")
+    };
+    let url = format!(
+        "postgres://{}@{},{}/ignition?target_session_attrs=read-write",
+        ignition_pg_test::USER,
+        host(&primary),
+        host(&standby)
+    );
+    let store = Store::connect(&url).unwrap();
+    store
+        .put_function(&config("f", "before.handler"), b"code")
+        .unwrap();
+    let key = store.create_key("acme").unwrap();
+    // Replicated before the primary goes (the standby is read-only: it is not the one used).
+    let mut on_standby = postgres::Client::connect(
+        &format!(
+            "postgres://{}@{}/ignition",
+            ignition_pg_test::USER,
+            host(&standby)
+        ),
+        postgres::NoTls,
+    )
+    .unwrap();
+    eventually("the standby has the writes", || {
+        on_standby
+            .query_one("SELECT count(*) FROM credentials", &[])
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+    });
+
+    primary.stop();
+    standby.promote().unwrap();
+    eventually("writes go to the promoted standby", || {
+        store
+            .put_function(&config("g", "after.handler"), b"more")
+            .is_ok()
+    });
+    assert_eq!(
+        store.get_function("f").unwrap().unwrap().config.handler,
+        "before.handler"
+    );
+    assert_eq!(store.key(&key.access_key_id).unwrap(), Some(key));
+    // The cache listens to the new primary: a change made there by another client reaches it.
+    let other = Store::connect(&url).unwrap();
+    other
+        .put_function(&config("g", "changed.handler"), b"more")
+        .unwrap();
+    eventually("the cache follows the new primary", || {
+        store.get_function("g").unwrap().unwrap().config.handler == "changed.handler"
+    });
 }
