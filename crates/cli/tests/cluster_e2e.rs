@@ -1,7 +1,8 @@
 //! Clusters of real `ignition server` processes on loopback sharing one PostgreSQL store (a
 //! throwaway server per test), running real microVMs: skewed load spreads by stealing, results
 //! come back to the node the caller asked, what one node writes every node serves, a node
-//! killed mid-run loses nothing, and a node that joins later takes work.
+//! killed mid-run loses nothing (its stolen work, its accepted events), and a node that joins
+//! later takes work.
 
 // Real microVMs, root and QEMU: run by scripts/test.sh, which turns the feature on.
 #![cfg(feature = "vm-tests")]
@@ -287,6 +288,56 @@ fn a_node_killed_mid_run_loses_nothing() {
     assert_eq!(s1["abandoned"].as_u64(), Some(0), "{s1}");
     assert_eq!(s1["lent_now"].as_u64(), Some(0), "{s1}");
     n1.stop_and_check_clean();
+}
+
+/// 20 asynchronous invocations accepted by n1, which is killed (SIGKILL) at once, before any
+/// of its microVMs booted: n2 and n3, started after, run every one of them (the queued ones
+/// at once, the ones n1 had claimed when its leases lapse), and none is lost or failed.
+#[test]
+fn events_accepted_by_a_node_killed_before_they_ran_run_at_the_others() {
+    let _serial = one_at_a_time();
+    let pg = PgServer::start().unwrap();
+    let store = pg.url();
+    let (n1, seed) = node(&store, "n1", None, &[]);
+    deploy_sleeper(&n1, 60);
+    let ids: Vec<String> = (0..20)
+        .map(|i| {
+            let r = n1
+                .http()
+                .post(format!(
+                    "{}/2015-03-31/functions/sleeper/invocations",
+                    n1.url
+                ))
+                .header("X-Amz-Invocation-Type", "Event")
+                .body(serde_json::json!({"i": i, "sleep": 0}).to_string())
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            r.headers()["x-amzn-requestid"].to_str().unwrap().to_owned()
+        })
+        .collect();
+    drop(n1);
+    let (n2, seed2) = node(&store, "n2", Some(seed), &[]);
+    let (n3, _) = node(&store, "n3", Some(seed2), &[]);
+    let ran = |n: &TestServer, id: &str| {
+        n.get_json(&format!("/v1/functions/sleeper/logs?request_id={id}"))["logs"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty())
+    };
+    wait_for(
+        "every event to run at n2 or n3",
+        Duration::from_secs(240),
+        || ids.iter().all(|id| ran(&n2, id)),
+    );
+    let failed = n3.get_json("/v1/functions/sleeper/failed-events");
+    assert_eq!(
+        failed["events"].as_array().map(Vec::len),
+        Some(0),
+        "{failed}"
+    );
+    for n in [n2, n3] {
+        n.stop_and_check_clean();
+    }
 }
 
 #[test]

@@ -245,7 +245,7 @@ async fn in_process_shared_store_down_keeps_cached_functions_answering_and_their
 
     pg.stop();
     let mut ids = Vec::new();
-    let until = Instant::now() + Duration::from_secs(3);
+    let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
         let r = invoke(a, "f", &json!({"while": "down"})).await;
         assert_eq!(
@@ -255,7 +255,7 @@ async fn in_process_shared_store_down_keeps_cached_functions_answering_and_their
         );
         ids.push(r.headers()["x-amzn-requestid"].to_str().unwrap().to_owned());
     }
-    assert!(ids.len() >= 3, "{ids:?}");
+    assert!(ids.len() >= 20, "{ids:?}");
     assert!(
         a.node.state().logs.pending() > 0,
         "the logs wait on the node"
