@@ -144,6 +144,12 @@ impl Concurrency {
         })
     }
 
+    /// Replaces every reservation with what the store holds (another node of a cluster may
+    /// have changed them).
+    pub fn refresh(&self, reserved: HashMap<String, u32>) {
+        self.lock().reserved = reserved;
+    }
+
     /// Every function's reservation.
     pub(crate) fn reservations(&self) -> Vec<(String, u32)> {
         self.lock()

@@ -103,6 +103,25 @@ fn images(config: &NodeConfig, data_dir: &Path) -> Result<Arc<ignition_oci::Imag
         .map_err(|e| NodeError::Config(format!("the image cache: {e}")))
 }
 
+/// How often a node on a shared store reads the reservations again.
+const RESERVATIONS_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// On a shared store, functions' reservations set at any node apply at this one within
+/// [`RESERVATIONS_REFRESH`] (each node enforces a reservation on its own invocations).
+fn follow_reservations(state: ignition_api::AppState) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RESERVATIONS_REFRESH).await;
+            let store = Arc::clone(&state.store);
+            match tokio::task::spawn_blocking(move || store.reserved_concurrency()).await {
+                Ok(Ok(reserved)) => state.concurrency.refresh(reserved),
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the reservations"),
+                Err(_) => {}
+            }
+        }
+    });
+}
+
 /// The shared store at `url`, or the embedded one in `data_dir`. Opened off the async threads:
 /// the PostgreSQL client blocks.
 async fn open_store(url: Option<String>, data_dir: PathBuf) -> Result<Store, NodeError> {
@@ -239,6 +258,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     };
     ignition_api::spawn_dispatcher(state.clone());
     ignition_api::spawn_log_writer(state.clone());
+    if state.store.is_shared() {
+        follow_reservations(state.clone());
+    }
     // The handle is not kept: like the dispatcher, the firer lives as long as the runtime, and
     // what it does is one store transaction at a time.
     drop(ignition_api::spawn_schedule_firer(state.clone()));

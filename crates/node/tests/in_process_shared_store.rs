@@ -516,3 +516,39 @@ async fn in_process_shared_store_nodes_carry_on_through_a_primarys_failover() {
         n.node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_shared_store_a_reservation_set_at_one_node_applies_at_every_node() {
+    let pg = PgServer::start().unwrap();
+    let guest = InProcessGuest::new();
+    let nodes = cluster(&guest, &pg.url(), 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert_eq!(
+        deploy(a, "slow", "sleep.handler", json!({})).await.status(),
+        201
+    );
+    let r = reqwest::Client::new()
+        .put(a.url("/2017-10-31/functions/slow/concurrency"))
+        .json(&json!({ "ReservedConcurrentExecutions": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // b applies it within its refresh: two at once at b, one is refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let payload = json!({ "ms": 800 });
+        let (r1, r2) = tokio::join!(invoke(b, "slow", &payload), invoke(b, "slow", &payload));
+        let mut statuses = [r1.status().as_u16(), r2.status().as_u16()];
+        statuses.sort_unstable();
+        if statuses == [200, 429] {
+            break;
+        }
+        assert_eq!(statuses, [200, 200], "only 'not yet' is expected");
+        assert!(Instant::now() < deadline, "b never applied a's reservation");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for n in nodes.into_iter().rev() {
+        n.node.shutdown().await.unwrap();
+    }
+}
