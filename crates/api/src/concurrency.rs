@@ -2,9 +2,15 @@
 //! invocations at once (running or waiting for a VM); a function with reserved concurrency
 //! runs at most that many and its reservation is held back from the others. Over a limit the
 //! invocation is refused with 429 `TooManyRequestsException` (AWS SDKs retry it by themselves).
+//!
+//! On a cluster's shared store a reservation holds across the cluster: a node runs a reserved
+//! function only within the permits it leases from the store ([`Concurrency::lease_wants`],
+//! [`Concurrency::set_held`]; the node renews them in the background), and an invocation
+//! beyond them is refused while the node asks for more.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -24,6 +30,18 @@ struct Counts {
     reserved: HashMap<String, u32>,
     /// In flight per tenant.
     tenants: HashMap<String, u64>,
+    /// On a shared store, the permits of reserved functions this node leased.
+    shares: Option<Shares>,
+}
+
+/// A node's leases of reserved functions' permits.
+#[derive(Debug, Default)]
+struct Shares {
+    /// Permits held per function, and until when they may be used (a little before the lease
+    /// ends, so that a node never uses a permit the store may already have given away).
+    held: HashMap<String, (u32, Instant)>,
+    /// Functions refused for want of a permit since the node last leased.
+    wanted: HashSet<String>,
 }
 
 /// The node's concurrency accounting.
@@ -121,7 +139,22 @@ impl Concurrency {
                     format!("Rate Exceeded: {function} is at its reserved concurrency ({r})"),
                 ))
             }
-            Some(_) => {}
+            Some(r) => {
+                if let Some(shares) = &mut c.shares {
+                    let held = shares
+                        .held
+                        .get(function)
+                        .filter(|(_, until)| Instant::now() < *until)
+                        .map_or(0, |(n, _)| *n);
+                    if running >= held {
+                        shares.wanted.insert(function.to_owned());
+                        return Err(throttled(
+                            "ReservedFunctionConcurrentInvocationLimitExceeded",
+                            format!("Rate Exceeded: {function} is at its reserved concurrency ({r} across the cluster; this node holds {held} of them now)"),
+                        ));
+                    }
+                }
+            }
             None => {
                 let held_back: u32 = c.reserved.values().sum();
                 let pool = self.limit.saturating_sub(held_back);
@@ -142,6 +175,46 @@ impl Concurrency {
             tenant,
             reserved: reserved.is_some(),
         })
+    }
+
+    /// Makes reservations hold across a cluster: from now on a reserved function runs only
+    /// within the permits [`Concurrency::set_held`] gives.
+    pub fn share_reservations(&self) {
+        self.lock().shares.get_or_insert_with(Shares::default);
+    }
+
+    /// What to lease for each reserved function: (function, permits wanted, its reservation).
+    /// A node wants what it runs, one more where it refused an invocation for want of one
+    /// since it last asked, and none (its lease given back) while idle.
+    pub fn lease_wants(&self) -> Vec<(String, u32, u32)> {
+        let mut c = self.lock();
+        let Counts {
+            running,
+            reserved,
+            shares,
+            ..
+        } = &mut *c;
+        let Some(shares) = shares else {
+            return Vec::new();
+        };
+        let wanted = std::mem::take(&mut shares.wanted);
+        shares.held.retain(|f, _| reserved.contains_key(f));
+        reserved
+            .iter()
+            .filter_map(|(f, &r)| {
+                let busy = running.get(f).copied().unwrap_or(0);
+                let want = busy.saturating_add(u32::from(wanted.contains(f))).min(r);
+                let held = shares.held.get(f).map_or(0, |(n, _)| *n);
+                (want > 0 || held > 0).then(|| (f.clone(), want, r))
+            })
+            .collect()
+    }
+
+    /// Records the permits of `function` this node now holds, usable until `until`.
+    pub fn set_held(&self, function: &str, permits: u32, until: Instant) {
+        if let Some(shares) = &mut self.lock().shares {
+            shares.held.insert(function.to_owned(), (permits, until));
+        }
     }
 
     /// Replaces every reservation with what the store holds (another node of a cluster may

@@ -62,6 +62,7 @@ use ignition_store::Store;
 use ignition_worker::Worker;
 use serde_json::json;
 
+pub use clock::now_ms;
 pub use concurrency::Concurrency;
 pub use error::ApiError;
 pub use events::{spawn_dispatcher, EventConfig};

@@ -122,6 +122,45 @@ fn follow_reservations(state: ignition_api::AppState) {
     });
 }
 
+/// How often a node on a shared store leases reserved functions' permits again.
+const PERMITS_ROUND: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a lease lasts without renewal; a node uses its permits a second less.
+const PERMITS_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// On a shared store, leases reserved functions' permits for this node: what it runs, one more
+/// where it refused for want of one, none while idle (see `ignition_store`'s
+/// `lease_permits`). While the store cannot be reached, the node keeps what it holds until its
+/// lease ends, then runs the reserved functions no more.
+fn lease_permits(state: ignition_api::AppState) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PERMITS_ROUND).await;
+            for (function, want, limit) in state.concurrency.lease_wants() {
+                let store = Arc::clone(&state.store);
+                let node = state.node_id.clone();
+                let scope = format!("f:{function}");
+                let asked = std::time::Instant::now();
+                let now_ms = ignition_api::now_ms();
+                let until_ms = now_ms
+                    .saturating_add(i64::try_from(PERMITS_LEASE.as_millis()).unwrap_or(i64::MAX));
+                let granted = tokio::task::spawn_blocking(move || {
+                    store.lease_permits(&scope, &node, want, limit, now_ms, until_ms)
+                })
+                .await;
+                match granted {
+                    Ok(Ok(n)) => state.concurrency.set_held(
+                        &function,
+                        n,
+                        asked + PERMITS_LEASE.saturating_sub(std::time::Duration::from_secs(1)),
+                    ),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "cannot lease permits"),
+                    Err(_) => {}
+                }
+            }
+        }
+    });
+}
+
 /// The shared store at `url`, or the embedded one in `data_dir`. Opened off the async threads:
 /// the PostgreSQL client blocks.
 async fn open_store(url: Option<String>, data_dir: PathBuf) -> Result<Store, NodeError> {
@@ -260,6 +299,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     ignition_api::spawn_log_writer(state.clone());
     if state.store.is_shared() {
         follow_reservations(state.clone());
+        state.concurrency.share_reservations();
+        lease_permits(state.clone());
     }
     // The handle is not kept: like the dispatcher, the firer lives as long as the runtime, and
     // what it does is one store transaction at a time.

@@ -15,6 +15,7 @@ mod images;
 mod layers;
 mod logs;
 mod model;
+mod permits;
 pub mod pg;
 mod policies;
 mod provisioned;

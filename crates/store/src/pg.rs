@@ -181,9 +181,20 @@ CREATE TABLE layer_versions (
 );
 ";
 
+/// Concurrency permits the nodes lease (see [`crate::permits`]).
+const SCHEMA_2: &str = "
+CREATE TABLE concurrency_permits (
+    scope       TEXT NOT NULL,
+    node        TEXT NOT NULL,
+    permits     BIGINT NOT NULL,
+    expires_ms  BIGINT NOT NULL,
+    PRIMARY KEY (scope, node)
+);
+";
+
 /// The schema's migrations, oldest first: the database's version is how many were applied.
 /// A migration once released is never edited; a change is a new one at the end.
-pub const MIGRATIONS: &[&str] = &[SCHEMA_1];
+pub const MIGRATIONS: &[&str] = &[SCHEMA_1, SCHEMA_2];
 
 /// The newest schema version this build knows.
 pub fn schema_version() -> i64 {

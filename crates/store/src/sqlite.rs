@@ -144,6 +144,13 @@ CREATE TABLE IF NOT EXISTS function_urls (
     updated_at  INTEGER NOT NULL,
     PRIMARY KEY (function, qualifier)
 );
+CREATE TABLE IF NOT EXISTS concurrency_permits (
+    scope       TEXT NOT NULL,
+    node        TEXT NOT NULL,
+    permits     INTEGER NOT NULL,
+    expires_ms  INTEGER NOT NULL,
+    PRIMARY KEY (scope, node)
+);
 CREATE TABLE IF NOT EXISTS layers (
     name         TEXT PRIMARY KEY,
     last_version INTEGER NOT NULL
@@ -194,7 +201,7 @@ pub(crate) fn schema_version(conn: &Connection) -> Result<i64, StoreError> {
 }
 
 /// The migrations [`migrate`] knows: a database past it was made by a newer version.
-const SCHEMA_VERSION: i64 = 11;
+const SCHEMA_VERSION: i64 = 12;
 
 /// Brings a database made by an earlier version up to [`SCHEMA`]; `user_version` counts the
 /// migrations applied.
@@ -321,6 +328,10 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
             )?;
         }
         conn.pragma_update(None, "user_version", 11)?;
+    }
+    if version < 12 {
+        // The table itself comes with SCHEMA (CREATE TABLE IF NOT EXISTS).
+        conn.pragma_update(None, "user_version", 12)?;
     }
     Ok(())
 }
