@@ -57,6 +57,13 @@ async fn cluster(guest: &InProcessGuest, url: &str, n: usize) -> Vec<TestNode> {
     nodes
 }
 
+/// Stops the nodes in order, the founder last.
+async fn shutdown(nodes: Vec<TestNode>) {
+    for n in nodes.into_iter().rev() {
+        n.node.shutdown().await.unwrap();
+    }
+}
+
 async fn publish(node: &TestNode, name: &str) -> (reqwest::StatusCode, Value) {
     let r = reqwest::Client::new()
         .post(node.url(&format!("/2015-03-31/functions/{name}/versions")))
@@ -125,9 +132,7 @@ async fn in_process_shared_store_serves_a_deploy_at_every_node_at_once() {
     assert_eq!(r.status(), 204);
     assert_eq!(invoke(a, "shared", &json!({})).await.status(), 404);
 
-    for n in nodes.into_iter().rev() {
-        n.node.shutdown().await.unwrap();
-    }
+    shutdown(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,9 +177,7 @@ async fn in_process_shared_store_runs_events_accepted_at_one_node() {
         assert!(Instant::now() < deadline, "events left: {s:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for n in nodes.into_iter().rev() {
-        n.node.shutdown().await.unwrap();
-    }
+    shutdown(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -226,9 +229,7 @@ async fn in_process_shared_store_down_answers_503_and_the_node_resumes_when_it_r
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(invoke(a, "g", &json!({"x": 1})).await.status(), 200);
-    for n in nodes.into_iter().rev() {
-        n.node.shutdown().await.unwrap();
-    }
+    shutdown(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -276,9 +277,7 @@ async fn in_process_shared_store_down_keeps_cached_functions_answering_and_their
             "the log of {id}, made while the store was down"
         );
     }
-    for n in nodes.into_iter().rev() {
-        n.node.shutdown().await.unwrap();
-    }
+    shutdown(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -473,19 +472,7 @@ async fn in_process_cluster_invocations_held_by_a_thief_that_stops_run_again_at_
 async fn in_process_shared_store_nodes_carry_on_through_a_primarys_failover() {
     let mut primary = PgServer::start().unwrap();
     let standby = primary.standby().unwrap();
-    let host = |s: &PgServer| {
-        s.socket_dir()
-            .display()
-            .to_string()
-            .replace('%', "%25")
-            .replace('/', "%2F")
-    };
-    let url = format!(
-        "postgres://{}@{},{}/ignition?target_session_attrs=read-write",
-        ignition_pg_test::USER,
-        host(&primary),
-        host(&standby)
-    );
+    let url = primary.failover_url(&standby);
     let guest = InProcessGuest::new();
     let nodes = cluster(&guest, &url, 2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
@@ -512,9 +499,7 @@ async fn in_process_shared_store_nodes_carry_on_through_a_primarys_failover() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(invoke(a, "g", &json!({})).await.status(), 200);
-    for n in nodes.into_iter().rev() {
-        n.node.shutdown().await.unwrap();
-    }
+    shutdown(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -553,9 +538,7 @@ async fn in_process_shared_store_a_reservation_set_at_one_node_applies_at_every_
             "two ran at once under a reservation of 1"
         );
     }
-    for n in nodes.into_iter().rev() {
-        n.node.shutdown().await.unwrap();
-    }
+    shutdown(nodes).await;
 }
 
 /// A function reserved at 1, six invocations at once spread over three nodes, round after
@@ -640,7 +623,5 @@ async fn in_process_shared_store_a_reservation_of_one_never_runs_two_at_once_in_
     assert_eq!(most.load(Ordering::SeqCst), 1, "two ran at once");
     assert!(ran >= 5, "ran {ran}, refused {refused}");
     assert!(refused > 0, "six at once against one permit");
-    for n in nodes.into_iter().rev() {
-        n.node.shutdown().await.unwrap();
-    }
+    shutdown(nodes).await;
 }

@@ -169,15 +169,27 @@ impl PgServer {
 
     /// The connection URL for database `db`.
     pub fn url_for(&self, db: &str) -> String {
-        // The socket's directory is the host, percent-encoded as libpq's URLs allow.
-        let host: String = self
-            .dir
+        format!("postgres://{USER}@{}/{db}", self.host())
+    }
+
+    /// The URL of the `ignition` database on this primary and `standby`, as a cluster follows
+    /// a failover: both hosts, `target_session_attrs=read-write`.
+    pub fn failover_url(&self, standby: &PgServer) -> String {
+        format!(
+            "postgres://{USER}@{},{}/ignition?target_session_attrs=read-write",
+            self.host(),
+            standby.host()
+        )
+    }
+
+    /// The socket's directory as a URL's host, percent-encoded as libpq's URLs allow.
+    fn host(&self) -> String {
+        self.dir
             .path()
             .display()
             .to_string()
             .replace('%', "%25")
-            .replace('/', "%2F");
-        format!("postgres://{USER}@{host}/{db}")
+            .replace('/', "%2F")
     }
 
     /// The directory holding the server's socket (its `host` parameter).

@@ -264,34 +264,14 @@ fn while_the_server_is_down_cached_reads_answer_and_writes_fail_fast() {
 fn a_primarys_failover_is_followed_without_a_restart() {
     let mut primary = server();
     let standby = primary.standby().unwrap();
-    let host = |s: &PgServer| {
-        s.socket_dir()
-            .display()
-            .to_string()
-            .replace('%', "%25")
-            .replace('/', "%2F")
-    };
-    let url = format!(
-        "postgres://{}@{},{}/ignition?target_session_attrs=read-write",
-        ignition_pg_test::USER,
-        host(&primary),
-        host(&standby)
-    );
+    let url = primary.failover_url(&standby);
     let store = Store::connect(&url).unwrap();
     store
         .put_function(&config("f", "before.handler"), b"code")
         .unwrap();
     let key = store.create_key("acme").unwrap();
     // Replicated before the primary goes (the standby is read-only: it is not the one used).
-    let mut on_standby = postgres::Client::connect(
-        &format!(
-            "postgres://{}@{}/ignition",
-            ignition_pg_test::USER,
-            host(&standby)
-        ),
-        postgres::NoTls,
-    )
-    .unwrap();
+    let mut on_standby = postgres::Client::connect(&standby.url(), postgres::NoTls).unwrap();
     eventually("the standby has the writes", || {
         on_standby
             .query_one("SELECT count(*) FROM credentials", &[])
