@@ -625,3 +625,112 @@ async fn in_process_shared_store_a_reservation_of_one_never_runs_two_at_once_in_
     assert!(refused > 0, "six at once against one permit");
     shutdown(nodes).await;
 }
+
+/// Function URLs and schedules on a cluster (#20's cluster half): a URL made at one node is
+/// served by every node; a schedule's due time, fired by every node at once, fires once; and
+/// with the node that made it gone, the next due time fires at another.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_shared_store_every_node_serves_every_url_and_a_schedule_fires_once() {
+    use std::sync::{Arc, Mutex};
+
+    let seen = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let s = Arc::clone(&seen);
+    let guest = InProcessGuest::new().with_handler(
+        "record.handler",
+        Arc::new(move |call| {
+            let s = Arc::clone(&s);
+            Box::pin(async move {
+                s.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&call.payload).unwrap());
+                ignition_in_process_guest::Reply::json(&json!({ "statusCode": 200, "body": "hi" }))
+            })
+        }),
+    );
+    let pg = PgServer::start().unwrap();
+    let nodes = cluster(&guest, &pg.url(), 3).await;
+    assert_eq!(
+        deploy(&nodes[0], "web", "record.handler", json!({}))
+            .await
+            .status(),
+        201
+    );
+
+    // A URL made at a, served by b and c.
+    let r = reqwest::Client::new()
+        .post(nodes[0].url("/2021-10-31/functions/web/url"))
+        .json(&json!({ "AuthType": "NONE" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let url: Value = r.json().await.unwrap();
+    let url = url["FunctionUrl"].as_str().unwrap().to_owned();
+    let path = &url[url.find("/lambda-url/").unwrap()..];
+    for n in &nodes[1..] {
+        let r = reqwest::get(n.url(&format!("{path}hello"))).await.unwrap();
+        assert_eq!(r.status(), 200, "{path} at {}", n.node.addr());
+        assert_eq!(r.text().await.unwrap(), "hi");
+    }
+
+    // A schedule made at a: every node fires the due time at once; it fires once.
+    let r = reqwest::Client::new()
+        .post(nodes[0].url("/schedules/tick"))
+        .json(&json!({
+            "ScheduleExpression": "rate(1 minute)",
+            "FlexibleTimeWindow": {"Mode": "OFF"},
+            "Target": {
+                "Arn": "arn:aws:lambda:us-east-1:000000000000:function:web",
+                "RoleArn": "arn:aws:iam::000000000000:role/scheduler",
+                "Input": "{\"from\": \"the schedule\"}",
+            },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = get_json(nodes[1].url("/schedules/tick")).await;
+    let first = (got["IgnitionNextFire"].as_f64().unwrap() * 1000.0) as i64;
+    let fired: usize = fire_everywhere(&nodes, first).await;
+    assert_eq!(fired, 1, "three nodes fired one due time");
+    let scheduled = |seen: &Mutex<Vec<Value>>| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["from"] == "the schedule")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scheduled(&seen) < 1 {
+        assert!(Instant::now() < deadline, "the firing never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // a, which made the schedule, goes; the next due time fires at the others, once.
+    let mut nodes = nodes;
+    let a = nodes.remove(0);
+    a.node.shutdown().await.unwrap();
+    let fired: usize = fire_everywhere(&nodes, first + 60_000).await;
+    assert_eq!(fired, 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scheduled(&seen) < 2 {
+        assert!(Instant::now() < deadline, "the second firing never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(scheduled(&seen), 2, "each due time ran once");
+    shutdown(nodes).await;
+}
+
+/// Every node in `nodes` fires what is due at `now_ms`, all at once; how many fired in all.
+async fn fire_everywhere(nodes: &[TestNode], now_ms: i64) -> usize {
+    let fires = nodes.iter().map(|n| {
+        let state = n.node.state().clone();
+        tokio::spawn(async move { ignition_api::fire_due(&state, now_ms).await.unwrap() })
+    });
+    let mut total = 0;
+    for f in fires.collect::<Vec<_>>() {
+        total += f.await.unwrap();
+    }
+    total
+}
