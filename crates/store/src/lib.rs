@@ -1,6 +1,10 @@
-//! The embedded store: function definitions and code bundles, in SQLite in the node's data
-//! directory.
+//! The store: everything a node keeps beyond its caches (functions and their code, versions,
+//! aliases, keys, sessions, policies, tags, layers, URLs, schedules, quotas, asynchronous
+//! events, invocation logs, concurrency permits). Two backends behind one [`Store`]: SQLite in
+//! the node's data directory (a single node), and PostgreSQL, shared by a cluster's nodes
+//! ([`pg`], with each node's cache of it kept current by notifications).
 //!
+//! Each part is written once against one SQL surface (`sql.rs`) and tested on both backends.
 //! Bundles are stored once per content hash (SHA-256 of the canonical tar), so redeploying the
 //! same code costs nothing and a function's record names exactly the code it runs. A bundle no
 //! function refers to any more is removed in the same transaction that dropped the last reference.
