@@ -2,7 +2,8 @@
 //! aliases, keys, sessions, policies, tags, layers, URLs, schedules, quotas, asynchronous
 //! events, invocation logs, concurrency permits). Two backends behind one [`Store`]: SQLite in
 //! the node's data directory (a single node), and PostgreSQL, shared by a cluster's nodes
-//! ([`pg`], with each node's cache of it kept current by notifications).
+//! ([`pg`], through a small pool of connections, with each node's cache of it kept current by
+//! notifications).
 //!
 //! Each part is written once against one SQL surface (`sql.rs`) and tested on both backends.
 //! Bundles are stored once per content hash (SHA-256 of the canonical tar), so redeploying the
@@ -22,6 +23,7 @@ mod model;
 mod permits;
 pub mod pg;
 mod policies;
+mod pool;
 mod provisioned;
 mod quotas;
 mod schedules;

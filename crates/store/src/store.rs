@@ -7,11 +7,11 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::cache::Cache;
+use crate::pool::Pool;
 use crate::sql::{Lite, Pg, Sql};
 
 /// Why a store operation failed.
@@ -64,8 +64,8 @@ pub enum StoreError {
     },
 }
 
-/// The store: one connection behind a mutex. SQLite serializes writers anyway, and every
-/// operation here is short.
+/// The store: on SQLite one connection behind a mutex (SQLite serializes writers anyway, and
+/// every operation here is short); on PostgreSQL a small pool (see [`crate::pool`]).
 pub struct Store {
     backend: Backend,
 }
@@ -77,19 +77,11 @@ enum Backend {
 
 /// The PostgreSQL backend's state.
 struct Shared {
-    config: postgres::Config,
-    /// `None` after the connection was lost, until the next operation reconnects.
-    client: Mutex<Option<postgres::Client>>,
-    /// Until when a failed connection attempt is not retried: while PostgreSQL is down, an
-    /// operation fails at once (and a cached read answers) instead of waiting for a timeout.
-    down_until: Mutex<Option<Instant>>,
+    pool: Pool,
     cache: Arc<Cache>,
     /// Tells the cache's listener to end.
     stop: Arc<AtomicBool>,
 }
-
-/// How long after a failed connection attempt operations fail without trying again.
-const RETRY_CONNECT: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,9 +140,7 @@ impl Store {
             .map_err(|e| StoreError::Invalid(format!("starting the store's listener: {e}")))?;
         Ok(Self {
             backend: Backend::Postgres(Box::new(Shared {
-                config,
-                client: Mutex::new(Some(client)),
-                down_until: Mutex::new(None),
+                pool: Pool::new(config, client),
                 cache,
                 stop,
             })),
@@ -181,8 +171,8 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(conn) => f(&mut Lite(&lock(conn))),
             Backend::Postgres(shared) => {
-                let mut client = lock(&shared.client);
-                let mut db = Pg::new(shared.connected(&mut client)?);
+                let mut client = shared.pool.get()?;
+                let mut db = Pg::new(&mut *client);
                 let out = f(&mut db)?;
                 for scope in db.notified {
                     shared.cache.invalidate(&scope);
@@ -210,9 +200,8 @@ impl Store {
             }
             Backend::Postgres(shared) => {
                 let failed = |doing| move |source| StoreError::Postgres { doing, source };
-                let mut client = lock(&shared.client);
-                let mut tx = shared
-                    .connected(&mut client)?
+                let mut client = shared.pool.get()?;
+                let mut tx = client
                     .transaction()
                     .map_err(failed("starting a transaction"))?;
                 let mut db = Pg::new(&mut tx);
@@ -251,7 +240,7 @@ impl Store {
         // A read is safe to repeat: once more on a new connection when the first found its
         // connection gone (the server restarted, a standby was promoted).
         let read_once = || match self.with(&read) {
-            Err(StoreError::Postgres { .. }) if shared.connection_lost() => self.with(&read),
+            Err(StoreError::Postgres { source, .. }) if source.is_closed() => self.with(&read),
             other => other,
         };
         match read_once() {
@@ -266,48 +255,18 @@ impl Store {
         }
     }
 
+    pub(crate) fn shared_cache(&self) -> Option<&Cache> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(shared) => Some(&shared.cache),
+        }
+    }
+
     /// How many values the node's cache of the shared store holds (0 on SQLite).
     pub fn cached_values(&self) -> usize {
         match &self.backend {
             Backend::Sqlite(_) => 0,
             Backend::Postgres(shared) => shared.cache.len(),
-        }
-    }
-}
-
-impl Shared {
-    /// Whether the connection was found closed (the next operation connects again).
-    fn connection_lost(&self) -> bool {
-        lock(&self.client)
-            .as_ref()
-            .is_some_and(postgres::Client::is_closed)
-    }
-
-    /// The client, connected again if the connection was lost (the server restarted, a
-    /// standby was promoted): the store carries on without the node restarting.
-    fn connected<'a>(
-        &self,
-        client: &'a mut Option<postgres::Client>,
-    ) -> Result<&'a mut postgres::Client, StoreError> {
-        if client.as_ref().is_some_and(postgres::Client::is_closed) {
-            *client = None;
-        }
-        if let Some(c) = client {
-            return Ok(c);
-        }
-        let mut down_until = lock(&self.down_until);
-        if down_until.is_some_and(|t| Instant::now() < t) {
-            return Err(StoreError::Unavailable);
-        }
-        match crate::pg::connect(&self.config) {
-            Ok(c) => {
-                *down_until = None;
-                Ok(client.insert(c))
-            }
-            Err(e) => {
-                *down_until = Instant::now().checked_add(RETRY_CONNECT);
-                Err(e)
-            }
         }
     }
 }
@@ -318,14 +277,11 @@ impl Drop for Store {
             shared.stop.store(true, Ordering::Release);
             // The client says goodbye to the server as it drops, blocking on its own runtime,
             // which an async thread must not do: it drops on a thread of its own.
-            if let Some(client) = shared
-                .client
-                .get_mut()
-                .map_or_else(|p| p.into_inner().take(), Option::take)
-            {
+            let clients = shared.pool.drain();
+            if !clients.is_empty() {
                 let _ = std::thread::Builder::new()
                     .name("store-close".into())
-                    .spawn(move || drop(client));
+                    .spawn(move || drop(clients));
             }
         }
     }
