@@ -91,9 +91,8 @@ async fn attempt(
         .await
         .map_err(|e| e.to_string())?;
     let tenant_limit = state.quotas.of_function(function).concurrency;
-    let _place = state
-        .concurrency
-        .acquire(function, tenant_limit)
+    let _place = crate::permits::admit(state, function, tenant_limit)
+        .await
         .map_err(|e| {
             state
                 .metrics

@@ -219,9 +219,8 @@ pub(crate) async fn run_sync(
     // Logs, metrics and limits are the function's, whichever version runs.
     let function_name = base_name(target);
     let tenant_limit = state.quotas.of_function(function_name).concurrency;
-    let _place = state
-        .concurrency
-        .acquire(function_name, tenant_limit)
+    let _place = crate::permits::admit(state, function_name, tenant_limit)
+        .await
         .inspect_err(|_| {
             state
                 .metrics

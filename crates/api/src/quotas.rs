@@ -50,6 +50,13 @@ impl Quotas {
         self.of(&FunctionId::from_stored(name).tenant)
     }
 
+    /// Replaces every tenant's own quotas with `overrides` (what the store holds now: another
+    /// node of a cluster may have changed them).
+    pub fn replace(&self, overrides: Vec<(String, QuotaOverrides)>) {
+        let mut o = self.overrides.write().unwrap_or_else(|p| p.into_inner());
+        *o = overrides.into_iter().collect();
+    }
+
     fn set(&self, tenant: &str, o: QuotaOverrides) {
         let mut overrides = self.overrides.write().unwrap_or_else(|p| p.into_inner());
         overrides.insert(tenant.to_owned(), o);

@@ -103,59 +103,31 @@ fn images(config: &NodeConfig, data_dir: &Path) -> Result<Arc<ignition_oci::Imag
         .map_err(|e| NodeError::Config(format!("the image cache: {e}")))
 }
 
-/// How often a node on a shared store reads the reservations again.
-const RESERVATIONS_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often a node on a shared store reads the reservations and tenants' quotas again.
+const LIMITS_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// On a shared store, functions' reservations set at any node apply at this one within
-/// [`RESERVATIONS_REFRESH`] (each node enforces a reservation on its own invocations).
-fn follow_reservations(state: ignition_api::AppState) {
+/// On a shared store, functions' reservations and tenants' quotas set at any node apply at
+/// this one within [`LIMITS_REFRESH`] (each node enforces them on its own invocations and
+/// writes, the concurrency ones within the permits it leases).
+fn follow_limits(state: ignition_api::AppState) {
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(RESERVATIONS_REFRESH).await;
+            tokio::time::sleep(LIMITS_REFRESH).await;
             let store = Arc::clone(&state.store);
-            match tokio::task::spawn_blocking(move || store.reserved_concurrency()).await {
-                Ok(Ok(reserved)) => state.concurrency.refresh(reserved),
-                Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the reservations"),
-                Err(_) => {}
-            }
-        }
-    });
-}
-
-/// How often a node on a shared store leases reserved functions' permits again.
-const PERMITS_ROUND: std::time::Duration = std::time::Duration::from_millis(500);
-/// How long a lease lasts without renewal; a node uses its permits a second less.
-const PERMITS_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// On a shared store, leases reserved functions' permits for this node: what it runs, one more
-/// where it refused for want of one, none while idle (see `ignition_store`'s
-/// `lease_permits`). While the store cannot be reached, the node keeps what it holds until its
-/// lease ends, then runs the reserved functions no more.
-fn lease_permits(state: ignition_api::AppState) {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(PERMITS_ROUND).await;
-            for (function, want, limit) in state.concurrency.lease_wants() {
-                let store = Arc::clone(&state.store);
-                let node = state.node_id.clone();
-                let scope = format!("f:{function}");
-                let asked = std::time::Instant::now();
-                let now_ms = ignition_api::now_ms();
-                let until_ms = now_ms
-                    .saturating_add(i64::try_from(PERMITS_LEASE.as_millis()).unwrap_or(i64::MAX));
-                let granted = tokio::task::spawn_blocking(move || {
-                    store.lease_permits(&scope, &node, want, limit, now_ms, until_ms)
-                })
-                .await;
-                match granted {
-                    Ok(Ok(n)) => state.concurrency.set_held(
-                        &function,
-                        n,
-                        asked + PERMITS_LEASE.saturating_sub(std::time::Duration::from_secs(1)),
-                    ),
-                    Ok(Err(e)) => tracing::debug!(error = %e, "cannot lease permits"),
-                    Err(_) => {}
+            let read = tokio::task::spawn_blocking(move || {
+                Ok::<_, ignition_store::StoreError>((
+                    store.reserved_concurrency()?,
+                    store.all_quota_overrides()?,
+                ))
+            })
+            .await;
+            match read {
+                Ok(Ok((reserved, overrides))) => {
+                    state.concurrency.refresh(reserved);
+                    state.quotas.replace(overrides);
                 }
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the limits"),
+                Err(_) => {}
             }
         }
     });
@@ -298,9 +270,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     ignition_api::spawn_dispatcher(state.clone());
     ignition_api::spawn_log_writer(state.clone());
     if state.store.is_shared() {
-        follow_reservations(state.clone());
-        state.concurrency.share_reservations();
-        lease_permits(state.clone());
+        follow_limits(state.clone());
+        ignition_api::spawn_leasing(state.clone());
     }
     // The handle is not kept: like the dispatcher, the firer lives as long as the runtime, and
     // what it does is one store transaction at a time.

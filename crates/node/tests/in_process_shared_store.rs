@@ -626,6 +626,103 @@ async fn in_process_shared_store_a_reservation_of_one_never_runs_two_at_once_in_
     shutdown(nodes).await;
 }
 
+/// A tenant's concurrency quota of 2, set at one node, over two functions invoked six at
+/// once spread over three nodes, round after round: never more than two of the tenant's
+/// invocations run at once anywhere. And a node that holds no permit yet leases one on the
+/// spot: the first invocation at each node runs instead of being refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_shared_store_a_tenants_concurrency_quota_holds_across_the_cluster() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    let running = Arc::new(AtomicU32::new(0));
+    let most = Arc::new(AtomicU32::new(0));
+    let (r, m) = (Arc::clone(&running), Arc::clone(&most));
+    let guest = InProcessGuest::new().with_handler(
+        "overlap.handler",
+        Arc::new(move |_call| {
+            let (r, m) = (Arc::clone(&r), Arc::clone(&m));
+            Box::pin(async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                ignition_in_process_guest::Reply::json(&json!({ "ok": true }))
+            })
+        }),
+    );
+    let pg = PgServer::start().unwrap();
+    let nodes = cluster(&guest, &pg.url(), 3).await;
+    for f in ["p", "q"] {
+        assert_eq!(
+            deploy(&nodes[0], f, "overlap.handler", json!({}))
+                .await
+                .status(),
+            201
+        );
+    }
+    let tenant = ignition_types::DEFAULT_TENANT;
+    let r = reqwest::Client::new()
+        .put(nodes[1].url(&format!("/v1/tenants/{tenant}/quotas")))
+        .json(&json!({ "concurrency": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for n in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while get_json(n.url(&format!("/v1/tenants/{tenant}/quotas"))).await["quotas"]
+            ["concurrency"]
+            != 2
+        {
+            assert!(Instant::now() < deadline, "a node never learned the quota");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let r = invoke(n, if i % 2 == 0 { "p" } else { "q" }, &json!({})).await;
+        assert_eq!(r.status(), 200, "the first invocation at node {i}");
+    }
+    let (mut ran, mut refused) = (0, 0);
+    for _ in 0..15 {
+        let calls: Vec<_> = (0..6)
+            .map(|i| {
+                let f = if i % 2 == 0 { "p" } else { "q" };
+                let url = nodes[i % 3].url(&format!("/2015-03-31/functions/{f}/invocations"));
+                tokio::spawn(async move {
+                    let r = reqwest::Client::new()
+                        .post(url)
+                        .json(&json!({}))
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = r.status().as_u16();
+                    (status, r.text().await.unwrap())
+                })
+            })
+            .collect();
+        for c in calls {
+            match c.await.unwrap() {
+                (200, _) => ran += 1,
+                (429, body) => {
+                    assert!(body.contains("--quota-concurrency"), "{body}");
+                    refused += 1;
+                }
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        most <= 2,
+        "{most} of the tenant's ran at once under a quota of 2"
+    );
+    assert!(ran >= 15, "ran {ran}, refused {refused}");
+    assert!(refused > 0, "six at once against two permits");
+    shutdown(nodes).await;
+}
+
 /// Function URLs and schedules on a cluster (#20's cluster half): a URL made at one node is
 /// served by every node; a schedule's due time, fired by every node at once, fires once; and
 /// with the node that made it gone, the next due time fires at another.

@@ -10,9 +10,13 @@
 //! listener is not connected, notifications may be missed: reads go to the database first and
 //! fall back to the cache only when the database cannot answer; when the listener connects
 //! again, everything cached is dropped.
+//!
+//! The same channel carries one more kind of message, `p:SCOPE`: a node asked for concurrency
+//! permits of `SCOPE` and got fewer than it wanted (see [`crate::permits`]); each node notes
+//! it so that it gives back what it holds and does not use.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +37,9 @@ pub(crate) fn key_scope(id: &str) -> String {
     format!("k:{id}")
 }
 
+/// The prefix of a notification saying a node is short of permits of a scope.
+pub(crate) const PERMITS_WANTED: &str = "p:";
+
 type Entries = HashMap<String, HashMap<String, Arc<dyn Any + Send + Sync>>>;
 
 /// Cached values by scope, then by what within the scope.
@@ -41,6 +48,8 @@ pub(crate) struct Cache {
     entries: Mutex<Entries>,
     generation: AtomicU64,
     synchronized: AtomicBool,
+    /// Permit scopes some node was short of since the last [`Cache::take_wanted`].
+    wanted: Mutex<HashSet<String>>,
 }
 
 impl Cache {
@@ -89,6 +98,20 @@ impl Cache {
         let mut entries = self.entries();
         self.generation.fetch_add(1, Ordering::AcqRel);
         entries.remove(scope);
+    }
+
+    /// Notes that a node was short of permits of `scope`.
+    fn wanted(&self, scope: &str) {
+        let mut wanted = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a scope is noted once, and the set is drained every few hundred ms.
+        if wanted.len() < 10_000 {
+            wanted.insert(scope.to_owned());
+        }
+    }
+
+    /// The permit scopes some node was short of since the last call.
+    pub(crate) fn take_wanted(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.wanted.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn clear(&self) {
@@ -148,7 +171,10 @@ fn listen(client: &mut postgres::Client, cache: &Cache, stop: &AtomicBool) {
             let mut it = notifications.timeout_iter(LISTEN_TICK);
             loop {
                 match it.next() {
-                    Ok(Some(n)) => cache.invalidate(n.payload()),
+                    Ok(Some(n)) => match n.payload().strip_prefix(PERMITS_WANTED) {
+                        Some(scope) => cache.wanted(scope),
+                        None => cache.invalidate(n.payload()),
+                    },
                     Ok(None) => break,
                     Err(_) => return,
                 }

@@ -4,6 +4,10 @@
 //! the leases of a scope never add up to more than its limit, whoever asks at once (the
 //! lease is decided under the scope's lock). On a single node's store the one node leases
 //! the whole limit.
+//!
+//! A node granted fewer than it asked for says so to every node (a `NOTIFY`, see
+//! [`crate::cache`]); [`Store::permits_wanted`] tells a node which scopes others were short of,
+//! so that it gives back at once what it holds and does not use.
 
 use crate::sql::vals;
 use crate::store::{Store, StoreError};
@@ -36,6 +40,9 @@ impl Store {
                 .int(0)?;
             let free = i64::from(limit).saturating_sub(others).max(0);
             let grant = u32::try_from(i64::from(want).min(free)).unwrap_or(0);
+            if grant < want {
+                db.notify(&format!("{}{scope}", crate::cache::PERMITS_WANTED))?;
+            }
             if grant == 0 {
                 db.execute(
                     "DELETE FROM concurrency_permits WHERE scope = $1 AND node = $2",
@@ -52,6 +59,14 @@ impl Store {
             }
             Ok(grant)
         })
+    }
+
+    /// The permit scopes some node was granted fewer of than it asked for since the last
+    /// call (none on a single node's store).
+    pub fn permits_wanted(&self) -> std::collections::HashSet<String> {
+        self.shared_cache()
+            .map(|c| c.take_wanted())
+            .unwrap_or_default()
     }
 }
 
@@ -79,6 +94,36 @@ mod tests {
             assert_eq!(a.lease_permits("f:x", "a", 3, 3, 1701, 2700).unwrap(), 3);
             // Scopes are apart.
             assert_eq!(b.lease_permits("f:y", "b", 1, 1, 1701, 2700).unwrap(), 1);
+        }
+    }
+
+    #[test]
+    fn a_node_refused_permits_tells_the_others() {
+        for (backend, a, b, _dir) in crate::testing::two_nodes() {
+            let listening = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while a.shared_cache().is_some_and(|c| !c.synchronized()) {
+                assert!(std::time::Instant::now() < listening, "never listening");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            assert_eq!(a.lease_permits("t:acme", "a", 2, 2, 0, 1000).unwrap(), 2);
+            assert_eq!(b.lease_permits("t:beta", "b", 1, 2, 0, 1000).unwrap(), 1);
+            assert!(a.permits_wanted().is_empty() && b.permits_wanted().is_empty());
+            assert_eq!(b.lease_permits("t:acme", "b", 1, 2, 0, 1000).unwrap(), 0);
+            if !a.is_shared() {
+                assert!(
+                    a.permits_wanted().is_empty(),
+                    "{backend}: one node, nobody else"
+                );
+                continue;
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let mut heard = std::collections::HashSet::new();
+            while !heard.contains("t:acme") {
+                assert!(std::time::Instant::now() < deadline, "{backend}: {heard:?}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                heard.extend(a.permits_wanted());
+            }
+            assert!(!heard.contains("t:beta"), "{heard:?}");
         }
     }
 
