@@ -2,8 +2,9 @@
 //! large bundle written, a transaction waiting on another node's lock) does not hold up the
 //! node's other store operations; opened as needed and kept for the next operation.
 //!
-//! A connection found closed (the server restarted, a standby was promoted) is dropped and the
-//! next operation connects again, so the store carries on without the node restarting. After
+//! A connection found closed (the server restarted, a standby was promoted) is dropped with
+//! every idle one (they went to the same server) and the next operation connects again, so
+//! the store carries on without the node restarting. After
 //! a connection attempt fails, operations fail at once for [`RETRY_CONNECT`] instead of each
 //! waiting for a timeout while PostgreSQL is down.
 //!
@@ -12,6 +13,7 @@
 //! answer from its cache).
 
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,8 @@ pub(crate) struct Pool {
     config: postgres::Config,
     state: Mutex<State>,
     freed: Condvar,
+    /// How many times a connection was found closed.
+    losses: AtomicU64,
 }
 
 #[derive(Default)]
@@ -56,7 +60,14 @@ impl Pool {
                 down_until: None,
             }),
             freed: Condvar::new(),
+            losses: AtomicU64::new(0),
         }
+    }
+
+    /// How many times a connection was found closed: an operation that failed while this
+    /// changed may succeed on a new connection.
+    pub(crate) fn losses(&self) -> u64 {
+        self.losses.load(Ordering::Acquire)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -147,10 +158,18 @@ impl Drop for Conn<'_> {
         };
         let mut state = self.pool.state();
         if client.is_closed() {
-            state.open -= 1;
+            let stale = std::mem::take(&mut state.idle);
+            state.open -= 1 + stale.len();
             drop(state);
-            // A closed client's drop does not block on the server.
+            self.pool.losses.fetch_add(1, Ordering::AcqRel);
+            // A closed client's drop does not wait on the server; the idle ones may (saying
+            // goodbye to a server that is gone), so they drop on a thread of their own.
             drop(client);
+            if !stale.is_empty() {
+                let _ = std::thread::Builder::new()
+                    .name("store-close".into())
+                    .spawn(move || drop(stale));
+            }
         } else {
             state.idle.push(client);
         }

@@ -239,9 +239,14 @@ impl Store {
         let generation = cache.generation();
         // A read is safe to repeat: once more on a new connection when the first found its
         // connection gone (the server restarted, a standby was promoted).
-        let read_once = || match self.with(&read) {
-            Err(StoreError::Postgres { source, .. }) if source.is_closed() => self.with(&read),
-            other => other,
+        let read_once = || {
+            let losses = shared.pool.losses();
+            match self.with(&read) {
+                Err(StoreError::Postgres { .. }) if shared.pool.losses() != losses => {
+                    self.with(&read)
+                }
+                other => other,
+            }
         };
         match read_once() {
             Ok(v) => {
