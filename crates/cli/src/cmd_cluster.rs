@@ -5,11 +5,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
+use anyhow::{Context, Result};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ClusterCommand {
@@ -20,15 +16,15 @@ pub(crate) enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Makes a cluster CA and a certificate and key for each node (`ca.pem`, `ca-key.pem`,
-    /// `NODE.pem`, `NODE-key.pem`); start each server with `--cluster-ca ca.pem
-    /// --cluster-cert NODE.pem --cluster-key NODE-key.pem`. Keep `ca-key.pem` away from the
-    /// nodes: it makes members.
+    /// Makes a cluster CA and a certificate and key for each node, naming the node
+    /// (`ca.pem`, `ca-key.pem`, `NODE.pem`, `NODE-key.pem`); start each server with
+    /// `--node-id NODE --cluster-ca ca.pem --cluster-cert NODE.pem --cluster-key
+    /// NODE-key.pem`. Keep `ca-key.pem` away from the nodes: it makes members.
     Certs {
         /// Where to write them (created if missing; existing files are not overwritten).
         #[arg(long)]
         dir: PathBuf,
-        /// A node id (repeatable).
+        /// A node id (repeatable): 1 to 100 letters, digits, '-', '_' and '.'.
         #[arg(long = "node", required = true)]
         nodes: Vec<String>,
     },
@@ -85,47 +81,13 @@ fn status(global: &crate::GlobalArgs, json: bool) -> Result<()> {
 }
 
 fn certs(dir: &Path, nodes: &[String]) -> Result<()> {
-    for n in nodes {
-        if n.is_empty()
-            || !n
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            bail!("node id {n:?}: use letters, digits, '-' and '_'");
-        }
-    }
+    let made = ignition_cluster::make_certs(nodes)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Ignition cluster CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
-    write(dir, "ca.pem", ca.pem().as_bytes(), 0o644)?;
-    write(dir, "ca-key.pem", ca_key.serialize_pem().as_bytes(), 0o600)?;
-    for node in nodes {
-        // Every node carries the one cluster name; its id goes in the subject.
-        let mut p = CertificateParams::new(vec![ignition_cluster::TLS_SERVER_NAME.to_owned()])?;
-        p.distinguished_name.push(DnType::CommonName, node.as_str());
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate()?;
-        let cert = p.signed_by(&key, &ca, &ca_key)?;
-        write(dir, &format!("{node}.pem"), cert.pem().as_bytes(), 0o644)?;
-        write(
-            dir,
-            &format!("{node}-key.pem"),
-            key.serialize_pem().as_bytes(),
-            0o600,
-        )?;
+    write(dir, "ca.pem", made.ca.as_bytes(), 0o644)?;
+    write(dir, "ca-key.pem", made.ca_key.as_bytes(), 0o600)?;
+    for (node, cert, key) in &made.nodes {
+        write(dir, &format!("{node}.pem"), cert.as_bytes(), 0o644)?;
+        write(dir, &format!("{node}-key.pem"), key.as_bytes(), 0o600)?;
     }
     println!(
         "wrote ca.pem, ca-key.pem and a certificate and key for {} node(s) to {}",

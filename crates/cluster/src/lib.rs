@@ -13,12 +13,14 @@
 //! runs twice at once).
 //!
 //! Membership and failure detection are gossip (chitchat, see [`membership`]); everything
-//! else between nodes is gRPC (tonic; `proto/cluster.proto`). Functions, keys and the other
+//! else between nodes is gRPC (tonic; `proto/cluster.proto`), on mutual TLS where each
+//! certificate names its node ([`identity`]). Functions, keys and the other
 //! records are not sent between nodes: the nodes share one store (PostgreSQL).
 
 mod bundles;
 mod config;
 mod convert;
+mod identity;
 mod ledger;
 mod membership;
 mod node;
@@ -42,13 +44,12 @@ pub mod pb {
 }
 
 pub use config::{ClusterConfig, ClusterTls, NodeConfig};
+pub use identity::{
+    check_own_certificate, make_certs, node_tls_name, validate_node_id, ClusterCerts, MAX_NODE_ID,
+};
 pub use membership::Peer;
 pub use node::{Node, Ran};
 pub use stats::{NodeStats, PeerStats};
-
-/// The name every node's certificate carries and every node checks, whatever its address:
-/// membership says which addresses are nodes, the CA says which certificates are.
-pub const TLS_SERVER_NAME: &str = "ignition-cluster";
 
 /// The largest message between nodes: a bundle (250 MiB expanded, as Lambda's limit) or a
 /// 6 MiB event, with room to spare.

@@ -1,4 +1,6 @@
-//! gRPC clients of the other nodes, one lazily connected channel per endpoint.
+//! gRPC clients of the other nodes, one lazily connected channel per node and endpoint. On
+//! mutual TLS a channel accepts only the certificate of the node it was made for
+//! ([`crate::identity`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -6,16 +8,17 @@ use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::membership::Peer;
 use crate::pb::node_client::NodeClient;
-use crate::{ClusterError, ClusterTls, MAX_MESSAGE, TLS_SERVER_NAME};
+use crate::{ClusterError, ClusterTls, MAX_MESSAGE};
 
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 
-/// Clients by endpoint.
+/// Clients by node id and endpoint.
 #[derive(Debug, Default)]
 pub(crate) struct Clients {
-    by_endpoint: Mutex<HashMap<String, NodeClient<Channel>>>,
+    by_peer: Mutex<HashMap<(String, String), NodeClient<Channel>>>,
     tls: Option<ClusterTls>,
 }
 
@@ -23,15 +26,17 @@ impl Clients {
     /// Clients that speak mutual TLS with `tls`, or plaintext.
     pub(crate) fn new(tls: Option<ClusterTls>) -> Self {
         Self {
-            by_endpoint: Mutex::new(HashMap::new()),
+            by_peer: Mutex::new(HashMap::new()),
             tls,
         }
     }
 
-    /// The client of the node at `endpoint` (`http://HOST:PORT`).
-    pub(crate) fn get(&self, endpoint: &str) -> Result<NodeClient<Channel>, ClusterError> {
-        let mut map = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(endpoint) {
+    /// The client of `peer` at its endpoint (`http://HOST:PORT`, `https://` on TLS).
+    pub(crate) fn get(&self, peer: &Peer) -> Result<NodeClient<Channel>, ClusterError> {
+        let endpoint = peer.endpoint.as_str();
+        let key = (peer.id.clone(), peer.endpoint.clone());
+        let mut map = self.by_peer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
         let mut ep = Endpoint::from_shared(endpoint.to_owned())
@@ -43,7 +48,7 @@ impl Clients {
                 let config = ClientTlsConfig::new()
                     .ca_certificate(Certificate::from_pem(&tls.ca))
                     .identity(Identity::from_pem(&tls.cert, &tls.key))
-                    .domain_name(TLS_SERVER_NAME);
+                    .domain_name(crate::node_tls_name(&peer.id));
                 ep = ep
                     .tls_config(config)
                     .map_err(|e| ClusterError::Tls(e.to_string()))?;
@@ -61,7 +66,7 @@ impl Clients {
         let client = NodeClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        map.insert(endpoint.to_owned(), client.clone());
+        map.insert(key, client.clone());
         Ok(client)
     }
 }

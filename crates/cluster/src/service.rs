@@ -57,6 +57,27 @@ pub(crate) async fn serve(node: Arc<Node>, addr: SocketAddr) -> Result<(), Clust
     Ok(())
 }
 
+impl Service {
+    /// Whether a call made on behalf of node `claimed` may be: on mutual TLS only when the
+    /// caller's certificate names that node (see [`crate::identity`]); without TLS every
+    /// caller is taken at its word (a network only the nodes reach).
+    fn speaks_for<T>(&self, r: &Request<T>, claimed: &str) -> bool {
+        if self.node.cluster.as_ref().is_none_or(|c| c.tls.is_none()) {
+            return true;
+        }
+        r.peer_certs()
+            .and_then(|certs| certs.first().cloned())
+            .is_some_and(|leaf| crate::identity::names_node(&leaf, claimed))
+    }
+}
+
+/// The answer to a call made on behalf of a node whose certificate the caller does not hold.
+fn not_that_node(claimed: &str) -> Status {
+    Status::permission_denied(format!(
+        "the caller's certificate is not node {claimed:?}'s"
+    ))
+}
+
 #[tonic::async_trait]
 impl NodeService for Service {
     async fn probe(
@@ -82,6 +103,9 @@ impl NodeService for Service {
         &self,
         r: Request<pb::StealRequest>,
     ) -> Result<Response<pb::StealReply>, Status> {
+        if !self.speaks_for(&r, &r.get_ref().thief) {
+            return Err(not_that_node(&r.get_ref().thief));
+        }
         let r = r.into_inner();
         let n = &self.node;
         if n.stopping.load(Ordering::Relaxed) || r.thief.is_empty() || r.thief == n.id {
@@ -134,6 +158,9 @@ impl NodeService for Service {
     }
 
     async fn offer(&self, r: Request<pb::Invocation>) -> Result<Response<pb::OfferReply>, Status> {
+        if !self.speaks_for(&r, &r.get_ref().origin) {
+            return Err(not_that_node(&r.get_ref().origin));
+        }
         let accepted = self.node.accept_offer(r.into_inner()).await;
         Ok(Response::new(pb::OfferReply { accepted }))
     }
@@ -142,6 +169,9 @@ impl NodeService for Service {
         &self,
         r: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteReply>, Status> {
+        if !self.speaks_for(&r, &r.get_ref().executor) {
+            return Err(not_that_node(&r.get_ref().executor));
+        }
         let r = r.into_inner();
         let n = &self.node;
         let task = n.ledger.lock().unwrap_or_else(|p| p.into_inner()).complete(
@@ -165,6 +195,9 @@ impl NodeService for Service {
         &self,
         r: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewReply>, Status> {
+        if !self.speaks_for(&r, &r.get_ref().thief) {
+            return Err(not_that_node(&r.get_ref().thief));
+        }
         let r = r.into_inner();
         let now = tokio::time::Instant::now().into_std();
         let mut ledger = self.node.ledger.lock().unwrap_or_else(|p| p.into_inner());

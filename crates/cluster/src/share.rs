@@ -60,7 +60,7 @@ impl Node {
                 Instant::now().into_std(),
             );
             self.counters.offered.fetch_add(1, Ordering::Relaxed);
-            let answer = match self.clients.get(&target.endpoint) {
+            let answer = match self.clients.get(&target) {
                 Ok(mut c) => call(&target.endpoint, "offer", OFFER_TIMEOUT, c.offer(inv)).await,
                 Err(e) => Err(e),
             };

@@ -44,7 +44,7 @@ impl Node {
         let Some(peer) = peers.get(victim - 1).cloned() else {
             return Ok(Vec::new());
         };
-        let mut client = self.clients.get(&peer.endpoint)?;
+        let mut client = self.clients.get(&peer)?;
         self.counters.steal_requests.fetch_add(1, Ordering::Relaxed);
         let reply = call(
             &peer.endpoint,
@@ -80,7 +80,7 @@ impl Node {
             let Some(peer) = peers.get(i - 1) else {
                 continue;
             };
-            let Ok(mut client) = self.clients.get(&peer.endpoint) else {
+            let Ok(mut client) = self.clients.get(peer) else {
                 continue;
             };
             let (endpoint, from) = (peer.endpoint.clone(), self.id.clone());
@@ -109,7 +109,7 @@ impl Node {
         let mut probes = tokio::task::JoinSet::new();
         for peer in peers {
             let id = peer.id.clone();
-            let Ok(mut client) = self.clients.get(&peer.endpoint) else {
+            let Ok(mut client) = self.clients.get(peer) else {
                 probes.spawn(async move { (id, None) });
                 continue;
             };
@@ -196,7 +196,7 @@ impl Node {
             result: Some(convert::result(&outcome)),
         };
         for n in 1..=COMPLETE_TRIES {
-            let sent = match self.clients.get(&origin.endpoint) {
+            let sent = match self.clients.get(&origin) {
                 Ok(mut c) => {
                     call(
                         &origin.endpoint,
@@ -263,7 +263,7 @@ impl Node {
         if let Some(tar) = self.bundles.get(sha256) {
             return Ok(tar.as_ref().clone());
         }
-        let mut client = self.clients.get(&from.endpoint)?;
+        let mut client = self.clients.get(from)?;
         let reply = call(
             &from.endpoint,
             "fetch bundle",
@@ -293,22 +293,23 @@ impl Node {
 pub(crate) async fn renew_held(node: &Arc<Node>, lease: Duration) {
     /// (origin, id, attempt)
     type HeldRef = (String, String, u32);
-    let by_origin: Vec<(String, Vec<HeldRef>)> = {
+    let by_origin: Vec<(Peer, Vec<HeldRef>)> = {
         let held = node.held.lock().unwrap_or_else(|p| p.into_inner());
-        let mut map: std::collections::BTreeMap<String, Vec<HeldRef>> =
+        let mut map: std::collections::BTreeMap<(String, String), Vec<HeldRef>> =
             std::collections::BTreeMap::new();
         for ((origin, id), h) in held.iter() {
-            map.entry(h.endpoint.clone()).or_default().push((
-                origin.clone(),
-                id.clone(),
-                h.attempt,
-            ));
+            let key = (origin.clone(), h.endpoint.clone());
+            map.entry(key)
+                .or_default()
+                .push((origin.clone(), id.clone(), h.attempt));
         }
-        map.into_iter().collect()
+        map.into_iter()
+            .map(|((id, endpoint), items)| (Peer { id, endpoint }, items))
+            .collect()
     };
     // Every origin at once: one slow origin must not delay the others' renewals.
     let mut renewals = tokio::task::JoinSet::new();
-    for (endpoint, items) in by_origin {
+    for (origin, items) in by_origin {
         let request = pb::RenewRequest {
             thief: node.id.clone(),
             held: items
@@ -319,7 +320,8 @@ pub(crate) async fn renew_held(node: &Arc<Node>, lease: Duration) {
                 })
                 .collect(),
         };
-        let client = node.clients.get(&endpoint);
+        let client = node.clients.get(&origin);
+        let endpoint = origin.endpoint;
         renewals.spawn(async move {
             let reply = match client {
                 Ok(mut c) => call(&endpoint, "renew", lease / 4, c.renew(request)).await,

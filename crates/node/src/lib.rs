@@ -224,6 +224,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         .local_addr()
         .map_err(NodeError::io("reading the API's address"))?;
     let cluster = cluster_config(&config, addr)?;
+    if let Some(c) = &cluster {
+        ignition_cluster::validate_node_id(&node_id).map_err(NodeError::Config)?;
+        if let Some(tls) = &c.tls {
+            ignition_cluster::check_own_certificate(tls, &node_id).map_err(NodeError::Cluster)?;
+        }
+    }
     let node = ignition_cluster::Node::start(
         ignition_cluster::NodeConfig {
             node_id: node_id.clone(),

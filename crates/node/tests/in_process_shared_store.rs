@@ -831,3 +831,141 @@ async fn fire_everywhere(nodes: &[TestNode], now_ms: i64) -> usize {
     }
     total
 }
+
+/// The cluster's mutual TLS names each node (#18): a node started with another node's
+/// certificate stops at start, saying why; a member's certificate speaks only for its own node
+/// (a call on another's behalf is refused); and a node's address answers only as that node.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_cluster_tls_a_certificate_speaks_only_for_the_node_it_names() {
+    use ignition_cluster::pb;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+    let pg = PgServer::start().unwrap();
+    let guest = InProcessGuest::new();
+    let certs_dir = tempfile::tempdir().unwrap();
+    let made = ignition_cluster::make_certs(&["a".into(), "b".into(), "m".into()]).unwrap();
+    let ca_path = certs_dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &made.ca).unwrap();
+    let mut pems = std::collections::HashMap::new();
+    for (id, cert, key) in &made.nodes {
+        let (c, k) = (
+            certs_dir.path().join(format!("{id}.pem")),
+            certs_dir.path().join(format!("{id}-key.pem")),
+        );
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        pems.insert(id.as_str(), (c, k, cert.clone(), key.clone()));
+    }
+    let tls = |id: &str| ignition_node::ClusterTlsFiles {
+        ca: ca_path.clone(),
+        cert: pems[id].0.clone(),
+        key: pems[id].1.clone(),
+    };
+    let node_config = |dir: &std::path::Path, id: &str, cert_of: &str, addr, peers| {
+        let mut c = config(dir, &guest);
+        c.store = Some(pg.url());
+        c.cluster.node_id = Some(id.to_owned());
+        c.cluster.addr = Some(addr);
+        c.cluster.peers = peers;
+        c.cluster.tls = Some(tls(cert_of));
+        c.worker.pool_memory_mib = 0;
+        c
+    };
+
+    // Started with m's certificate as node b: refused, naming what to do.
+    let dir = tempfile::tempdir().unwrap();
+    let Err(e) = ignition_node::start(node_config(dir.path(), "b", "m", free_addr(), vec![])).await
+    else {
+        panic!("a node with another's certificate must not start");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("not node \"b\"'s") && e.contains("ignition cluster certs"),
+        "{e}"
+    );
+
+    let a_addr = free_addr();
+    let mut nodes = Vec::new();
+    for (id, addr, peers) in [
+        ("a", a_addr, vec![]),
+        ("b", free_addr(), vec![a_addr.to_string()]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let node = ignition_node::start(node_config(dir.path(), id, id, addr, peers))
+            .await
+            .unwrap();
+        nodes.push(TestNode {
+            node,
+            counters: guest.counters(),
+            _dir: dir,
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s: Value = get_json(nodes[0].url("/v1/stats")).await;
+        if s["cluster"]["peers"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a and b never met: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A client of a's cluster port holding `cert_of`'s certificate, expecting node `expect`.
+    let client = |cert_of: &str, expect: &str| {
+        let (_, _, cert, key) = &pems[cert_of];
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&made.ca))
+            .identity(Identity::from_pem(cert, key))
+            .domain_name(ignition_cluster::node_tls_name(expect));
+        let channel = Endpoint::from_shared(format!("https://{a_addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_lazy();
+        pb::node_client::NodeClient::new(channel)
+    };
+    let mut m = client("m", "a");
+    let denied = m
+        .steal(pb::StealRequest {
+            thief: "b".into(),
+            max: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
+    let denied = m
+        .renew(pb::RenewRequest {
+            thief: "b".into(),
+            held: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
+    let denied = m
+        .complete(pb::CompleteRequest {
+            id: "x".into(),
+            attempt: 1,
+            executor: "b".into(),
+            result: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
+    // On its own behalf the member is answered (nothing queued, nothing lent).
+    let own = m
+        .steal(pb::StealRequest {
+            thief: "m".into(),
+            max: 1,
+        })
+        .await
+        .unwrap();
+    assert!(own.into_inner().invocations.is_empty());
+    // a's address does not pass for b's: a channel made for b there fails its handshake.
+    let mut as_b = client("m", "b");
+    let e = as_b
+        .probe(pb::ProbeRequest { from: "m".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    shutdown(nodes).await;
+}
