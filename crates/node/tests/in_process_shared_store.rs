@@ -541,11 +541,9 @@ async fn in_process_shared_store_a_reservation_set_at_one_node_applies_at_every_
     shutdown(nodes).await;
 }
 
-/// A function reserved at 1, six invocations at once spread over three nodes, round after
-/// round: never two running at once anywhere (the handler, shared by every node's guests,
-/// records how many run at once), and every invocation either runs or is refused with 429.
-#[tokio::test(flavor = "multi_thread")]
-async fn in_process_shared_store_a_reservation_of_one_never_runs_two_at_once_in_the_cluster() {
+/// A guest whose `overlap.handler` (150 ms) records the most invocations that ever ran at
+/// once, across every node using the guest.
+fn overlap_guest() -> (InProcessGuest, std::sync::Arc<std::sync::atomic::AtomicU32>) {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
 
@@ -565,6 +563,17 @@ async fn in_process_shared_store_a_reservation_of_one_never_runs_two_at_once_in_
             })
         }),
     );
+    (guest, most)
+}
+
+/// A function reserved at 1, six invocations at once spread over three nodes, round after
+/// round: never two running at once anywhere (the handler, shared by every node's guests,
+/// records how many run at once), and every invocation either runs or is refused with 429.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_shared_store_a_reservation_of_one_never_runs_two_at_once_in_the_cluster() {
+    use std::sync::atomic::Ordering;
+
+    let (guest, most) = overlap_guest();
     let pg = PgServer::start().unwrap();
     let nodes = cluster(&guest, &pg.url(), 3).await;
     assert_eq!(
@@ -632,25 +641,9 @@ async fn in_process_shared_store_a_reservation_of_one_never_runs_two_at_once_in_
 /// spot: the first invocation at each node runs instead of being refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn in_process_shared_store_a_tenants_concurrency_quota_holds_across_the_cluster() {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
-    let running = Arc::new(AtomicU32::new(0));
-    let most = Arc::new(AtomicU32::new(0));
-    let (r, m) = (Arc::clone(&running), Arc::clone(&most));
-    let guest = InProcessGuest::new().with_handler(
-        "overlap.handler",
-        Arc::new(move |_call| {
-            let (r, m) = (Arc::clone(&r), Arc::clone(&m));
-            Box::pin(async move {
-                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
-                m.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                r.fetch_sub(1, Ordering::SeqCst);
-                ignition_in_process_guest::Reply::json(&json!({ "ok": true }))
-            })
-        }),
-    );
+    let (guest, most) = overlap_guest();
     let pg = PgServer::start().unwrap();
     let nodes = cluster(&guest, &pg.url(), 3).await;
     for f in ["p", "q"] {
