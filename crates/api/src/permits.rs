@@ -5,7 +5,8 @@
 //!
 //! The invoke path asks the store only when the node holds too few permits for one more
 //! invocation (the first of a tenant or a reserved function on this node in a while, or one
-//! more at once than it ran before); otherwise it counts locally. A node refused what it asked
+//! more at once than it ran before), and waits for it at most [`ASK_WITHIN`]; otherwise it
+//! counts locally. A node refused what it asked
 //! for tells the others, which give back at their next [`ROUND`] what they hold and do not
 //! use, and asks again for up to [`RETRIES`] rounds before answering 429. In the background
 //! a node renews its leases a third of the way through them and gives back permits unused
@@ -31,9 +32,14 @@ const RENEW_WITHIN: Duration = Duration::from_secs(20);
 const IDLE: Duration = Duration::from_secs(10);
 /// How many more rounds an invocation the store refused a permit waits for one.
 const RETRIES: u32 = 2;
+/// How long an invocation waits for the store's answer when it asks for a permit: past it,
+/// the invocation runs within what the node holds (or is refused), and the answer is
+/// recorded when it comes.
+const ASK_WITHIN: Duration = Duration::from_millis(500);
 
 /// A place for one invocation of `function` (a stored name), whose tenant may run
-/// `tenant_limit` at once, or 429: on a shared store the node first leases what it lacks.
+/// `tenant_limit` at once, or 429: on a shared store the node first leases what it lacks,
+/// waiting for the store at most [`ASK_WITHIN`] each time.
 pub(crate) async fn admit(
     state: &AppState,
     function: &str,
@@ -42,12 +48,18 @@ pub(crate) async fn admit(
     let short = state.concurrency.shortfall(function, tenant_limit);
     let mut tries = 0;
     while !short.is_empty() {
-        let still = {
-            let _leasing = state.concurrency.leasing.lock().await;
-            let wants = state.concurrency.recount(&short);
-            lease(state, wants).await
+        // The lease runs as a task of its own, holding the node's leasing lock until the store
+        // answers and what it granted is recorded, whether or not this invocation still waits.
+        let asking = {
+            let (state, short) = (state.clone(), short.clone());
+            tokio::spawn(async move {
+                let _leasing = state.concurrency.leasing.lock().await;
+                let wants = state.concurrency.recount(&short);
+                lease(&state, wants).await
+            })
         };
-        if !still || tries == RETRIES {
+        let still_short = matches!(tokio::time::timeout(ASK_WITHIN, asking).await, Ok(Ok(true)));
+        if !still_short || tries == RETRIES {
             break;
         }
         tries += 1;

@@ -1,11 +1,12 @@
 //! Who is in the cluster and alive: gossip with failure detection, by chitchat.
 //!
 //! Why chitchat: it is Quickwit's maintained implementation of Scuttlebutt gossip with a phi
-//! accrual failure detector, running on tokio over UDP, and it carries a small replicated
-//! key-value state per node, which is exactly what the registry needs to say which node holds
-//! which version of which function. No node is special: any member can be a seed, a new node
-//! needs one address, and a dead node's state disappears with it. (foca, the other candidate,
-//! is SWIM without state dissemination: the registry would need a second protocol.)
+//! accrual failure detector, running on tokio over UDP, and it carries a small key-value state
+//! per node, where each node puts its gRPC endpoint and nothing else (functions, keys and the
+//! other records are in the shared store). No node is special: any member can be a seed, a new
+//! node needs one address, and a dead node's state disappears with it. Gossip is not
+//! authenticated: an endpoint it gives is used only once the node there proves its identity
+//! over mutual TLS (see [`crate::identity`]).
 //!
 //! Gossip runs on UDP on the node's cluster address; gRPC on TCP on the same address and port.
 

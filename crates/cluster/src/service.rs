@@ -1,5 +1,6 @@
 //! The gRPC service every node of a cluster runs: the victim's and the origin's side of
-//! stealing, and the code and registry a peer may need.
+//! stealing and sharing, and the code a peer may need; on mutual TLS, each call made on a
+//! node's behalf checked against the caller's certificate.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

@@ -716,6 +716,61 @@ async fn in_process_shared_store_a_tenants_concurrency_quota_holds_across_the_cl
     shutdown(nodes).await;
 }
 
+/// A node that must ask the store for a permit waits for its answer only so long: with the
+/// store stuck on the tenant's permits (another connection holds their lock), an invocation at
+/// a node that holds none is answered 429 while the store is still stuck, and once it answers,
+/// what it granted is the node's and the next invocation runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_shared_store_a_stuck_store_does_not_hold_an_invocation_waiting_for_a_permit() {
+    let pg = PgServer::start().unwrap();
+    let guest = InProcessGuest::new();
+    let nodes = cluster(&guest, &pg.url(), 1).await;
+    let a = &nodes[0];
+    assert_eq!(
+        deploy(a, "f", "echo.handler", json!({})).await.status(),
+        201
+    );
+    let socket_dir = pg.socket_dir().to_owned();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let mut db = postgres::Config::new()
+            .host_path(&socket_dir)
+            .user(ignition_pg_test::USER)
+            .dbname("ignition")
+            .connect(postgres::NoTls)
+            .unwrap();
+        let mut tx = db.transaction().unwrap();
+        let scope = format!("permits:t:{}", ignition_types::DEFAULT_TENANT);
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&scope])
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        tx.commit().unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(8), invoke(a, "f", &json!({})))
+        .await
+        .expect("the invocation waited on the stuck store");
+    assert_eq!(answered.status(), 429);
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = invoke(a, "f", &json!({})).await.status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429);
+        assert!(
+            Instant::now() < deadline,
+            "never ran once the store answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown(nodes).await;
+}
+
 /// Function URLs and schedules on a cluster (#20's cluster half): a URL made at one node is
 /// served by every node; a schedule's due time, fired by every node at once, fires once; and
 /// with the node that made it gone, the next due time fires at another.
