@@ -162,7 +162,7 @@ impl FunctionConfig {
             return Err(invalid(
                 "memory",
                 format!(
-                    "{} MiB is outside {}..={}",
+                    "{} MiB is not between {} and {} MiB",
                     self.memory_mib,
                     MEMORY_MIB.start(),
                     MEMORY_MIB.end()
@@ -173,7 +173,7 @@ impl FunctionConfig {
             return Err(invalid(
                 "timeout",
                 format!(
-                    "{} s is outside {}..={}",
+                    "{} s is not between {} and {} seconds",
                     self.timeout_s,
                     TIMEOUT_S.start(),
                     TIMEOUT_S.end()
