@@ -1,7 +1,8 @@
 //! Invocation logs on their way to the store, off the invocation's path: kept on the node in
-//! arrival order and written by one task. While the store cannot take them (PostgreSQL down or
+//! arrival order and written by one task, as many as wait (up to [`BATCH`]) in one
+//! transaction. While the store cannot take them (PostgreSQL down or
 //! failing over) they wait on the node, at most [`MAX_PENDING`] of them and
-//! [`MAX_PENDING_BYTES`]; past either, the oldest go, counted (`ignition_logs_dropped`). They
+//! [`MAX_PENDING_BYTES`]; past either, the oldest go, counted (`logs_dropped` in `/metrics`). They
 //! are written when the store returns.
 
 use std::collections::VecDeque;
@@ -15,6 +16,8 @@ use crate::{blocking, AppState};
 pub(crate) const MAX_PENDING: usize = 10_000;
 /// Bytes of logs waiting for the store, at most.
 pub(crate) const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+/// Logs written in one transaction, at most.
+const BATCH: usize = 256;
 /// How long the writer waits before trying a store that failed again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -28,6 +31,8 @@ struct Pending {
 struct Queue {
     logs: VecDeque<Pending>,
     bytes: usize,
+    /// Taken by the writer and not yet written (or put back).
+    writing: usize,
 }
 
 /// The node's logs waiting to be written.
@@ -71,9 +76,10 @@ impl LogSink {
         self.wake.notify_one();
     }
 
-    /// Logs waiting.
+    /// Logs not yet written: waiting, or being written.
     pub fn pending(&self) -> usize {
-        self.queue().logs.len()
+        let q = self.queue();
+        q.logs.len() + q.writing
     }
 
     /// Logs dropped because too many waited.
@@ -81,11 +87,19 @@ impl LogSink {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn pop(&self) -> Option<Pending> {
+    /// The oldest logs waiting, up to [`BATCH`].
+    fn pop_batch(&self) -> Vec<Pending> {
         let mut q = self.queue();
-        let p = q.logs.pop_front()?;
-        q.bytes -= p.text.len();
-        Some(p)
+        let n = q.logs.len().min(BATCH);
+        let batch: Vec<Pending> = q.logs.drain(..n).collect();
+        q.bytes -= batch.iter().map(|p| p.text.len()).sum::<usize>();
+        q.writing = batch.len();
+        batch
+    }
+
+    /// The batch the writer took is written, or put back.
+    fn batch_done(&self) {
+        self.queue().writing = 0;
     }
 
     /// Puts back a log the store did not take, first in line (unless the queue filled up
@@ -105,21 +119,45 @@ impl LogSink {
 pub fn spawn_log_writer(state: AppState) {
     tokio::spawn(async move {
         loop {
-            let Some(p) = state.logs.pop() else {
+            let batch = state.logs.pop_batch();
+            if batch.is_empty() {
                 // Woken by a new log, or looks again after a while.
                 let _ = tokio::time::timeout(RETRY, state.logs.wake.notified()).await;
                 continue;
-            };
-            let (f, id, text) = (p.function.clone(), p.request_id.clone(), p.text.clone());
-            match blocking(&state, move |s| s.append_log(&f, &id, &text)).await {
-                Ok(()) => {}
-                // The store is away: the log waits for it.
+            }
+            let entries: Vec<(String, String, Vec<u8>)> = batch
+                .iter()
+                .map(|p| (p.function.clone(), p.request_id.clone(), p.text.clone()))
+                .collect();
+            let written = blocking(&state, move |s| {
+                let refs: Vec<(&str, &str, &[u8])> = entries
+                    .iter()
+                    .map(|(f, id, t)| (f.as_str(), id.as_str(), t.as_slice()))
+                    .collect();
+                s.append_logs(&refs)
+            })
+            .await;
+            match written {
+                Ok(()) => state.logs.batch_done(),
+                // The store is away: the logs wait for it, first in line again.
                 Err(e) if e.status.is_server_error() && e.error_type == "ServiceException" => {
-                    state.logs.unpop(p);
+                    for p in batch.into_iter().rev() {
+                        state.logs.unpop(p);
+                    }
+                    state.logs.batch_done();
                     tokio::time::sleep(RETRY).await;
                 }
-                Err(e) => {
-                    tracing::warn!(function = %p.function, error = %e, "cannot keep the invocation's log");
+                // Something in the batch the store refuses: each on its own, so that one
+                // log's fault costs no other.
+                Err(_) => {
+                    for p in batch {
+                        let (f, id) = (p.function.clone(), p.request_id.clone());
+                        let kept = blocking(&state, move |s| s.append_log(&f, &id, &p.text)).await;
+                        if let Err(e) = kept {
+                            tracing::warn!(function = %p.function, error = %e, "cannot keep the invocation's log");
+                        }
+                    }
+                    state.logs.batch_done();
                 }
             }
         }
@@ -138,13 +176,32 @@ mod tests {
         }
         assert_eq!(sink.pending(), MAX_PENDING);
         assert_eq!(sink.dropped(), 3);
-        assert_eq!(sink.pop().unwrap().request_id, "3", "0, 1 and 2 went");
+        let batch = sink.pop_batch();
+        assert_eq!(batch.len(), BATCH);
+        assert_eq!(batch[0].request_id, "3", "0, 1 and 2 went");
+        assert_eq!(
+            sink.pending(),
+            MAX_PENDING,
+            "a batch being written is pending"
+        );
+        // Put back as the writer does when the store is away: first in line, in order.
+        for p in batch.into_iter().rev() {
+            sink.unpop(p);
+        }
+        sink.batch_done();
+        assert_eq!(sink.pending(), MAX_PENDING);
+        assert_eq!(sink.pop_batch()[0].request_id, "3");
+        sink.batch_done();
+        assert_eq!(sink.pending(), MAX_PENDING - BATCH, "written");
         let big = vec![b'y'; MAX_PENDING_BYTES];
         sink.push("f", "big", big);
         assert_eq!(sink.pending(), 1, "everything older made room");
-        let p = sink.pop().unwrap();
+        let mut batch = sink.pop_batch();
+        assert_eq!(batch.len(), 1);
+        let p = batch.remove(0);
         assert_eq!(p.request_id, "big");
         sink.unpop(p);
+        sink.batch_done();
         assert_eq!(sink.pending(), 1);
     }
 }

@@ -31,20 +31,35 @@ impl Store {
         request_id: &str,
         log: &[u8],
     ) -> Result<(), StoreError> {
-        let tail = &log[log.len().saturating_sub(MAX_LOG_BYTES)..];
-        // PostgreSQL's text holds no NUL; a function's output may (it is the function's).
-        let text = String::from_utf8_lossy(tail).replace('\0', "\u{FFFD}");
+        self.append_logs(&[(function, request_id, log)])
+    }
+
+    /// Keeps each (function, request id, log) of `logs` in one transaction, in order (a
+    /// request id's log replaces the one it had), dropping each function's oldest beyond
+    /// [`KEEP_LOGS`].
+    pub fn append_logs(&self, logs: &[(&str, &str, &[u8])]) -> Result<(), StoreError> {
+        let at = now();
         self.transaction(|db| {
-            db.execute("DELETE FROM logs WHERE request_id = $1", &vals![request_id])?;
-            db.execute(
-                "INSERT INTO logs (function, request_id, at, log) VALUES ($1, $2, $3, $4)",
-                &vals![function, request_id, now(), text],
-            )?;
-            db.execute(
-                "DELETE FROM logs WHERE function = $1 AND seq NOT IN
-                   (SELECT seq FROM logs WHERE function = $1 ORDER BY seq DESC LIMIT $2)",
-                &vals![function, KEEP_LOGS],
-            )?;
+            let mut functions = std::collections::BTreeSet::new();
+            for &(function, request_id, log) in logs {
+                let tail = &log[log.len().saturating_sub(MAX_LOG_BYTES)..];
+                // PostgreSQL's text holds no NUL; a function's output may (it is the
+                // function's).
+                let text = String::from_utf8_lossy(tail).replace('\0', "\u{FFFD}");
+                db.execute("DELETE FROM logs WHERE request_id = $1", &vals![request_id])?;
+                db.execute(
+                    "INSERT INTO logs (function, request_id, at, log) VALUES ($1, $2, $3, $4)",
+                    &vals![function, request_id, at, text],
+                )?;
+                functions.insert(function);
+            }
+            for function in functions {
+                db.execute(
+                    "DELETE FROM logs WHERE function = $1 AND seq NOT IN
+                       (SELECT seq FROM logs WHERE function = $1 ORDER BY seq DESC LIMIT $2)",
+                    &vals![function, KEEP_LOGS],
+                )?;
+            }
             Ok(())
         })
     }
@@ -157,6 +172,18 @@ mod tests {
         let h = s.logs("h", 0, None, 10).unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].log, "again");
+        // A batch is kept in order, each function trimmed to its last KEEP_LOGS.
+        let ids: Vec<String> = (0..KEEP_LOGS + 3).map(|i| format!("b{i}")).collect();
+        let mut batch: Vec<(&str, &str, &[u8])> = ids
+            .iter()
+            .map(|id| ("k", id.as_str(), id.as_bytes()))
+            .collect();
+        batch.push(("h", "r4", b"third"));
+        s.append_logs(&batch).unwrap();
+        let k = s.logs("k", 0, None, 1000).unwrap();
+        assert_eq!(k.len(), KEEP_LOGS as usize);
+        assert_eq!(k.last().unwrap().log, format!("b{}", KEEP_LOGS + 2));
+        assert_eq!(s.logs("h", 0, None, 10).unwrap()[0].log, "third");
         // Reservations.
         s.set_reserved_concurrency("h", Some(2)).unwrap();
         s.set_reserved_concurrency("h", Some(3)).unwrap();
