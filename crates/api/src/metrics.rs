@@ -213,6 +213,7 @@ pub(crate) async fn render(
         i64::try_from(state.logs.pending()).unwrap_or(i64::MAX),
     );
     m.set("logs_dropped", i(state.logs.dropped()));
+    m.set("store_statements", i(state.store.statements()));
     let (ready, filling) = state.worker.pool_sizes();
     m.set("pool_ready", i64::try_from(ready).unwrap_or(i64::MAX));
     m.set("pool_filling", i64::try_from(filling).unwrap_or(i64::MAX));

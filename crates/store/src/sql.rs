@@ -286,6 +286,8 @@ fn pg_rows(rows: Vec<postgres::Row>) -> Result<Vec<Row>, StoreError> {
 pub(crate) struct Pg<'a, C: postgres::GenericClient> {
     client: &'a mut C,
     pub(crate) notified: Vec<String>,
+    /// Statements sent to the server.
+    pub(crate) statements: u64,
 }
 
 impl<'a, C: postgres::GenericClient> Pg<'a, C> {
@@ -293,6 +295,7 @@ impl<'a, C: postgres::GenericClient> Pg<'a, C> {
         Self {
             client,
             notified: Vec::new(),
+            statements: 0,
         }
     }
 }
@@ -303,12 +306,14 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        self.statements += 1;
         self.client
             .execute(sql, &pg_params(params))
             .map_err(pg_failed("writing"))
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        self.statements += 1;
         pg_rows(
             self.client
                 .query(sql, &pg_params(params))
@@ -317,6 +322,7 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     }
 
     fn serialize(&mut self, lock: &str) -> Result<(), StoreError> {
+        self.statements += 1;
         self.client
             .execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock])
             .map_err(pg_failed("taking a lock"))?;
@@ -324,6 +330,7 @@ impl<C: postgres::GenericClient> Sql for Pg<'_, C> {
     }
 
     fn notify(&mut self, scope: &str) -> Result<(), StoreError> {
+        self.statements += 1;
         self.client
             .execute(
                 "SELECT pg_notify($1, $2)",

@@ -5,7 +5,7 @@
 //! backend through [`Store::with`] and [`Store::transaction`].
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
@@ -78,6 +78,8 @@ enum Backend {
 /// The PostgreSQL backend's state.
 struct Shared {
     pool: Pool,
+    /// Statements sent to PostgreSQL (not counting the cache's listener).
+    statements: AtomicU64,
     cache: Arc<Cache>,
     /// Tells the cache's listener to end.
     stop: Arc<AtomicBool>,
@@ -141,6 +143,7 @@ impl Store {
         Ok(Self {
             backend: Backend::Postgres(Box::new(Shared {
                 pool: Pool::new(config, client),
+                statements: AtomicU64::new(0),
                 cache,
                 stop,
             })),
@@ -173,7 +176,11 @@ impl Store {
             Backend::Postgres(shared) => {
                 let mut client = shared.pool.get()?;
                 let mut db = Pg::new(&mut *client);
-                let out = f(&mut db)?;
+                let out = f(&mut db);
+                shared
+                    .statements
+                    .fetch_add(db.statements, Ordering::Relaxed);
+                let out = out?;
                 for scope in db.notified {
                     shared.cache.invalidate(&scope);
                 }
@@ -205,7 +212,12 @@ impl Store {
                     .transaction()
                     .map_err(failed("starting a transaction"))?;
                 let mut db = Pg::new(&mut tx);
-                let out = f(&mut db)?;
+                let out = f(&mut db);
+                // BEGIN and COMMIT (or ROLLBACK) are statements too.
+                shared
+                    .statements
+                    .fetch_add(db.statements + 2, Ordering::Relaxed);
+                let out = out?;
                 let notified = std::mem::take(&mut db.notified);
                 tx.commit().map_err(failed("committing"))?;
                 for scope in notified {
@@ -264,6 +276,15 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => None,
             Backend::Postgres(shared) => Some(&shared.cache),
+        }
+    }
+
+    /// How many statements this node sent to PostgreSQL since it connected, transactions'
+    /// BEGIN and COMMIT included (0 on SQLite): what the node costs the shared database.
+    pub fn statements(&self) -> u64 {
+        match &self.backend {
+            Backend::Sqlite(_) => 0,
+            Backend::Postgres(shared) => shared.statements.load(Ordering::Relaxed),
         }
     }
 
