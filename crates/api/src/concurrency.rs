@@ -237,7 +237,7 @@ impl Concurrency {
     }
 
     /// What `wants` should ask now: each scope's need counted again (invocations may have
-    /// ended or others started waiting while this one waited to lease).
+    /// ended or others started waiting while this one waited to lease), and a quarter more.
     pub(crate) fn recount(&self, wants: &[Want]) -> Vec<Want> {
         let c = self.lock();
         let Some(shares) = &c.shares else {
@@ -248,8 +248,12 @@ impl Concurrency {
             .filter_map(|w| {
                 let busy = in_scope(&c.running, &c.tenants, &w.scope);
                 let waiting = shares.waiting.get(&w.scope).copied().unwrap_or(0);
-                let want = busy.saturating_add(waiting).min(w.limit);
-                (shares.usable(&w.scope) < want).then(|| Want {
+                let need = busy.saturating_add(waiting);
+                // A quarter more, so that a load rising step by step asks the store every few
+                // steps rather than at each; what goes unused is given back when another
+                // node is short or it sits idle.
+                let want = need.saturating_add(need / 4).min(w.limit);
+                (shares.usable(&w.scope) < need.min(w.limit)).then(|| Want {
                     scope: w.scope.clone(),
                     want,
                     limit: w.limit,

@@ -35,7 +35,7 @@ const RETRIES: u32 = 2;
 /// How long an invocation waits for the store's answer when it asks for a permit: past it,
 /// the invocation runs within what the node holds (or is refused), and the answer is
 /// recorded when it comes.
-const ASK_WITHIN: Duration = Duration::from_millis(500);
+const ASK_WITHIN: Duration = Duration::from_secs(2);
 
 /// A place for one invocation of `function` (a stored name), whose tenant may run
 /// `tenant_limit` at once, or 429: on a shared store the node first leases what it lacks,
@@ -113,7 +113,7 @@ pub fn spawn_leasing(state: AppState) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(ROUND).await;
-            let wanted_elsewhere = state.store.permits_wanted();
+            let wanted_elsewhere = state.store.permits_wanted(&state.node_id);
             let renewal = Renewal {
                 renew_before: Instant::now() + RENEW_WITHIN,
                 idle: IDLE,

@@ -11,8 +11,8 @@
 //! fall back to the cache only when the database cannot answer; when the listener connects
 //! again, everything cached is dropped.
 //!
-//! The same channel carries one more kind of message, `p:SCOPE`: a node asked for concurrency
-//! permits of `SCOPE` and got fewer than it wanted (see [`crate::permits`]); each node notes
+//! The same channel carries one more kind of message, `p:SCOPE\nNODE`: node `NODE` asked for
+//! concurrency permits of `SCOPE` and got fewer than it wanted (see [`crate::permits`]); each node notes
 //! it so that it gives back what it holds and does not use.
 
 use std::any::Any;
@@ -48,8 +48,8 @@ pub(crate) struct Cache {
     entries: Mutex<Entries>,
     generation: AtomicU64,
     synchronized: AtomicBool,
-    /// Permit scopes some node was short of since the last [`Cache::take_wanted`].
-    wanted: Mutex<HashSet<String>>,
+    /// (scope, node): permit scopes nodes were short of since the last [`Cache::take_wanted`].
+    wanted: Mutex<HashSet<(String, String)>>,
 }
 
 impl Cache {
@@ -101,17 +101,24 @@ impl Cache {
     }
 
     /// Notes that a node was short of permits of `scope`.
-    fn wanted(&self, scope: &str) {
+    fn wanted(&self, message: &str) {
+        let Some((scope, node)) = message.split_once('\n') else {
+            return;
+        };
         let mut wanted = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded: a scope is noted once, and the set is drained every few hundred ms.
+        // Bounded: a scope is noted once per node, and the set is drained every few hundred ms.
         if wanted.len() < 10_000 {
-            wanted.insert(scope.to_owned());
+            wanted.insert((scope.to_owned(), node.to_owned()));
         }
     }
 
-    /// The permit scopes some node was short of since the last call.
-    pub(crate) fn take_wanted(&self) -> HashSet<String> {
+    /// The permit scopes nodes other than `me` were short of since the last call.
+    pub(crate) fn take_wanted(&self, me: &str) -> HashSet<String> {
         std::mem::take(&mut *self.wanted.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .filter(|(_, node)| node != me)
+            .map(|(scope, _)| scope)
+            .collect()
     }
 
     fn clear(&self) {
@@ -172,7 +179,7 @@ fn listen(client: &mut postgres::Client, cache: &Cache, stop: &AtomicBool) {
             loop {
                 match it.next() {
                     Ok(Some(n)) => match n.payload().strip_prefix(PERMITS_WANTED) {
-                        Some(scope) => cache.wanted(scope),
+                        Some(message) => cache.wanted(message),
                         None => cache.invalidate(n.payload()),
                     },
                     Ok(None) => break,

@@ -41,7 +41,7 @@ impl Store {
             let free = i64::from(limit).saturating_sub(others).max(0);
             let grant = u32::try_from(i64::from(want).min(free)).unwrap_or(0);
             if grant < want {
-                db.notify(&format!("{}{scope}", crate::cache::PERMITS_WANTED))?;
+                db.notify(&format!("{}{scope}\n{node}", crate::cache::PERMITS_WANTED))?;
             }
             if grant == 0 {
                 db.execute(
@@ -61,11 +61,11 @@ impl Store {
         })
     }
 
-    /// The permit scopes some node was granted fewer of than it asked for since the last
-    /// call (none on a single node's store).
-    pub fn permits_wanted(&self) -> std::collections::HashSet<String> {
+    /// The permit scopes a node other than `me` was granted fewer of than it asked for since
+    /// the last call (none on a single node's store).
+    pub fn permits_wanted(&self, me: &str) -> std::collections::HashSet<String> {
         self.shared_cache()
-            .map(|c| c.take_wanted())
+            .map(|c| c.take_wanted(me))
             .unwrap_or_default()
     }
 }
@@ -107,11 +107,11 @@ mod tests {
             }
             assert_eq!(a.lease_permits("t:acme", "a", 2, 2, 0, 1000).unwrap(), 2);
             assert_eq!(b.lease_permits("t:beta", "b", 1, 2, 0, 1000).unwrap(), 1);
-            assert!(a.permits_wanted().is_empty() && b.permits_wanted().is_empty());
+            assert!(a.permits_wanted("a").is_empty() && b.permits_wanted("b").is_empty());
             assert_eq!(b.lease_permits("t:acme", "b", 1, 2, 0, 1000).unwrap(), 0);
             if !a.is_shared() {
                 assert!(
-                    a.permits_wanted().is_empty(),
+                    a.permits_wanted("a").is_empty(),
                     "{backend}: one node, nobody else"
                 );
                 continue;
@@ -121,9 +121,11 @@ mod tests {
             while !heard.contains("t:acme") {
                 assert!(std::time::Instant::now() < deadline, "{backend}: {heard:?}");
                 std::thread::sleep(std::time::Duration::from_millis(20));
-                heard.extend(a.permits_wanted());
+                heard.extend(a.permits_wanted("a"));
             }
             assert!(!heard.contains("t:beta"), "{heard:?}");
+            // b hears nothing of its own shortage.
+            assert!(b.permits_wanted("b").is_empty());
         }
     }
 
