@@ -5,8 +5,8 @@
 //!
 //! The invoke path asks the store only when the node holds too few permits for one more
 //! invocation (the first of a tenant or a reserved function on this node in a while, or one
-//! more at once than it ran before), and waits for it at most [`ASK_WITHIN`]; otherwise it
-//! counts locally. A node refused what it asked
+//! more at once than it ran before), for a quarter more than it needs, and waits for the
+//! answer at most [`ASK_WITHIN`]; otherwise it counts locally. A node refused what it asked
 //! for tells the others, which give back at their next [`ROUND`] what they hold and do not
 //! use, and asks again for up to [`RETRIES`] rounds before answering 429. In the background
 //! a node renews its leases a third of the way through them and gives back permits unused
