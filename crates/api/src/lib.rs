@@ -34,6 +34,7 @@ mod destinations;
 mod error;
 mod event_invoke_config;
 pub mod events;
+mod function_concurrency;
 mod function_urls;
 mod functions;
 pub mod history;
@@ -159,11 +160,11 @@ pub fn router_with(state: AppState, pages: Router<AppState>) -> Router {
         .route("/2015-03-31/functions/", get(lambda::list))
         .route(
             "/2017-10-31/functions/{name}/concurrency",
-            axum::routing::put(concurrency::put).delete(concurrency::delete),
+            axum::routing::put(function_concurrency::put).delete(function_concurrency::delete),
         )
         .route(
             "/2019-09-30/functions/{name}/concurrency",
-            get(concurrency::get),
+            get(function_concurrency::get),
         )
         .route(
             "/2015-03-31/functions/{name}",
