@@ -133,7 +133,8 @@ pub(crate) struct ServerArgs {
     /// unauthenticated: keep --cluster-addr on a network only the nodes reach.
     #[arg(long, requires_all = ["cluster_cert", "cluster_key"])]
     cluster_ca: Option<PathBuf>,
-    /// This node's certificate (PEM), signed by --cluster-ca.
+    /// This node's certificate (PEM), signed by --cluster-ca and naming this node's --node-id
+    /// (`ignition cluster certs --node ID` makes it so).
     #[arg(long, requires = "cluster_ca")]
     cluster_cert: Option<PathBuf>,
     /// This node's private key (PEM).
