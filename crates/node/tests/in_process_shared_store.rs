@@ -771,6 +771,63 @@ async fn in_process_shared_store_a_stuck_store_does_not_hold_an_invocation_waiti
     shutdown(nodes).await;
 }
 
+/// A function URL a node has served is served from its cache while PostgreSQL is down, and a
+/// URL deleted at one node is gone at another on its next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_shared_store_urls_are_served_from_the_cache_and_gone_everywhere_once_deleted() {
+    let mut pg = PgServer::start().unwrap();
+    let guest = InProcessGuest::new();
+    let nodes = cluster(&guest, &pg.url(), 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert_eq!(
+        deploy(a, "web", "echo.handler", json!({})).await.status(),
+        201
+    );
+    let r = reqwest::Client::new()
+        .post(a.url("/2021-10-31/functions/web/url"))
+        .json(&json!({ "AuthType": "NONE" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let url: Value = r.json().await.unwrap();
+    let url = url["FunctionUrl"].as_str().unwrap().to_owned();
+    let path = url[url.find("/lambda-url/").unwrap()..].to_owned();
+    let at_b = || reqwest::get(b.url(&format!("{path}x")));
+    assert_eq!(at_b().await.unwrap().status(), 200);
+
+    pg.stop();
+    for _ in 0..5 {
+        assert_eq!(
+            at_b().await.unwrap().status(),
+            200,
+            "a URL b has served, with the store down"
+        );
+    }
+    pg.restart().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = reqwest::Client::new()
+            .delete(a.url("/2021-10-31/functions/web/url"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 204 {
+            break;
+        }
+        assert_eq!(r.status(), 503, "only while a reconnects");
+        assert!(Instant::now() < deadline, "a never wrote again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        at_b().await.unwrap().status(),
+        404,
+        "deleted at a, gone at b"
+    );
+    shutdown(nodes).await;
+}
+
 /// Function URLs and schedules on a cluster (#20's cluster half): a URL made at one node is
 /// served by every node; a schedule's due time, fired by every node at once, fires once; and
 /// with the node that made it gone, the next due time fires at another.

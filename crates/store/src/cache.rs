@@ -1,9 +1,9 @@
 //! A node's cache of what the synchronous invoke path reads from the shared store: functions,
-//! their versions, aliases and policies, and access keys. With it, an invocation of a function
+//! their versions, aliases and policies, function URLs by id, and access keys. With it, an invocation of a function
 //! the node has seen waits on PostgreSQL for nothing, and keeps working while PostgreSQL is
 //! down or failing over.
 //!
-//! Every write that changes a cached value names its scope (`f:FUNCTION`, `k:KEY_ID`) with
+//! Every write that changes a cached value names its scope (`f:FUNCTION`, `u:URL_ID`, `k:KEY_ID`) with
 //! `NOTIFY` in its transaction; PostgreSQL delivers it to every node at commit, and each node's
 //! listener drops that scope. The writing node drops it itself as it commits, so it reads its
 //! own writes. A read that raced an invalidation is not kept (a generation counter). While the
@@ -30,6 +30,11 @@ pub(crate) const CHANNEL: &str = "ignition_store";
 /// policies).
 pub(crate) fn function_scope(name: &str) -> String {
     format!("f:{name}")
+}
+
+/// The scope of the function URL whose id is `url_id`.
+pub(crate) fn url_scope(url_id: &str) -> String {
+    format!("u:{url_id}")
 }
 
 /// The scope of access key `id`.

@@ -63,10 +63,10 @@ impl Store {
             hashes.sort();
             hashes.dedup();
             db.execute("DELETE FROM functions WHERE name = $1", &vals![name])?;
+            crate::urls::delete_urls(db, "function = $1", &vals![name])?;
             for table in [
                 "versions",
                 "aliases",
-                "function_urls",
                 "tags",
                 "policies",
                 "provisioned",

@@ -6,7 +6,8 @@
 use rand::distributions::{Alphanumeric, DistString};
 use serde::{Deserialize, Serialize};
 
-use crate::sql::{vals, Row};
+use crate::cache::url_scope;
+use crate::sql::{vals, Row, Sql, Value};
 use crate::store::{now, Store, StoreError};
 
 /// Who may call a URL.
@@ -133,6 +134,7 @@ impl Store {
         let t = now();
         let cors_text = cors_json(function, cors)?;
         let inserted = self.with(|db| {
+            db.notify(&url_scope(&url_id))?;
             db.execute(
                 "INSERT INTO function_urls (function, qualifier, url_id, auth, cors, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT DO NOTHING",
@@ -170,6 +172,7 @@ impl Store {
         url.updated_at = now();
         let cors_text = cors_json(function, url.cors.as_ref())?;
         self.with(|db| {
+            db.notify(&url_scope(&url.url_id))?;
             db.execute(
                 "UPDATE function_urls SET auth = $3, cors = $4, updated_at = $5
                  WHERE function = $1 AND qualifier = $2",
@@ -203,9 +206,10 @@ impl Store {
         })
     }
 
-    /// The URL with id `url_id`.
+    /// The URL with id `url_id` (through the node's cache of a shared store: a URL request
+    /// waits on PostgreSQL for nothing once the node has seen its URL).
     pub fn function_url_by_id(&self, url_id: &str) -> Result<Option<FunctionUrl>, StoreError> {
-        self.with(|db| {
+        self.cached(&url_scope(url_id), "url", |db| {
             db.query_opt(
                 &format!("SELECT {COLUMNS} FROM function_urls WHERE url_id = $1"),
                 &vals![url_id],
@@ -236,14 +240,31 @@ impl Store {
         function: &str,
         qualifier: Option<&str>,
     ) -> Result<bool, StoreError> {
-        self.with(|db| {
-            db.execute(
-                "DELETE FROM function_urls WHERE function = $1 AND qualifier = $2",
+        self.transaction(|db| {
+            let gone = delete_urls(
+                db,
+                "function = $1 AND qualifier = $2",
                 &vals![function, qualifier.unwrap_or("")],
-            )
+            )?;
+            Ok(gone == 1)
         })
-        .map(|n| n == 1)
     }
+}
+
+/// Deletes the function URLs `condition` selects, telling every node's cache; how many.
+pub(crate) fn delete_urls(
+    db: &mut dyn Sql,
+    condition: &str,
+    params: &[Value],
+) -> Result<usize, StoreError> {
+    let gone = db.query(
+        &format!("DELETE FROM function_urls WHERE {condition} RETURNING url_id"),
+        params,
+    )?;
+    for r in &gone {
+        db.notify(&url_scope(&r.text(0)?))?;
+    }
+    Ok(gone.len())
 }
 
 #[cfg(test)]

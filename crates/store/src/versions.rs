@@ -275,8 +275,9 @@ impl Store {
                 "DELETE FROM aliases WHERE function = $1 AND name = $2",
                 &vals![function, name],
             )?;
-            db.execute(
-                "DELETE FROM function_urls WHERE function = $1 AND qualifier = $2",
+            crate::urls::delete_urls(
+                db,
+                "function = $1 AND qualifier = $2",
                 &vals![function, name],
             )?;
             Ok(n > 0)
