@@ -103,8 +103,9 @@ fn images(config: &NodeConfig, data_dir: &Path) -> Result<Arc<ignition_oci::Imag
         .map_err(|e| NodeError::Config(format!("the image cache: {e}")))
 }
 
-/// How often a node on a shared store reads the reservations and tenants' quotas again.
-const LIMITS_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often a node on a shared store reads the reservations and tenants' quotas again (from
+/// its cache, which a change at any node drops: a read costs a query only after a change).
+const LIMITS_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// On a shared store, functions' reservations and tenants' quotas set at any node apply at
 /// this one within [`LIMITS_REFRESH`] (each node enforces them on its own invocations and

@@ -1,19 +1,20 @@
 //! A node's cache of what the synchronous invoke path reads from the shared store: functions,
-//! their versions, aliases and policies, function URLs by id, and access keys. With it, an invocation of a function
-//! the node has seen waits on PostgreSQL for nothing, and keeps working while PostgreSQL is
-//! down or failing over.
+//! their versions, aliases and policies, function URLs by id, access keys, and the limits
+//! (reservations, tenants' quotas) every node keeps in memory. With it, an invocation of a
+//! function the node has seen waits on PostgreSQL for nothing, and keeps working while
+//! PostgreSQL is down or failing over.
 //!
-//! Every write that changes a cached value names its scope (`f:FUNCTION`, `u:URL_ID`, `k:KEY_ID`) with
-//! `NOTIFY` in its transaction; PostgreSQL delivers it to every node at commit, and each node's
-//! listener drops that scope. The writing node drops it itself as it commits, so it reads its
-//! own writes. A read that raced an invalidation is not kept (a generation counter). While the
-//! listener is not connected, notifications may be missed: reads go to the database first and
-//! fall back to the cache only when the database cannot answer; when the listener connects
-//! again, everything cached is dropped.
+//! Every write that changes a cached value names its scope (`f:FUNCTION`, `u:URL_ID`,
+//! `k:KEY_ID`, `l:limits`) with `NOTIFY` in its transaction; PostgreSQL delivers it to every
+//! node at commit, and each node's listener drops that scope. The writing node drops it itself
+//! as it commits, so it reads its own writes. A read that raced an invalidation is not kept (a
+//! generation counter). While the listener is not connected, notifications may be missed:
+//! reads go to the database first and fall back to the cache only when the database cannot
+//! answer; when the listener connects again, everything cached is dropped.
 //!
 //! The same channel carries one more kind of message, `p:SCOPE\nNODE`: node `NODE` asked for
-//! concurrency permits of `SCOPE` and got fewer than it wanted (see [`crate::permits`]); each node notes
-//! it so that it gives back what it holds and does not use.
+//! concurrency permits of `SCOPE` and got fewer than it wanted (see [`crate::permits`]); each
+//! node notes it so that it gives back what it holds and does not use.
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -31,6 +32,9 @@ pub(crate) const CHANNEL: &str = "ignition_store";
 pub(crate) fn function_scope(name: &str) -> String {
     format!("f:{name}")
 }
+
+/// The scope of every function's reservation and every tenant's quotas.
+pub(crate) const LIMITS: &str = "l:limits";
 
 /// The scope of the function URL whose id is `url_id`.
 pub(crate) fn url_scope(url_id: &str) -> String {

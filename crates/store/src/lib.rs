@@ -26,6 +26,7 @@ mod policies;
 mod pool;
 mod provisioned;
 mod quotas;
+mod reservations;
 mod schedules;
 mod sessions;
 mod sql;

@@ -93,43 +93,6 @@ impl Store {
         })
     }
 
-    /// Sets (or, with `None`, removes) a function's reserved concurrency.
-    pub fn set_reserved_concurrency(
-        &self,
-        function: &str,
-        reserved: Option<u32>,
-    ) -> Result<(), StoreError> {
-        self.with(|db| match reserved {
-            Some(r) => db.execute(
-                "INSERT INTO reserved_concurrency (function, reserved) VALUES ($1, $2)
-                 ON CONFLICT (function) DO UPDATE SET reserved = excluded.reserved",
-                &vals![function, r],
-            ),
-            None => db.execute(
-                "DELETE FROM reserved_concurrency WHERE function = $1",
-                &vals![function],
-            ),
-        })?;
-        Ok(())
-    }
-
-    /// Every reservation.
-    pub fn reserved_concurrency(
-        &self,
-    ) -> Result<std::collections::HashMap<String, u32>, StoreError> {
-        self.with(|db| {
-            db.query("SELECT function, reserved FROM reserved_concurrency", &[])?
-                .iter()
-                .map(|r| {
-                    let function = r.text(0)?;
-                    let reserved = u32::try_from(r.int(1)?)
-                        .map_err(|_| StoreError::Corrupt(function.clone()))?;
-                    Ok((function, reserved))
-                })
-                .collect()
-        })
-    }
-
     /// Removes a function's logs (with the function).
     pub fn delete_logs(&self, function: &str) -> Result<(), StoreError> {
         self.with(|db| db.execute("DELETE FROM logs WHERE function = $1", &vals![function]))?;
@@ -184,11 +147,5 @@ mod tests {
         assert_eq!(k.len(), KEEP_LOGS as usize);
         assert_eq!(k.last().unwrap().log, format!("b{}", KEEP_LOGS + 2));
         assert_eq!(s.logs("h", 0, None, 10).unwrap()[0].log, "third");
-        // Reservations.
-        s.set_reserved_concurrency("h", Some(2)).unwrap();
-        s.set_reserved_concurrency("h", Some(3)).unwrap();
-        assert_eq!(s.reserved_concurrency().unwrap().get("h"), Some(&3));
-        s.set_reserved_concurrency("h", None).unwrap();
-        assert!(s.reserved_concurrency().unwrap().is_empty());
     }
 }

@@ -134,7 +134,7 @@ impl Store {
 
     /// Every tenant's overrides.
     pub fn all_quota_overrides(&self) -> Result<Vec<(String, QuotaOverrides)>, StoreError> {
-        self.with(|db| {
+        self.cached(crate::cache::LIMITS, "quotas", |db| {
             db.query(
                 "SELECT tenant, overrides FROM tenant_quotas ORDER BY tenant",
                 &[],
@@ -159,6 +159,7 @@ impl Store {
         let text = serde_json::to_string(overrides)
             .map_err(|_| StoreError::Corrupt(format!("quotas of {tenant}")))?;
         self.with(|db| {
+            db.notify(crate::cache::LIMITS)?;
             db.execute(
                 "INSERT INTO tenant_quotas (tenant, overrides) VALUES ($1, $2)
                  ON CONFLICT (tenant) DO UPDATE SET overrides = excluded.overrides",
