@@ -8,7 +8,7 @@
 //! more at once than it ran before), for a quarter more than it needs, and waits for the
 //! answer at most [`ASK_WITHIN`]; otherwise it counts locally. A node refused what it asked
 //! for tells the others, which give back at their next [`ROUND`] what they hold and do not
-//! use, and asks again for up to [`RETRIES`] rounds before answering 429. In the background
+//! use, and asks again once after a round before answering 429. In the background
 //! a node renews its leases a third of the way through them and gives back permits unused
 //! for [`IDLE`], so that a node that dies holds its permits for at most [`LEASE`], and one
 //! that loses the store keeps running within what it holds for 19 s or more.
@@ -30,8 +30,9 @@ const MARGIN: Duration = Duration::from_secs(1);
 const RENEW_WITHIN: Duration = Duration::from_secs(20);
 /// Permits none of which was taken for this long are given back.
 const IDLE: Duration = Duration::from_secs(10);
-/// How many more rounds an invocation the store refused a permit waits for one.
-const RETRIES: u32 = 2;
+/// How many more times an invocation short of a permit asks for one (waiting a round, once,
+/// when the store had fewer than asked).
+const RETRIES: u32 = 3;
 /// How long an invocation waits for the store's answer when it asks for a permit: past it,
 /// the invocation runs within what the node holds (or is refused), and the answer is
 /// recorded when it comes.
@@ -45,29 +46,71 @@ pub(crate) async fn admit(
     function: &str,
     tenant_limit: u64,
 ) -> Result<Permit, ApiError> {
-    let short = state.concurrency.shortfall(function, tenant_limit);
     let mut tries = 0;
-    while !short.is_empty() {
-        // The lease runs as a task of its own, holding the node's leasing lock until the store
-        // answers and what it granted is recorded, whether or not this invocation still waits.
-        let asking = {
-            let (state, short) = (state.clone(), short.clone());
-            tokio::spawn(async move {
-                let _leasing = state.concurrency.leasing.lock().await;
-                let wants = state.concurrency.recount(&short);
-                lease(&state, wants).await
-            })
+    let mut held_enough = false;
+    let mut waited = false;
+    loop {
+        let short = state.concurrency.shortfall(function, tenant_limit);
+        let asked = if short.is_empty() {
+            Asked::Nothing
+        } else {
+            ask(state, &short).await
         };
-        let still_short = matches!(tokio::time::timeout(ASK_WITHIN, asking).await, Ok(Ok(true)));
-        if !still_short || tries == RETRIES {
-            break;
+        let permit = state.concurrency.acquire(function, tenant_limit);
+        state.concurrency.done_waiting(&short);
+        match (permit, asked) {
+            (Ok(p), _) => return Ok(p),
+            // The store is not answering: nothing to wait for.
+            (Err(e), Asked::NoAnswer) => return Err(e),
+            (Err(e), _) if tries == RETRIES => return Err(e),
+            // Refused although the node held enough when it looked: over a limit itself (the
+            // second time), or others took the permits meanwhile (the next look leases).
+            (Err(e), Asked::Nothing) if held_enough => return Err(e),
+            (Err(_), Asked::Nothing) => held_enough = true,
+            // Others took the permits while this one leased: lease again at once.
+            (Err(_), Asked::Enough) => {}
+            // The store had fewer: the others give back what they do not use at their next
+            // round; one round is waited, then the limit is the limit.
+            (Err(e), Asked::Short) if waited => return Err(e),
+            (Err(_), Asked::Short) => {
+                waited = true;
+                tokio::time::sleep(ROUND).await;
+            }
         }
         tries += 1;
-        tokio::time::sleep(ROUND).await;
     }
-    let permit = state.concurrency.acquire(function, tenant_limit);
-    state.concurrency.done_waiting(&short);
-    permit
+}
+
+/// What a node's request for permits came to.
+#[derive(Debug, Clone, Copy)]
+enum Asked {
+    /// The node held enough: it asked nothing.
+    Nothing,
+    /// The store granted what the node asked (or it needed nothing more by its turn).
+    Enough,
+    /// The store granted fewer.
+    Short,
+    /// The store did not answer within [`ASK_WITHIN`].
+    NoAnswer,
+}
+
+/// Leases what `short` says the node lacks. The lease runs as a task of its own, holding the
+/// node's leasing lock until the store answers and what it granted is recorded, whether or not
+/// this invocation still waits.
+async fn ask(state: &AppState, short: &[Want]) -> Asked {
+    let asking = {
+        let (state, short) = (state.clone(), short.to_vec());
+        tokio::spawn(async move {
+            let _leasing = state.concurrency.leasing.lock().await;
+            let wants = state.concurrency.recount(&short);
+            lease(&state, wants).await
+        })
+    };
+    match tokio::time::timeout(ASK_WITHIN, asking).await {
+        Ok(Ok(false)) => Asked::Enough,
+        Ok(Ok(true)) => Asked::Short,
+        Ok(Err(_)) | Err(_) => Asked::NoAnswer,
+    }
 }
 
 /// Leases `wants` for this node and records what the store granted; a scope the store cannot

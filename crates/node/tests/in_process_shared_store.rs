@@ -726,6 +726,51 @@ async fn in_process_shared_store_a_tenants_concurrency_quota_holds_across_the_cl
     shutdown(nodes).await;
 }
 
+/// Bursts far below the tenant's quota are never refused: a node short of permits leases
+/// more however its invocations interleave (an invocation that found enough held, then lost
+/// them to others, leases instead of being refused).
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_shared_store_bursts_far_below_the_quota_are_never_refused() {
+    let pg = PgServer::start().unwrap();
+    let guest = InProcessGuest::new();
+    let nodes = cluster(&guest, &pg.url(), 1).await;
+    let a = &nodes[0];
+    assert_eq!(
+        deploy(a, "f", "echo.handler", json!({})).await.status(),
+        201
+    );
+    let url = a.url("/2015-03-31/functions/f/invocations");
+    let client = reqwest::Client::new();
+    for round in 0..30 {
+        for _ in 0..3 {
+            assert_eq!(
+                client
+                    .post(&url)
+                    .json(&json!({}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                200
+            );
+        }
+        let burst: Vec<_> = (0..32)
+            .map(|_| {
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let r = client.post(&url).json(&json!({})).send().await.unwrap();
+                    (r.status().as_u16(), r.text().await.unwrap())
+                })
+            })
+            .collect();
+        for b in burst {
+            let (status, body) = b.await.unwrap();
+            assert_eq!(status, 200, "round {round}: {body}");
+        }
+    }
+    shutdown(nodes).await;
+}
+
 /// A node that must ask the store for a permit waits for its answer only so long: with the
 /// store stuck on the tenant's permits (another connection holds their lock), an invocation at
 /// a node that holds none is answered 429 while the store is still stuck, and once it answers,
