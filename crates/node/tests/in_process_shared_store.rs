@@ -726,6 +726,18 @@ async fn in_process_shared_store_a_tenants_concurrency_quota_holds_across_the_cl
     shutdown(nodes).await;
 }
 
+/// One node on `pg`'s store with `f` (echo) deployed.
+async fn one_node_serving_f(guest: &InProcessGuest, pg: &PgServer) -> Vec<TestNode> {
+    let nodes = cluster(guest, &pg.url(), 1).await;
+    assert_eq!(
+        deploy(&nodes[0], "f", "echo.handler", json!({}))
+            .await
+            .status(),
+        201
+    );
+    nodes
+}
+
 /// Bursts far below the tenant's quota are never refused: a node short of permits leases
 /// more however its invocations interleave (an invocation that found enough held, then lost
 /// them to others, leases instead of being refused).
@@ -733,12 +745,8 @@ async fn in_process_shared_store_a_tenants_concurrency_quota_holds_across_the_cl
 async fn in_process_shared_store_bursts_far_below_the_quota_are_never_refused() {
     let pg = PgServer::start().unwrap();
     let guest = InProcessGuest::new();
-    let nodes = cluster(&guest, &pg.url(), 1).await;
+    let nodes = one_node_serving_f(&guest, &pg).await;
     let a = &nodes[0];
-    assert_eq!(
-        deploy(a, "f", "echo.handler", json!({})).await.status(),
-        201
-    );
     let url = a.url("/2015-03-31/functions/f/invocations");
     let client = reqwest::Client::new();
     for round in 0..30 {
@@ -779,12 +787,8 @@ async fn in_process_shared_store_bursts_far_below_the_quota_are_never_refused() 
 async fn in_process_shared_store_a_stuck_store_does_not_hold_an_invocation_waiting_for_a_permit() {
     let pg = PgServer::start().unwrap();
     let guest = InProcessGuest::new();
-    let nodes = cluster(&guest, &pg.url(), 1).await;
+    let nodes = one_node_serving_f(&guest, &pg).await;
     let a = &nodes[0];
-    assert_eq!(
-        deploy(a, "f", "echo.handler", json!({})).await.status(),
-        201
-    );
     let socket_dir = pg.socket_dir().to_owned();
     let (locked_tx, locked_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
