@@ -116,7 +116,7 @@ try {
   await page.setInputFiles('#code', codeZip);
   await page.click('#deploy-form button[type=submit]');
   await page.waitForSelector('#memory-error:not([hidden])');
-  assert.match(await page.textContent('#memory-error'), /memory: 64 MiB is outside 128/);
+  assert.match(await page.textContent('#memory-error'), /memory: 64 MiB is not between 128 and 10240 MiB/);
   assert.equal(await page.getAttribute('#memory', 'aria-invalid'), 'true');
   await shot(page, '03-deploy-refused');
   await page.fill('#memory', '128');
